@@ -1,0 +1,24 @@
+# The two commands a new user needs (see README.md): `make run` and `make test`.
+VENV ?= .venv
+ARGS ?=
+
+.PHONY: setup run scan test bench clean
+
+setup:
+	@./scripts/setup.sh
+
+run: setup
+	$(VENV)/bin/nodewarden run --dry-run $(ARGS)
+
+scan: setup
+	$(VENV)/bin/nodewarden scan $(ARGS)
+
+test: setup
+	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+bench: setup
+	$(VENV)/bin/python bench/scan.py
+	$(VENV)/bin/python bench/rules.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

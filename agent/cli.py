@@ -1,0 +1,281 @@
+"""The `nodewarden` command line: run, scan, rules check|test, replay.
+
+Findings go to stdout, logs to stderr. Exit codes follow DESIGN.md: scan and replay exit 1
+when they found something, every command exits 2 on bad input, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from agent import __version__
+from agent.config import Config, load_config
+from agent.decide import Decision, Protection
+from agent.engine import loader, ruletest
+from agent.engine.ruleset import RuleSet
+from agent.errors import ConfigError, RuleError
+from agent.metrics import Metrics
+from agent.pipeline import Judge, scan_once
+from agent.sinks.findings import FindingWriter, finding
+from agent.sources.procfs import ProcFS
+from agent.sources.proctree import ProcessTree
+from agent.sources.recorded import EventFormatError, read_events
+
+log = logging.getLogger("nodewarden")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nodewarden", description="Node runtime security agent: "
+                                "judges processes and connections against YAML rules.")
+    p.add_argument("--version", action="version", version=f"nodewarden {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def rules_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--rules", nargs="+", action="extend", metavar="PATH",
+                        help="rule files or directories (default: the shipped rules)")
+
+    run = sub.add_parser("run", help="the agent: watch this host and judge what happens")
+    run.add_argument("--config", help="YAML config file")
+    rules_opt(run)
+    run.add_argument("--dry-run", action="store_true", help="audit mode: act on nothing")
+    run.add_argument("--proc-root", help="procfs root (default /proc)")
+    run.add_argument("--listen", help="metrics address HOST:PORT (default 127.0.0.1:9808); "
+                                      "'off' disables")
+    run.add_argument("--format", choices=("table", "json"),
+                     help="findings format (default: table on a terminal, else json)")
+    run.add_argument("--record", metavar="FILE", help="write every judged event as JSON lines")
+    run.add_argument("--interval", type=float, help="seconds between procfs scans")
+    run.add_argument("--once", action="store_true", help="stop after the first scan")
+
+    scan = sub.add_parser("scan", help="one procfs pass, judged and reported; never kills")
+    rules_opt(scan)
+    scan.add_argument("--proc-root", default="/proc")
+    scan.add_argument("--config", help="YAML config file (markers, protected names)")
+    scan.add_argument("--format", choices=("table", "json"), default="table")
+
+    rules = sub.add_parser("rules", help="check or test rule files")
+    rsub = rules.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND")
+    rc = rsub.add_parser("check", help="validate rule files")
+    rc.add_argument("paths", nargs="*", metavar="PATH")
+    rt = rsub.add_parser("test", help="run the rules' example events")
+    rt.add_argument("paths", nargs="*", metavar="PATH")
+    rt.add_argument("--verbose", action="store_true", help="list passing examples too")
+
+    rp = sub.add_parser("replay", help="judge recorded events (backtest a rule set)")
+    rp.add_argument("file", metavar="EVENTS.jsonl")
+    rules_opt(rp)
+    rp.add_argument("--format", choices=("table", "json"), default="table")
+    rp.add_argument("--config", help="YAML config file")
+    return p
+
+
+def _rule_paths(paths: Sequence[str] | None) -> list[str]:
+    return list(paths) if paths else [loader.bundled_rules_dir()]
+
+
+def _load_rules(paths: Sequence[str] | None, err: TextIO) -> RuleSet | None:
+    try:
+        return loader.load(_rule_paths(paths))
+    except RuleError as e:
+        for problem in e.problems:
+            print(problem, file=err)
+        print(f"nodewarden: {len(e.problems)} problem(s) in the rules; nothing was loaded",
+              file=err)
+        return None
+
+
+def _emit(decisions: Sequence[Decision], writer: FindingWriter, host: str) -> None:
+    writer.write([finding(d, host) for d in decisions])
+
+
+def cmd_rules_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    paths = _rule_paths(args.paths)
+    ruleset, problems = loader.check(paths)
+    for p in problems:
+        print(p, file=out)
+    if ruleset is None:
+        print(f"{len(problems)} problem(s)", file=err)
+        return 2
+    print(f"ok: {len(ruleset.all_rules)} rules ({len(ruleset.rules)} enabled) in "
+          f"{len(ruleset.sources)} file(s), hash {ruleset.digest}", file=out)
+    return 0
+
+
+def cmd_rules_test(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    ruleset = _load_rules(args.paths, err)
+    if ruleset is None:
+        return 2
+    results = ruletest.run_examples(ruleset.all_rules)
+    failed = [r for r in results if not r.ok]
+    for r in results:
+        if not r.ok:
+            print(f"FAIL {r}", file=out)
+        elif args.verbose:
+            kind = "match" if r.should_match else "no_match"
+            print(f"ok   {r.file}:{r.line}: {r.rule} ({kind})", file=out)
+    untested = [r.id for r in ruleset.all_rules if not r.examples]
+    if untested:
+        print(f"note: rules without examples: {', '.join(untested)}", file=err)
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed", file=out)
+    return 1 if failed else 0
+
+
+def _config(path: str | None) -> Config:
+    return load_config(path)
+
+
+def cmd_scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    cfg = _config(args.config)
+    ruleset = _load_rules(args.rules or cfg.rules or None, err)
+    if ruleset is None:
+        return 2
+    if not os.path.isdir(args.proc_root):
+        print(f"nodewarden: procfs root {args.proc_root} is not a directory", file=err)
+        return 2
+    tree = ProcessTree(ProcFS(args.proc_root), cfg.workspace_markers)
+    judge = Judge(ruleset, "audit", _protection(cfg), can_act=False)
+    decisions = scan_once(tree, judge)
+    writer = FindingWriter(out, args.format)
+    _emit(decisions, writer, cfg.host)
+    if args.format == "table":
+        print(f"{len(tree.procs)} processes scanned, {len(decisions)} finding(s)", file=err)
+    return 1 if decisions else 0
+
+
+def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    cfg = _config(args.config)
+    ruleset = _load_rules(args.rules or cfg.rules or None, err)
+    if ruleset is None:
+        return 2
+    judge = Judge(ruleset, "audit", _protection(cfg), can_act=False)
+    writer = FindingWriter(out, args.format)
+    found = 0
+    try:
+        for ev in read_events(args.file):
+            decisions = judge.judge(ev)
+            found += len(decisions)
+            _emit(decisions, writer, cfg.host)
+    except OSError as e:
+        print(f"nodewarden: cannot read {args.file}: {e.strerror}", file=err)
+        return 2
+    except EventFormatError as e:
+        print(f"nodewarden: {e}", file=err)
+        return 2
+    return 1 if found else 0
+
+
+def _protection(cfg: Config) -> Protection:
+    own = {os.getpid()}
+    pid = os.getppid()
+    # the agent's ancestors (its shell, container runtime) are protected too
+    try:
+        procfs = ProcFS(cfg.proc_root if os.path.isdir(cfg.proc_root) else "/proc")
+        for _ in range(64):
+            if pid <= 1:
+                break
+            own.add(pid)
+            pid = procfs.stat(pid).ppid
+    except Exception:  # best effort: our own ancestry can vanish while we look
+        pass
+    return Protection(own_pids=frozenset(own), names=frozenset(cfg.protected))
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    cfg = _config(args.config)
+    if args.dry_run:
+        cfg.mode = "audit"
+    for attr in ("proc_root", "listen"):
+        if getattr(args, attr):
+            setattr(cfg, attr, getattr(args, attr))
+    if args.interval:
+        cfg.scan_interval = args.interval
+    if args.rules:
+        cfg.rules = list(args.rules)
+    if not os.path.isdir(cfg.proc_root):
+        print(f"nodewarden: procfs root {cfg.proc_root} is not a directory", file=err)
+        return 2
+    ruleset = _load_rules(cfg.rules or None, err)
+    if ruleset is None:
+        return 2
+    metrics = Metrics()
+    metrics.set_ruleset(ruleset.digest, len(ruleset))
+    metrics.sensor_up.labels(sensor="procfs").set(1)
+    if cfg.listen != "off":
+        _serve_metrics(cfg.listen, metrics)
+    fmt = args.format or ("table" if out.isatty() else "json")
+    writer = FindingWriter(out, fmt)
+    tree = ProcessTree(ProcFS(cfg.proc_root), cfg.workspace_markers)
+    judge = Judge(ruleset, cfg.mode, _protection(cfg), metrics, cfg.process_cache_size,
+                  can_act=False)
+    record = open(args.record, "a", encoding="utf-8") if args.record else None
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("nodewarden %s: mode=%s, %d rules (hash %s), procfs=%s, scan every %.1fs",
+             __version__, cfg.mode, len(ruleset), ruleset.digest, cfg.proc_root, cfg.scan_interval)
+    if cfg.mode == "enforce":
+        log.warning("mode=enforce: this build has no enforcer yet; matches are reported as "
+                    "would_kill and nothing is signalled")
+
+    def on_event(ev: Any) -> None:
+        if record is not None:
+            record.write(json.dumps(ev.to_json(), separators=(",", ":")) + "\n")
+
+    try:
+        while not stop.is_set():
+            decisions = scan_once(tree, judge, metrics, on_event=on_event)
+            _emit(decisions, writer, cfg.host)
+            if record is not None:
+                record.flush()
+            if args.once:
+                break
+            stop.wait(cfg.scan_interval)
+    finally:
+        if record is not None:
+            record.close()
+    log.info("stopped")
+    return 0
+
+
+def _serve_metrics(listen: str, metrics: Metrics) -> None:
+    from prometheus_client import start_http_server
+
+    host, _, port = listen.rpartition(":")
+    try:
+        start_http_server(int(port), addr=host.strip("[]"), registry=metrics.registry)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {listen}: {e.strerror}") from None
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
+         err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=err,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "rules":
+            if args.rules_command == "check":
+                return cmd_rules_check(args, out, err)
+            return cmd_rules_test(args, out, err)
+        return {"scan": cmd_scan, "replay": cmd_replay, "run": cmd_run}[args.command](args, out, err)
+    except ConfigError as e:
+        print(f"nodewarden: {e}", file=err)
+        return 2
+    except BrokenPipeError:
+        return 0

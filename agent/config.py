@@ -1,0 +1,100 @@
+"""The agent's configuration: typed, defaulted, validated with messages that say the fix.
+
+Defaults are the safe ones: audit mode (nothing is killed until the user writes
+`mode: enforce`), the bundled rules, the host's /proc, metrics on 127.0.0.1:9808.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from agent.decide import DEFAULT_PROTECTED
+from agent.engine import yamlsrc
+from agent.enrich.workspace import DEFAULT_MARKERS
+from agent.errors import ConfigError
+
+
+def _default_host() -> str:
+    return os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+@dataclass
+class Config:
+    """Everything `nodewarden run` can be told; each field is a key of the YAML file."""
+
+    mode: str = "audit"
+    rules: list[str] = field(default_factory=list)
+    proc_root: str = "/proc"
+    listen: str = "127.0.0.1:9808"
+    host: str = field(default_factory=_default_host)
+    workspace_markers: list[str] = field(default_factory=lambda: list(DEFAULT_MARKERS))
+    protected: list[str] = field(default_factory=lambda: list(DEFAULT_PROTECTED))
+    scan_interval: float = 10.0
+    process_cache_size: int = 65536
+
+    def validate(self) -> None:
+        if self.mode not in ("audit", "enforce"):
+            raise ConfigError(f"mode must be 'audit' or 'enforce', not {self.mode!r}")
+        if not self.workspace_markers or not all(
+                isinstance(m, str) and m and "=" not in m for m in self.workspace_markers):
+            raise ConfigError("workspace_markers must be a non-empty list of variable names "
+                              "(without '='), e.g. [WORKSPACE_ID]")
+        if self.scan_interval <= 0:
+            raise ConfigError("scan_interval must be a positive number of seconds")
+        if self.process_cache_size < 1024:
+            raise ConfigError("process_cache_size must be at least 1024")
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"listen must be HOST:PORT like 127.0.0.1:9808, not {self.listen!r}")
+
+
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "mode": str, "rules": list, "proc_root": str, "listen": str, "host": str,
+    "workspace_markers": list, "protected": list, "scan_interval": (int, float),
+    "process_cache_size": int,
+}
+
+
+def load_config(path: str | None) -> Config:
+    """Defaults, overlaid with the YAML file at `path` if given. Raises ConfigError."""
+    cfg = Config()
+    if path is None:
+        return cfg
+    try:
+        with open(path, encoding="utf-8") as f:
+            data, dups = yamlsrc.load(f.read())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    except yamlsrc.YamlSyntaxError as e:
+        raise ConfigError(f"{path}:{e.line}: YAML syntax error: {e}") from None
+    if dups:
+        raise ConfigError(f"{path}:{dups[0][0]}: duplicate key '{dups[0][1]}'")
+    if data is None:
+        return cfg
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of settings")
+    names = [f.name for f in fields(Config)]
+    for key, value in data.items():
+        line = data.line_of(key) if isinstance(data, yamlsrc.Node) else 0
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{path}:{line}: unknown setting '{key}'{hint}; settings are "
+                              f"{', '.join(names)}")
+        want = _TYPES[key]
+        if isinstance(value, bool) or not isinstance(value, want):
+            raise ConfigError(f"{path}:{line}: '{key}' has the wrong type ({value!r})")
+        setattr(cfg, key, list(value) if isinstance(value, list) else value)
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return cfg
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in fields(Config)}

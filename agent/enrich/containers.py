@@ -1,0 +1,55 @@
+"""Container id from the text of /proc/PID/cgroup (pure).
+
+Covers the shapes the container runtimes leave there, for both cgroup drivers and both
+cgroup versions, e.g.::
+
+    0::/system.slice/docker-<64 hex>.scope                                 docker, systemd, v2
+    0::/docker/<64 hex>                                                    docker, cgroupfs, v2
+    0::/kubepods.slice/.../cri-containerd-<64 hex>.scope                   containerd, systemd
+    0::/kubepods/burstable/pod<uid>/<64 hex>                               kubelet cgroupfs
+    0::/kubepods.slice/.../crio-<64 hex>.scope                             cri-o, systemd
+    12:memory:/docker/<64 hex>                                             docker, v1
+
+Nested runtimes (docker in docker) yield the innermost id: the last one in the path.
+"""
+
+from __future__ import annotations
+
+import re
+
+_PREFIXES = ("docker-", "cri-containerd-", "crio-", "libpod-", "containerd-")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def container_id_from_cgroup(text: str) -> str:
+    """The container id of a process, or "" when it runs in no container."""
+    v2 = ""
+    v1 = ""
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        found = _id_from_path(parts[2])
+        if not found:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            v2 = found
+        elif not v1:
+            v1 = found
+    return v2 or v1
+
+
+def _id_from_path(path: str) -> str:
+    for comp in reversed(path.split("/")):
+        if comp.endswith(".scope"):
+            comp = comp[: -len(".scope")]
+        if comp.startswith("crio-conmon-"):
+            # the conmon monitor of a cri-o container, not the container itself
+            continue
+        for prefix in _PREFIXES:
+            if comp.startswith(prefix):
+                comp = comp[len(prefix):]
+                break
+        if len(comp) == 64 and _HEX64.fullmatch(comp):
+            return comp
+    return ""

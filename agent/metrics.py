@@ -1,0 +1,42 @@
+"""Every Prometheus metric the agent exports, defined once, on a registry we are given.
+
+Labels are bounded by construction: sources, rule ids, severities, modes, actions,
+outcomes. Never a pid, a cmdline or an error text.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from agent import __version__
+
+
+class Metrics:
+    """The agent's metrics on `registry` (a fresh one per agent, and per test)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter("nodewarden_events_total", "Events judged", ["source"], registry=r)
+        self.events_lost = Counter("nodewarden_events_lost_total", "Events the kernel dropped",
+                                   ["source"], registry=r)
+        self.rule_matches = Counter("nodewarden_rule_matches_total", "Rule matches",
+                                    ["rule", "severity", "mode"], registry=r)
+        self.actions = Counter("nodewarden_actions_total", "Decisions carried out",
+                               ["action", "outcome"], registry=r)
+        self.scan_duration = Histogram("nodewarden_scan_duration_seconds",
+                                       "Duration of a full procfs scan", registry=r,
+                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.processes = Gauge("nodewarden_processes", "Processes in the last scan", registry=r)
+        self.rules_loaded = Gauge("nodewarden_rules_loaded", "Enabled rules", registry=r)
+        self.ruleset_info = Gauge("nodewarden_ruleset_info", "The rule set that runs",
+                                  ["hash"], registry=r)
+        self.build_info = Info("nodewarden_build", "Version of the agent", registry=r)
+        self.build_info.info({"version": __version__})
+        self.sensor_up = Gauge("nodewarden_sensor_up", "Whether a sensor runs", ["sensor"],
+                               registry=r)
+
+    def set_ruleset(self, digest: str, count: int) -> None:
+        self.ruleset_info.clear()
+        self.ruleset_info.labels(hash=digest).set(1)
+        self.rules_loaded.set(count)

@@ -1,0 +1,175 @@
+"""The values that flow through the pipeline: processes, connections, events, matches.
+
+They are plain slotted dataclasses so that building millions of them stays cheap, and
+derived fields (basenames, identity) are computed once when the value is made rather
+than on every rule that reads them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import xxhash
+
+_ID = struct.Struct("<QQQQQ")
+
+EVENT_KINDS = ("exec", "scan", "connect", "accept", "close", "exit", "fork")
+
+
+def process_identity(pid: int, ppid: int, starttime: int, exe_dev: int = 0, exe_ino: int = 0) -> int:
+    """xxhash64 of (pid, ppid, starttime, exe device, exe inode).
+
+    pid + starttime alone name a process instance; the executable's (dev, inode) makes a
+    process that re-execs into another binary a new identity, so it is judged again.
+    """
+    return xxhash.xxh64_intdigest(
+        _ID.pack(pid & 0xFFFFFFFFFFFFFFFF, ppid & 0xFFFFFFFFFFFFFFFF,
+                 starttime & 0xFFFFFFFFFFFFFFFF, exe_dev & 0xFFFFFFFFFFFFFFFF,
+                 exe_ino & 0xFFFFFFFFFFFFFFFF)
+    )
+
+
+@dataclass(slots=True, eq=False)
+class Process:
+    """One process as procfs (or an exec event) describes it.
+
+    `starttime` is in clock ticks since boot (field 22 of /proc/PID/stat): with the pid it
+    names one process instance, which is what kills are checked against.
+    """
+
+    pid: int
+    ppid: int
+    starttime: int
+    comm: str
+    exe: str = ""
+    cmdline: tuple[str, ...] = ()
+    uid: int = -1
+    state: str = "R"
+    kthread: bool = False
+    exe_dev: int = 0
+    exe_ino: int = 0
+    container_id: str = ""
+    netns: int = 0
+    # derived, filled in __post_init__
+    exe_name: str = field(init=False, default="")
+    argv0: str = field(init=False, default="")
+    args: tuple[str, ...] = field(init=False, default=())
+    cmdline_str: str = field(init=False, default="")
+    id: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        exe = self.exe
+        if exe.endswith(" (deleted)"):
+            exe = exe[: -len(" (deleted)")]
+        self.exe_name = os.path.basename(exe) if exe else self.comm
+        cmd = self.cmdline
+        self.argv0 = os.path.basename(cmd[0]) if cmd else ""
+        self.args = cmd[1:]
+        self.cmdline_str = " ".join(cmd)
+        self.id = process_identity(self.pid, self.ppid, self.starttime, self.exe_dev, self.exe_ino)
+
+    @property
+    def id_hex(self) -> str:
+        return f"{self.id:016x}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The process as the finding and recorded-event formats carry it."""
+        return {
+            "pid": self.pid,
+            "ppid": self.ppid,
+            "starttime": self.starttime,
+            "id": self.id_hex,
+            "comm": self.comm,
+            "exe": self.exe,
+            "cmdline": list(self.cmdline),
+            "uid": self.uid,
+        }
+
+
+@dataclass(slots=True, eq=False)
+class Connection:
+    """A TCP connection as seen from the process that owns the socket."""
+
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    family: str = "ipv4"
+    direction: str = "outbound"
+    netns: int = 0
+    src_ip: int = field(init=False, default=0)
+    dst_ip: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.src_ip = _ip_int(self.src)
+        self.dst_ip = _ip_int(self.dst)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "src": self.src, "sport": self.sport, "dst": self.dst, "dport": self.dport,
+            "family": self.family, "direction": self.direction, "netns": self.netns,
+        }
+
+
+def _ip_int(addr: str) -> int:
+    """An address as an integer for CIDR checks; IPv4 in the IPv4-mapped IPv6 space so one
+    integer comparison serves both families. Unparseable addresses map to -1 (never in a CIDR)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return -1
+    if ip.version == 4:
+        return 0xFFFF00000000 | int(ip)
+    mapped = ip.ipv4_mapped  # type: ignore[union-attr]
+    return 0xFFFF00000000 | int(mapped) if mapped else int(ip)
+
+
+@dataclass(slots=True, eq=False)
+class Pod:
+    """The Kubernetes pod a container belongs to (filled by the Kubernetes enrichment)."""
+
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"namespace": self.namespace, "name": self.name, "uid": self.uid,
+                "labels": dict(self.labels)}
+
+
+@dataclass(slots=True, eq=False)
+class Event:
+    """Something a source saw, enriched with what the rules need to judge it.
+
+    `ancestors` runs parent first; `workspace` is the workspace id or "" when the process
+    is in no workspace.
+    """
+
+    kind: str
+    time: float
+    process: Process
+    ancestors: tuple[Process, ...] = ()
+    workspace: str = ""
+    pod: Pod | None = None
+    connection: Connection | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The recorded-event format (`--record`, `replay`)."""
+        return {
+            "kind": self.kind,
+            "time": self.time,
+            "process": dict(self.process.to_json(), ancestors=[_ancestor_json(a) for a in self.ancestors]),
+            "workspace": {"id": self.workspace} if self.workspace else None,
+            "container": {"id": self.process.container_id} if self.process.container_id else None,
+            "pod": self.pod.to_json() if self.pod else None,
+            "connection": self.connection.to_json() if self.connection else None,
+        }
+
+
+def _ancestor_json(p: Process) -> dict[str, Any]:
+    return {"pid": p.pid, "comm": p.comm, "exe": p.exe, "cmdline": list(p.cmdline)}

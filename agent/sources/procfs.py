@@ -1,0 +1,243 @@
+"""Reading processes from procfs: pure parsers over bytes, and a reader with a root.
+
+The reader opens /proc/PID once as a directory and reads every file relative to that
+descriptor: if the process exits and its pid is reused mid-read, reads through the old
+descriptor fail with ESRCH instead of silently mixing two processes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agent.enrich.containers import container_id_from_cgroup
+from agent.enrich.workspace import find_marker
+from agent.errors import AccessDenied, ProcessGone
+from agent.model import Process
+
+PF_KTHREAD = 0x00200000
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_GONE = (errno.ESRCH, errno.ENOENT)
+
+# Upper bounds on what a scan reads from one process: cmdline and environ are attacker
+# controlled and can be many MiB; past these limits the text is truncated, never a crash.
+CMDLINE_LIMIT = 256 * 1024
+ENVIRON_LIMIT = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """The fields of /proc/PID/stat a scan needs."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    flags: int
+    starttime: int
+
+
+def parse_stat(data: bytes) -> Stat:
+    """Parse /proc/PID/stat. The comm may hold spaces and parentheses (`a) (b`), so it
+    is everything between the first `(` and the *last* `)`; fields are split after it.
+
+    Raises ValueError on text that is not a stat line.
+    """
+    lpar = data.find(b"(")
+    rpar = data.rfind(b")")
+    if lpar < 0 or rpar < lpar:
+        raise ValueError("no (comm) in stat")
+    pid = int(data[:lpar])
+    comm = data[lpar + 1 : rpar].decode("utf-8", "backslashreplace")
+    rest = data[rpar + 2 :].split()
+    # rest[0] is field 3 (state); field N is rest[N - 3]
+    if len(rest) < 20:
+        raise ValueError("stat line too short")
+    return Stat(
+        pid=pid,
+        comm=comm,
+        state=rest[0].decode("ascii", "replace"),
+        ppid=int(rest[1]),
+        flags=int(rest[6]),
+        starttime=int(rest[19]),
+    )
+
+
+def parse_cmdline(data: bytes) -> tuple[str, ...]:
+    """NUL-separated argv. A trailing NUL is the normal terminator; a process that rewrote
+    its argv (setproctitle) may leave one space-joined string, which stays one argument."""
+    if not data:
+        return ()
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    return tuple(a.decode("utf-8", "backslashreplace") for a in data.split(b"\0"))
+
+
+def parse_netns(link: str) -> int:
+    """The inode of a namespace link like `net:[4026531840]`, 0 when unparseable."""
+    lb = link.find("[")
+    if lb < 0 or not link.endswith("]"):
+        return 0
+    try:
+        return int(link[lb + 1 : -1])
+    except ValueError:
+        return 0
+
+
+def parse_status_uid(data: bytes) -> int:
+    """The effective uid from /proc/PID/status (`Uid: real effective saved fs`)."""
+    at = data.find(b"\nUid:")
+    if at < 0:
+        raise ValueError("no Uid line")
+    fields = data[at + 5 : data.find(b"\n", at + 5)].split()
+    return int(fields[1])
+
+
+def _read(name: str, dfd: int, limit: int) -> bytes:
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        chunks = []
+        size = 0
+        while size < limit:
+            chunk = os.read(fd, min(65536, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class ProcFS:
+    """A procfs tree at `root` (the host's /proc, a container's view, or a test fixture)."""
+
+    def __init__(self, root: str = "/proc") -> None:
+        self.root = root.rstrip("/") or "/"
+
+    def pids(self) -> list[int]:
+        """Every process id present now (thread group leaders only), ascending."""
+        out = []
+        with os.scandir(self.root) as it:
+            for entry in it:
+                name = entry.name
+                if name.isdigit():
+                    out.append(int(name))
+        out.sort()
+        return out
+
+    def _open(self, pid: int) -> int:
+        try:
+            return os.open(f"{self.root}/{pid}", _DIR_FLAGS)
+        except FileNotFoundError:
+            raise ProcessGone(pid) from None
+        except PermissionError:
+            raise AccessDenied(pid, "") from None
+        except OSError as e:
+            if e.errno in _GONE:
+                raise ProcessGone(pid) from None
+            raise
+
+    def stat(self, pid: int) -> Stat:
+        """Only /proc/PID/stat: enough for identity checks before a kill."""
+        dfd = self._open(pid)
+        try:
+            return parse_stat(self._must(pid, dfd, "stat", 4096))
+        except ValueError:
+            raise ProcessGone(pid) from None
+        finally:
+            os.close(dfd)
+
+    def read(self, pid: int) -> Process:
+        """Everything a rule may need about one process. Raises ProcessGone when it exited
+        before its stat could be read; later files missing or denied degrade to empty."""
+        dfd = self._open(pid)
+        try:
+            try:
+                st = parse_stat(self._must(pid, dfd, "stat", 4096))
+            except ValueError:
+                raise ProcessGone(pid) from None
+            if st.flags & PF_KTHREAD:
+                return Process(pid=st.pid, ppid=st.ppid, starttime=st.starttime, comm=st.comm,
+                               uid=0, state=st.state, kthread=True)
+            cmdline = parse_cmdline(self._may(pid, dfd, "cmdline", CMDLINE_LIMIT))
+            exe, dev, ino = self._exe(pid, dfd)
+            return Process(
+                pid=st.pid,
+                ppid=st.ppid,
+                starttime=st.starttime,
+                comm=st.comm,
+                exe=exe,
+                cmdline=cmdline,
+                uid=self._uid(pid, dfd),
+                state=st.state,
+                exe_dev=dev,
+                exe_ino=ino,
+                container_id=container_id_from_cgroup(
+                    self._may(pid, dfd, "cgroup", 65536).decode("utf-8", "replace")),
+                netns=parse_netns(self._link(pid, dfd, "ns/net")),
+            )
+        finally:
+            os.close(dfd)
+
+    def environ_marker(self, pid: int, markers: Sequence[str]) -> tuple[str, str] | None:
+        """The workspace marker in the process's environ, if any. Kernel threads (ESRCH)
+        and pid 1 (EACCES even for root) simply have none; neither means "gone"."""
+        try:
+            dfd = self._open(pid)
+        except (ProcessGone, AccessDenied):
+            return None
+        try:
+            data = _read("environ", dfd, ENVIRON_LIMIT)
+        except OSError:
+            return None
+        finally:
+            os.close(dfd)
+        return find_marker(data, markers)
+
+    # -- helpers: `_must` turns a vanished process into ProcessGone, `_may` into b"" --
+
+    def _must(self, pid: int, dfd: int, name: str, limit: int) -> bytes:
+        try:
+            return _read(name, dfd, limit)
+        except PermissionError:
+            raise AccessDenied(pid, name) from None
+        except OSError as e:
+            if e.errno in _GONE:
+                raise ProcessGone(pid) from None
+            raise
+
+    def _may(self, pid: int, dfd: int, name: str, limit: int) -> bytes:
+        try:
+            return _read(name, dfd, limit)
+        except OSError:
+            return b""
+
+    def _link(self, pid: int, dfd: int, name: str) -> str:
+        try:
+            return os.readlink(name, dir_fd=dfd)
+        except OSError:
+            return ""
+
+    def _exe(self, pid: int, dfd: int) -> tuple[str, int, int]:
+        exe = self._link(pid, dfd, "exe")
+        if not exe:
+            return "", 0, 0
+        try:
+            st = os.stat("exe", dir_fd=dfd)
+        except OSError:
+            return exe, 0, 0
+        return exe, st.st_dev, st.st_ino
+
+    def _uid(self, pid: int, dfd: int) -> int:
+        # The owner of /proc/PID is the effective uid, except for non-dumpable processes
+        # (setuid programs), whose directory is root's; only then pay for `status`.
+        owner = os.fstat(dfd).st_uid
+        if owner != 0:
+            return owner
+        try:
+            return parse_status_uid(self._may(pid, dfd, "status", 8192))
+        except (ValueError, IndexError):
+            return owner

@@ -1,0 +1,101 @@
+"""The process tree: who is whose parent, and which workspace each process belongs to.
+
+A workspace is the first process (walking down from init) whose environ carries a marker,
+plus all its descendants. Environ is read only for a process that is not already inside a
+known workspace, and only once per process identity: later scans reuse the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from agent.enrich.workspace import DEFAULT_MARKERS
+from agent.errors import AccessDenied, ProcessGone
+from agent.model import Event, Process
+from agent.sources.procfs import ProcFS
+
+MAX_ANCESTORS = 64
+
+
+class ProcessTree:
+    """Processes by pid, with workspace membership and ancestry for enrichment."""
+
+    def __init__(self, procfs: ProcFS, markers: Sequence[str] = DEFAULT_MARKERS) -> None:
+        self.procfs = procfs
+        self.markers = tuple(markers)
+        self.procs: dict[int, Process] = {}
+        self._workspace: dict[int, str] = {}
+        # identity -> workspace id: a process's environ is read at most once
+        self._known: dict[int, str] = {}
+        self.environ_reads = 0
+
+    def scan(self) -> list[Process]:
+        """Read every process from procfs and replace the tree with what is there now.
+        Processes that vanish or deny access mid-scan are skipped, never fatal."""
+        found: dict[int, Process] = {}
+        for pid in self.procfs.pids():
+            try:
+                found[pid] = self.procfs.read(pid)
+            except (ProcessGone, AccessDenied):
+                continue
+        self.procs = found
+        self._resolve_workspaces()
+        return list(found.values())
+
+    def _resolve_workspaces(self) -> None:
+        procs = self.procs
+        ws: dict[int, str] = {}
+        known: dict[int, str] = {}
+        for pid in procs:
+            if pid in ws:
+                continue
+            # walk up to the nearest resolved ancestor (or the root), then resolve downwards
+            chain = []
+            on_chain: set[int] = set()
+            cur: Process | None = procs[pid]
+            while cur is not None and cur.pid not in ws and cur.pid not in on_chain:
+                chain.append(cur)
+                on_chain.add(cur.pid)
+                cur = procs.get(cur.ppid)
+            if cur is not None and cur.pid in on_chain:
+                cur = None  # a ppid cycle (only in a corrupt tree): treat the top as a root
+            inherited = ws.get(cur.pid, "") if cur is not None else ""
+            for p in reversed(chain):
+                if not inherited:
+                    inherited = self._own_workspace(p)
+                ws[p.pid] = inherited
+                known[p.id] = inherited
+        self._workspace = ws
+        self._known = known
+
+    def _own_workspace(self, p: Process) -> str:
+        cached = self._known.get(p.id)
+        if cached is not None:
+            return cached
+        if p.kthread or p.state == "Z":
+            return ""
+        self.environ_reads += 1
+        found = self.procfs.environ_marker(p.pid, self.markers)
+        return found[1] if found else ""
+
+    def workspace_of(self, pid: int) -> str:
+        return self._workspace.get(pid, "")
+
+    def ancestors(self, pid: int) -> tuple[Process, ...]:
+        """Parent first, up to init; bounded and safe against ppid cycles."""
+        out = []
+        seen = {pid}
+        p = self.procs.get(pid)
+        while p is not None and len(out) < MAX_ANCESTORS:
+            parent = self.procs.get(p.ppid)
+            if parent is None or parent.pid in seen:
+                break
+            out.append(parent)
+            seen.add(parent.pid)
+            p = parent
+        return tuple(out)
+
+    def event(self, kind: str, p: Process, time: float) -> Event:
+        """An event about `p`, enriched with its ancestry and workspace."""
+        return Event(kind=kind, time=time, process=p, ancestors=self.ancestors(p.pid),
+                     workspace=self._workspace.get(p.pid, ""))
