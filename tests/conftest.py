@@ -1,0 +1,55 @@
+"""Shared test helpers.
+
+Under NODEWARDEN_REQUIRE_EBPF=1 (set by .ci/run) an eBPF test that skips is a failure:
+CI runs as root on a BPF-capable kernel, so a skip there means a broken setup.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agent.engine import loader
+from agent.engine.ruleset import RuleSet
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and item.get_closest_marker("ebpf") is not None
+            and os.environ.get("NODEWARDEN_REQUIRE_EBPF") == "1"):
+        report.outcome = "failed"
+        report.longrepr = f"eBPF test skipped under NODEWARDEN_REQUIRE_EBPF=1: {report.longrepr}"
+    return report
+
+
+@pytest.fixture
+def rules_from(tmp_path: Path):
+    """Compile rule YAML text (dedented) into a RuleSet; raises RuleError on problems."""
+
+    def make(*texts: str) -> RuleSet:
+        paths = []
+        for i, text in enumerate(texts):
+            p = tmp_path / f"r{i}.yaml"
+            p.write_text(textwrap.dedent(text))
+            paths.append(str(p))
+        return loader.load(paths)
+
+    return make
+
+
+@pytest.fixture
+def problems_in(tmp_path: Path):
+    """The `file:line: message` problems of rule YAML text, as strings with the tmp dir cut."""
+
+    def check(text: str) -> list[str]:
+        p = tmp_path / "bad.yaml"
+        p.write_text(textwrap.dedent(text))
+        _, problems = loader.check([str(p)])
+        return [str(x).replace(str(tmp_path) + "/", "") for x in problems]
+
+    return check

@@ -1,0 +1,135 @@
+"""The real /proc of this host: a renamed sleep in a workspace is found and left running,
+and `run` scans, prints, records, serves metrics and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+NODEWARDEN = [sys.executable, "-m", "agent"]
+SECRET = "s3cr3t-value-that-must-never-leak"
+
+
+@pytest.fixture
+def workspace_miner(tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """A copy of /bin/sleep named xmrig, started with WORKSPACE_ID=ws-1 and a secret."""
+    exe = tmp_path / "xmrig"
+    shutil.copy("/bin/sleep", exe)
+    env = {"PATH": "/usr/bin:/bin", "WORKSPACE_ID": "ws-1", "API_TOKEN": SECRET}
+    proc = subprocess.Popen([str(exe), "300"], env=env)
+    # wait until the exec happened (comm switches from python to xmrig)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{proc.pid}/comm").read_text().strip() == "xmrig":
+                break
+        except OSError:
+            pass
+        time.sleep(0.01)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def _findings(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def test_scan_reports_workspace_miner_and_leaves_it_running(workspace_miner):
+    res = subprocess.run([*NODEWARDEN, "scan", "--format", "json"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 1, res.stderr
+    mine = [f for f in _findings(res.stdout) if f["process"]["pid"] == workspace_miner.pid]
+    assert mine, res.stdout
+    f = mine[0]
+    assert f["rule"].startswith("crypto-miner")
+    assert f["workspace"] == {"id": "ws-1"}
+    assert f["process"]["comm"] == "xmrig"
+    assert f["process"]["exe"].endswith("/xmrig")
+    assert f["outcome"] == "would_kill" and f["mode"] == "audit"
+    assert f["process"]["ancestors"] and f["process"]["ancestors"][0]["pid"] == os.getpid()
+    # scan never kills, and never exports an environ value other than the workspace id
+    assert workspace_miner.poll() is None
+    assert SECRET not in res.stdout + res.stderr
+
+
+def test_scan_table_is_default(workspace_miner):
+    res = subprocess.run([*NODEWARDEN, "scan"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert res.stdout.splitlines()[0].startswith("SEVERITY")
+    assert any(str(workspace_miner.pid) in line and "ws-1" in line for line in res.stdout.splitlines())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_prints_records_serves_metrics_and_stops_on_sigterm(workspace_miner, tmp_path):
+    record = tmp_path / "events.jsonl"
+    port = _free_port()
+    agent = subprocess.Popen([*NODEWARDEN, "run", "--dry-run", "--format", "json", "--interval",
+                              "0.5", "--record", str(record), "--listen", f"127.0.0.1:{port}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        metrics = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    metrics = r.read().decode()
+                if "nodewarden_processes " in metrics and 'nodewarden_rule_matches_total{' in metrics:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert 'nodewarden_build_info{version="' in metrics
+        assert "nodewarden_ruleset_info{hash=" in metrics
+        assert 'nodewarden_sensor_up{sensor="procfs"} 1.0' in metrics
+        assert "nodewarden_rule_matches_total{mode=\"audit\",rule=\"crypto-miner" in metrics
+        agent.send_signal(signal.SIGTERM)
+        out, err = agent.communicate(timeout=15)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    assert agent.returncode == 0, err
+    assert "Traceback" not in err
+    mine = [f for f in _findings(out) if f["process"]["pid"] == workspace_miner.pid]
+    assert len(mine) == 1, "a process must be judged once, not once per scan"
+    assert mine[0]["workspace"] == {"id": "ws-1"}
+    assert workspace_miner.poll() is None
+    assert SECRET not in out + err + record.read_text()
+    # the recording replays to the same finding
+    res = subprocess.run([*NODEWARDEN, "replay", str(record), "--format", "json"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    replayed = [f for f in _findings(res.stdout) if f["process"]["pid"] == workspace_miner.pid]
+    assert [f["rule"] for f in replayed] == [f["rule"] for f in mine]
+
+
+def test_scan_survives_processes_exiting_mid_scan():
+    # a churn of short-lived processes while scans run: no crash, every scan exits 0 or 1
+    churn = subprocess.Popen(["/bin/sh", "-c", "for i in $(seq 400); do /bin/true & done; wait"])
+    try:
+        for _ in range(5):
+            res = subprocess.run([*NODEWARDEN, "scan", "--format", "json"], capture_output=True,
+                                 text=True, timeout=120)
+            assert res.returncode in (0, 1), res.stderr
+            assert "Traceback" not in res.stderr
+    finally:
+        churn.wait(timeout=60)
