@@ -21,7 +21,7 @@ from agent.config import Config, load_config
 from agent.decide import Decision, Protection
 from agent.engine import loader, ruletest
 from agent.engine.ruleset import RuleSet
-from agent.errors import ConfigError, RuleError
+from agent.errors import ConfigError, NodewardenError, RuleError
 from agent.metrics import Metrics
 from agent.pipeline import Judge, scan_once
 from agent.sinks.findings import FindingWriter, finding
@@ -184,8 +184,8 @@ def _protection(cfg: Config) -> Protection:
                 break
             own.add(pid)
             pid = procfs.stat(pid).ppid
-    except Exception:  # best effort: our own ancestry can vanish while we look
-        pass
+    except (OSError, NodewardenError):
+        log.debug("could not read the agent's ancestry past pid %d", pid)
     return Protection(own_pids=frozenset(own), names=frozenset(cfg.protected))
 
 
@@ -216,7 +216,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     tree = ProcessTree(ProcFS(cfg.proc_root), cfg.workspace_markers)
     judge = Judge(ruleset, cfg.mode, _protection(cfg), metrics, cfg.process_cache_size,
                   can_act=False)
-    record = open(args.record, "a", encoding="utf-8") if args.record else None
+    record = open(args.record, "a", encoding="utf-8") if args.record else None  # noqa: SIM115
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -63,8 +63,7 @@ class Process:
 
     def __post_init__(self) -> None:
         exe = self.exe
-        if exe.endswith(" (deleted)"):
-            exe = exe[: -len(" (deleted)")]
+        exe = exe.removesuffix(" (deleted)")
         self.exe_name = os.path.basename(exe) if exe else self.comm
         cmd = self.cmdline
         self.argv0 = os.path.basename(cmd[0]) if cmd else ""

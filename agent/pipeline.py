@@ -37,13 +37,16 @@ class Judge:
         self.can_act = can_act
         self.seen: LRUCache[int, bool] = LRUCache(maxsize=cache_size)
 
+    def judged(self, identity: int) -> bool:
+        """Whether the process with this identity was judged already. A hit refreshes its
+        LRU position (`in` alone would not), so live processes stay cached."""
+        return self.seen.get(identity) is not None
+
     def judge(self, ev: Event) -> list[Decision]:
         """Decisions for `ev`; [] when nothing matched or the process was already judged."""
         once = ev.kind in _PER_PROCESS
         pid_id = ev.process.id
-        if once and pid_id in self.seen:
-            # `in` does not refresh LRU order; a get does, keeping live processes cached
-            self.seen.get(pid_id)
+        if once and self.judged(pid_id):
             return []
         matches = self.ruleset.evaluate(ev)
         if once:
@@ -68,9 +71,8 @@ def scan_once(tree: ProcessTree, judge: Judge, metrics: Metrics | None = None,
     now = clock()
     out: list[Decision] = []
     for p in procs:
-        if p.id in judge.seen:
-            judge.seen.get(p.id)
-            continue
+        if judge.judged(p.id):
+            continue  # skip building the event, not only judging it
         ev = tree.event("scan", p, now)
         out.extend(judge.judge(ev))
         if on_event is not None:

@@ -1,0 +1,1 @@
+"""The shipped rules, installed as package data so `--rules` can be omitted."""

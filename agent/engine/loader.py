@@ -21,9 +21,23 @@ import re2
 
 from agent.engine import yamlsrc
 from agent.engine.ruleset import Example, Predicate, Rule, RuleSet
-from agent.engine.schema import (ACTIONS, CONNECTION_KINDS, INDEXED_FIELDS, IP, KINDS, MODES,
-                                 OPERATORS, PORT, PROCESS_KINDS, SEVERITIES, STR, STRS, INT,
-                                 Field, field, field_names)
+from agent.engine.schema import (
+    ACTIONS,
+    CONNECTION_KINDS,
+    INDEXED_FIELDS,
+    INT,
+    IP,
+    KINDS,
+    MODES,
+    OPERATORS,
+    PORT,
+    PROCESS_KINDS,
+    SEVERITIES,
+    STR,
+    Field,
+    field,
+    field_names,
+)
 from agent.engine.windows import Window
 from agent.errors import RuleError, RuleProblem
 from agent.model import Event
@@ -198,7 +212,7 @@ class _Compiler:
 
     def term(self, key: str, value: Any, line: int, macro_stack: tuple[str, ...]) -> tuple[Predicate, Requirement]:
         if key in ("all", "any"):
-            if not isinstance(value, list) or not value:
+            if not isinstance(value, yamlsrc.Seq) or not value:
                 raise self.fail(line, f"'{key}' takes a non-empty list of conditions")
             subs = []
             bad = False
@@ -288,7 +302,7 @@ class _Compiler:
                     raise self.fail(line, f"{name} is {typ}: '{op}' needs integers, got {v!r}; "
                                           f"remove the quotes")
             if op == "equals" and len(values) > 1:
-                raise self.fail(line, f"'equals' takes one value; use 'in' for several")
+                raise self.fail(line, "'equals' takes one value; use 'in' for several")
             return frozenset(values).__contains__
         if op == "ports":
             return self.port_ranges(values, name, line)
@@ -385,10 +399,10 @@ class _Compiler:
         block = src.data.get("rules")
         if block is None:
             return []
-        if not isinstance(block, list):
+        if not isinstance(block, yamlsrc.Seq):
             self.problem(src.data.line_of("rules"), "'rules' must be a list of rules")
             return []
-        out = []
+        out: list[Rule] = []
         for i, node in enumerate(block):
             self.rule_id = ""
             try:
@@ -477,7 +491,7 @@ class _Compiler:
         if "except" not in node:
             return None
         block = node["except"]
-        if not isinstance(block, list) or not block:
+        if not isinstance(block, yamlsrc.Seq) or not block:
             raise self.fail(node.line_of("except"), "'except' takes a list of conditions; any one "
                                                     "of them suppresses the rule")
         preds = []
@@ -605,7 +619,7 @@ class _Compiler:
                                                  f"{_suggest(str(key), ('match', 'no_match'))}")
                 continue
             items = block[key]
-            if not isinstance(items, list):
+            if not isinstance(items, yamlsrc.Seq):
                 self.problem(block.line_of(key), f"examples '{key}' must be a list of events")
                 continue
             for i, item in enumerate(items):
@@ -742,7 +756,7 @@ def _apply_overrides(comp: _Compiler, src: _Source, rules: dict[str, Rule]) -> N
         return
     comp.file = src.file
     comp.rule_id = ""
-    if not isinstance(block, list):
+    if not isinstance(block, yamlsrc.Seq):
         comp.problem(src.data.line_of("overrides"), "'overrides' must be a list of {id: ..., "
                                                     "severity|mode|action|enabled: ...}")
         return

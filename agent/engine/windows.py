@@ -19,7 +19,7 @@ MAX_KEYS = 10_000
 
 
 class _KeyState:
-    __slots__ = ("seen", "times", "silenced_until")
+    __slots__ = ("seen", "silenced_until", "times")
 
     def __init__(self) -> None:
         self.seen: dict[Any, float] = {}

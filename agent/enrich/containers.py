@@ -41,8 +41,7 @@ def container_id_from_cgroup(text: str) -> str:
 
 def _id_from_path(path: str) -> str:
     for comp in reversed(path.split("/")):
-        if comp.endswith(".scope"):
-            comp = comp[: -len(".scope")]
+        comp = comp.removesuffix(".scope")
         if comp.startswith("crio-conmon-"):
             # the conmon monitor of a cri-o container, not the container itself
             continue

@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 import time as _time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from agent.decide import Decision
 
 
 def iso_time(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + \
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + \
         f"{int(t * 1000) % 1000:03d}Z"
 
 

@@ -83,7 +83,7 @@ class ProcessTree:
 
     def ancestors(self, pid: int) -> tuple[Process, ...]:
         """Parent first, up to init; bounded and safe against ppid cycles."""
-        out = []
+        out: list[Process] = []
         seen = {pid}
         p = self.procs.get(pid)
         while p is not None and len(out) < MAX_ANCESTORS:

@@ -14,8 +14,8 @@ import shlex
 from collections.abc import Iterator
 from typing import Any
 
-from agent.model import Connection, Event, Pod, Process
 from agent.engine.schema import KINDS
+from agent.model import Connection, Event, Pod, Process
 
 _PROCESS_KEYS = {"pid", "ppid", "starttime", "id", "comm", "exe", "cmdline", "uid", "ancestors",
                  "container_id", "netns"}

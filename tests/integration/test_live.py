@@ -49,7 +49,7 @@ def _findings(stdout: str) -> list[dict]:
 
 
 def test_scan_reports_workspace_miner_and_leaves_it_running(workspace_miner):
-    res = subprocess.run([*NODEWARDEN, "scan", "--format", "json"], capture_output=True,
+    res = subprocess.run([*NODEWARDEN, "scan", "--format", "json"], check=False, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 1, res.stderr
     mine = [f for f in _findings(res.stdout) if f["process"]["pid"] == workspace_miner.pid]
@@ -67,7 +67,7 @@ def test_scan_reports_workspace_miner_and_leaves_it_running(workspace_miner):
 
 
 def test_scan_table_is_default(workspace_miner):
-    res = subprocess.run([*NODEWARDEN, "scan"], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([*NODEWARDEN, "scan"], check=False, capture_output=True, text=True, timeout=120)
     assert res.returncode == 1
     assert res.stdout.splitlines()[0].startswith("SEVERITY")
     assert any(str(workspace_miner.pid) in line and "ws-1" in line for line in res.stdout.splitlines())
@@ -116,7 +116,7 @@ def test_run_prints_records_serves_metrics_and_stops_on_sigterm(workspace_miner,
     assert SECRET not in out + err + record.read_text()
     # the recording replays to the same finding
     res = subprocess.run([*NODEWARDEN, "replay", str(record), "--format", "json"],
-                         capture_output=True, text=True, timeout=60)
+                         check=False, capture_output=True, text=True, timeout=60)
     assert res.returncode == 1
     replayed = [f for f in _findings(res.stdout) if f["process"]["pid"] == workspace_miner.pid]
     assert [f["rule"] for f in replayed] == [f["rule"] for f in mine]
@@ -127,7 +127,7 @@ def test_scan_survives_processes_exiting_mid_scan():
     churn = subprocess.Popen(["/bin/sh", "-c", "for i in $(seq 400); do /bin/true & done; wait"])
     try:
         for _ in range(5):
-            res = subprocess.run([*NODEWARDEN, "scan", "--format", "json"], capture_output=True,
+            res = subprocess.run([*NODEWARDEN, "scan", "--format", "json"], check=False, capture_output=True,
                                  text=True, timeout=120)
             assert res.returncode in (0, 1), res.stderr
             assert "Traceback" not in res.stderr
