@@ -133,8 +133,16 @@ def _config(path: str | None) -> Config:
     return load_config(path)
 
 
+def _warn_if_unprivileged() -> None:
+    if os.geteuid() != 0:
+        log.warning("not running as root: other users' processes show no executable path and "
+                    "no workspace (their /proc/PID/exe and environ are unreadable); run as root "
+                    "for a complete view")
+
+
 def cmd_scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     cfg = _config(args.config)
+    _warn_if_unprivileged()
     ruleset = _load_rules(args.rules or cfg.rules or None, err)
     if ruleset is None:
         return 2
@@ -206,6 +214,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     ruleset = _load_rules(cfg.rules or None, err)
     if ruleset is None:
         return 2
+    _warn_if_unprivileged()
     metrics = Metrics()
     metrics.set_ruleset(ruleset.digest, len(ruleset))
     metrics.sensor_up.labels(sensor="procfs").set(1)

@@ -43,7 +43,14 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 stamp=$venv/.nodewarden-installed
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
-    "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$venv/bin/python" -m pip install -q -e "$here[test]"
+    log=$(mktemp)
+    if ! { "$venv/bin/python" -m pip install -q --upgrade pip &&
+           "$venv/bin/python" -m pip install -q -e "$here[test]"; } >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "setup: pip install failed (log above)" >&2
+        rm -f "$log"
+        exit 1
+    fi
+    rm -f "$log"
     touch "$stamp"
 fi

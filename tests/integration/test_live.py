@@ -133,3 +133,22 @@ def test_scan_survives_processes_exiting_mid_scan():
             assert "Traceback" not in res.stderr
     finally:
         churn.wait(timeout=60)
+
+
+def test_scan_as_unprivileged_user_degrades_without_crashing(workspace_miner):
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root (to drop to nobody) and setpriv")
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if subprocess.run([*drop, sys.executable, "-c", "import agent"], check=False,
+                      capture_output=True, timeout=60).returncode != 0:
+        pytest.skip("this checkout is not readable by nobody")
+    res = subprocess.run([*drop, *NODEWARDEN, "scan", "--format", "json"],
+                         check=False, capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    assert res.returncode in (0, 1), res.stderr
+    assert "Traceback" not in res.stderr
+    assert "not running as root" in res.stderr
+    # the miner's comm is still visible to anyone; its root-owned environ is not
+    mine = [f for f in _findings(res.stdout) if f["process"]["pid"] == workspace_miner.pid]
+    assert mine and mine[0]["workspace"] is None
+    assert SECRET not in res.stdout + res.stderr
