@@ -66,7 +66,11 @@ class Process:
         exe = exe.removesuffix(" (deleted)")
         self.exe_name = os.path.basename(exe) if exe else self.comm
         cmd = self.cmdline
-        self.argv0 = os.path.basename(cmd[0]) if cmd else ""
+        first = cmd[0] if cmd else ""
+        if len(cmd) == 1 and " " in first:
+            # a setproctitle'd title ("sshd: /usr/sbin/sshd -D [listener]"): its first word
+            first = first.split(" ", 1)[0].rstrip(":")
+        self.argv0 = os.path.basename(first)
         self.args = cmd[1:]
         self.cmdline_str = " ".join(cmd)
         self.id = process_identity(self.pid, self.ppid, self.starttime, self.exe_dev, self.exe_ino)

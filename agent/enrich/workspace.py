@@ -34,7 +34,8 @@ def find_marker(environ: bytes, markers: Sequence[str]) -> tuple[str, str] | Non
         raw = environ[start:] if end < 0 else environ[start:end]
         if not raw:
             continue
-        value = raw[:MAX_WORKSPACE_ID].decode("utf-8", "backslashreplace")
+        # "replace": one character per bad byte, so the bound holds in characters too
+        value = raw[:MAX_WORKSPACE_ID].decode("utf-8", "replace")
         if value.isprintable():
             return name, value
     return None

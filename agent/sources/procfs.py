@@ -19,7 +19,8 @@ from agent.model import Process
 
 PF_KTHREAD = 0x00200000
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_GONE = (errno.ESRCH, errno.ENOENT)
+# ENOTDIR: a numeric entry that is not a pid directory (never in a real procfs)
+_GONE = (errno.ESRCH, errno.ENOENT, errno.ENOTDIR)
 
 # Upper bounds on what a scan reads from one process: cmdline and environ are attacker
 # controlled and can be many MiB; past these limits the text is truncated, never a crash.
@@ -67,11 +68,12 @@ def parse_stat(data: bytes) -> Stat:
 
 def parse_cmdline(data: bytes) -> tuple[str, ...]:
     """NUL-separated argv. A trailing NUL is the normal terminator; a process that rewrote
-    its argv (setproctitle) may leave one space-joined string, which stays one argument."""
+    its argv (setproctitle) may leave one space-joined string, which stays one argument.
+    Raises nothing: any bytes are some argv."""
+    # Some programs pad a rewritten argv with NULs; trailing empties are padding, not args.
+    data = data.rstrip(b"\0")
     if not data:
         return ()
-    if data.endswith(b"\0"):
-        data = data[:-1]
     return tuple(a.decode("utf-8", "backslashreplace") for a in data.split(b"\0"))
 
 
@@ -91,7 +93,10 @@ def parse_status_uid(data: bytes) -> int:
     at = data.find(b"\nUid:")
     if at < 0:
         raise ValueError("no Uid line")
-    fields = data[at + 5 : data.find(b"\n", at + 5)].split()
+    end = data.find(b"\n", at + 5)
+    fields = data[at + 5 : end if end >= 0 else len(data)].split()
+    if len(fields) < 2:
+        raise ValueError("Uid line has no effective uid")
     return int(fields[1])
 
 
@@ -123,7 +128,7 @@ class ProcFS:
         with os.scandir(self.root) as it:
             for entry in it:
                 name = entry.name
-                if name.isdigit():
+                if name.isascii() and name.isdigit():
                     out.append(int(name))
         out.sort()
         return out
@@ -131,7 +136,7 @@ class ProcFS:
     def _open(self, pid: int) -> int:
         try:
             return os.open(f"{self.root}/{pid}", _DIR_FLAGS)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise ProcessGone(pid) from None
         except PermissionError:
             raise AccessDenied(pid, "") from None
@@ -239,5 +244,5 @@ class ProcFS:
             return owner
         try:
             return parse_status_uid(self._may(pid, dfd, "status", 8192))
-        except (ValueError, IndexError):
+        except ValueError:
             return owner

@@ -25,8 +25,9 @@ class ProcessTree:
         self.markers = tuple(markers)
         self.procs: dict[int, Process] = {}
         self._workspace: dict[int, str] = {}
-        # identity -> workspace id: a process's environ is read at most once
-        self._known: dict[int, str] = {}
+        # (pid, starttime) -> workspace id: a process's environ is read at most once, and
+        # membership sticks when it is reparented (a double fork does not leave a workspace)
+        self._known: dict[tuple[int, int], str] = {}
         self.environ_reads = 0
 
     def scan(self) -> list[Process]:
@@ -45,7 +46,7 @@ class ProcessTree:
     def _resolve_workspaces(self) -> None:
         procs = self.procs
         ws: dict[int, str] = {}
-        known: dict[int, str] = {}
+        known: dict[tuple[int, int], str] = {}
         for pid in procs:
             if pid in ws:
                 continue
@@ -64,12 +65,12 @@ class ProcessTree:
                 if not inherited:
                     inherited = self._own_workspace(p)
                 ws[p.pid] = inherited
-                known[p.id] = inherited
+                known[(p.pid, p.starttime)] = inherited
         self._workspace = ws
         self._known = known
 
     def _own_workspace(self, p: Process) -> str:
-        cached = self._known.get(p.id)
+        cached = self._known.get((p.pid, p.starttime))
         if cached is not None:
             return cached
         if p.kthread or p.state == "Z":

@@ -275,3 +275,13 @@ def test_load_raises_with_all_problems(rules_from):
     with pytest.raises(RuleError) as exc:
         rules_from("rules:\n  - {id: a, match: {proc.nam: x}}\n  - {id: b, match: {proc.exe: {regx: y}}}\n")
     assert len(exc.value.problems) == 2
+
+
+@pytest.mark.parametrize("cmdline,argv0", [
+    (["/usr/bin/python3", "-m", "x"], "python3"),
+    (["sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups"], "sshd"),
+    (["postgres: checkpointer "], "postgres"),
+    ([], ""),
+])
+def test_argv0_is_the_program_even_for_rewritten_titles(cmdline, argv0):
+    assert ev(process={"exe": "/x", "cmdline": cmdline}).process.argv0 == argv0
