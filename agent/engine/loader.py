@@ -49,6 +49,9 @@ RULE_KEYS = ("id", "description", "severity", "action", "mode", "enabled", "tags
 OVERRIDE_KEYS = ("id", "severity", "action", "mode", "enabled")
 WINDOW_KEYS = ("seconds", "threshold", "by", "distinct")
 COMBINATORS = ("all", "any", "not", "macro")
+# Fields holding the kernel's comm, which is truncated to 15 bytes.
+COMM_FIELDS = frozenset({"proc.name", "parent.name", "ancestor.name"})
+COMM_LEN = 15
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _PLACEHOLDER = re.compile(r"\{([a-z_.]+(?:\.[A-Za-z0-9_./-]+)?)\}")
 
@@ -56,6 +59,13 @@ Requirement = dict[str, frozenset[str]] | None
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # errors are reported as rule problems, not on stderr
+
+
+def _never(ev: Event) -> bool:
+    return False
+
+
+_BROKEN: tuple[Predicate, Requirement] = (_never, None)
 
 
 class _Skip(Exception):
@@ -235,6 +245,15 @@ class _Compiler:
                                   f"fields are listed in rules/README.md")
         return self.field_test(fld, value, line)
 
+    def check_macros(self) -> None:
+        """Compile every macro once, so a broken macro is reported even if no rule uses it."""
+        for name, (_, _, line) in list(self.macros.items()):
+            self.rule_id = ""
+            try:
+                self.macro(name, line, ())
+            except _Skip:
+                self.macro_cache[name] = _BROKEN
+
     def macro(self, name: Any, line: int, stack: tuple[str, ...]) -> tuple[Predicate, Requirement]:
         if not isinstance(name, str):
             raise self.fail(line, "'macro' takes the name of a macro")
@@ -245,7 +264,10 @@ class _Compiler:
             raise self.fail(line, f"macro cycle: {' -> '.join((*stack, name))}; a macro cannot "
                                   f"use itself")
         if name in self.macro_cache:
-            return self.macro_cache[name]
+            cached = self.macro_cache[name]
+            if cached is _BROKEN:
+                raise _Skip()  # already reported where the macro is defined
+            return cached
         node, mfile, mline = self.macros[name]
         saved = self.file
         self.file = mfile
@@ -281,7 +303,10 @@ class _Compiler:
         attr = INDEXED_FIELDS.get(fld.name)
         if attr is None or op not in ("equals", "in"):
             return None
-        return {attr: frozenset(str(v) for v in self.expand(arg, line))}
+        values = self.expand(arg, line)
+        if fld.name in COMM_FIELDS:
+            values = [str(v)[:COMM_LEN] for v in values]
+        return {attr: frozenset(str(v) for v in values)}
 
     def operator(self, fld: Field, op: str, arg: Any, line: int) -> Callable[[Any], bool]:
         typ = fld.type
@@ -309,6 +334,9 @@ class _Compiler:
         if op == "cidr":
             nets = [self.cidr(v, name, line) for v in values]
             return lambda v: any((v & mask) == net for net, mask in nets)
+        if fld.name in COMM_FIELDS and op in ("equals", "in"):
+            # the kernel keeps 15 bytes of the name: compare with what it keeps
+            values = [v[:COMM_LEN] if isinstance(v, str) else v for v in values]
         # string operators (string and list-of-string fields)
         for v in values:
             if not isinstance(v, str):
@@ -507,7 +535,7 @@ class _Compiler:
 
     def kinds(self, node: yamlsrc.Node) -> tuple[str, ...] | None:
         if "on" not in node:
-            uses_conn = self.mentions_connection(node.get("match"), ())
+            uses_conn = self.mentions_connection([node.get("match"), node.get("except")], ())
             return CONNECTION_KINDS if uses_conn else PROCESS_KINDS
         raw = node["on"]
         items = raw if isinstance(raw, list) else [raw]
@@ -640,7 +668,7 @@ def _ip_text(ev: Event, name: str) -> str:
 
 def _example_events(item: Any) -> list[Event]:
     """One example: an event, or with `repeat: {count: N, increment: connection.dport}`
-    a sequence of N events (for window rules), one second apart within the window."""
+    a sequence of N events (for window rules), 10 ms apart."""
     if not isinstance(item, dict):
         raise EventFormatError("an example must be a mapping in the recorded-event format")
     repeat = item.get("repeat")
@@ -731,6 +759,7 @@ def check(paths: Sequence[str]) -> tuple[RuleSet | None, list[RuleProblem]]:
             digest.update(str(f.name).encode() + b"\0" + f.read_bytes() + b"\0")
     for src in sources:
         comp.collect_names(src)
+    comp.check_macros()
     rules: list[Rule] = []
     seen: dict[str, Rule] = {}
     for src in sources:

@@ -285,3 +285,17 @@ def test_load_raises_with_all_problems(rules_from):
 ])
 def test_argv0_is_the_program_even_for_rewritten_titles(cmdline, argv0):
     assert ev(process={"exe": "/x", "cmdline": cmdline}).process.argv0 == argv0
+
+
+def test_proc_name_compares_with_the_15_byte_comm(rules_from):
+    rs = rules_from("rules:\n  - id: r\n    match: {proc.name: {in: [phoenixminer-extra-long]}}\n")
+    # the kernel's comm of that program is its first 15 bytes
+    e = event_from_json({"process": {"exe": "/opt/phoenixminer-extra-long",
+                                     "comm": "phoenixminer-ex"}})
+    assert fired(rs, e) == ["r"]
+
+
+def test_connection_test_in_except_makes_a_connection_rule(rules_from):
+    rs = rules_from("rules:\n  - id: r\n    match: {proc.name: bash}\n"
+                    "    except:\n      - conn.dst: {cidr: [127.0.0.0/8]}\n")
+    assert rs.rules[0].kinds == ("connect", "accept")

@@ -105,3 +105,15 @@ def test_empty_and_missing_paths(tmp_path):
     assert rs is None and "cannot read rule file" in str(problems[0])
     rs, problems = loader.check([str(tmp_path / "sub")]) if (tmp_path / "sub").mkdir() is None else (None, [])
     assert rs is None and "no rule files" in str(problems[0])
+
+
+def test_broken_macro_is_reported_even_when_unused(problems_in):
+    problems = problems_in("macros:\n  unused: {proc.nmae: x}\nrules:\n  - {id: r, match: {proc.name: x}}\n")
+    assert problems == [("bad.yaml:2: unknown field 'proc.nmae' (did you mean 'proc.name'?); "
+                         "fields are listed in rules/README.md")]
+
+
+def test_broken_macro_used_by_two_rules_is_reported_once(problems_in):
+    problems = problems_in("macros:\n  m: {proc.nmae: x}\nrules:\n  - {id: a, match: {macro: m}}\n"
+                           "  - {id: b, match: {macro: m}}\n")
+    assert len(problems) == 1
