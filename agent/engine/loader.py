@@ -24,6 +24,7 @@ from agent.engine.ruleset import Example, Predicate, Rule, RuleSet
 from agent.engine.schema import (
     ACTIONS,
     CONNECTION_KINDS,
+    EXE_DIR_INDEX,
     INDEXED_FIELDS,
     INT,
     IP,
@@ -59,6 +60,14 @@ Requirement = dict[str, frozenset[str]] | None
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # errors are reported as rule problems, not on stderr
+
+
+class _Members(frozenset):  # type: ignore[type-arg]
+    """A set of values that is also the test `v in values`, so list fields can intersect
+    sets instead of testing element by element."""
+
+    __slots__ = ()
+    __call__ = frozenset.__contains__
 
 
 def _never(ev: Event) -> bool:
@@ -300,6 +309,12 @@ class _Compiler:
         return _all(terms)
 
     def requirement(self, fld: Field, op: str, arg: Any, line: int) -> Requirement:
+        """The index keys one of which an event must have for this test to pass, if any."""
+        if fld.name == "proc.exe" and op == "prefix":
+            dirs = [str(v) for v in self.expand(arg, line)]
+            if dirs and all(d.startswith("/") and d.endswith("/") for d in dirs):
+                return {EXE_DIR_INDEX: frozenset(dirs)}
+            return None
         attr = INDEXED_FIELDS.get(fld.name)
         if attr is None or op not in ("equals", "in"):
             return None
@@ -342,13 +357,10 @@ class _Compiler:
             if not isinstance(v, str):
                 raise self.fail(line, f"{name} is a {'string' if typ == STR else 'list of strings'}: "
                                       f"'{op}' needs strings, got {v!r}; quote it")
-        if op == "equals":
-            if len(values) > 1:
+        if op in ("equals", "in"):
+            if op == "equals" and len(values) > 1:
                 raise self.fail(line, "'equals' takes one value; use 'in' for several")
-            want = values[0]
-            return lambda v: v == want
-        if op == "in":
-            return frozenset(values).__contains__
+            return _Members(values)
         if op == "prefix":
             t = tuple(values)
             return lambda v: v.startswith(t)
@@ -713,7 +725,21 @@ def _lift(fld: Field, test: Callable[[Any], bool], is_exists: bool, arg: Any) ->
         want = bool(arg)
         return lambda ev: (get(ev) not in (None, "", (), [])) == want
     if fld.many:
-        return lambda ev: (v := get(ev)) is not None and any(test(x) for x in v)
+        if isinstance(test, _Members):
+            # equals/in on a list: a set intersection instead of a test per element
+            isdisjoint = test.isdisjoint
+            return lambda ev: (v := get(ev)) is not None and not isdisjoint(v)
+
+        def any_element(ev: Event) -> bool:
+            v = get(ev)
+            if v is None:
+                return False
+            for x in v:
+                if test(x):
+                    return True
+            return False
+
+        return any_element
     return lambda ev: (v := get(ev)) is not None and test(v)
 
 

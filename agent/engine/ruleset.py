@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.engine.schema import INDEX_KEYS
 from agent.engine.windows import Window
 from agent.model import Event
 
@@ -70,13 +71,15 @@ class Match:
 
 
 class _Bucket:
-    """The rules of one event kind: those always run, and per-attribute name indexes."""
+    """The rules of one event kind: those always run, and per-key indexes whose entries are
+    pre-merged with the always-run rules, so the usual event does one dict lookup per index
+    and iterates a ready tuple."""
 
     __slots__ = ("always", "tables")
 
     def __init__(self) -> None:
-        self.always: list[Rule] = []
-        self.tables: list[tuple[str, dict[str, tuple[Rule, ...]]]] = []
+        self.always: tuple[Rule, ...] = ()
+        self.tables: list[tuple[Callable[[Event], Any], dict[str, tuple[Rule, ...]]]] = []
 
 
 class RuleSet:
@@ -88,51 +91,51 @@ class RuleSet:
         self.digest = digest
         self.sources = list(sources)
         self._buckets: dict[str, _Bucket] = {}
-        for rule in self.rules:
-            for kind in rule.kinds:
-                self._add(self._buckets.setdefault(kind, _Bucket()), rule)
-        for b in self._buckets.values():
-            b.always.sort(key=_order)
+        for kind in {k for r in self.rules for k in r.kinds}:
+            self._buckets[kind] = self._bucket([r for r in self.rules if kind in r.kinds])
 
     @staticmethod
-    def _add(bucket: _Bucket, rule: Rule) -> None:
-        if not rule.requirement:
-            bucket.always.append(rule)
-            return
-        for attr, values in rule.requirement.items():
-            table = next((t for a, t in bucket.tables if a == attr), None)
-            if table is None:
-                table = {}
-                bucket.tables.append((attr, table))
-            for v in values:
-                table[v] = tuple(sorted({*table.get(v, ()), rule}, key=_order))
+    def _bucket(rules: list[Rule]) -> _Bucket:
+        b = _Bucket()
+        b.always = tuple(r for r in rules if not r.requirement)
+        indexed: dict[str, dict[str, set[Rule]]] = {}
+        for r in rules:
+            for index, values in (r.requirement or {}).items():
+                table = indexed.setdefault(index, {})
+                for v in values:
+                    table.setdefault(v, set()).add(r)
+        for index, table in indexed.items():
+            merged = {k: tuple(sorted(hits.union(b.always), key=_order))
+                      for k, hits in table.items()}
+            b.tables.append((INDEX_KEYS[index], merged))
+        return b
 
-    def candidates(self, ev: Event) -> list[Rule]:
+    def candidates(self, ev: Event) -> Sequence[Rule]:
         """The rules that could match `ev`, in file order."""
         b = self._buckets.get(ev.kind)
         if b is None:
-            return []
-        p = ev.process
-        hits: set[Rule] | None = None
-        for attr, table in b.tables:
-            found = table.get(getattr(p, attr))
-            if found:
-                if hits is None:
-                    hits = set(found)
+            return ()
+        found: tuple[Rule, ...] | None = None
+        union: set[Rule] | None = None
+        for keys, table in b.tables:
+            for key in keys(ev):
+                hit = table.get(key)
+                if hit is None or hit is found:
+                    continue
+                if found is None:
+                    found = hit
+                elif union is None:
+                    union = set(found)
+                    union.update(hit)
                 else:
-                    hits.update(found)
-        if hits is None:
-            return b.always
-        hits.update(b.always)
-        return sorted(hits, key=_order)
+                    union.update(hit)
+        if union is not None:
+            return sorted(union, key=_order)
+        return found if found is not None else b.always
 
     def evaluate(self, ev: Event) -> list[Match]:
         """Every rule that fires on `ev`."""
-        out: list[Match] = []
-        for rule in self.candidates(ev):
-            if rule.fires(ev):
-                out.append(Match(rule, ev, rule.message(ev)))
-        return out
+        return [Match(rule, ev, rule.message(ev)) for rule in self.candidates(ev) if rule.fires(ev)]
 
     def reset_windows(self) -> None:
         for r in self.all_rules:

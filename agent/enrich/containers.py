@@ -16,13 +16,19 @@ Nested runtimes (docker in docker) yield the innermost id: the last one in the p
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _PREFIXES = ("docker-", "cri-containerd-", "crio-", "libpod-", "containerd-")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
+@lru_cache(maxsize=4096)
 def container_id_from_cgroup(text: str) -> str:
-    """The container id of a process, or "" when it runs in no container."""
+    """The container id of a process, or "" when it runs in no container.
+
+    Cached: the processes of a host share a few distinct cgroup texts, and parsing one
+    costs about as much as reading it.
+    """
     v2 = ""
     v1 = ""
     for line in text.splitlines():

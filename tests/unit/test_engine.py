@@ -59,9 +59,15 @@ def test_rule_is_indexed_by_name_and_index_agrees_with_naive_loop(rules_from):
     miner = next(r for r in rs.rules if r.id == "miner")
     assert miner.requirement == {"comm": frozenset({"xmrig", "minerd"}),
                                  "exe_name": frozenset({"xmrig", "minerd"})}
-    assert [r.id for r in rs.candidates(ev(process={"exe": "/bin/ls"}))] == ["tmp-exec"]
+    tmp = next(r for r in rs.rules if r.id == "tmp-exec")
+    assert tmp.requirement == {"exe_dir": frozenset({"/tmp/", "/dev/shm/"})}
+    # an exec of ls runs no rule at all; one from /tmp runs only the /tmp rule
+    assert [r.id for r in rs.candidates(ev(process={"exe": "/bin/ls"}))] == []
+    assert [r.id for r in rs.candidates(ev(process={"exe": "/tmp/a/ls"}))] == ["tmp-exec"]
     for e in (ev(process={"exe": "/tmp/xmrig"}), ev(process={"exe": "/bin/ls"}),
-              ev(process={"exe": "/dev/shm/minerd"}), ev(process={"exe": "/tmp/ls"})):
+              ev(process={"exe": "/dev/shm/minerd"}), ev(process={"exe": "/tmp/ls"}),
+              ev(process={"exe": "/tmpfoo/ls"}), ev(process={"exe": "/memfd:x (deleted)"}),
+              ev(process={"comm": "xmrig"})):
         assert fired(rs, e) == [m.rule.id for m in naive_evaluate(rs.rules, e)]
 
 
@@ -299,3 +305,25 @@ def test_connection_test_in_except_makes_a_connection_rule(rules_from):
     rs = rules_from("rules:\n  - id: r\n    match: {proc.name: bash}\n"
                     "    except:\n      - conn.dst: {cidr: [127.0.0.0/8]}\n")
     assert rs.rules[0].kinds == ("connect", "accept")
+
+
+def test_parent_name_index_and_mixed_hits_agree_with_naive_loop(rules_from):
+    rs = rules_from("""
+rules:
+  - id: by-parent
+    match: {parent.exe_name: {in: [nginx, httpd]}, proc.name: {in: [sh, bash]}}
+  - id: by-name
+    match: {proc.exe_name: bash}
+  - id: any-exec
+    match: {proc.uid: 0}
+  - id: by-dir
+    match: {proc.exe: {prefix: [/usr/bin/]}}
+""")
+    by_id = {r.id: r for r in rs.rules}
+    assert by_id["by-parent"].requirement is not None
+    events = [ev(process={"exe": "/usr/bin/bash", "uid": u, "ancestors": [{"exe": p}]})
+              for u in (0, 1000) for p in ("/usr/sbin/nginx", "/usr/sbin/sshd")]
+    events.append(ev(process={"exe": "/bin/sh"}))
+    for e in events:
+        assert fired(rs, e) == [m.rule.id for m in naive_evaluate(rs.rules, e)]
+    assert fired(rs, events[0]) == ["by-parent", "by-name", "any-exec", "by-dir"]
