@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from cachetools import LRUCache
 
@@ -36,6 +37,8 @@ class Judge:
         self.metrics = metrics
         self.can_act = can_act
         self.seen: LRUCache[int, bool] = LRUCache(maxsize=cache_size)
+        # labelled counter children, looked up once per kind rather than once per event
+        self._event_counters: dict[str, Any] = {}
 
     def judged(self, identity: int) -> bool:
         """Whether the process with this identity was judged already. A hit refreshes its
@@ -53,7 +56,12 @@ class Judge:
             self.seen[pid_id] = True
         m = self.metrics
         if m is not None:
-            m.events.labels(source=ev.kind).inc()
+            counter = self._event_counters.get(ev.kind)
+            if counter is None:
+                counter = self._event_counters[ev.kind] = m.events.labels(source=ev.kind)
+            counter.inc()
+        if not matches:
+            return []
         decisions = [decide(x, self.mode, self.protection, self.can_act) for x in matches]
         if m is not None:
             for d in decisions:

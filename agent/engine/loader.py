@@ -62,6 +62,20 @@ _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # errors are reported as rule problems, not on stderr
 
 
+def _contains_any(needles: tuple[str, ...]) -> Callable[[str], bool]:
+    if len(needles) == 1:
+        needle = needles[0]
+        return lambda v: needle in v
+
+    def contains(v: str) -> bool:
+        for n in needles:
+            if n in v:
+                return True
+        return False
+
+    return contains
+
+
 class _Members(frozenset):  # type: ignore[type-arg]
     """A set of values that is also the test `v in values`, so list fields can intersect
     sets instead of testing element by element."""
@@ -368,8 +382,7 @@ class _Compiler:
             t = tuple(values)
             return lambda v: v.endswith(t)
         if op == "contains":
-            t = tuple(values)
-            return lambda v: any(s in v for s in t)
+            return _contains_any(tuple(values))
         if op == "glob":
             rx = re.compile("|".join(fnmatch.translate(g) for g in values))
             return lambda v: rx.match(v) is not None
@@ -543,7 +556,7 @@ class _Compiler:
                 bad = True
         if bad:
             raise _Skip()
-        return _any(preds)[0]
+        return _disjunction([p for p, _ in preds])
 
     def kinds(self, node: yamlsrc.Node) -> tuple[str, ...] | None:
         if "on" not in node:
@@ -747,12 +760,7 @@ def _all(terms: Sequence[tuple[Predicate, Requirement]]) -> tuple[Predicate, Req
     preds = tuple(p for p, _ in terms)
     reqs = [r for _, r in terms if r]
     req = min(reqs, key=lambda r: sum(len(v) for v in r.values())) if reqs else None
-    if len(preds) == 1:
-        return preds[0], req
-    if len(preds) == 2:
-        a, b = preds
-        return (lambda ev: a(ev) and b(ev)), req
-    return (lambda ev: all(p(ev) for p in preds)), req
+    return _conjunction(preds), req
 
 
 def _any(terms: Sequence[tuple[Predicate, Requirement]]) -> tuple[Predicate, Requirement]:
@@ -764,9 +772,50 @@ def _any(terms: Sequence[tuple[Predicate, Requirement]]) -> tuple[Predicate, Req
             for attr, vals in (r or {}).items():
                 merged.setdefault(attr, set()).update(vals)
         req = {a: frozenset(v) for a, v in merged.items()}
+    return _disjunction(preds), req
+
+
+# Combinators are the innermost loop of the engine: short ones are unrolled lambdas, which
+# cost a fraction of a generator passed to all()/any().
+
+def _conjunction(preds: Sequence[Predicate]) -> Predicate:
     if len(preds) == 1:
-        return preds[0], req
-    return (lambda ev: any(p(ev) for p in preds)), req
+        return preds[0]
+    if len(preds) == 2:
+        a, b = preds
+        return lambda ev: a(ev) and b(ev)
+    if len(preds) == 3:
+        a, b, c = preds
+        return lambda ev: a(ev) and b(ev) and c(ev)
+    ps = tuple(preds)
+
+    def every(ev: Event) -> bool:
+        for p in ps:
+            if not p(ev):
+                return False
+        return True
+
+    return every
+
+
+def _disjunction(preds: Sequence[Predicate]) -> Predicate:
+    if len(preds) == 1:
+        return preds[0]
+    if len(preds) == 2:
+        a, b = preds
+        return lambda ev: a(ev) or b(ev)
+    if len(preds) == 3:
+        a, b, c = preds
+        return lambda ev: a(ev) or b(ev) or c(ev)
+    ps = tuple(preds)
+
+    def some(ev: Event) -> bool:
+        for p in ps:
+            if p(ev):
+                return True
+        return False
+
+    return some
 
 
 def check(paths: Sequence[str]) -> tuple[RuleSet | None, list[RuleProblem]]:

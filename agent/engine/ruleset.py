@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.engine.schema import INDEX_KEYS
+from agent.engine.schema import EXE_DIR_INDEX
 from agent.engine.windows import Window
 from agent.model import Event
 
@@ -71,19 +71,38 @@ class Match:
 
 
 class _Bucket:
-    """The rules of one event kind: those always run, and per-key indexes whose entries are
-    pre-merged with the always-run rules, so the usual event does one dict lookup per index
-    and iterates a ready tuple."""
+    """The rules of one event kind: those always run, and indexes from a key of the event
+    (comm, exe basename, argv0, the parent's, the executable's directories) to the rules
+    that need it. Index entries are pre-merged with the always-run rules, so the usual event
+    does a few dict lookups and iterates a ready tuple."""
 
-    __slots__ = ("always", "tables")
+    __slots__ = ("_unions", "always", "dir_depth", "dir_table", "parent_tables", "proc_tables")
 
     def __init__(self) -> None:
         self.always: tuple[Rule, ...] = ()
-        self.tables: list[tuple[Callable[[Event], Any], dict[str, tuple[Rule, ...]]]] = []
+        self.proc_tables: list[tuple[str, dict[str, tuple[Rule, ...]]]] = []
+        self.parent_tables: list[tuple[str, dict[str, tuple[Rule, ...]]]] = []
+        self.dir_table: dict[str, tuple[Rule, ...]] = {}
+        self.dir_depth = 0
+        # several index hits for one event: their union, cached by the hits' identities
+        self._unions: dict[tuple[int, ...], tuple[Rule, ...]] = {}
+
+    def union(self, hits: list[tuple[Rule, ...]]) -> tuple[Rule, ...]:
+        key = tuple(sorted({id(h) for h in hits}))
+        found = self._unions.get(key)
+        if found is None:
+            merged: set[Rule] = set()
+            for h in hits:
+                merged.update(h)
+            found = tuple(sorted(merged, key=_order))
+            if len(self._unions) >= 4096:
+                self._unions.clear()  # bounded; combinations seen again are rebuilt
+            self._unions[key] = found
+        return found
 
 
 class RuleSet:
-    """Enabled rules compiled into per-kind buckets with name indexes."""
+    """Enabled rules compiled into per-kind buckets with indexes."""
 
     def __init__(self, rules: Sequence[Rule], digest: str = "", sources: Sequence[str] = ()) -> None:
         self.all_rules = list(rules)
@@ -107,7 +126,13 @@ class RuleSet:
         for index, table in indexed.items():
             merged = {k: tuple(sorted(hits.union(b.always), key=_order))
                       for k, hits in table.items()}
-            b.tables.append((INDEX_KEYS[index], merged))
+            if index == EXE_DIR_INDEX:
+                b.dir_table = merged
+                b.dir_depth = max(k.count("/") for k in merged)
+            elif index.startswith("parent."):
+                b.parent_tables.append((index[len("parent."):], merged))
+            else:
+                b.proc_tables.append((index, merged))
         return b
 
     def candidates(self, ev: Event) -> Sequence[Rule]:
@@ -115,23 +140,35 @@ class RuleSet:
         b = self._buckets.get(ev.kind)
         if b is None:
             return ()
-        found: tuple[Rule, ...] | None = None
-        union: set[Rule] | None = None
-        for keys, table in b.tables:
-            for key in keys(ev):
-                hit = table.get(key)
-                if hit is None or hit is found:
-                    continue
-                if found is None:
-                    found = hit
-                elif union is None:
-                    union = set(found)
-                    union.update(hit)
-                else:
-                    union.update(hit)
-        if union is not None:
-            return sorted(union, key=_order)
-        return found if found is not None else b.always
+        hits: list[tuple[Rule, ...]] = []
+        p = ev.process
+        for attr, table in b.proc_tables:
+            hit = table.get(getattr(p, attr))
+            if hit is not None:
+                hits.append(hit)
+        if b.parent_tables and ev.ancestors:
+            parent = ev.ancestors[0]
+            for attr, table in b.parent_tables:
+                hit = table.get(getattr(parent, attr))
+                if hit is not None:
+                    hits.append(hit)
+        if b.dir_depth:
+            # the executable's directory prefixes, as deep as the deepest indexed one
+            exe = p.exe
+            table = b.dir_table
+            i = exe.find("/")
+            depth = 0
+            while i >= 0 and depth < b.dir_depth:
+                hit = table.get(exe[: i + 1])
+                if hit is not None:
+                    hits.append(hit)
+                depth += 1
+                i = exe.find("/", i + 1)
+        if not hits:
+            return b.always
+        if len(hits) == 1:
+            return hits[0]
+        return b.union(hits)
 
     def evaluate(self, ev: Event) -> list[Match]:
         """Every rule that fires on `ev`."""

@@ -172,36 +172,3 @@ INDEXED_FIELDS: dict[str, str] = {
     "parent.argv0": "parent.argv0",
 }
 EXE_DIR_INDEX = "exe_dir"
-
-
-def _attr_keys(attr: str) -> Callable[[Event], tuple[str, ...]]:
-    def keys(ev: Event) -> tuple[str, ...]:
-        return (getattr(ev.process, attr),)
-
-    return keys
-
-
-def _parent_keys(attr: str) -> Callable[[Event], tuple[str, ...]]:
-    def keys(ev: Event) -> tuple[str, ...]:
-        anc = ev.ancestors
-        return (getattr(anc[0], attr),) if anc else ()
-
-    return keys
-
-
-def _exe_dir_keys(ev: Event) -> list[str]:
-    """Every directory prefix of the executable path, deepest first: /a/b/c -> /a/b/, /a/, /."""
-    exe = ev.process.exe
-    out = []
-    i = exe.rfind("/")
-    while i >= 0:
-        out.append(exe[: i + 1])
-        i = exe.rfind("/", 0, i)
-    return out
-
-
-INDEX_KEYS: dict[str, Callable[[Event], Any]] = {
-    "comm": _attr_keys("comm"), "exe_name": _attr_keys("exe_name"), "argv0": _attr_keys("argv0"),
-    "parent.comm": _parent_keys("comm"), "parent.exe_name": _parent_keys("exe_name"),
-    "parent.argv0": _parent_keys("argv0"), EXE_DIR_INDEX: _exe_dir_keys,
-}
