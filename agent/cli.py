@@ -23,7 +23,8 @@ from agent.engine import loader, ruletest
 from agent.engine.ruleset import RuleSet
 from agent.errors import ConfigError, NodewardenError, RuleError
 from agent.metrics import Metrics
-from agent.pipeline import Judge, scan_once
+from agent.model import Event
+from agent.pipeline import Agent, Judge, scan_once
 from agent.sinks.findings import FindingWriter, finding
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
@@ -55,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--record", metavar="FILE", help="write every judged event as JSON lines")
     run.add_argument("--interval", type=float, help="seconds between procfs scans")
     run.add_argument("--once", action="store_true", help="stop after the first scan")
+    run.add_argument("--no-bpf", action="store_true", help="procfs scans only, no eBPF sensors")
+    run.add_argument("--print-bpf", action="store_true", help="print the BPF program and exit")
+    run.add_argument("--ring-pages", type=int, metavar="N",
+                     help="ring buffer size in pages (power of two; default 1024)")
 
     scan = sub.add_parser("scan", help="one procfs pass, judged and reported; never kills")
     rules_opt(scan)
@@ -198,7 +203,16 @@ def _protection(cfg: Config) -> Protection:
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.print_bpf:
+        from agent.sources.bpf import program_text
+
+        out.write(program_text())
+        return 0
     cfg = _config(args.config)
+    if args.no_bpf:
+        cfg.bpf = "off"
+    if args.ring_pages:
+        cfg.ring_buffer_pages = args.ring_pages
     if args.dry_run:
         cfg.mode = "audit"
     for attr in ("proc_root", "listen"):
@@ -208,6 +222,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         cfg.scan_interval = args.interval
     if args.rules:
         cfg.rules = list(args.rules)
+    cfg.validate()
     if not os.path.isdir(cfg.proc_root):
         print(f"nodewarden: procfs root {cfg.proc_root} is not a directory", file=err)
         return 2
@@ -225,7 +240,15 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     tree = ProcessTree(ProcFS(cfg.proc_root), cfg.workspace_markers)
     judge = Judge(ruleset, cfg.mode, _protection(cfg), metrics, cfg.process_cache_size,
                   can_act=False)
-    record = open(args.record, "a", encoding="utf-8") if args.record else None  # noqa: SIM115
+    # line-buffered: a recording is complete up to the last event even if we are killed
+    record_file = open(args.record, "a", encoding="utf-8", buffering=1) if args.record else None  # noqa: SIM115
+
+    def record(ev: Event) -> None:
+        assert record_file is not None
+        record_file.write(json.dumps(ev.to_json(), separators=(",", ":")) + "\n")
+
+    agent = Agent(tree, judge, lambda ds: _emit(ds, writer, cfg.host), metrics,
+                  cfg.scan_interval, record if record_file is not None else None)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -239,25 +262,64 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if cfg.mode == "enforce":
         log.warning("mode=enforce: this build has no enforcer yet; matches are reported as "
                     "would_kill and nothing is signalled")
-
-    def on_event(ev: Any) -> None:
-        if record is not None:
-            record.write(json.dumps(ev.to_json(), separators=(",", ":")) + "\n")
-
+    sensor = observer = None
     try:
-        while not stop.is_set():
-            decisions = scan_once(tree, judge, metrics, on_event=on_event)
-            _emit(decisions, writer, cfg.host)
-            if record is not None:
-                record.flush()
-            if args.once:
-                break
-            stop.wait(cfg.scan_interval)
+        if args.once:
+            agent.scan("startup")
+            return 0
+        if cfg.bpf != "off":
+            sensor, observer = _start_sensors(cfg, tree, agent, metrics)
+        metrics.sensor_up.labels(sensor="bpf").set(1 if sensor is not None else 0)
+
+        def ready() -> None:
+            log.info("ready: %s", "eBPF sensors (exec, fork, exit, tcp) and procfs scans"
+                     if sensor is not None else f"procfs scans every {cfg.scan_interval:g}s")
+
+        agent.run(stop, sensor, observer, ready)
     finally:
-        if record is not None:
-            record.close()
+        if sensor is not None:
+            sensor.close()
+        if record_file is not None:
+            record_file.close()
     log.info("stopped")
     return 0
+
+
+def _start_sensors(cfg: Config, tree: ProcessTree, agent: Agent,
+                   metrics: Metrics) -> tuple[Any, Any]:
+    """Load the eBPF sensors, or say once what is missing and return (None, None)."""
+    from agent.sources import bpf
+
+    try:
+        bpf.check()
+        from agent.observer import Observer
+        from agent.sources.netstate import NetState
+
+        observer = Observer(tree, NetState(cfg.proc_root))
+
+        def on_raw(raw: Any) -> None:
+            ev = observer.handle(raw)
+            if ev is not None:
+                agent.handle(ev)
+
+        sensor = bpf.BpfSensor(on_raw, ring_pages=cfg.ring_buffer_pages)
+    except bpf.BpfUnavailable as e:
+        if cfg.bpf == "required":
+            raise ConfigError(f"eBPF is required (bpf: required) but unavailable: {e.reason}; "
+                              f"fix: {e.fix}") from None
+        log.warning("eBPF sensors unavailable: %s; fix: %s. Running on procfs scans every "
+                    "%gs: processes that live shorter than that can be missed.",
+                    e.reason, e.fix, cfg.scan_interval)
+        return None, None
+    except Exception as e:  # noqa: BLE001 - BCC raises bare Exception on compile errors
+        if cfg.bpf == "required":
+            raise ConfigError(f"eBPF is required but failed to load: {e}") from None
+        log.warning("eBPF sensors failed to load (%s); running on procfs scans every %gs",
+                    e, cfg.scan_interval)
+        return None, None
+    for name in ("exec", "tcp"):
+        metrics.sensor_up.labels(sensor=name).set(1)
+    return sensor, observer
 
 
 def _serve_metrics(listen: str, metrics: Metrics) -> None:

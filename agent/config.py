@@ -35,6 +35,8 @@ class Config:
     protected: list[str] = field(default_factory=lambda: list(DEFAULT_PROTECTED))
     scan_interval: float = 10.0
     process_cache_size: int = 65536
+    bpf: str = "auto"
+    ring_buffer_pages: int = 1024
 
     def validate(self) -> None:
         if self.mode not in ("audit", "enforce"):
@@ -45,17 +47,23 @@ class Config:
                               "(without '='), e.g. [WORKSPACE_ID]")
         if self.scan_interval <= 0:
             raise ConfigError("scan_interval must be a positive number of seconds")
+        if self.bpf not in ("auto", "off", "required"):
+            raise ConfigError(f"bpf must be auto, off or required, not {self.bpf!r}")
+        pages = self.ring_buffer_pages
+        if pages < 1 or pages & (pages - 1):
+            raise ConfigError(f"ring_buffer_pages must be a power of two, not {pages}")
         if self.process_cache_size < 1024:
             raise ConfigError("process_cache_size must be at least 1024")
         host, _, port = self.listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"listen must be HOST:PORT like 127.0.0.1:9808, not {self.listen!r}")
+        if self.listen != "off" and (not host or not port.isdigit()):
+            raise ConfigError(f"listen must be HOST:PORT like 127.0.0.1:9808 (or off), "
+                              f"not {self.listen!r}")
 
 
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "mode": str, "rules": list, "proc_root": str, "listen": str, "host": str,
     "workspace_markers": list, "protected": list, "scan_interval": (int, float),
-    "process_cache_size": int,
+    "process_cache_size": int, "bpf": str, "ring_buffer_pages": int,
 }
 
 

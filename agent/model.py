@@ -160,6 +160,8 @@ class Event:
     workspace: str = ""
     pod: Pod | None = None
     connection: Connection | None = None
+    # CLOCK_MONOTONIC ns when the kernel saw it (eBPF events; 0 otherwise): for latency
+    ktime_ns: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The recorded-event format (`--record`, `replay`)."""

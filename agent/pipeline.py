@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -89,3 +90,62 @@ def scan_once(tree: ProcessTree, judge: Judge, metrics: Metrics | None = None,
         metrics.scan_duration.observe(time.monotonic() - started)
         metrics.processes.set(len(procs))
     return out
+
+
+class Agent:
+    """The running agent: judges every event a source hands it, scans procfs at start, on a
+    timer, and at once when the kernel reports lost events, and reports every decision."""
+
+    def __init__(self, tree: ProcessTree, judge: Judge, report: Callable[[list[Decision]], None],
+                 metrics: Metrics, scan_interval: float,
+                 record: Callable[[Event], None] | None = None) -> None:
+        self.tree = tree
+        self.judge = judge
+        self.report = report
+        self.metrics = metrics
+        self.scan_interval = scan_interval
+        self.record = record
+        self.scans = 0
+
+    def handle(self, ev: Event) -> None:
+        """Judge one event from a sensor and report what it decided."""
+        if self.record is not None:
+            self.record(ev)
+        decisions = self.judge.judge(ev)
+        if decisions:
+            self.report(decisions)
+
+    def scan(self, reason: str) -> None:
+        """A reconciliation pass: every process not yet judged is judged now."""
+        decisions = scan_once(self.tree, self.judge, self.metrics, on_event=self.record)
+        self.scans += 1
+        self.metrics.scans.labels(reason=reason).inc()
+        if decisions:
+            self.report(decisions)
+
+    def run(self, stop: threading.Event, sensor: Any = None, observer: Any = None,
+            on_ready: Callable[[], None] | None = None) -> None:
+        """Until `stop` is set. `sensor` (a BpfSensor) delivers records to `observer`, whose
+        Events come back to `handle`; without a sensor, procfs scans are the only source."""
+        self.scan("startup")
+        if sensor is not None and observer is not None:
+            for ev in observer.startup_connections(time.time()):
+                self.handle(ev)
+        if on_ready is not None:
+            on_ready()
+        next_scan = time.monotonic() + self.scan_interval
+        lost_seen = sensor.lost() if sensor is not None else 0
+        while not stop.is_set():
+            if sensor is not None:
+                sensor.poll(100)
+                lost = sensor.lost()
+                if lost > lost_seen:
+                    self.metrics.events_lost.labels(source="bpf").inc(lost - lost_seen)
+                    lost_seen = lost
+                    # the kernel dropped records: whatever they were about, a scan sees it
+                    self.scan("loss")
+            else:
+                stop.wait(max(0.0, min(1.0, next_scan - time.monotonic())))
+            if time.monotonic() >= next_scan:
+                self.scan("periodic")
+                next_scan = time.monotonic() + self.scan_interval

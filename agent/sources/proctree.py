@@ -79,6 +79,25 @@ class ProcessTree:
         found = self.procfs.environ_marker(p.pid, self.markers)
         return found[1] if found else ""
 
+    def add(self, p: Process) -> None:
+        """Insert or replace one process (an exec seen by a sensor): it inherits its
+        parent's workspace, or is judged by its own environ once."""
+        key = (p.pid, p.starttime)
+        ws = self._workspace.get(p.ppid, "")
+        if not ws:
+            ws = self._own_workspace(p)
+        self.procs[p.pid] = p
+        self._workspace[p.pid] = ws
+        self._known[key] = ws
+
+    def remove(self, pid: int) -> Process | None:
+        """Forget an exited process; returns what was known of it."""
+        p = self.procs.pop(pid, None)
+        self._workspace.pop(pid, None)
+        if p is not None:
+            self._known.pop((p.pid, p.starttime), None)
+        return p
+
     def workspace_of(self, pid: int) -> str:
         return self._workspace.get(pid, "")
 

@@ -1,0 +1,171 @@
+"""Kernel events to enriched Events: the process tree kept current, connections attributed.
+
+exec reads the new image from procfs (falling back to what the kernel record carries when
+the process is already gone), fork remembers the parent for short-lived children, exit
+forgets; connect, accept and close become Connections attributed to a process and carry
+its network namespace.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from cachetools import LRUCache
+
+from agent.errors import AccessDenied, ProcessGone
+from agent.model import Connection, Event, Process
+from agent.sources import kevents
+from agent.sources.kevents import RawEvent
+from agent.sources.netstate import ESTABLISHED, LISTEN, NetState
+from agent.sources.proctree import ProcessTree
+
+log = logging.getLogger("nodewarden.observer")
+
+Tuple4 = tuple[str, int, str, int]
+
+
+class Observer:
+    """Turns RawEvents into Events against a ProcessTree. Every cache here is bounded."""
+
+    def __init__(self, tree: ProcessTree, net: NetState,
+                 wall: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic) -> None:
+        self.tree = tree
+        self.net = net
+        # kernel timestamps are CLOCK_MONOTONIC: shift them to wall-clock once
+        self._offset = wall() - mono()
+        self._parent_of: LRUCache[int, int] = LRUCache(maxsize=65536)
+        # inbound connections by (remote, rport, local, lport) -> accepting pid, so the
+        # close (which runs in softirq context) is attributed
+        self._accepted: LRUCache[Tuple4, int] = LRUCache(maxsize=65536)
+
+    def handle(self, raw: RawEvent) -> Event | None:
+        """The Event for one kernel record, or None when there is nothing to judge."""
+        kind = raw.kind
+        t = raw.ts_ns / 1e9 + self._offset
+        if kind == kevents.EXEC:
+            new = self._read(raw.pid) or self._from_record(raw)
+            self.tree.add(new)
+            return self._event("exec", new, t, raw.ts_ns)
+        if kind == kevents.FORK:
+            self._parent_of[raw.pid] = raw.ppid
+            return None
+        if kind == kevents.EXIT:
+            self._parent_of.pop(raw.pid, None)
+            gone = self.tree.remove(raw.pid)
+            return self._event("exit", gone, t, raw.ts_ns) if gone is not None else None
+        if kind == kevents.CONNECT:
+            p = self._process(raw.pid)
+            if p is None:
+                return None
+            conn = Connection(raw.saddr, raw.sport, raw.daddr, raw.dport, _family(raw.family),
+                              "outbound", p.netns)
+            return self._event("connect", p, t, raw.ts_ns, conn)
+        if kind == kevents.ACCEPT:
+            return self._accept(raw, t)
+        if kind == kevents.CLOSE:
+            return self._close(raw, t)
+        return None
+
+    def _accept(self, raw: RawEvent, t: float) -> Event | None:
+        p = self._process(raw.pid)
+        if p is None:
+            return None
+        if raw.family:
+            # resolved in the kernel: saddr/sport are local, daddr/dport the peer
+            remote, rport, local, lport = raw.daddr, raw.dport, raw.saddr, raw.sport
+            family = _family(raw.family)
+        else:
+            # the caller passed no sockaddr: resolve the fd while it is still open
+            s = self.net.socket_of_fd(raw.pid, raw.fd)
+            if s is None:
+                log.debug("accept by pid %d: fd %d is gone or not TCP", raw.pid, raw.fd)
+                return None
+            remote, rport, local, lport, family = s.remote, s.rport, s.local, s.lport, s.family
+        self._accepted[(remote, rport, local, lport)] = p.pid
+        conn = Connection(remote, rport, local, lport, family, "inbound", p.netns)
+        return self._event("accept", p, t, raw.ts_ns, conn)
+
+    def _close(self, raw: RawEvent, t: float) -> Event | None:
+        p: Process | None
+        if raw.pid:
+            p = self._process(raw.pid)
+            conn = Connection(raw.saddr, raw.sport, raw.daddr, raw.dport, _family(raw.family),
+                              "outbound", p.netns if p else 0)
+        else:
+            # the socket's own view: saddr is local; seen from the client, it is the dst
+            pid = self._accepted.pop((raw.daddr, raw.dport, raw.saddr, raw.sport), 0)
+            p = self._process(pid)
+            conn = Connection(raw.daddr, raw.dport, raw.saddr, raw.sport, _family(raw.family),
+                              "inbound", p.netns if p else 0)
+        if p is None:
+            return None
+        return self._event("close", p, t, raw.ts_ns, conn)
+
+    def startup_connections(self, now: float) -> list[Event]:
+        """Connections that existed before the agent started, one namespace at a time:
+        established ones as connect or accept events, listeners remembered."""
+        by_netns: dict[int, list[Process]] = {}
+        for p in self.tree.procs.values():
+            if not p.kthread and p.netns:
+                by_netns.setdefault(p.netns, []).append(p)
+        events = []
+        for netns, procs in by_netns.items():
+            sockets = self.net.tables(procs[0].pid)
+            if not sockets:
+                continue
+            owner: dict[int, Process] = {}
+            for proc in procs:
+                for inode in self.net.socket_inodes(proc.pid).values():
+                    owner.setdefault(inode, proc)
+            listening = {s.lport for s in sockets if s.state == LISTEN}
+            for s in sockets:
+                holder = owner.get(s.inode)
+                if holder is None or s.state != ESTABLISHED:
+                    continue
+                p = holder
+                if s.lport in listening:
+                    self._accepted[(s.remote, s.rport, s.local, s.lport)] = p.pid
+                    conn = Connection(s.remote, s.rport, s.local, s.lport, s.family, "inbound", netns)
+                    events.append(self._event("accept", p, now, 0, conn))
+                else:
+                    conn = Connection(s.local, s.lport, s.remote, s.rport, s.family, "outbound", netns)
+                    events.append(self._event("connect", p, now, 0, conn))
+        return events
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _read(self, pid: int) -> Process | None:
+        try:
+            return self.tree.procfs.read(pid)
+        except (ProcessGone, AccessDenied):
+            return None
+
+    def _process(self, pid: int) -> Process | None:
+        if not pid:
+            return None
+        p = self.tree.procs.get(pid)
+        if p is None:
+            p = self._read(pid)
+            if p is not None:
+                self.tree.add(p)
+        return p
+
+    def _from_record(self, raw: RawEvent) -> Process:
+        """A process that exited before we could read it: what the kernel record says."""
+        exe = raw.filename
+        return Process(pid=raw.pid, ppid=self._parent_of.get(raw.pid, 0), starttime=0,
+                       comm=raw.comm, exe=exe, cmdline=(exe,) if exe else (), uid=raw.uid)
+
+    def _event(self, kind: str, p: Process, t: float, ktime: int,
+               conn: Connection | None = None) -> Event:
+        ev = self.tree.event(kind, p, t)
+        ev.connection = conn
+        ev.ktime_ns = ktime
+        return ev
+
+
+def _family(af: int) -> str:
+    return "ipv6" if af == kevents.AF_INET6 else "ipv4"

@@ -1,0 +1,1 @@
+"""The BPF C sources, installed as package data for BCC to compile at start."""
