@@ -152,3 +152,23 @@ def test_scan_as_unprivileged_user_degrades_without_crashing(workspace_miner):
     mine = [f for f in _findings(res.stdout) if f["process"]["pid"] == workspace_miner.pid]
     assert mine and mine[0]["workspace"] is None
     assert SECRET not in res.stdout + res.stderr
+
+
+def test_run_without_root_says_once_why_there_is_no_ebpf_and_scans(tmp_path):
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root (to drop to nobody) and setpriv")
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if subprocess.run([*drop, sys.executable, "-c", "import agent"], check=False,
+                      capture_output=True, timeout=60).returncode != 0:
+        pytest.skip("this checkout is not readable by nobody")
+    agent = subprocess.Popen([*drop, *NODEWARDEN, "run", "--listen", "off", "--format", "json",
+                              "--interval", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    time.sleep(3)
+    agent.send_signal(signal.SIGTERM)
+    _, err = agent.communicate(timeout=20)
+    assert agent.returncode == 0, err
+    assert err.count("eBPF sensors unavailable: not running as root") == 1, err
+    assert "fix: run as root" in err
+    assert "ready: procfs scans every 0.5s" in err
+    assert "Traceback" not in err

@@ -1,0 +1,123 @@
+"""Kernel records to Events, without a kernel: the decoder, /proc/net/tcp parsing, and the
+observer's attribution of exec, fork, exit, connect, accept and close."""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agent.observer import Observer
+from agent.sources import kevents
+from agent.sources.kevents import NW_EVENT_FORMAT, RawEvent, decode
+from agent.sources.netstate import NetState, parse_tcp_table
+from agent.sources.procfs import ProcFS
+from agent.sources.proctree import ProcessTree
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "proc"
+
+
+def record(kind: int, pid: int, *, ppid: int = 0, fd: int = 0, family: int = 0, sport: int = 0,
+           dport: int = 0, saddr: str = "", daddr: str = "", comm: bytes = b"x",
+           filename: bytes = b"", ts: int = 5_000_000_000) -> bytes:
+    def raw(a: str) -> bytes:
+        return ipaddress.ip_address(a).packed.ljust(16, b"\0") if a else b"\0" * 16
+
+    return NW_EVENT_FORMAT.pack(ts, kind, pid, ppid, 0, fd, family, sport, dport, 0, raw(saddr),
+                                raw(daddr), comm, filename) + b"\0" * 4  # C struct padding
+
+
+def test_decode_exec_and_connect_records():
+    e = decode(record(kevents.EXEC, 42, comm=b"xmrig", filename=b"/tmp/xmrig"))
+    assert (e.kind, e.pid, e.comm, e.filename) == (kevents.EXEC, 42, "xmrig", "/tmp/xmrig")
+    c = decode(record(kevents.CONNECT, 7, family=kevents.AF_INET, sport=5000, dport=3333,
+                      saddr="10.0.0.2", daddr="1.2.3.4"))
+    assert (c.saddr, c.sport, c.daddr, c.dport) == ("10.0.0.2", 5000, "1.2.3.4", 3333)
+    m = decode(record(kevents.CONNECT, 7, family=kevents.AF_INET6, saddr="::ffff:10.0.0.2",
+                      daddr="fd00::1"))
+    assert (m.saddr, m.daddr) == ("10.0.0.2", "fd00::1")
+
+
+def test_decode_rejects_short_records():
+    import struct
+
+    with pytest.raises(struct.error):
+        decode(b"\0" * 10)
+
+
+TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0 20 4 30 10 -1
+   2: garbage
+"""
+TCP6 = """  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 333 1 0 100 0 0 10 0
+   1: 0000000000000000FFFF00000100007F:1F90 0000000000000000FFFF00000100007F:C351 01 00000000:00000000 00:00000000 00000000     0        0 444 1 0 20 4 30 10 -1
+"""
+
+
+def test_parse_tcp_tables():
+    v4 = parse_tcp_table(TCP, "ipv4")
+    assert [(s.local, s.lport, s.remote, s.rport, s.state, s.inode) for s in v4] == [
+        ("127.0.0.1", 8080, "0.0.0.0", 0, 10, 111), ("127.0.0.1", 8080, "127.0.0.1", 50000, 1, 222)]
+    v6 = parse_tcp_table(TCP6, "ipv6")
+    assert (v6[0].local, v6[0].lport, v6[0].state) == ("::1", 22, 10)
+    assert (v6[1].local, v6[1].remote, v6[1].rport) == ("127.0.0.1", "127.0.0.1", 50001)
+
+
+@pytest.fixture
+def observer(tmp_path: Path) -> Observer:
+    root = tmp_path / "proc"
+    shutil.copytree(FIXTURE, root, symlinks=True)
+    tree = ProcessTree(ProcFS(str(root)))
+    tree.scan()
+    return Observer(tree, NetState(str(root)), wall=lambda: 1000.0, mono=lambda: 10.0)
+
+
+def raw(data: bytes) -> RawEvent:
+    return decode(data)
+
+
+def test_exec_of_a_known_pid_reads_procfs_and_inherits_the_workspace(observer):
+    ws_pid = next(pid for pid in observer.tree.procs if observer.tree.workspace_of(pid))
+    ev = observer.handle(raw(record(kevents.EXEC, ws_pid, ts=12_000_000_000)))
+    assert ev is not None and ev.kind == "exec"
+    assert ev.process.pid == ws_pid and ev.workspace == observer.tree.workspace_of(ws_pid)
+    assert ev.time == pytest.approx(1002.0)  # monotonic 12 s, shifted to wall-clock
+    assert ev.ktime_ns == 12_000_000_000
+
+
+def test_exec_of_a_process_already_gone_uses_the_record_and_the_fork_parent(observer):
+    parent = next(pid for pid in observer.tree.procs if observer.tree.workspace_of(pid))
+    assert observer.handle(raw(record(kevents.FORK, 99999, ppid=parent))) is None
+    ev = observer.handle(raw(record(kevents.EXEC, 99999, comm=b"xmrig", filename=b"/tmp/xmrig")))
+    assert ev is not None
+    assert (ev.process.comm, ev.process.exe, ev.process.ppid) == ("xmrig", "/tmp/xmrig", parent)
+    assert ev.workspace == observer.tree.workspace_of(parent)  # inherited from the parent
+    ex = observer.handle(raw(record(kevents.EXIT, 99999)))
+    assert ex is not None and ex.kind == "exit" and 99999 not in observer.tree.procs
+    assert observer.handle(raw(record(kevents.EXIT, 99999))) is None
+
+
+def test_connect_accept_close_attribution(observer):
+    pid = next(iter(observer.tree.procs))
+    out = observer.handle(raw(record(kevents.CONNECT, pid, family=kevents.AF_INET, sport=40000,
+                                     dport=3333, saddr="10.0.0.2", daddr="1.2.3.4")))
+    assert out is not None and out.connection is not None
+    assert (out.connection.direction, out.connection.dport, out.connection.dst) == ("outbound", 3333, "1.2.3.4")
+    # accept resolved in the kernel: the socket's view, saddr local and daddr the peer
+    acc = observer.handle(raw(record(kevents.ACCEPT, pid, fd=5, family=kevents.AF_INET,
+                                     sport=8080, dport=50000, saddr="10.0.0.2", daddr="10.0.0.9")))
+    assert acc is not None and acc.connection is not None
+    c = acc.connection
+    assert (c.src, c.sport, c.dst, c.dport, c.direction) == ("10.0.0.9", 50000, "10.0.0.2", 8080, "inbound")
+    # the close runs in softirq (pid 0): attributed to the accepting process
+    cl = observer.handle(raw(record(kevents.CLOSE, 0, family=kevents.AF_INET, sport=8080,
+                                    dport=50000, saddr="10.0.0.2", daddr="10.0.0.9")))
+    assert cl is not None and cl.process.pid == pid and cl.connection is not None
+    assert cl.connection.direction == "inbound"
+    # an unattributable close is dropped, not judged against a made-up process
+    assert observer.handle(raw(record(kevents.CLOSE, 0, family=kevents.AF_INET, sport=1,
+                                      dport=2, saddr="10.0.0.2", daddr="10.0.0.9"))) is None
