@@ -302,7 +302,8 @@ def _start_sensors(cfg: Config, tree: ProcessTree, agent: Agent,
             if ev is not None:
                 agent.handle(ev)
 
-        sensor = bpf.BpfSensor(on_raw, ring_pages=cfg.ring_buffer_pages)
+        transport = {"auto": None, "ring": False, "perf": True}[cfg.bpf_transport]
+        sensor = bpf.BpfSensor(on_raw, ring_pages=cfg.ring_buffer_pages, perf=transport)
     except bpf.BpfUnavailable as e:
         if cfg.bpf == "required":
             raise ConfigError(f"eBPF is required (bpf: required) but unavailable: {e.reason}; "
@@ -319,6 +320,7 @@ def _start_sensors(cfg: Config, tree: ProcessTree, agent: Agent,
         return None, None
     for name in ("exec", "tcp"):
         metrics.sensor_up.labels(sensor=name).set(1)
+    log.info("eBPF sensors loaded (%s buffer)", "perf" if sensor.perf else "ring")
     return sensor, observer
 
 

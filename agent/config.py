@@ -36,6 +36,7 @@ class Config:
     scan_interval: float = 10.0
     process_cache_size: int = 65536
     bpf: str = "auto"
+    bpf_transport: str = "auto"
     ring_buffer_pages: int = 1024
 
     def validate(self) -> None:
@@ -49,6 +50,8 @@ class Config:
             raise ConfigError("scan_interval must be a positive number of seconds")
         if self.bpf not in ("auto", "off", "required"):
             raise ConfigError(f"bpf must be auto, off or required, not {self.bpf!r}")
+        if self.bpf_transport not in ("auto", "ring", "perf"):
+            raise ConfigError(f"bpf_transport must be auto, ring or perf, not {self.bpf_transport!r}")
         pages = self.ring_buffer_pages
         if pages < 1 or pages & (pages - 1):
             raise ConfigError(f"ring_buffer_pages must be a power of two, not {pages}")
@@ -64,6 +67,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "mode": str, "rules": list, "proc_root": str, "listen": str, "host": str,
     "workspace_markers": list, "protected": list, "scan_interval": (int, float),
     "process_cache_size": int, "bpf": str, "ring_buffer_pages": int,
+    "bpf_transport": str,
 }
 
 

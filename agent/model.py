@@ -90,6 +90,7 @@ class Process:
             "exe": self.exe,
             "cmdline": list(self.cmdline),
             "uid": self.uid,
+            "netns": self.netns,
         }
 
 

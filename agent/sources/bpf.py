@@ -86,13 +86,24 @@ def check() -> None:
                              "linux-headers-cloud-amd64 and link it there (scripts/setup.sh)")
 
 
+def kernel_has_ringbuf(release: str | None = None) -> bool:
+    """BPF ring buffers exist from Linux 5.8 on; older kernels get the perf buffer."""
+    parts = (release or platform.release()).split(".")
+    try:
+        return (int(parts[0]), int(parts[1].split("-")[0])) >= (5, 8)
+    except (IndexError, ValueError):
+        return False
+
+
 class BpfSensor:
     """Loaded sensors: call `poll()` in a loop; `lost()` counts records the kernel dropped."""
 
     def __init__(self, on_event: Callable[[RawEvent], None], ring_pages: int = DEFAULT_RING_PAGES,
-                 perf: bool = False) -> None:
+                 perf: bool | None = None) -> None:
         from bcc import BPF
 
+        if perf is None:
+            perf = not kernel_has_ringbuf()
         if ring_pages < 1 or ring_pages & (ring_pages - 1):
             raise ValueError("ring_pages must be a power of two")
         self._on_event = on_event

@@ -280,3 +280,28 @@ def test_print_bpf_shows_the_program():
     assert "TRACEPOINT_PROBE(sched, sched_process_exec)" in res.stdout
     assert "struct nw_event {" in res.stdout  # the header is inlined
     assert '#include "events.h"' not in res.stdout
+
+
+def test_perf_buffer_transport_for_kernels_without_ring_buffers(start_agent, tmp_path):
+    cfg = tmp_path / "perf.yaml"
+    cfg.write_text("bpf_transport: perf\n")
+    agent = start_agent("--config", str(cfg))
+    assert any("eBPF sensors loaded (perf buffer)" in line for line in agent.stderr)
+    exe = tmp_path / "xmrig"
+    shutil.copy("/bin/sleep", exe)
+    miner = subprocess.Popen([str(exe), "5"])
+    try:
+        _, f = agent.finding(lambda f: f["process"]["pid"] == miner.pid)
+        assert f["source"] == "exec"
+    finally:
+        miner.kill()
+        miner.wait()
+
+
+def test_kernel_version_picks_the_transport():
+    from agent.sources.bpf import kernel_has_ringbuf
+
+    assert kernel_has_ringbuf("6.18.44-fc-v669")
+    assert kernel_has_ringbuf("5.8.0")
+    assert not kernel_has_ringbuf("5.4.0-150-generic")
+    assert not kernel_has_ringbuf("weird")
