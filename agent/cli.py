@@ -267,13 +267,10 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.once:
             agent.scan("startup")
             return 0
-        if cfg.bpf != "off":
-            sensor, observer = _start_sensors(cfg, tree, agent, metrics)
-        metrics.sensor_up.labels(sensor="bpf").set(1 if sensor is not None else 0)
+        sensor, observer, running = _start_sensors(cfg, tree, agent, metrics)
 
         def ready() -> None:
-            log.info("ready: %s", "eBPF sensors (exec, fork, exit, tcp) and procfs scans"
-                     if sensor is not None else f"procfs scans every {cfg.scan_interval:g}s")
+            log.info("ready: %s", running)
 
         agent.run(stop, sensor, observer, ready)
     finally:
@@ -286,42 +283,51 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _start_sensors(cfg: Config, tree: ProcessTree, agent: Agent,
-                   metrics: Metrics) -> tuple[Any, Any]:
-    """Load the eBPF sensors, or say once what is missing and return (None, None)."""
+                   metrics: Metrics) -> tuple[Any, Any, str]:
+    """The best event source this machine allows: the eBPF sensors; else the netlink proc
+    connector (exec, fork, exit); else none. Says once, clearly, what is missing and why.
+    Returns (sensor or None, observer or None, what runs)."""
+    from agent.observer import Observer
     from agent.sources import bpf
+    from agent.sources.netstate import NetState
+    from agent.sources.proc_connector import ProcConnector
 
+    observer = Observer(tree, NetState(cfg.proc_root))
+
+    def on_raw(raw: Any) -> None:
+        ev = observer.handle(raw)
+        if ev is not None:
+            agent.handle(ev)
+
+    if cfg.bpf == "off":
+        why = "disabled in the configuration (bpf: off)"
+    else:
+        try:
+            bpf.check()
+            transport = {"auto": None, "ring": False, "perf": True}[cfg.bpf_transport]
+            sensor = bpf.BpfSensor(on_raw, ring_pages=cfg.ring_buffer_pages, perf=transport)
+            for name in ("exec", "tcp"):
+                metrics.sensor_up.labels(sensor=name).set(1)
+            log.info("eBPF sensors loaded (%s buffer)", "perf" if sensor.perf else "ring")
+            return sensor, observer, "eBPF sensors (exec, fork, exit, tcp) and procfs scans"
+        except bpf.BpfUnavailable as e:
+            why = f"{e.reason}; fix: {e.fix}"
+        except Exception as e:  # noqa: BLE001 - BCC raises bare Exception on compile errors
+            why = f"the BPF program failed to load ({e})"
+        if cfg.bpf == "required":
+            raise ConfigError(f"eBPF is required (bpf: required) but unavailable: {why}")
     try:
-        bpf.check()
-        from agent.observer import Observer
-        from agent.sources.netstate import NetState
-
-        observer = Observer(tree, NetState(cfg.proc_root))
-
-        def on_raw(raw: Any) -> None:
-            ev = observer.handle(raw)
-            if ev is not None:
-                agent.handle(ev)
-
-        transport = {"auto": None, "ring": False, "perf": True}[cfg.bpf_transport]
-        sensor = bpf.BpfSensor(on_raw, ring_pages=cfg.ring_buffer_pages, perf=transport)
-    except bpf.BpfUnavailable as e:
-        if cfg.bpf == "required":
-            raise ConfigError(f"eBPF is required (bpf: required) but unavailable: {e.reason}; "
-                              f"fix: {e.fix}") from None
-        log.warning("eBPF sensors unavailable: %s; fix: %s. Running on procfs scans every "
-                    "%gs: processes that live shorter than that can be missed.",
-                    e.reason, e.fix, cfg.scan_interval)
-        return None, None
-    except Exception as e:  # noqa: BLE001 - BCC raises bare Exception on compile errors
-        if cfg.bpf == "required":
-            raise ConfigError(f"eBPF is required but failed to load: {e}") from None
-        log.warning("eBPF sensors failed to load (%s); running on procfs scans every %gs",
-                    e, cfg.scan_interval)
-        return None, None
-    for name in ("exec", "tcp"):
-        metrics.sensor_up.labels(sensor=name).set(1)
-    log.info("eBPF sensors loaded (%s buffer)", "perf" if sensor.perf else "ring")
-    return sensor, observer
+        connector = ProcConnector(on_raw)
+    except OSError as e:
+        log.warning("eBPF sensors unavailable: %s. The netlink proc connector is unavailable "
+                    "too (%s). Running on procfs scans every %gs: processes that live shorter "
+                    "than that can be missed, and no TCP events are seen.",
+                    why, e.strerror, cfg.scan_interval)
+        return None, None, f"procfs scans every {cfg.scan_interval:g}s"
+    metrics.sensor_up.labels(sensor="proc_connector").set(1)
+    log.warning("eBPF sensors unavailable: %s. Using the netlink proc connector for exec, "
+                "fork and exit (no TCP events) and procfs scans every %gs.", why, cfg.scan_interval)
+    return connector, observer, "netlink proc connector (exec, fork, exit) and procfs scans"
 
 
 def _serve_metrics(listen: str, metrics: Metrics) -> None:

@@ -37,6 +37,8 @@ class Metrics:
         self.build_info.info({"version": __version__})
         self.sensor_up = Gauge("nodewarden_sensor_up", "Whether a sensor runs", ["sensor"],
                                registry=r)
+        for sensor in ("procfs", "exec", "tcp", "proc_connector"):
+            self.sensor_up.labels(sensor=sensor).set(0)
 
     def set_ruleset(self, digest: str, count: int) -> None:
         self.ruleset_info.clear()

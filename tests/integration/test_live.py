@@ -170,5 +170,43 @@ def test_run_without_root_says_once_why_there_is_no_ebpf_and_scans(tmp_path):
     assert agent.returncode == 0, err
     assert err.count("eBPF sensors unavailable: not running as root") == 1, err
     assert "fix: run as root" in err
-    assert "ready: procfs scans every 0.5s" in err
+    # the proc connector needs no privilege on some kernels (this one): either fallback is fine
+    assert ("ready: procfs scans every 0.5s" in err
+            or "ready: netlink proc connector (exec, fork, exit) and procfs scans" in err), err
     assert "Traceback" not in err
+
+
+def test_without_ebpf_the_proc_connector_reports_execs_as_they_happen(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("the proc connector needs root")
+    exe = tmp_path / "xmrig"
+    shutil.copy("/bin/sleep", exe)
+    agent = subprocess.Popen([*NODEWARDEN, "run", "--no-bpf", "--listen", "off", "--format", "json",
+                              "--interval", "3600"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    miner = None
+    try:
+        assert agent.stderr is not None and agent.stdout is not None
+        err = []
+        for line in agent.stderr:
+            err.append(line)
+            if "ready:" in line:
+                break
+        assert "Using the netlink proc connector" in "".join(err), err
+        assert "ready: netlink proc connector" in err[-1]
+        # the periodic scan is an hour away: only the connector can report this exec
+        miner = subprocess.Popen([str(exe), "30"])
+        f = {}
+        for line in agent.stdout:  # findings of the start-up scan come first
+            f = json.loads(line)
+            if f["process"]["pid"] == miner.pid:
+                break
+        assert f["process"]["pid"] == miner.pid and f["source"] == "exec"
+        assert f["rule"] == "crypto-miner-exec"
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.communicate(timeout=20)
+        if miner is not None:
+            miner.kill()
+            miner.wait()
+    assert agent.returncode == 0

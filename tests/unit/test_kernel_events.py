@@ -121,3 +121,25 @@ def test_connect_accept_close_attribution(observer):
     # an unattributable close is dropped, not judged against a made-up process
     assert observer.handle(raw(record(kevents.CLOSE, 0, family=kevents.AF_INET, sport=1,
                                       dport=2, saddr="10.0.0.2", daddr="10.0.0.9"))) is None
+
+
+def test_proc_connector_datagrams_parse_to_process_events():
+    import struct as st
+
+    from agent.sources import proc_connector as pc
+
+    def msg(what: int, payload: bytes) -> bytes:
+        event = st.pack("=IIQ", what, 0, 123_000) + payload
+        cn = st.pack("=IIIIHH", pc.CN_IDX_PROC, pc.CN_VAL_PROC, 0, 0, len(event), 0)
+        body = cn + event
+        hdr = st.pack("=IHHII", 16 + len(body), pc.NLMSG_DONE, 0, 0, 0)
+        return (hdr + body).ljust((16 + len(body) + 3) & ~3, b"\0")
+
+    data = (msg(pc.PROC_EVENT_FORK, st.pack("=IIII", 10, 10, 11, 11))
+            + msg(pc.PROC_EVENT_FORK, st.pack("=IIII", 10, 10, 12, 10))   # a thread
+            + msg(pc.PROC_EVENT_EXEC, st.pack("=II", 11, 11))
+            + msg(pc.PROC_EVENT_EXIT, st.pack("=IIII", 11, 11, 0, 17)))
+    got = [(e.kind, e.pid, e.ppid, e.ts_ns) for e in pc.parse(data)]
+    assert got == [(kevents.FORK, 11, 10, 123_000), (kevents.EXEC, 11, 0, 123_000),
+                   (kevents.EXIT, 11, 0, 123_000)]
+    assert pc.parse(b"\xff" * 7) == [] and pc.parse(data[:40]) == []
