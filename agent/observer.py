@@ -9,6 +9,7 @@ its network namespace.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ from agent.sources.proctree import ProcessTree
 log = logging.getLogger("nodewarden.observer")
 
 Tuple4 = tuple[str, int, str, int]
+_NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 class Observer:
@@ -31,15 +33,15 @@ class Observer:
 
     def __init__(self, tree: ProcessTree, net: NetState,
                  wall: Callable[[], float] = time.time,
-                 mono: Callable[[], float] = time.monotonic) -> None:
+                 mono: Callable[[], float] = time.monotonic, cache_size: int = 65536) -> None:
         self.tree = tree
         self.net = net
         # kernel timestamps are CLOCK_MONOTONIC: shift them to wall-clock once
         self._offset = wall() - mono()
-        self._parent_of: LRUCache[int, int] = LRUCache(maxsize=65536)
+        self._parent_of: LRUCache[int, int] = LRUCache(maxsize=cache_size)
         # inbound connections by (remote, rport, local, lport) -> accepting pid, so the
         # close (which runs in softirq context) is attributed
-        self._accepted: LRUCache[Tuple4, int] = LRUCache(maxsize=65536)
+        self._accepted: LRUCache[Tuple4, int] = LRUCache(maxsize=cache_size)
 
     def handle(self, raw: RawEvent) -> Event | None:
         """The Event for one kernel record, or None when there is nothing to judge."""
@@ -156,8 +158,11 @@ class Observer:
     def _from_record(self, raw: RawEvent) -> Process:
         """A process that exited before we could read it: what the kernel record says."""
         exe = raw.filename
-        return Process(pid=raw.pid, ppid=self._parent_of.get(raw.pid, 0), starttime=0,
-                       comm=raw.comm, exe=exe, cmdline=(exe,) if exe else (), uid=raw.uid)
+        # the exec's time stands in for the unreadable start time, in clock ticks, so two
+        # short-lived processes that reused a pid are still two identities
+        return Process(pid=raw.pid, ppid=self._parent_of.get(raw.pid, 0),
+                       starttime=raw.ts_ns // _NS_PER_TICK, comm=raw.comm, exe=exe,
+                       cmdline=(exe,) if exe else (), uid=raw.uid)
 
     def _event(self, kind: str, p: Process, t: float, ktime: int,
                conn: Connection | None = None) -> Event:

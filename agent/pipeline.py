@@ -19,7 +19,7 @@ from agent.metrics import Metrics
 from agent.model import Event
 from agent.sources.proctree import ProcessTree
 
-# Kinds that are about a process instance rather than a connection: judged once per identity.
+# Kinds that judge a process instance: a process judged by either is not judged by a scan.
 _PER_PROCESS = ("exec", "scan")
 
 
@@ -47,13 +47,15 @@ class Judge:
         return self.seen.get(identity) is not None
 
     def judge(self, ev: Event) -> list[Decision]:
-        """Decisions for `ev`; [] when nothing matched or the process was already judged."""
-        once = ev.kind in _PER_PROCESS
+        """Decisions for `ev`; [] when nothing matched or a scan found a process that was
+        already judged. Every exec is judged: a re-exec of the same binary with new
+        arguments (`exec bash -c ...`) keeps pid, starttime and executable, so its identity,
+        but it is a new program."""
         pid_id = ev.process.id
-        if once and self.judged(pid_id):
+        if ev.kind == "scan" and self.judged(pid_id):
             return []
         matches = self.ruleset.evaluate(ev)
-        if once:
+        if ev.kind in _PER_PROCESS:
             self.seen[pid_id] = True
         m = self.metrics
         if m is not None:

@@ -143,3 +143,64 @@ def test_proc_connector_datagrams_parse_to_process_events():
     assert got == [(kevents.FORK, 11, 10, 123_000), (kevents.EXEC, 11, 0, 123_000),
                    (kevents.EXIT, 11, 0, 123_000)]
     assert pc.parse(b"\xff" * 7) == [] and pc.parse(data[:40]) == []
+
+
+def test_every_exec_is_judged_even_a_re_exec_of_the_same_binary(observer, tmp_path):
+    """`exec bash -c 'curl x | sh'` from bash keeps pid, ppid, starttime and executable."""
+    from agent.engine import loader
+    from agent.pipeline import Judge
+
+    rules = tmp_path / "r.yaml"
+    rules.write_text("rules:\n  - id: sh-c\n    match: {proc.args: {equals: -c}}\n")
+    judge = Judge(loader.load([str(rules)]))
+    pid = next(p for p, proc in observer.tree.procs.items() if proc.cmdline and not proc.kthread)
+    first = observer.handle(raw(record(kevents.EXEC, pid)))
+    assert first is not None
+    judge.judge(first)
+    same = observer.handle(raw(record(kevents.EXEC, pid)))
+    assert same is not None and same.process.id == first.process.id
+    same.process.cmdline = ("bash", "-c", "curl x | sh")
+    same.process.__post_init__()
+    assert [d.match.rule.id for d in judge.judge(same)] == ["sh-c"]
+    # while a scan of the same identity is not judged twice
+    assert judge.judge(observer.tree.event("scan", same.process, 0.0)) == []
+
+
+def test_caches_stay_bounded_over_many_events(tmp_path):
+    import tracemalloc
+
+    from agent.engine import loader
+    from agent.pipeline import Judge
+
+    tree = ProcessTree(ProcFS(str(tmp_path)))  # an empty procfs: every process is "gone"
+    observer = Observer(tree, NetState(str(tmp_path)), cache_size=1024)
+    judge = Judge(loader.load([loader.bundled_rules_dir()]), cache_size=1024)
+
+    def burst(n: int, base: int) -> None:
+        for i in range(n):
+            pid = 100_000 + (base + i) % 50_000
+            ts = (base + i) * 1000
+            for data in (record(kevents.FORK, pid, ppid=1, ts=ts),
+                         record(kevents.EXEC, pid, comm=b"worker", filename=b"/usr/bin/worker", ts=ts),
+                         record(kevents.CONNECT, pid, family=kevents.AF_INET, sport=1024 + i % 60000,
+                                dport=443, saddr="10.0.0.2", daddr="10.9.9.9", ts=ts),
+                         record(kevents.ACCEPT, pid, fd=3, family=kevents.AF_INET, sport=8080,
+                                dport=1024 + i % 60000, saddr="10.0.0.2", daddr="10.0.0.7", ts=ts),
+                         record(kevents.CLOSE, pid, family=kevents.AF_INET, sport=1024 + i % 60000,
+                                dport=443, saddr="10.0.0.2", daddr="10.9.9.9", ts=ts),
+                         record(kevents.EXIT, pid, ts=ts)):
+                ev = observer.handle(raw(data))
+                if ev is not None:
+                    judge.judge(ev)
+
+    # traced from the start, so entries that replace evicted ones are not counted as growth
+    tracemalloc.start()
+    burst(12_000, 0)  # warm up: every bounded cache (windows: 10,000 keys) reaches its size
+    before = tracemalloc.get_traced_memory()[0]
+    burst(24_000, 12_000)
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(judge.seen) <= 1024
+    assert len(observer._parent_of) <= 1024 and len(observer._accepted) <= 1024
+    assert len(tree.procs) < 100 and len(tree._known) < 100 and len(tree._workspace) < 100
+    assert grown < 8 * 1024 * 1024, f"memory grew by {grown} bytes over 300,000 events"
