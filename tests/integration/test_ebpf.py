@@ -318,8 +318,8 @@ def test_reverse_shell_connect_is_reported_within_100ms(start_agent):
             subprocess.run(["ip", "netns", "exec", name, *cmd], check=True, timeout=30)
         listener = subprocess.Popen(
             ["ip", "netns", "exec", name, sys.executable, "-c",
-             "import socket, time\ns = socket.socket(); s.bind(('10.200.0.1', 4444)); s.listen()\n"
-             "print('up', flush=True); c, _ = s.accept(); time.sleep(2)"],
+             ("import socket, time\ns = socket.socket(); s.bind(('10.200.0.1', 4444)); s.listen()\n"
+              "print('up', flush=True); c, _ = s.accept(); time.sleep(2)")],
             stdout=subprocess.PIPE, text=True)
         assert listener.stdout is not None and listener.stdout.readline().strip() == "up"
         agent = start_agent()
