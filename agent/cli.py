@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from agent import __version__
+from agent.actions.kill import Enforcer
 from agent.config import Config, load_config
 from agent.decide import Decision, Protection
 from agent.engine import loader, ruletest
@@ -238,8 +239,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     fmt = args.format or ("table" if out.isatty() else "json")
     writer = FindingWriter(out, fmt)
     tree = ProcessTree(ProcFS(cfg.proc_root), cfg.workspace_markers)
-    judge = Judge(ruleset, cfg.mode, _protection(cfg), metrics, cfg.process_cache_size,
-                  can_act=False)
+    protection = _protection(cfg)
+    judge = Judge(ruleset, cfg.mode, protection, metrics, cfg.process_cache_size, can_act=True)
+    enforcer = Enforcer(tree.procfs, ProcessTree(tree.procfs, cfg.workspace_markers), protection)
     # line-buffered: a recording is complete up to the last event even if we are killed
     record_file = open(args.record, "a", encoding="utf-8", buffering=1) if args.record else None  # noqa: SIM115
 
@@ -248,7 +250,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         record_file.write(json.dumps(ev.to_json(), separators=(",", ":")) + "\n")
 
     agent = Agent(tree, judge, lambda ds: _emit(ds, writer, cfg.host), metrics,
-                  cfg.scan_interval, record if record_file is not None else None)
+                  cfg.scan_interval, record if record_file is not None else None,
+                  enforcer.carry_out)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -260,8 +263,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     log.info("nodewarden %s: mode=%s, %d rules (hash %s), procfs=%s, scan every %.1fs",
              __version__, cfg.mode, len(ruleset), ruleset.digest, cfg.proc_root, cfg.scan_interval)
     if cfg.mode == "enforce":
-        log.warning("mode=enforce: this build has no enforcer yet; matches are reported as "
-                    "would_kill and nothing is signalled")
+        log.warning("mode=enforce: processes matching kill rules will be SIGKILLed")
     sensor = observer = None
     try:
         if args.once:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from agent.engine.ruleset import RuleSet
 from agent.metrics import Metrics
 from agent.model import Event
 from agent.sources.proctree import ProcessTree
+
+log = logging.getLogger("nodewarden")
 
 # Kinds that judge a process instance: a process judged by either is not judged by a scan.
 _PER_PROCESS = ("exec", "scan")
@@ -100,22 +103,24 @@ class Agent:
 
     def __init__(self, tree: ProcessTree, judge: Judge, report: Callable[[list[Decision]], None],
                  metrics: Metrics, scan_interval: float,
-                 record: Callable[[Event], None] | None = None) -> None:
+                 record: Callable[[Event], None] | None = None,
+                 act: Callable[[Decision], Decision] | None = None) -> None:
         self.tree = tree
         self.judge = judge
         self.report = report
         self.metrics = metrics
         self.scan_interval = scan_interval
         self.record = record
+        self.act = act
         self.scans = 0
 
     def handle(self, ev: Event) -> None:
-        """Judge one event from a sensor and report what it decided."""
+        """Judge one event from a sensor, act on it, and report what happened."""
         if self.record is not None:
             self.record(ev)
         decisions = self.judge.judge(ev)
         if decisions:
-            self.report(decisions)
+            self._finish(decisions)
 
     def scan(self, reason: str) -> None:
         """A reconciliation pass: every process not yet judged is judged now."""
@@ -123,7 +128,19 @@ class Agent:
         self.scans += 1
         self.metrics.scans.labels(reason=reason).inc()
         if decisions:
-            self.report(decisions)
+            self._finish(decisions)
+
+    def _finish(self, decisions: list[Decision]) -> None:
+        """Carry out kills (the enforcer turns `kill` into killed, gone or failed), count
+        and report every decision, whatever its outcome."""
+        done = [self.act(d) if self.act is not None else d for d in decisions]
+        for d in done:
+            self.metrics.actions.labels(action=d.match.rule.action, outcome=d.outcome).inc()
+            if d.outcome == "protected":
+                p = d.match.event.process
+                log.warning("PROTECTED: rule %s wanted to %s pid %d (%s), refused: %s",
+                            d.match.rule.id, d.match.rule.action, p.pid, p.comm, d.reason)
+        self.report(done)
 
     def run(self, stop: threading.Event, sensor: Any = None, observer: Any = None,
             on_ready: Callable[[], None] | None = None) -> None:

@@ -1,0 +1,220 @@
+"""Carrying out kill decisions without ever hitting the wrong process.
+
+Every signal goes through a pidfd: open it, *then* check the process's start time against
+the finding, then signal the pidfd. A pid reused by another process fails the check (its
+start time differs); a process that exits after the check makes the pidfd signal fail
+with ESRCH. Either way the outcome is `gone`, and nothing else was hit.
+
+A workspace is stopped before it is killed (SIGSTOP through each pidfd, re-scanning for
+children forked meanwhile), so no process escapes by forking during the kill. A container
+with its own cgroup v2 is killed through `cgroup.kill`; on cgroup v1, its processes are
+stopped and killed one by one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from agent.decide import Decision, Protection
+from agent.errors import AccessDenied, ProcessGone
+from agent.model import Event
+from agent.sources.procfs import ProcFS
+from agent.sources.proctree import ProcessTree
+
+log = logging.getLogger("nodewarden.actions")
+
+Sender = Callable[[int, int], None]  # (pidfd, signal)
+MAX_STOP_ROUNDS = 20
+
+
+def _pidfd_send(pidfd: int, sig: int) -> None:
+    signal.pidfd_send_signal(pidfd, sig)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    outcome: str  # killed, gone, protected, failed
+    detail: str = ""
+
+
+class Enforcer:
+    """Executes `kill` decisions: the signal sender and procfs root are injectable."""
+
+    def __init__(self, procfs: ProcFS, tree: ProcessTree, protection: Protection,
+                 send: Sender = _pidfd_send, cgroup_root: str = "/sys/fs/cgroup") -> None:
+        self.procfs = procfs
+        self.tree = tree
+        self.protection = protection
+        self.send = send
+        self.cgroup_root = cgroup_root
+
+    def carry_out(self, d: Decision) -> Decision:
+        """The decision with its final outcome (only `kill` decisions change)."""
+        if d.outcome != "kill":
+            return d
+        ev = d.match.event
+        action = d.match.rule.action
+        try:
+            if action == "kill-workspace" and ev.workspace:
+                res = self.kill_workspace(ev.workspace)
+            elif action == "kill-container" and ev.process.container_id:
+                res = self.kill_container(ev)
+            else:
+                res = self.kill(ev.process.pid, ev.process.starttime)
+        except OSError as e:
+            res = Outcome("failed", f"{type(e).__name__}: {e.strerror}")
+        if res.outcome == "failed":
+            log.error("%s of pid %d for rule %s failed: %s", action, ev.process.pid,
+                      d.match.rule.id, res.detail)
+        return replace(d, outcome=res.outcome, reason=res.detail or d.reason)
+
+    # -- one process ----------------------------------------------------------------------
+
+    def _open_checked(self, pid: int, starttime: int) -> int | None:
+        """A pidfd for the process `pid` that started at `starttime`, or None if that
+        process no longer exists (exited, or the pid now names another process)."""
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        try:
+            if self.procfs.stat(pid).starttime != starttime:
+                os.close(fd)
+                return None
+        except (ProcessGone, AccessDenied):
+            os.close(fd)
+            return None
+        return fd
+
+    def _signal(self, fd: int, sig: int) -> bool:
+        try:
+            self.send(fd, sig)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def kill(self, pid: int, starttime: int) -> Outcome:
+        """SIGKILL the process instance (pid, starttime)."""
+        fd = self._open_checked(pid, starttime)
+        if fd is None:
+            return Outcome("gone", "exited before the kill")
+        try:
+            if not self._signal(fd, signal.SIGKILL):
+                return Outcome("gone", "exited before the kill")
+            return Outcome("killed")
+        finally:
+            os.close(fd)
+
+    # -- a workspace ----------------------------------------------------------------------
+
+    def kill_workspace(self, workspace: str) -> Outcome:
+        """Stop every process of the workspace (again until no new one appears), then kill
+        them all. Protected processes inside it are left alone and named."""
+        stopped: dict[tuple[int, int], int] = {}
+        protected: list[str] = []
+        try:
+            for _ in range(MAX_STOP_ROUNDS):
+                self.tree.scan()
+                new = 0
+                for p in list(self.tree.procs.values()):
+                    key = (p.pid, p.starttime)
+                    if key in stopped or self.tree.workspace_of(p.pid) != workspace:
+                        continue
+                    why = self.protection.reason(Event("scan", 0.0, p))
+                    if why:
+                        if f"{p.pid} ({why})" not in protected:
+                            protected.append(f"{p.pid} ({why})")
+                        continue
+                    fd = self._open_checked(p.pid, p.starttime)
+                    if fd is None:
+                        continue
+                    if self._signal(fd, signal.SIGSTOP):
+                        stopped[key] = fd
+                        new += 1
+                    else:
+                        os.close(fd)
+                if new == 0:
+                    break
+            killed = sum(1 for fd in stopped.values() if self._signal(fd, signal.SIGKILL))
+        finally:
+            for fd in stopped.values():
+                os.close(fd)
+        if protected:
+            log.warning("kill-workspace %s: left protected processes alone: %s", workspace,
+                        ", ".join(protected))
+        if killed == 0:
+            return Outcome("gone", f"no process of workspace {workspace} left")
+        return Outcome("killed", f"{killed} processes of workspace {workspace}")
+
+    # -- a container ----------------------------------------------------------------------
+
+    def kill_container(self, ev: Event) -> Outcome:
+        """cgroup.kill of the container's own cgroup v2; otherwise its v1 processes."""
+        cid = ev.process.container_id
+        v2, v1 = self._cgroup_paths(ev.process.pid)
+        if v2 and cid in v2:
+            kill_file = Path(self._v2_mount()) / v2.lstrip("/") / "cgroup.kill"
+            if kill_file.exists():
+                kill_file.write_text("1")
+                return Outcome("killed", f"container {cid[:12]} (cgroup.kill)")
+        for path in v1:
+            if cid in path:
+                return self._kill_pids(self._v1_procs(path), f"container {cid[:12]}")
+        # no cgroup of its own: the process alone, never a shared cgroup
+        res = self.kill(ev.process.pid, ev.process.starttime)
+        return Outcome(res.outcome, "the container has no cgroup of its own; killed the process")
+
+    def _kill_pids(self, pids: list[int], what: str) -> Outcome:
+        fds = []
+        try:
+            for pid in pids:
+                try:
+                    st = self.procfs.stat(pid)
+                except (ProcessGone, AccessDenied):
+                    continue
+                p = self.tree.procs.get(pid)
+                if p is not None and self.protection.reason(Event("scan", 0.0, p)):
+                    continue
+                fd = self._open_checked(pid, st.starttime)
+                if fd is not None and self._signal(fd, signal.SIGSTOP):
+                    fds.append(fd)
+                elif fd is not None:
+                    os.close(fd)
+            killed = sum(1 for fd in fds if self._signal(fd, signal.SIGKILL))
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return Outcome("killed", f"{killed} processes of {what}") if killed else Outcome("gone")
+
+    def _cgroup_paths(self, pid: int) -> tuple[str, list[str]]:
+        try:
+            text = Path(f"{self.procfs.root}/{pid}/cgroup").read_text()
+        except OSError:
+            return "", []
+        v2, v1 = "", []
+        for line in text.splitlines():
+            parts = line.split(":", 2)
+            if len(parts) != 3:
+                continue
+            if parts[0] == "0" and parts[1] == "":
+                v2 = parts[2]
+            elif parts[1] in ("pids", "freezer", "memory", "name=systemd") or "pids" in parts[1]:
+                v1.append(f"{parts[1].removeprefix('name=')}:{parts[2]}")
+        return v2, v1
+
+    def _v2_mount(self) -> str:
+        unified = Path(self.cgroup_root) / "unified"
+        return str(unified) if (unified / "cgroup.procs").exists() else self.cgroup_root
+
+    def _v1_procs(self, controller_path: str) -> list[int]:
+        controller, _, path = controller_path.partition(":")
+        try:
+            text = (Path(self.cgroup_root) / controller / path.lstrip("/") / "cgroup.procs").read_text()
+        except OSError:
+            return []
+        return [int(x) for x in text.split() if x.isdigit()]

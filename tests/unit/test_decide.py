@@ -1,0 +1,40 @@
+"""Decisions (pure): mode precedence, report vs kill, and what is never acted on."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.decide import Protection, decide
+from agent.engine.ruleset import Match
+from agent.model import Event, Process
+
+
+def _match(rules_from, action: str = "kill", mode: str | None = None, **proc) -> Match:
+    mode_line = f"\n    mode: {mode}" if mode else ""
+    rs = rules_from(f"rules:\n  - id: r\n    action: {action}{mode_line}\n    match: {{proc.pid: {{exists: true}}}}\n")
+    p = Process(**{"pid": 4242, "ppid": 100, "starttime": 1, "comm": "xmrig", **proc})
+    ev = Event("exec", 0.0, p)
+    [m] = rs.evaluate(ev)
+    return m
+
+
+@pytest.mark.parametrize("proc,why", [
+    ({"pid": 1}, "pid 1"),
+    ({"pid": 77, "ppid": 2, "kthread": True}, "kernel thread"),
+    ({"pid": 555}, "the agent or its ancestor"),
+    ({"comm": "kubelet"}, "protected name kubelet"),
+])
+def test_protected_processes_are_refused_even_in_enforce(rules_from, proc, why):
+    d = decide(_match(rules_from, **proc), "enforce", Protection(own_pids=frozenset({555}),
+                                                                 names=frozenset({"kubelet"})))
+    assert (d.outcome, d.reason) == ("protected", why)
+
+
+def test_mode_precedence_and_read_only_commands(rules_from):
+    prot = Protection()
+    assert decide(_match(rules_from), "audit", prot).outcome == "would_kill"
+    assert decide(_match(rules_from), "enforce", prot).outcome == "kill"
+    assert decide(_match(rules_from, mode="audit"), "enforce", prot).outcome == "would_kill"
+    assert decide(_match(rules_from, mode="enforce"), "audit", prot).outcome == "kill"
+    assert decide(_match(rules_from), "enforce", prot, can_act=False).outcome == "would_kill"
+    assert decide(_match(rules_from, action="report"), "enforce", prot).outcome == "reported"
