@@ -180,3 +180,54 @@ def test_protected_name_is_never_killed_and_said_loudly(tmp_path):
     finally:
         victim.kill()
         victim.wait()
+
+
+def _cgroup_dir(base: str, cid: str) -> Path:
+    root = Path(base)
+    if os.geteuid() != 0 or not (root / "cgroup.procs").exists():
+        pytest.skip(f"needs root and a cgroup hierarchy at {base}")
+    d = root / f"nodewarden-test-{os.getpid()}" / f"docker-{cid}.scope"
+    d.mkdir(parents=True)
+    return d
+
+
+def _in_cgroup(d: Path, n: int) -> list[subprocess.Popen]:
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(n)]
+    for p in procs:
+        (d / "cgroup.procs").write_text(str(p.pid))
+    return procs
+
+
+def _cleanup(d: Path, procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.kill()
+        p.wait()
+    for _ in range(50):
+        try:
+            d.rmdir()
+            d.parent.rmdir()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("base,how", [("/sys/fs/cgroup/unified", "cgroup.kill"),
+                                      ("/sys/fs/cgroup/pids", "processes of")])
+def test_kill_container_kills_every_process_of_its_cgroup(enforcer, base, how):
+    from agent.model import Event
+
+    cid = f"{os.getpid():08x}" * 8
+    d = _cgroup_dir(base, cid)
+    procs = _in_cgroup(d, 3)
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        p = ProcFS().read(procs[0].pid)
+        assert p.container_id == cid
+        res = enforcer.kill_container(Event("exec", 0.0, p))
+        assert res.outcome == "killed" and how in res.detail, res
+        assert all(_wait_dead(x) for x in procs)
+        assert _alive(bystander)
+    finally:
+        bystander.kill()
+        bystander.wait()
+        _cleanup(d, procs)
