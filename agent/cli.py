@@ -13,7 +13,9 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, TextIO
 
 from agent import __version__
@@ -23,15 +25,20 @@ from agent.decide import Decision, Protection
 from agent.engine import loader, ruletest
 from agent.engine.ruleset import RuleSet
 from agent.errors import ConfigError, NodewardenError, RuleError
+from agent.httpserver import StatusServer
 from agent.metrics import Metrics
 from agent.model import Event
 from agent.pipeline import Agent, Judge, scan_once
+from agent.reload import Reloader
 from agent.sinks.findings import FindingWriter, finding
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
 from agent.sources.recorded import EventFormatError, read_events
 
 log = logging.getLogger("nodewarden")
+
+# /healthz fails when the main loop has not turned for this long (it turns every 100 ms)
+HEALTHY_WITHIN = 30.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -234,8 +241,6 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     metrics = Metrics()
     metrics.set_ruleset(ruleset.digest, len(ruleset))
     metrics.sensor_up.labels(sensor="procfs").set(1)
-    if cfg.listen != "off":
-        _serve_metrics(cfg.listen, metrics)
     fmt = args.format or ("table" if out.isatty() else "json")
     writer = FindingWriter(out, fmt)
     tree = ProcessTree(ProcFS(cfg.proc_root), cfg.workspace_markers)
@@ -253,13 +258,35 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                   cfg.scan_interval, record if record_file is not None else None,
                   enforcer.carry_out)
     stop = threading.Event()
+    server = None
+    if cfg.listen != "off":
+        server = StatusServer(cfg.listen, metrics,
+                              healthy=lambda: time.monotonic() - agent.heartbeat < HEALTHY_WITHIN,
+                              ready=lambda: agent.ready)
+        server.start()
+
+    def apply_config(new: Config) -> None:
+        if args.dry_run:
+            new.mode = "audit"  # the command line's --dry-run outlives any config change
+        judge.mode = new.mode
+        judge.protection = enforcer.protection = replace(protection, names=frozenset(new.protected))
+        agent.scan_interval = new.scan_interval
+
+    reloader = Reloader(args.config, cfg, cfg.rules or [loader.bundled_rules_dir()],
+                        apply_rules=lambda rs: setattr(judge, "ruleset", rs),
+                        apply_config=apply_config, metrics=metrics)
+    agent.ticks.append(reloader.tick)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
         stop.set()
 
+    def on_hup(_signum: int, _frame: Any) -> None:
+        reloader.request()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     log.info("nodewarden %s: mode=%s, %d rules (hash %s), procfs=%s, scan every %.1fs",
              __version__, cfg.mode, len(ruleset), ruleset.digest, cfg.proc_root, cfg.scan_interval)
     if cfg.mode == "enforce":
@@ -277,7 +304,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         agent.run(stop, sensor, observer, ready)
     finally:
         if sensor is not None:
-            sensor.close()
+            sensor.close()  # detaches every BPF program
+        if server is not None:
+            server.stop()
         if record_file is not None:
             record_file.close()
     log.info("stopped")
@@ -330,16 +359,6 @@ def _start_sensors(cfg: Config, tree: ProcessTree, agent: Agent,
     log.warning("eBPF sensors unavailable: %s. Using the netlink proc connector for exec, "
                 "fork and exit (no TCP events) and procfs scans every %gs.", why, cfg.scan_interval)
     return connector, observer, "netlink proc connector (exec, fork, exit) and procfs scans"
-
-
-def _serve_metrics(listen: str, metrics: Metrics) -> None:
-    from prometheus_client import start_http_server
-
-    host, _, port = listen.rpartition(":")
-    try:
-        start_http_server(int(port), addr=host.strip("[]"), registry=metrics.registry)
-    except OSError as e:
-        raise ConfigError(f"cannot listen on {listen}: {e.strerror}") from None
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None,

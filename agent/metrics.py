@@ -29,6 +29,8 @@ class Metrics:
                                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self.scans = Counter("nodewarden_scans_total", "Procfs reconciliation scans",
                              ["reason"], registry=r)
+        self.reload_failures = Counter("nodewarden_reload_failures_total",
+                                       "Rule or config reloads refused", ["what"], registry=r)
         self.processes = Gauge("nodewarden_processes", "Processes in the last scan", registry=r)
         self.rules_loaded = Gauge("nodewarden_rules_loaded", "Enabled rules", registry=r)
         self.ruleset_info = Gauge("nodewarden_ruleset_info", "The rule set that runs",

@@ -113,6 +113,10 @@ class Agent:
         self.record = record
         self.act = act
         self.scans = 0
+        self.ticks: list[Callable[[], None]] = []
+        # monotonic time of the loop's last turn (/healthz) and whether start-up is done
+        self.heartbeat = time.monotonic()
+        self.ready = False
 
     def handle(self, ev: Event) -> None:
         """Judge one event from a sensor, act on it, and report what happened."""
@@ -150,11 +154,15 @@ class Agent:
         if sensor is not None and observer is not None:
             for ev in observer.startup_connections(time.time()):
                 self.handle(ev)
+        self.ready = True
         if on_ready is not None:
             on_ready()
         next_scan = time.monotonic() + self.scan_interval
         lost_seen = sensor.lost() if sensor is not None else 0
         while not stop.is_set():
+            self.heartbeat = time.monotonic()
+            for tick in self.ticks:
+                tick()
             if sensor is not None:
                 sensor.poll(100)
                 lost = sensor.lost()
@@ -164,7 +172,7 @@ class Agent:
                     # the kernel dropped records: whatever they were about, a scan sees it
                     self.scan("loss")
             else:
-                stop.wait(max(0.0, min(1.0, next_scan - time.monotonic())))
+                stop.wait(max(0.0, min(0.5, next_scan - time.monotonic())))
             if time.monotonic() >= next_scan:
                 self.scan("periodic")
                 next_scan = time.monotonic() + self.scan_interval

@@ -1,0 +1,115 @@
+"""Hot reload of rules and config: on a change of the watched files, or on SIGHUP.
+
+Files are fingerprinted through their symlinks (inode, size, mtime of what they point at),
+so the Kubernetes ConfigMap update, which swaps a `..data` symlink rather than writing the
+files, is seen like an edit. A new rule set or config that does not load is refused: its
+problems are logged and counted, and the old one keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from agent.config import Config, load_config
+from agent.engine import loader
+from agent.engine.ruleset import RuleSet
+from agent.errors import ConfigError
+from agent.metrics import Metrics
+
+log = logging.getLogger("nodewarden.reload")
+
+Fingerprint = tuple[tuple[str, int, int, int], ...]
+
+
+def fingerprint(paths: Sequence[str]) -> Fingerprint:
+    """What the files under `paths` are now, following symlinks."""
+    out = []
+    for f in loader.rule_files([os.path.realpath(p) if os.path.isdir(p) else p for p in paths]):
+        try:
+            st = os.stat(f)
+        except OSError:
+            out.append((str(f), -1, -1, -1))
+            continue
+        out.append((str(f), st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+class Reloader:
+    """Checks for changes at most every `every` seconds; `request()` (SIGHUP) forces one."""
+
+    def __init__(self, config_path: str | None, cfg: Config, rule_paths: Sequence[str],
+                 apply_rules: Callable[[RuleSet], None], apply_config: Callable[[Config], None],
+                 metrics: Metrics, every: float = 1.0) -> None:
+        self.config_path = config_path
+        self.cfg = cfg
+        self.rule_paths = list(rule_paths)
+        self.apply_rules = apply_rules
+        self.apply_config = apply_config
+        self.metrics = metrics
+        self.every = every
+        self._requested = threading.Event()
+        self._next = 0.0
+        self._rules_fp = fingerprint(self.rule_paths)
+        self._config_fp = self._config_fingerprint()
+
+    def request(self) -> None:
+        self._requested.set()
+
+    def _config_fingerprint(self) -> Fingerprint:
+        if self.config_path is None:
+            return ()
+        try:
+            st = os.stat(self.config_path)
+        except OSError:
+            return ((self.config_path, -1, -1, -1),)
+        return ((self.config_path, st.st_ino, st.st_size, st.st_mtime_ns),)
+
+    def tick(self) -> None:
+        """Reload what changed (called from the agent's loop)."""
+        forced = self._requested.is_set()
+        now = time.monotonic()
+        if not forced and now < self._next:
+            return
+        self._next = now + self.every
+        self._requested.clear()
+        config_fp = self._config_fingerprint()
+        if forced or config_fp != self._config_fp:
+            self._config_fp = config_fp
+            self._reload_config()
+        rules_fp = fingerprint(self.rule_paths)
+        if forced or rules_fp != self._rules_fp:
+            self._rules_fp = rules_fp
+            self._reload_rules("SIGHUP" if forced else "a change of the rule files")
+
+    def _reload_config(self) -> None:
+        if self.config_path is None:
+            return
+        try:
+            cfg = load_config(self.config_path)
+        except ConfigError as e:
+            self.metrics.reload_failures.labels(what="config").inc()
+            log.error("config reload refused, the running config stays: %s", e)
+            return
+        self.apply_config(cfg)
+        if cfg.rules and cfg.rules != self.rule_paths:
+            self.rule_paths = list(cfg.rules)
+            self._rules_fp = ()  # load the new paths now
+        self.cfg = cfg
+        log.info("config reloaded: mode=%s", cfg.mode)
+
+    def _reload_rules(self, why: str) -> None:
+        ruleset, problems = loader.check(self.rule_paths)
+        if ruleset is None:
+            self.metrics.reload_failures.labels(what="rules").inc()
+            for p in problems:
+                log.error("%s", p)
+            log.error("rule reload after %s refused (%d problems); the running rules stay",
+                      why, len(problems))
+            return
+        self.apply_rules(ruleset)
+        self.metrics.set_ruleset(ruleset.digest, len(ruleset))
+        log.info("rules reloaded after %s: %d rules, hash %s", why, len(ruleset), ruleset.digest)
