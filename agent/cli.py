@@ -254,7 +254,16 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         assert record_file is not None
         record_file.write(json.dumps(ev.to_json(), separators=(",", ":")) + "\n")
 
-    agent = Agent(tree, judge, lambda ds: _emit(ds, writer, cfg.host), metrics,
+    slack = _slack_sink(cfg, metrics)
+
+    def report(decisions: list[Decision]) -> None:
+        findings = [finding(d, cfg.host) for d in decisions]
+        writer.write(findings)
+        if slack is not None:
+            for f in findings:
+                slack.submit(f)
+
+    agent = Agent(tree, judge, report, metrics,
                   cfg.scan_interval, record if record_file is not None else None,
                   enforcer.carry_out)
     stop = threading.Event()
@@ -305,12 +314,32 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         if sensor is not None:
             sensor.close()  # detaches every BPF program
+        if slack is not None:
+            slack.close(deadline=5.0)  # send what is queued, count the rest as dropped
         if server is not None:
             server.stop()
         if record_file is not None:
             record_file.close()
     log.info("stopped")
     return 0
+
+
+def _slack_sink(cfg: Config, metrics: Metrics) -> Any:
+    """The Slack sink when a webhook URL is configured (environment or Secret file)."""
+    from agent.sinks.slack import SlackSink, read_webhook_url
+
+    try:
+        url = read_webhook_url(cfg.slack_webhook_url_env, cfg.slack_webhook_url_file or None,
+                               dict(os.environ))
+    except OSError as e:
+        raise ConfigError(f"cannot read the Slack webhook URL file: {e.strerror}") from None
+    if url is None:
+        return None
+    log.info("Slack alerts on (severity >= %s); the webhook URL is not logged",
+             cfg.slack_min_severity)
+    return SlackSink(url, metrics, min_severity=cfg.slack_min_severity,
+                     dedupe_seconds=cfg.slack_dedupe_seconds, rate=cfg.slack_rate_per_second,
+                     queue_size=cfg.slack_queue_size)
 
 
 def _start_sensors(cfg: Config, tree: ProcessTree, agent: Agent,

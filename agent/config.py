@@ -37,6 +37,13 @@ class Config:
     process_cache_size: int = 65536
     bpf: str = "auto"
     bpf_transport: str = "auto"
+    # Slack: the webhook URL is a secret, read from this variable or file, never from here
+    slack_webhook_url_env: str = "NODEWARDEN_SLACK_WEBHOOK_URL"
+    slack_webhook_url_file: str = ""
+    slack_min_severity: str = "high"
+    slack_dedupe_seconds: float = 300.0
+    slack_rate_per_second: float = 1.0
+    slack_queue_size: int = 1000
     ring_buffer_pages: int = 1024
 
     def validate(self) -> None:
@@ -52,6 +59,11 @@ class Config:
             raise ConfigError(f"bpf must be auto, off or required, not {self.bpf!r}")
         if self.bpf_transport not in ("auto", "ring", "perf"):
             raise ConfigError(f"bpf_transport must be auto, ring or perf, not {self.bpf_transport!r}")
+        if self.slack_min_severity not in ("info", "low", "medium", "high", "critical"):
+            raise ConfigError("slack_min_severity must be one of info, low, medium, high, critical")
+        if self.slack_rate_per_second <= 0 or self.slack_queue_size < 1 or self.slack_dedupe_seconds < 0:
+            raise ConfigError("slack_rate_per_second and slack_queue_size must be positive, "
+                              "slack_dedupe_seconds not negative")
         pages = self.ring_buffer_pages
         if pages < 1 or pages & (pages - 1):
             raise ConfigError(f"ring_buffer_pages must be a power of two, not {pages}")
@@ -67,7 +79,9 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "mode": str, "rules": list, "proc_root": str, "listen": str, "host": str,
     "workspace_markers": list, "protected": list, "scan_interval": (int, float),
     "process_cache_size": int, "bpf": str, "ring_buffer_pages": int,
-    "bpf_transport": str,
+    "bpf_transport": str, "slack_webhook_url_env": str, "slack_webhook_url_file": str,
+    "slack_min_severity": str, "slack_dedupe_seconds": (int, float),
+    "slack_rate_per_second": (int, float), "slack_queue_size": int,
 }
 
 

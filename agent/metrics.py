@@ -27,6 +27,10 @@ class Metrics:
         self.scan_duration = Histogram("nodewarden_scan_duration_seconds",
                                        "Duration of a full procfs scan", registry=r,
                                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.alerts_sent = Counter("nodewarden_alerts_sent_total", "Alerts delivered", ["sink"],
+                                   registry=r)
+        self.alerts_dropped = Counter("nodewarden_alerts_dropped_total",
+                                      "Alerts given up on, and why", ["sink", "reason"], registry=r)
         self.scans = Counter("nodewarden_scans_total", "Procfs reconciliation scans",
                              ["reason"], registry=r)
         self.reload_failures = Counter("nodewarden_reload_failures_total",
