@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--format", choices=("table", "json"),
                      help="findings format (default: table on a terminal, else json)")
     run.add_argument("--record", metavar="FILE", help="write every judged event as JSON lines")
+    run.add_argument("--findings-file", metavar="FILE", help="also append findings as JSON lines")
     run.add_argument("--interval", type=float, help="seconds between procfs scans")
     run.add_argument("--once", action="store_true", help="stop after the first scan")
     run.add_argument("--no-bpf", action="store_true", help="procfs scans only, no eBPF sensors")
@@ -219,6 +220,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     cfg = _config(args.config)
     if args.no_bpf:
         cfg.bpf = "off"
+    if args.findings_file:
+        cfg.findings_file = args.findings_file
     if args.ring_pages:
         cfg.ring_buffer_pages = args.ring_pages
     if args.dry_run:
@@ -255,10 +258,15 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         record_file.write(json.dumps(ev.to_json(), separators=(",", ":")) + "\n")
 
     slack = _slack_sink(cfg, metrics)
+    # line-buffered JSON lines, for a log shipper to tail
+    findings_file = open(cfg.findings_file, "a", encoding="utf-8", buffering=1) if cfg.findings_file else None  # noqa: SIM115
+    file_writer = FindingWriter(findings_file, "json") if findings_file is not None else None
 
     def report(decisions: list[Decision]) -> None:
         findings = [finding(d, cfg.host) for d in decisions]
         writer.write(findings)
+        if file_writer is not None:
+            file_writer.write(findings)
         if slack is not None:
             for f in findings:
                 slack.submit(f)
@@ -320,6 +328,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             server.stop()
         if record_file is not None:
             record_file.close()
+        if findings_file is not None:
+            findings_file.close()
     log.info("stopped")
     return 0
 

@@ -37,6 +37,7 @@ class Config:
     process_cache_size: int = 65536
     bpf: str = "auto"
     bpf_transport: str = "auto"
+    findings_file: str = ""          # also append findings as JSON lines here
     # Slack: the webhook URL is a secret, read from this variable or file, never from here
     slack_webhook_url_env: str = "NODEWARDEN_SLACK_WEBHOOK_URL"
     slack_webhook_url_file: str = ""
@@ -79,7 +80,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "mode": str, "rules": list, "proc_root": str, "listen": str, "host": str,
     "workspace_markers": list, "protected": list, "scan_interval": (int, float),
     "process_cache_size": int, "bpf": str, "ring_buffer_pages": int,
-    "bpf_transport": str, "slack_webhook_url_env": str, "slack_webhook_url_file": str,
+    "bpf_transport": str, "findings_file": str, "slack_webhook_url_env": str, "slack_webhook_url_file": str,
     "slack_min_severity": str, "slack_dedupe_seconds": (int, float),
     "slack_rate_per_second": (int, float), "slack_queue_size": int,
 }

@@ -82,8 +82,10 @@ def _free_port() -> int:
 def test_run_prints_records_serves_metrics_and_stops_on_sigterm(workspace_miner, tmp_path):
     record = tmp_path / "events.jsonl"
     port = _free_port()
+    findings_file = tmp_path / "findings.jsonl"
     agent = subprocess.Popen([*NODEWARDEN, "run", "--dry-run", "--format", "json", "--interval",
-                              "0.5", "--record", str(record), "--listen", f"127.0.0.1:{port}"],
+                              "0.5", "--record", str(record), "--listen", f"127.0.0.1:{port}",
+                              "--findings-file", str(findings_file)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         metrics = ""
@@ -111,6 +113,7 @@ def test_run_prints_records_serves_metrics_and_stops_on_sigterm(workspace_miner,
     assert "Traceback" not in err
     mine = [f for f in _findings(out) if f["process"]["pid"] == workspace_miner.pid]
     assert len(mine) == 1, "a process must be judged once, not once per scan"
+    assert _findings(findings_file.read_text()) == _findings(out)  # the file gets the same
     assert mine[0]["workspace"] == {"id": "ws-1"}
     assert workspace_miner.poll() is None
     assert SECRET not in out + err + record.read_text()
