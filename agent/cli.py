@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TextIO
 
@@ -282,16 +282,25 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                               ready=lambda: agent.ready)
         server.start()
 
+    # re-fills the kernel's rule maps (after the sensors load, and after every reload)
+    kernel_sync: list[Callable[[], None]] = []
+
     def apply_config(new: Config) -> None:
         if args.dry_run:
             new.mode = "audit"  # the command line's --dry-run outlives any config change
         judge.mode = new.mode
         judge.protection = enforcer.protection = replace(protection, names=frozenset(new.protected))
         agent.scan_interval = new.scan_interval
+        for sync in kernel_sync:
+            sync()
+
+    def apply_rules(rs: RuleSet) -> None:
+        judge.ruleset = rs
+        for sync in kernel_sync:
+            sync()
 
     reloader = Reloader(args.config, cfg, cfg.rules or [loader.bundled_rules_dir()],
-                        apply_rules=lambda rs: setattr(judge, "ruleset", rs),
-                        apply_config=apply_config, metrics=metrics)
+                        apply_rules=apply_rules, apply_config=apply_config, metrics=metrics)
     agent.ticks.append(reloader.tick)
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -314,6 +323,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             agent.scan("startup")
             return 0
         sensor, observer, running = _start_sensors(cfg, tree, agent, metrics)
+        if sensor is not None and hasattr(sensor, "set_kernel_rules") and cfg.kernel_enforcement:
+            kernel_sync.append(lambda: _sync_kernel_rules(sensor, agent, judge, protection))
+            kernel_sync[0]()
 
         def ready() -> None:
             log.info("ready: %s", running)
@@ -332,6 +344,21 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             findings_file.close()
     log.info("stopped")
     return 0
+
+
+def _sync_kernel_rules(sensor: Any, agent: Agent, judge: Judge, protection: Protection) -> None:
+    """Put the rules the kernel can enforce into its maps, in the current modes. Protected
+    names never enter them: the kernel does not ask userspace before it kills."""
+    from agent.engine.kernel import kernel_rules
+
+    rules = kernel_rules(judge.ruleset.rules)
+    specs = [(r.kernel.names - protection.names, r.kernel.paths,
+              (r.mode or judge.mode) == "enforce") for r in rules]
+    sensor.set_kernel_rules(specs)
+    agent.kernel_rules = rules
+    enforcing = [r.id for r, (_, _, enf) in zip(rules, specs) if enf]
+    log.info("in-kernel exec rules: %d (%s); enforcing: %s", len(rules),
+             ", ".join(r.id for r in rules) or "none", ", ".join(enforcing) or "none (audit)")
 
 
 def _slack_sink(cfg: Config, metrics: Metrics) -> Any:

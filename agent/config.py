@@ -38,6 +38,7 @@ class Config:
     bpf: str = "auto"
     bpf_transport: str = "auto"
     findings_file: str = ""          # also append findings as JSON lines here
+    kernel_enforcement: bool = True  # rules of names/paths enforced in the BPF program
     # Slack: the webhook URL is a secret, read from this variable or file, never from here
     slack_webhook_url_env: str = "NODEWARDEN_SLACK_WEBHOOK_URL"
     slack_webhook_url_file: str = ""
@@ -80,7 +81,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "mode": str, "rules": list, "proc_root": str, "listen": str, "host": str,
     "workspace_markers": list, "protected": list, "scan_interval": (int, float),
     "process_cache_size": int, "bpf": str, "ring_buffer_pages": int,
-    "bpf_transport": str, "findings_file": str, "slack_webhook_url_env": str, "slack_webhook_url_file": str,
+    "bpf_transport": str, "findings_file": str, "kernel_enforcement": bool, "slack_webhook_url_env": str, "slack_webhook_url_file": str,
     "slack_min_severity": str, "slack_dedupe_seconds": (int, float),
     "slack_rate_per_second": (int, float), "slack_queue_size": int,
 }
@@ -113,7 +114,7 @@ def load_config(path: str | None) -> Config:
             raise ConfigError(f"{path}:{line}: unknown setting '{key}'{hint}; settings are "
                               f"{', '.join(names)}")
         want = _TYPES[key]
-        if isinstance(value, bool) or not isinstance(value, want):
+        if (isinstance(value, bool) and want is not bool) or not isinstance(value, want):
             raise ConfigError(f"{path}:{line}: '{key}' has the wrong type ({value!r})")
         setattr(cfg, key, list(value) if isinstance(value, list) else value)
     try:

@@ -163,6 +163,8 @@ class Event:
     connection: Connection | None = None
     # CLOCK_MONOTONIC ns when the kernel saw it (eBPF events; 0 otherwise): for latency
     ktime_ns: int = 0
+    # an in-kernel rule's verdict on this exec: (kernel rule slot, killed) or None
+    kernel_verdict: tuple[int, bool] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The recorded-event format (`--record`, `replay`)."""

@@ -48,9 +48,15 @@ class Observer:
         kind = raw.kind
         t = raw.ts_ns / 1e9 + self._offset
         if kind == kevents.EXEC:
-            new = self._read(raw.pid) or self._from_record(raw)
+            if raw.state == kevents.VERDICT_KILLED:
+                new = self._from_record(raw)  # SIGKILLed in the kernel: nothing to read
+            else:
+                new = self._read(raw.pid) or self._from_record(raw)
             self.tree.add(new)
-            return self._event("exec", new, t, raw.ts_ns)
+            ev = self._event("exec", new, t, raw.ts_ns)
+            if raw.state:
+                ev.kernel_verdict = (raw.fd, raw.state == kevents.VERDICT_KILLED)
+            return ev
         if kind == kevents.FORK:
             self._parent_of[raw.pid] = raw.ppid
             return None

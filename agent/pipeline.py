@@ -15,7 +15,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from agent.decide import Decision, Protection, decide
-from agent.engine.ruleset import RuleSet
+from agent.engine.ruleset import Match, RuleSet
 from agent.metrics import Metrics
 from agent.model import Event
 from agent.sources.proctree import ProcessTree
@@ -114,6 +114,8 @@ class Agent:
         self.act = act
         self.scans = 0
         self.ticks: list[Callable[[], None]] = []
+        # the rules the kernel enforces, by slot (exec records carry the slot of a verdict)
+        self.kernel_rules: list[Any] = []
         # monotonic time of the loop's last turn (/healthz) and whether start-up is done
         self.heartbeat = time.monotonic()
         self.ready = False
@@ -122,9 +124,30 @@ class Agent:
         """Judge one event from a sensor, act on it, and report what happened."""
         if self.record is not None:
             self.record(ev)
+        verdict = ev.kernel_verdict
+        if verdict is not None and verdict[0] < len(self.kernel_rules):
+            self._kernel_decision(ev, self.kernel_rules[verdict[0]], verdict[1])
+            return
         decisions = self.judge.judge(ev)
         if decisions:
             self._finish(decisions)
+
+    def _kernel_decision(self, ev: Event, rule: Any, killed: bool) -> None:
+        """An exec the BPF program already judged: report its verdict; unless the process
+        was killed, the other rules judge the exec too (not this rule a second time)."""
+        mode = rule.mode or self.judge.mode
+        first = Decision(Match(rule, ev, rule.message(ev)), mode,
+                         "killed" if killed else "would_kill", "in-kernel")
+        others: list[Decision] = []
+        if not killed:
+            others = [d for d in self.judge.judge(ev) if d.match.rule is not rule]
+        else:
+            self.judge.seen[ev.process.id] = True
+        self.metrics.actions.labels(action=rule.action, outcome=first.outcome).inc()
+        self.metrics.rule_matches.labels(rule=rule.id, severity=rule.severity, mode=mode).inc()
+        self.report([first])
+        if others:
+            self._finish(others)
 
     def scan(self, reason: str) -> None:
         """A reconciliation pass: every process not yet judged is judged now."""

@@ -19,11 +19,12 @@ struct nw_event {
     u32 pid;            /* tgid of the process concerned (the child for fork) */
     u32 ppid;           /* fork: the parent's tgid; otherwise 0 */
     u32 uid;
-    u32 fd;             /* accept: the returned fd */
+    u32 fd;             /* accept: the returned fd; exec with a verdict: the kernel rule slot */
     u16 family;         /* AF_INET 2, AF_INET6 10 */
     u16 sport;          /* host byte order */
     u16 dport;
-    u16 state;          /* TCP state the socket moved from (close) */
+    u16 state;          /* close: TCP state left; connect: state entered; exec: in-kernel
+                         * verdict (1 would_kill, 2 killed) */
     u8 saddr[16];       /* IPv4 in the first 4 bytes */
     u8 daddr[16];
     char comm[16];

@@ -32,6 +32,22 @@ BPF_PERF_OUTPUT(events);
 BPF_RINGBUF_OUTPUT(events, NW_RINGBUF_PAGES);
 #endif
 BPF_ARRAY(lost, u64, 1);
+
+/* In-kernel enforcement, filled by userspace from the rules the kernel can test: an
+ * executable name (the comm set at exec) or full path -> a bitmask of kernel rule slots;
+ * kcfg[0] has the bit of every slot in enforce mode (the others report would_kill). */
+struct comm_key {
+    char comm[16];
+};
+struct path_key {
+    char path[NW_FILENAME_LEN];
+};
+BPF_HASH(kexec_names, struct comm_key, u64, 4096);
+BPF_HASH(kexec_paths, struct path_key, u64, 1024);
+BPF_ARRAY(kcfg, u64, 1);
+
+#define NW_VERDICT_WOULD_KILL 1
+#define NW_VERDICT_KILLED 2
 /* Sockets we saw connect(), by socket address: the process that called connect. The
  * source port is assigned only after the move to SYN_SENT, and the moves out of SYN_SENT
  * (to ESTABLISHED, or to CLOSE when refused) and to CLOSE run in softirq context, so the
@@ -111,6 +127,15 @@ static __always_inline void fill_task(struct nw_event *e, u32 kind)
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
 }
 
+static __always_inline u32 lowest_slot(u64 mask)
+{
+#pragma unroll
+    for (u32 i = 0; i < 64; i++)
+        if (mask & (1ULL << i))
+            return i;
+    return 0;
+}
+
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     struct nw_event *e = reserve();
@@ -118,6 +143,27 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         return 0;
     fill_task(e, NW_EXEC);
     TP_DATA_LOC_READ_STR(&e->filename, filename, sizeof(e->filename));
+    /* the record was zeroed, so comm and filename are zero-padded map keys */
+    u64 mask = 0;
+    u64 *m = kexec_names.lookup((struct comm_key *)e->comm);
+    if (m)
+        mask |= *m;
+    m = kexec_paths.lookup((struct path_key *)e->filename);
+    if (m)
+        mask |= *m;
+    if (mask) {
+        int zero = 0;
+        u32 slot = lowest_slot(mask);
+        u64 *enforce = kcfg.lookup(&zero);
+        e->fd = slot;
+        if (enforce && (*enforce & (1ULL << slot))) {
+            /* delivered before the new image returns to userspace: it runs nothing */
+            bpf_send_signal(9);
+            e->state = NW_VERDICT_KILLED;
+        } else {
+            e->state = NW_VERDICT_WOULD_KILL;
+        }
+    }
     submit(args, e);
     return 0;
 }

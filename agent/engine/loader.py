@@ -20,6 +20,7 @@ from typing import Any
 import re2
 
 from agent.engine import yamlsrc
+from agent.engine.kernel import exec_spec
 from agent.engine.ruleset import Example, Predicate, Rule, RuleSet
 from agent.engine.schema import (
     ACTIONS,
@@ -526,7 +527,20 @@ class _Compiler:
                     predicate=pred, exceptions=exc, message=message, window=window,
                     file=self.file, line=node.line, order=order, requirement=req)
         rule.examples = self.examples(node)
+        rule.kernel = self.kernel_form(node, action, kinds)
         return rule
+
+    def kernel_form(self, node: yamlsrc.Node, action: str, kinds: tuple[str, ...]) -> Any:
+        """The in-kernel form of an exec kill rule, when it is only names or paths."""
+        if action != "kill" or "except" in node or "window" in node:
+            return None
+        if not set(kinds) <= {"exec", "scan"} or "exec" not in kinds:
+            return None
+        try:
+            return exec_spec(node["match"], lambda v: self.expand(v, node.line),
+                             lambda name: self.macros.get(name, (None,))[0])
+        except _Skip:
+            return None
 
     def choice(self, node: yamlsrc.Node, key: str, allowed: Sequence[str],
                default: str | None) -> tuple[bool, str | None]:

@@ -49,6 +49,8 @@ class Rule:
     # field attribute -> values one of which the process must have for the rule to match
     requirement: dict[str, frozenset[str]] | None = None
     examples: list[Example] = field(default_factory=list)
+    # the kernel form (agent.engine.kernel.KernelExecSpec) when the BPF program can enforce it
+    kernel: Any = None
 
     def fires(self, ev: Event) -> bool:
         """Whether this rule matches `ev` (updating its window, if it has one)."""

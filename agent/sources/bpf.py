@@ -133,6 +133,34 @@ class BpfSensor:
     def _perf_lost(self, count: int) -> None:
         self._perf_lost_count += count
 
+    def set_kernel_rules(self, specs: list[tuple[set[str], set[str], bool]]) -> None:
+        """Load the in-kernel exec rules: one (names, paths, enforce) per slot, in order.
+        Replaces what was there, so a reload never leaves a stale name behind."""
+        names_t, paths_t, cfg = self._bpf["kexec_names"], self._bpf["kexec_paths"], self._bpf["kcfg"]
+        names: dict[bytes, int] = {}
+        paths: dict[bytes, int] = {}
+        enforce = 0
+        for slot, (ns, ps, enf) in enumerate(specs):
+            for n in ns:
+                names[n.encode()[:15]] = names.get(n.encode()[:15], 0) | (1 << slot)
+            for p in ps:
+                paths[p.encode()[:255]] = paths.get(p.encode()[:255], 0) | (1 << slot)
+            if enf:
+                enforce |= 1 << slot
+        # enforcement off while the maps change, so no half-written set can kill
+        cfg[ctypes.c_int(0)] = ctypes.c_ulonglong(0)
+        names_t.clear()
+        paths_t.clear()
+        for raw, mask in names.items():
+            k = names_t.Key()
+            k.comm = raw
+            names_t[k] = ctypes.c_ulonglong(mask)
+        for raw, mask in paths.items():
+            k = paths_t.Key()
+            k.path = raw
+            paths_t[k] = ctypes.c_ulonglong(mask)
+        cfg[ctypes.c_int(0)] = ctypes.c_ulonglong(enforce)
+
     def poll(self, timeout_ms: int) -> None:
         """Deliver pending records to the callback, waiting up to `timeout_ms` for one."""
         if self.perf:

@@ -14,6 +14,7 @@ EXEC, FORK, EXIT, CONNECT, ACCEPT, CLOSE = 1, 2, 3, 4, 5, 6
 KIND_NAMES = {EXEC: "exec", FORK: "fork", EXIT: "exit", CONNECT: "connect",
               ACCEPT: "accept", CLOSE: "close"}
 AF_INET, AF_INET6 = 2, 10
+VERDICT_WOULD_KILL, VERDICT_KILLED = 1, 2  # exec records: an in-kernel rule matched
 TCP_CLOSE = 7
 
 # struct nw_event: u64 ts; u32 kind, pid, ppid, uid, fd; u16 family, sport, dport, state;

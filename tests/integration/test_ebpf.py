@@ -349,3 +349,59 @@ def test_reverse_shell_connect_is_reported_within_100ms(start_agent):
             listener.kill()
             listener.wait()
         subprocess.run(["ip", "netns", "del", name], check=False, timeout=30)
+
+
+MARKER_C = r"""
+#include <fcntl.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    /* the first thing this program does: leave a mark */
+    int fd = open(argv[1], O_CREAT | O_WRONLY, 0644);
+    if (fd >= 0) close(fd);
+    return 0;
+}
+"""
+
+
+@pytest.fixture
+def marker_binary(tmp_path: Path) -> Path:
+    if shutil.which("cc") is None:
+        pytest.fail("a C compiler is needed to build the marker binary")
+    src = tmp_path / "marker.c"
+    src.write_text(MARKER_C)
+    exe = tmp_path / "nwmarker"
+    subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], check=True, timeout=120)
+    return exe
+
+
+KERNEL_RULE = """rules:
+  - id: marker-kill
+    severity: critical
+    action: kill
+    match: {proc.exe_name: nwmarker}
+"""
+
+
+@pytest.mark.parametrize("mode", ["enforce", "audit"])
+def test_in_kernel_kill_before_the_first_instruction(start_agent, marker_binary, tmp_path, mode):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(KERNEL_RULE)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"mode: {mode}\n")
+    agent = start_agent("--config", str(cfg), "--rules", str(rules))
+    assert any("in-kernel exec rules: 1 (marker-kill)" in line for line in agent.stderr)
+    trials = 20
+    for i in range(trials):
+        mark = tmp_path / f"mark-{i}"
+        res = subprocess.run([str(marker_binary), str(mark)], check=False, timeout=30)
+        if mode == "enforce":
+            assert res.returncode == -signal.SIGKILL
+            assert not mark.exists(), "the binary ran its first instruction"
+        else:
+            assert res.returncode == 0 and mark.exists()
+    outcomes = []
+    for _ in range(trials):
+        _, f = agent.finding(lambda f: f["rule"] == "marker-kill")
+        outcomes.append((f["outcome"], f.get("reason")))
+    expected = "killed" if mode == "enforce" else "would_kill"
+    assert outcomes == [(expected, "in-kernel")] * trials
