@@ -28,16 +28,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.actions.kill import Enforcer  # noqa: E402
-from agent.decide import Protection  # noqa: E402
-from agent.engine import loader  # noqa: E402
-from agent.metrics import Metrics  # noqa: E402
-from agent.observer import Observer  # noqa: E402
-from agent.pipeline import Agent, Judge  # noqa: E402
-from agent.sources import bpf  # noqa: E402
-from agent.sources.netstate import NetState  # noqa: E402
-from agent.sources.procfs import ProcFS  # noqa: E402
-from agent.sources.proctree import ProcessTree  # noqa: E402
+from agent.actions.kill import Enforcer
+from agent.decide import Protection
+from agent.engine import loader
+from agent.metrics import Metrics
+from agent.observer import Observer
+from agent.pipeline import Agent, Judge
+from agent.sources import bpf
+from agent.sources.netstate import NetState
+from agent.sources.procfs import ProcFS
+from agent.sources.proctree import ProcessTree
 
 MARKER_C = r"""
 #include <fcntl.h>
@@ -53,7 +53,7 @@ int main(int argc, char **argv) {
 
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
 def run(trials_user: int, trials_kernel: int) -> None:
