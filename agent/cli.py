@@ -349,13 +349,20 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _sync_kernel_rules(sensor: Any, agent: Agent, judge: Judge, protection: Protection) -> None:
     """Put the rules the kernel can enforce into its maps, in the current modes. Protected
     names never enter them: the kernel does not ask userspace before it kills."""
-    from agent.engine.kernel import kernel_rules
+    from agent.engine.kernel import kernel_connect_rules, kernel_rules
 
     rules = kernel_rules(judge.ruleset.rules)
     specs = [(r.kernel.names - protection.names, r.kernel.paths,
               (r.mode or judge.mode) == "enforce") for r in rules]
     sensor.set_kernel_rules(specs)
     agent.kernel_rules = rules
+    if sensor.connect_guard:
+        conn_rules = kernel_connect_rules(judge.ruleset.rules)
+        sensor.set_kernel_connect_rules([(r.kernel_connect, (r.mode or judge.mode) == "enforce")
+                                         for r in conn_rules])
+        agent.kernel_connect_rules = conn_rules
+        if conn_rules:
+            log.info("in-kernel connect rules: %s", ", ".join(r.id for r in conn_rules))
     enforcing = [r.id for r, (_, _, enf) in zip(rules, specs) if enf]
     log.info("in-kernel exec rules: %d (%s); enforcing: %s", len(rules),
              ", ".join(r.id for r in rules) or "none", ", ".join(enforcing) or "none (audit)")

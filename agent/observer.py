@@ -71,6 +71,16 @@ class Observer:
             conn = Connection(raw.saddr, raw.sport, raw.daddr, raw.dport, _family(raw.family),
                               "outbound", p.netns)
             return self._event("connect", p, t, raw.ts_ns, conn)
+        if kind == kevents.CONNECT_VERDICT:
+            # an in-kernel connect rule matched before anything was sent
+            p = self._process(raw.pid)
+            if p is None:
+                p = self._from_record(raw)
+            conn = Connection("0.0.0.0" if raw.family == kevents.AF_INET else "::", 0,
+                              raw.daddr, raw.dport, _family(raw.family), "outbound", p.netns)
+            ev = self._event("connect", p, t, raw.ts_ns, conn)
+            ev.kernel_verdict = (raw.fd, raw.state == kevents.VERDICT_KILLED)
+            return ev
         if kind == kevents.ACCEPT:
             return self._accept(raw, t)
         if kind == kevents.CLOSE:

@@ -114,8 +114,9 @@ class Agent:
         self.act = act
         self.scans = 0
         self.ticks: list[Callable[[], None]] = []
-        # the rules the kernel enforces, by slot (exec records carry the slot of a verdict)
+        # the rules the kernel enforces, by slot (records carry the slot of a verdict)
         self.kernel_rules: list[Any] = []
+        self.kernel_connect_rules: list[Any] = []
         # monotonic time of the loop's last turn (/healthz) and whether start-up is done
         self.heartbeat = time.monotonic()
         self.ready = False
@@ -125,10 +126,14 @@ class Agent:
         if self.record is not None:
             self.record(ev)
         verdict = ev.kernel_verdict
-        if verdict is not None and verdict[0] < len(self.kernel_rules):
-            self._kernel_decision(ev, self.kernel_rules[verdict[0]], verdict[1])
+        rules = self.kernel_connect_rules if ev.kind == "connect" else self.kernel_rules
+        if verdict is not None and verdict[0] < len(rules):
+            self._kernel_decision(ev, rules[verdict[0]], verdict[1])
             return
         decisions = self.judge.judge(ev)
+        if ev.kind == "connect" and self.kernel_connect_rules:
+            # the kernel judged these connects already (a verdict record came first)
+            decisions = [d for d in decisions if d.match.rule not in self.kernel_connect_rules]
         if decisions:
             self._finish(decisions)
 
@@ -138,10 +143,16 @@ class Agent:
         mode = rule.mode or self.judge.mode
         first = Decision(Match(rule, ev, rule.message(ev)), mode,
                          "killed" if killed else "would_kill", "in-kernel")
+        if killed and ev.kind == "connect" and self.act is not None:
+            # the kernel refused the connect; the caller is killed here, through a pidfd,
+            # unless it is protected (then the refused connect is all that happened)
+            why = self.judge.protection.reason(ev)
+            first = (Decision(first.match, mode, "protected", f"connect refused; {why}") if why
+                     else self.act(Decision(first.match, mode, "kill", "in-kernel deny")))
         others: list[Decision] = []
         if not killed:
             others = [d for d in self.judge.judge(ev) if d.match.rule is not rule]
-        else:
+        elif ev.kind == "exec":
             self.judge.seen[ev.process.id] = True
         self.metrics.actions.labels(action=rule.action, outcome=first.outcome).inc()
         self.metrics.rule_matches.labels(rule=rule.id, severity=rule.severity, mode=mode).inc()

@@ -10,6 +10,7 @@
 #define NW_CONNECT 4
 #define NW_ACCEPT  5
 #define NW_CLOSE   6
+#define NW_CONNECT_VERDICT 7   /* an in-kernel connect rule matched (sys_enter_connect) */
 
 #define NW_FILENAME_LEN 256
 

@@ -93,3 +93,99 @@ def kernel_rules(rules: Sequence[Any]) -> list[Any]:
     in file order; the rest stay in userspace)."""
     out = [r for r in rules if r.enabled and r.kernel is not None]
     return out[:MAX_KERNEL_RULES]
+
+
+MAX_KERNEL_PORTS = 4096
+
+
+@dataclass
+class KernelConnectSpec:
+    """Destination networks and/or ports that make a connect rule fire (both when both)."""
+
+    cidrs: list[tuple[int, bytes]] = field(default_factory=list)  # (prefixlen over v6, addr)
+    ports: set[int] = field(default_factory=set)
+    need_net: bool = False
+    need_ports: bool = False
+
+
+def connect_spec(match: Any, expand: Callable[[Any], list[Any]], macro: Callable[[str], Any],
+                 ) -> KernelConnectSpec | None:
+    """The kernel form of a connect rule: a conjunction of `conn.dst` (cidr, equals, in),
+    `conn.dport` (ports, equals, in) and `conn.direction: outbound`, nothing else."""
+    import ipaddress
+
+    spec = KernelConnectSpec()
+    terms = _conjunction(match, macro, ())
+    if terms is None:
+        return None
+    for key, value in terms:
+        if key == "conn.direction":
+            if _values(value, expand) != ["outbound"]:
+                return None
+            continue
+        if isinstance(value, dict) and len(value) == 1:
+            (op, arg), = value.items()
+        else:
+            op, arg = "in", value
+        values = expand(arg)
+        if key == "conn.dst" and op in ("cidr", "equals", "in"):
+            spec.need_net = True
+            for v in values:
+                try:
+                    net = ipaddress.ip_network(str(v), strict=False)
+                except ValueError:
+                    return None
+                if net.version == 4:
+                    mapped = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + net.network_address.packed)
+                    spec.cidrs.append((96 + net.prefixlen, mapped.packed))
+                else:
+                    spec.cidrs.append((net.prefixlen, net.network_address.packed))
+        elif key == "conn.dport" and op in ("ports", "equals", "in"):
+            spec.need_ports = True
+            for v in values:
+                if isinstance(v, int) and not isinstance(v, bool):
+                    spec.ports.add(v)
+                elif isinstance(v, str) and "-" in v:
+                    lo, hi = (int(x) for x in v.split("-"))
+                    spec.ports.update(range(lo, hi + 1))
+                else:
+                    return None
+            if len(spec.ports) > MAX_KERNEL_PORTS:
+                return None
+        else:
+            return None
+    return spec if spec.need_net or spec.need_ports else None
+
+
+def _conjunction(node: Any, macro: Callable[[str], Any],
+                 stack: tuple[str, ...]) -> list[tuple[str, Any]] | None:
+    """A condition as its list of (field, test) terms, if it is only an AND of field tests."""
+    if not isinstance(node, dict) or not node:
+        return None
+    out: list[tuple[str, Any]] = []
+    for key, value in node.items():
+        if key == "all":
+            if not isinstance(value, list):
+                return None
+            for sub in value:
+                part = _conjunction(sub, macro, stack)
+                if part is None:
+                    return None
+                out.extend(part)
+        elif key == "macro":
+            if not isinstance(value, str) or value in stack:
+                return None
+            part = _conjunction(macro(value), macro, (*stack, value))
+            if part is None:
+                return None
+            out.extend(part)
+        elif key in ("any", "not"):
+            return None
+        else:
+            out.append((str(key), value))
+    return out
+
+
+def kernel_connect_rules(rules: Sequence[Any]) -> list[Any]:
+    out = [r for r in rules if r.enabled and r.kernel_connect is not None]
+    return out[:MAX_KERNEL_RULES]

@@ -20,7 +20,7 @@ from typing import Any
 import re2
 
 from agent.engine import yamlsrc
-from agent.engine.kernel import exec_spec
+from agent.engine.kernel import connect_spec, exec_spec
 from agent.engine.ruleset import Example, Predicate, Rule, RuleSet
 from agent.engine.schema import (
     ACTIONS,
@@ -528,7 +528,18 @@ class _Compiler:
                     file=self.file, line=node.line, order=order, requirement=req)
         rule.examples = self.examples(node)
         rule.kernel = self.kernel_form(node, action, kinds)
+        rule.kernel_connect = self.kernel_connect_form(node, action, kinds)
         return rule
+
+    def kernel_connect_form(self, node: yamlsrc.Node, action: str, kinds: tuple[str, ...]) -> Any:
+        """The in-kernel form of a connect kill rule: destination networks and ports only."""
+        if action != "kill" or "except" in node or "window" in node or tuple(kinds) != ("connect",):
+            return None
+        try:
+            return connect_spec(node["match"], lambda v: self.expand(v, node.line),
+                                lambda name: self.macros.get(name, (None,))[0])
+        except (_Skip, ValueError):
+            return None
 
     def kernel_form(self, node: yamlsrc.Node, action: str, kinds: tuple[str, ...]) -> Any:
         """The in-kernel form of an exec kill rule, when it is only names or paths."""

@@ -51,6 +51,8 @@ class Rule:
     examples: list[Example] = field(default_factory=list)
     # the kernel form (agent.engine.kernel.KernelExecSpec) when the BPF program can enforce it
     kernel: Any = None
+    # the kernel form of a connect rule (agent.engine.kernel.KernelConnectSpec)
+    kernel_connect: Any = None
 
     def fires(self, ev: Event) -> bool:
         """Whether this rule matches `ev` (updating its window, if it has one)."""

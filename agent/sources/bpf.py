@@ -15,6 +15,7 @@ import platform
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from agent.sources.kevents import RawEvent, decode
 
@@ -22,6 +23,7 @@ log = logging.getLogger("nodewarden.bpf")
 
 TRACEFS = "/sys/kernel/tracing"
 DEFAULT_RING_PAGES = 1024  # 4 MiB: ~12,000 events of headroom for a stalled consumer
+MAX_BATCH = 4096  # records per poll, so the agent's loop turns at least every few ms
 
 
 class BpfUnavailable(Exception):
@@ -86,6 +88,21 @@ def check() -> None:
                              "linux-headers-cloud-amd64 and link it there (scripts/setup.sh)")
 
 
+def cgroup2_root() -> str | None:
+    """The root of the cgroup v2 hierarchy (unified or hybrid mount), if there is one."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            for line in f:
+                parts = line.split(" - ")
+                if len(parts) == 2 and parts[1].startswith("cgroup2 "):
+                    fields = parts[0].split()
+                    if fields[3] == "/":
+                        return fields[4]
+    except OSError:
+        pass
+    return None
+
+
 def kernel_has_ringbuf(release: str | None = None) -> bool:
     """BPF ring buffers exist from Linux 5.8 on; older kernels get the perf buffer."""
     parts = (release or platform.release()).split(".")
@@ -111,6 +128,7 @@ class BpfSensor:
         cflags = [f"-I{source_dir()}", f"-DNW_RINGBUF_PAGES={ring_pages}", "-w"]
         if perf:
             cflags.append("-DNW_PERF")
+
         self._bpf = BPF(src_file=str(source_dir() / "sensors.bpf.c").encode(), cflags=cflags)
         self._lost = self._bpf["lost"]
         events = self._bpf["events"]
@@ -122,10 +140,49 @@ class BpfSensor:
         else:
             events.open_ring_buffer(self._ring_cb)
         self._perf_lost_count = 0
+        self._batch = 0
+        self._guards: list[tuple[Any, int, Any]] = []
+        self.connect_guard = self._attach_connect_guards()
+
+    def _attach_connect_guards(self) -> bool:
+        """Attach the connect4/connect6 programs to the root cgroup v2 (in-kernel connect
+        rules). Without cgroup v2 those rules stay in userspace."""
+        from bcc import BPF, BPFAttachType
+
+        root = cgroup2_root()
+        if root is None:
+            log.warning("no cgroup v2 hierarchy: connect rules are enforced in userspace only")
+            return False
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name, kind in (("nw_connect4", BPFAttachType.CGROUP_INET4_CONNECT),
+                               ("nw_connect6", BPFAttachType.CGROUP_INET6_CONNECT)):
+                fn = self._bpf.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=kind)
+                BPF.attach_func(fn, fd, kind)
+                self._guards.append((fn, fd, kind))
+        except Exception as e:  # noqa: BLE001 - BCC raises bare Exception
+            log.warning("connect guard not attached (%s): connect rules stay in userspace", e)
+            self._detach_guards()
+            os.close(fd)
+            return False
+        return True
+
+    def _detach_guards(self) -> None:
+        from bcc import BPF
+
+        for fn, fd, kind in self._guards:
+            try:
+                BPF.detach_func(fn, fd, kind)
+            except Exception:  # noqa: BLE001, S110 - best effort at shutdown
+                pass
+        self._guards.clear()
 
     def _ring_cb(self, _ctx: object, data: int, size: int) -> int:
         self._on_event(decode(ctypes.string_at(data, size)))
-        return 0
+        self._batch += 1
+        # a non-zero return ends this poll: under a load above what we can consume, the
+        # ring would never drain and the loop would never see SIGTERM, timers or reloads
+        return 1 if self._batch >= MAX_BATCH else 0
 
     def _perf_cb(self, _cpu: int, data: int, size: int) -> None:
         self._on_event(decode(ctypes.string_at(data, size)))
@@ -161,8 +218,42 @@ class BpfSensor:
             paths_t[k] = ctypes.c_ulonglong(mask)
         cfg[ctypes.c_int(0)] = ctypes.c_ulonglong(enforce)
 
+    def set_kernel_connect_rules(self, specs: list[tuple[Any, bool]]) -> None:
+        """Load the in-kernel connect rules: one (KernelConnectSpec, enforce) per slot."""
+        net_t, ports_t, cfg = self._bpf["kconn_net"], self._bpf["kconn_ports"], self._bpf["kcfg"]
+        nets: dict[tuple[int, bytes], int] = {}
+        ports: dict[int, int] = {}
+        enforce = need_net = need_ports = everything = 0
+        for slot, (spec, enf) in enumerate(specs):
+            bit = 1 << slot
+            everything |= bit
+            for prefix in spec.cidrs:
+                nets[prefix] = nets.get(prefix, 0) | bit
+            for port in spec.ports:
+                ports[port] = ports.get(port, 0) | bit
+            if spec.need_net:
+                need_net |= bit
+            if spec.need_ports:
+                need_ports |= bit
+            if enf:
+                enforce |= bit
+        cfg[ctypes.c_int(4)] = ctypes.c_ulonglong(0)  # off while the maps change
+        net_t.clear()
+        ports_t.clear()
+        for (plen, addr), mask in nets.items():
+            k = net_t.Key()
+            k.prefixlen = plen
+            k.addr = (ctypes.c_ubyte * 16)(*addr)
+            net_t[k] = ctypes.c_ulonglong(mask)
+        for port, mask in ports.items():
+            ports_t[ports_t.Key(port)] = ctypes.c_ulonglong(mask)
+        for i, v in ((1, enforce), (2, need_net), (3, need_ports), (4, everything)):
+            cfg[ctypes.c_int(i)] = ctypes.c_ulonglong(v)
+
     def poll(self, timeout_ms: int) -> None:
-        """Deliver pending records to the callback, waiting up to `timeout_ms` for one."""
+        """Deliver pending records (at most MAX_BATCH) to the callback, waiting up to
+        `timeout_ms` for one."""
+        self._batch = 0
         if self.perf:
             self._bpf.perf_buffer_poll(timeout=timeout_ms)
         else:
@@ -173,5 +264,9 @@ class BpfSensor:
         return int(self._lost[0].value) + self._perf_lost_count
 
     def close(self) -> None:
-        """Detach every tracepoint and free the maps."""
+        """Detach every tracepoint and cgroup program and free the maps."""
+        fds = {fd for _, fd, _ in self._guards}
+        self._detach_guards()
+        for fd in fds:
+            os.close(fd)
         self._bpf.cleanup()

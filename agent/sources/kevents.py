@@ -10,9 +10,9 @@ import ipaddress
 import struct
 from typing import NamedTuple
 
-EXEC, FORK, EXIT, CONNECT, ACCEPT, CLOSE = 1, 2, 3, 4, 5, 6
+EXEC, FORK, EXIT, CONNECT, ACCEPT, CLOSE, CONNECT_VERDICT = 1, 2, 3, 4, 5, 6, 7
 KIND_NAMES = {EXEC: "exec", FORK: "fork", EXIT: "exit", CONNECT: "connect",
-              ACCEPT: "accept", CLOSE: "close"}
+              ACCEPT: "accept", CLOSE: "close", CONNECT_VERDICT: "connect"}
 AF_INET, AF_INET6 = 2, 10
 VERDICT_WOULD_KILL, VERDICT_KILLED = 1, 2  # exec records: an in-kernel rule matched
 TCP_CLOSE = 7
@@ -60,7 +60,7 @@ def decode(data: bytes) -> RawEvent:
     """A RawEvent from the bytes the kernel sent. Raises struct.error on short input."""
     (ts, kind, pid, ppid, uid, fd, family, sport, dport, state, saddr, daddr, comm,
      filename) = NW_EVENT_FORMAT.unpack_from(data)
-    if kind in (CONNECT, CLOSE, ACCEPT):
+    if kind in (CONNECT, CLOSE, ACCEPT, CONNECT_VERDICT):
         src, dst = _addr(family, saddr), _addr(family, daddr)
     else:
         src = dst = ""

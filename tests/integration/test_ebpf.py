@@ -405,3 +405,58 @@ def test_in_kernel_kill_before_the_first_instruction(start_agent, marker_binary,
         outcomes.append((f["outcome"], f.get("reason")))
     expected = "killed" if mode == "enforce" else "would_kill"
     assert outcomes == [(expected, "in-kernel")] * trials
+
+
+CONNECT_RULE = """rules:
+  - id: pool-port-kill
+    severity: critical
+    action: kill
+    on: connect
+    match: {{conn.dport: {{in: [{port}]}}}}
+"""
+
+
+@pytest.mark.parametrize("mode", ["enforce", "audit"])
+def test_in_kernel_connect_rule_stops_the_connection_before_it_leaves(start_agent, tmp_path, mode):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(CONNECT_RULE.format(port=port))
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"mode: {mode}\n")
+    agent = start_agent("--config", str(cfg), "--rules", str(rules))
+    assert any("in-kernel connect rules: pool-port-kill" in line for line in agent.stderr)
+    client = subprocess.Popen([sys.executable, "-c", f"""
+import socket, time
+try:
+    socket.create_connection(("127.0.0.1", {port}))
+    print("connected", flush=True)
+except OSError as e:
+    print("refused", e.errno, flush=True)
+time.sleep(5)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        _, f = agent.finding(lambda f: f["rule"] == "pool-port-kill")
+        assert f["source"] == "connect" and f["connection"]["dport"] == port
+        assert f["process"]["pid"] == client.pid
+        listener.settimeout(0.5)
+        if mode == "enforce":
+            assert (f["outcome"], f.get("reason")) == ("killed", "in-kernel deny")
+            with pytest.raises(socket.timeout):
+                listener.accept()  # the listener never sees the connection
+            client.wait(timeout=5)
+            assert client.returncode == -signal.SIGKILL
+        else:
+            assert (f["outcome"], f.get("reason")) == ("would_kill", "in-kernel")
+            conn, _ = listener.accept()
+            conn.close()
+            assert client.poll() is None
+            # reported once: the userspace path does not judge the same rule again
+            with pytest.raises((AssertionError, queue.Empty)):
+                agent.finding(lambda f: f["rule"] == "pool-port-kill", timeout=1.0)
+    finally:
+        client.kill()
+        client.wait()
+        listener.close()
