@@ -138,13 +138,19 @@ def test_scan_survives_processes_exiting_mid_scan():
         churn.wait(timeout=60)
 
 
-def test_scan_as_unprivileged_user_degrades_without_crashing(workspace_miner):
+def _as_nobody() -> list[str]:
+    """The command prefix that runs a command as nobody; skips where that is impossible."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root (to drop to nobody) and setpriv")
     drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     if subprocess.run([*drop, sys.executable, "-c", "import agent"], check=False,
                       capture_output=True, timeout=60).returncode != 0:
         pytest.skip("this checkout is not readable by nobody")
+    return drop
+
+
+def test_scan_as_unprivileged_user_degrades_without_crashing(workspace_miner):
+    drop = _as_nobody()
     res = subprocess.run([*drop, *NODEWARDEN, "scan", "--format", "json"],
                          check=False, capture_output=True, text=True, timeout=120,
                          env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
@@ -158,12 +164,7 @@ def test_scan_as_unprivileged_user_degrades_without_crashing(workspace_miner):
 
 
 def test_run_without_root_says_once_why_there_is_no_ebpf_and_scans(tmp_path):
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root (to drop to nobody) and setpriv")
-    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    if subprocess.run([*drop, sys.executable, "-c", "import agent"], check=False,
-                      capture_output=True, timeout=60).returncode != 0:
-        pytest.skip("this checkout is not readable by nobody")
+    drop = _as_nobody()
     agent = subprocess.Popen([*drop, *NODEWARDEN, "run", "--listen", "off", "--format", "json",
                               "--interval", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
