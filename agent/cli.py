@@ -324,7 +324,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return 0
         sensor, observer, running = _start_sensors(cfg, tree, agent, metrics)
         if sensor is not None and hasattr(sensor, "set_kernel_rules") and cfg.kernel_enforcement:
-            kernel_sync.append(lambda: _sync_kernel_rules(sensor, agent, judge, protection))
+            kernel_sync.append(lambda: sync_kernel_rules(sensor, agent, judge, protection))
             kernel_sync[0]()
 
         def ready() -> None:
@@ -346,7 +346,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-def _sync_kernel_rules(sensor: Any, agent: Agent, judge: Judge, protection: Protection) -> None:
+def sync_kernel_rules(sensor: Any, agent: Agent, judge: Judge, protection: Protection) -> None:
     """Put the rules the kernel can enforce into its maps, in the current modes. Protected
     names never enter them: the kernel does not ask userspace before it kills."""
     from agent.engine.kernel import kernel_connect_rules, kernel_rules

@@ -48,10 +48,13 @@ class Observer:
         kind = raw.kind
         t = raw.ts_ns / 1e9 + self._offset
         if kind == kevents.EXEC:
-            if raw.state == kevents.VERDICT_KILLED:
-                new = self._from_record(raw)  # SIGKILLed in the kernel: nothing to read
+            read = None if raw.state == kevents.VERDICT_KILLED else self._read(raw.pid)
+            if read is None or not (read.exe or read.cmdline):
+                # killed in the kernel, gone, or read mid-exit (exe and cmdline already
+                # empty): what the kernel record says, with the start time when we have it
+                new = self._from_record(raw, read)
             else:
-                new = self._read(raw.pid) or self._from_record(raw)
+                new = read
             self.tree.add(new)
             ev = self._event("exec", new, t, raw.ts_ns)
             if raw.state:
@@ -171,14 +174,19 @@ class Observer:
                 self.tree.add(p)
         return p
 
-    def _from_record(self, raw: RawEvent) -> Process:
-        """A process that exited before we could read it: what the kernel record says."""
+    def _from_record(self, raw: RawEvent, partial: Process | None = None) -> Process:
+        """A process we could not read whole: what the kernel record says, completed with
+        what procfs still had (a process read mid-exit keeps its stat)."""
         exe = raw.filename
-        # the exec's time stands in for the unreadable start time, in clock ticks, so two
-        # short-lived processes that reused a pid are still two identities
-        return Process(pid=raw.pid, ppid=self._parent_of.get(raw.pid, 0),
-                       starttime=raw.ts_ns // _NS_PER_TICK, comm=raw.comm, exe=exe,
-                       cmdline=(exe,) if exe else (), uid=raw.uid)
+        if partial is not None:
+            ppid, starttime = partial.ppid or self._parent_of.get(raw.pid, 0), partial.starttime
+        else:
+            # the exec's time stands in for the unreadable start time, in clock ticks, so
+            # two short-lived processes that reused a pid are still two identities
+            ppid, starttime = self._parent_of.get(raw.pid, 0), raw.ts_ns // _NS_PER_TICK
+        return Process(pid=raw.pid, ppid=ppid, starttime=starttime, comm=raw.comm or
+                       (partial.comm if partial else ""), exe=exe, cmdline=(exe,) if exe else (),
+                       uid=raw.uid)
 
     def _event(self, kind: str, p: Process, t: float, ktime: int,
                conn: Connection | None = None) -> Event:

@@ -6,22 +6,23 @@ The consumer runs in this process, pinned to one CPU (--cpu, default 0), exactly
 agent's event loop does: BpfSensor (ring buffer, bpf/sensors.bpf.c, the cgroup connect guard
 attached and the in-kernel rules loaded as with the default kernel_enforcement: true) ->
 Observer.handle -> Agent.handle -> Judge.judge with the shipped rules (mode audit, metrics
-on, findings counted, not printed). A load generator (bench/loadgen.c, built with gcc into a temporary
-directory at start) runs as a separate process pinned to the other CPU (--gen-cpu, 1):
+on, findings counted, not printed). A load generator (bench/loadgen.c, built with gcc into
+a temporary directory at start) runs as a separate process pinned to the other CPU
+(--gen-cpu, 1):
 
   exec      fork + execve(/bin/true) + waitpid        3 records: fork, exec, exit
   connect   connect/accept/close to its own listener  4 records: connect, accept, 2 x close
             on 127.0.0.1 (accept4 with a sockaddr)
-  connect-rst  the same, the client closing with RST    4 records, as connect; fewer packets
-            (SO_LINGER 0): no FIN exchange, no TIME_WAIT  per connection, so the generator
-                                                         outruns the consumer
+  connect-rst  the same, the client closing with RST (SO_LINGER 0): 4 records, as connect;
+            no FIN exchange and no TIME_WAIT, so a generator that outruns the consumer
   mix       one exec, then 10 connects
 
 For each mode:
   1. max      the generator as fast as it goes, for --duration seconds;
-  2. zero-loss rate: if the consumer kept up with zero loss, the rate of (1); otherwise the
-              highest paced rate with zero loss, by --steps steps of bisection of --step-duration
-              seconds each between half the rate ingested in (1) and the rate offered in (1);
+  2. zero-loss rate: if the consumer kept up in (1) (no loss, at most 0.1 s of backlog when
+              the generator stopped), the rate of (1); otherwise the highest paced rate it
+              kept up with, by --steps steps of bisection of --step-duration seconds each
+              between half the rate ingested in (1) and the rate offered in (1);
   3. double   twice the zero-loss rate: one paced generator when it can go that fast, else
               one unpaced on its CPU plus a second one making up the rest on the consumer's CPU
               (the only other one; the consumer then shares it, as the output says);
@@ -41,9 +42,9 @@ machine are counted too (a handful per second on an idle machine).
 Target: >= 50,000 events/s with zero loss.
 
     .venv/bin/python bench/events.py [--modes exec connect connect-rst mix] [--duration 4]
-                                     [--json] [--profile]
+        [--step-duration 3] [--steps 4] [--curve 10000 20000 40000] [--json] [--profile]
 
-Needs root and BCC (bpf.check() says what is missing). Every generator dies with us
+Needs root, gcc and BCC (bpf.check() says what is missing). Every generator dies with us
 (PR_SET_PDEATHSIG), is killed on exit, Ctrl-C and SIGTERM, and every loop is bounded in time.
 """
 
@@ -70,7 +71,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agent.cli import _sync_kernel_rules
+from agent.cli import sync_kernel_rules
 from agent.decide import Protection
 from agent.engine import loader
 from agent.metrics import Metrics
@@ -248,7 +249,7 @@ class Consumer:
         agent = self.agent = Agent(tree, judge, report, metrics, 3600.0)
         # the in-kernel exec (and connect) rules, loaded as the agent does by default
         # (kernel_enforcement: true); /bin/true and loopback connects match none of them
-        _sync_kernel_rules(self.sensor, agent, judge, judge.protection)
+        sync_kernel_rules(self.sensor, agent, judge, judge.protection)
         observer = Observer(tree, NetState())
         handle = observer.handle
         agent_handle = agent.handle

@@ -141,6 +141,7 @@ class BpfSensor:
             events.open_ring_buffer(self._ring_cb)
         self._perf_lost_count = 0
         self._batch = 0
+        self.errors = 0
         self._guards: list[tuple[Any, int, Any]] = []
         self.connect_guard = self._attach_connect_guards()
 
@@ -178,14 +179,23 @@ class BpfSensor:
         self._guards.clear()
 
     def _ring_cb(self, _ctx: object, data: int, size: int) -> int:
-        self._on_event(decode(ctypes.string_at(data, size)))
+        self._deliver(data, size)
         self._batch += 1
-        # a non-zero return ends this poll: under a load above what we can consume, the
-        # ring would never drain and the loop would never see SIGTERM, timers or reloads
-        return 1 if self._batch >= MAX_BATCH else 0
+        # a negative return ends this poll (libbpf has already consumed this record): under
+        # a load above what we can consume the ring never drains, and the loop would never
+        # see SIGTERM, timers or reloads
+        return -1 if self._batch >= MAX_BATCH else 0
+
+    def _deliver(self, data: int, size: int) -> None:
+        # ctypes would print and swallow an exception raised in a callback: log it as ours
+        try:
+            self._on_event(decode(ctypes.string_at(data, size)))
+        except Exception:
+            self.errors += 1
+            log.exception("error handling a kernel record (%d so far)", self.errors)
 
     def _perf_cb(self, _cpu: int, data: int, size: int) -> None:
-        self._on_event(decode(ctypes.string_at(data, size)))
+        self._deliver(data, size)
 
     def _perf_lost(self, count: int) -> None:
         self._perf_lost_count += count

@@ -204,3 +204,19 @@ def test_caches_stay_bounded_over_many_events(tmp_path):
     assert len(observer._parent_of) <= 1024 and len(observer._accepted) <= 1024
     assert len(tree.procs) < 100 and len(tree._known) < 100 and len(tree._workspace) < 100
     assert grown < 8 * 1024 * 1024, f"memory grew by {grown} bytes over 300,000 events"
+
+
+def test_exec_read_mid_exit_keeps_the_kernel_records_filename(tmp_path):
+    """A process whose /proc entry has lost exe and cmdline (exiting) is judged on the
+    filename and comm the kernel recorded, with the start time procfs still had."""
+    root = tmp_path / "proc"
+    d = root / "321"
+    d.mkdir(parents=True)
+    fields = ["321", "(xmrig)", "Z", "1"] + ["0"] * 17 + ["777"] + ["0"] * 30
+    (d / "stat").write_text(" ".join(fields) + "\n")
+    (d / "cmdline").write_bytes(b"")
+    tree = ProcessTree(ProcFS(str(root)))
+    obs = Observer(tree, NetState(str(root)))
+    ev = obs.handle(raw(record(kevents.EXEC, 321, comm=b"xmrig", filename=b"/tmp/xmrig")))
+    assert ev is not None
+    assert (ev.process.exe, ev.process.cmdline, ev.process.starttime) == ("/tmp/xmrig", ("/tmp/xmrig",), 777)
