@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from cachetools import LRUCache
@@ -138,27 +139,24 @@ class Agent:
             self._finish(decisions)
 
     def _kernel_decision(self, ev: Event, rule: Any, killed: bool) -> None:
-        """An exec the BPF program already judged: report its verdict; unless the process
+        """A record the BPF program already judged: report its verdict; unless the process
         was killed, the other rules judge the exec too (not this rule a second time)."""
         mode = rule.mode or self.judge.mode
-        first = Decision(Match(rule, ev, rule.message(ev)), mode,
-                         "killed" if killed else "would_kill", "in-kernel")
+        match = Match(rule, ev, rule.message(ev))
+        first = Decision(match, mode, "killed" if killed else "would_kill", "in-kernel")
         if killed and ev.kind == "connect" and self.act is not None:
-            # the kernel refused the connect; the caller is killed here, through a pidfd,
-            # unless it is protected (then the refused connect is all that happened)
-            why = self.judge.protection.reason(ev)
-            first = (Decision(first.match, mode, "protected", f"connect refused; {why}") if why
-                     else self.act(Decision(first.match, mode, "kill", "in-kernel deny")))
+            # the kernel refused the connect; `_finish` kills the caller through a pidfd,
+            # unless `decide` finds it protected (then the refused connect is all there is)
+            d = decide(match, mode, self.judge.protection)
+            first = replace(d, reason="in-kernel deny" if d.outcome == "kill"
+                            else f"connect refused; {d.reason}")
         others: list[Decision] = []
         if not killed:
             others = [d for d in self.judge.judge(ev) if d.match.rule is not rule]
         elif ev.kind == "exec":
             self.judge.seen[ev.process.id] = True
-        self.metrics.actions.labels(action=rule.action, outcome=first.outcome).inc()
         self.metrics.rule_matches.labels(rule=rule.id, severity=rule.severity, mode=mode).inc()
-        self.report([first])
-        if others:
-            self._finish(others)
+        self._finish([first, *others])
 
     def scan(self, reason: str) -> None:
         """A reconciliation pass: every process not yet judged is judged now."""
