@@ -258,6 +258,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         record_file.write(json.dumps(ev.to_json(), separators=(",", ":")) + "\n")
 
     slack = _slack_sink(cfg, metrics)
+    kube = _kubernetes(cfg, tree, enforcer, metrics)
     # line-buffered JSON lines, for a log shipper to tail
     findings_file = open(cfg.findings_file, "a", encoding="utf-8", buffering=1) if cfg.findings_file else None  # noqa: SIM115
     file_writer = FindingWriter(findings_file, "json") if findings_file is not None else None
@@ -270,6 +271,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if slack is not None:
             for f in findings:
                 slack.submit(f)
+        if kube.events is not None:
+            for f in findings:
+                kube.events.submit(f)
 
     agent = Agent(tree, judge, report, metrics,
                   cfg.scan_interval, record if record_file is not None else None,
@@ -291,6 +295,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         judge.mode = new.mode
         judge.protection = enforcer.protection = replace(protection, names=frozenset(new.protected))
         agent.scan_interval = new.scan_interval
+        kube.reconfigure(new)
         for sync in kernel_sync:
             sync()
 
@@ -319,6 +324,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         log.warning("mode=enforce: processes matching kill rules will be SIGKILLed")
     sensor = observer = None
     try:
+        kube.wait_synced()
         if args.once:
             agent.scan("startup")
             return 0
@@ -336,6 +342,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             sensor.close()  # detaches every BPF program
         if slack is not None:
             slack.close(deadline=5.0)  # send what is queued, count the rest as dropped
+        kube.close()
         if server is not None:
             server.stop()
         if record_file is not None:
@@ -366,6 +373,78 @@ def sync_kernel_rules(sensor: Any, agent: Agent, judge: Judge, protection: Prote
     enforcing = [r.id for r, (_, _, enf) in zip(rules, specs) if enf]
     log.info("in-kernel exec rules: %d (%s); enforcing: %s", len(rules),
              ", ".join(r.id for r in rules) or "none", ", ".join(enforcing) or "none (audit)")
+
+
+class _KubeParts:
+    """What the Kubernetes API gives the agent: pod enrichment, Events, pod deletion.
+    Every part is None outside a cluster (the agent then runs without them)."""
+
+    def __init__(self, cfg: Config, metrics: Metrics, enforcer: Enforcer) -> None:
+        from agent import kubeapi
+
+        self.metrics = metrics
+        self.enforcer = enforcer
+        self.kube = kubeapi.connect(cfg.kubernetes, cfg.kubeconfig, cfg.node_name)
+        self.watcher: Any = None
+        self.events: Any = None
+        self.deleter: Any = None
+        if self.kube is None:
+            if cfg.delete_pod:
+                log.warning("delete_pod is on but there is no Kubernetes API: rules with "
+                            "action delete-pod kill the process only")
+            return
+        from agent.sinks.kubeevents import PodEventSink
+
+        log.info("Kubernetes API: %s, node %s", self.kube.where, self.kube.node)
+        if cfg.kubernetes_events:
+            self.events = PodEventSink(self.kube.api, self.kube.node, metrics,
+                                       rate=cfg.kubernetes_event_rate_per_second,
+                                       dedupe_seconds=cfg.kubernetes_event_dedupe_seconds)
+        self.reconfigure(cfg)
+
+    def start(self, tree: ProcessTree) -> None:
+        if self.kube is None:
+            return
+        from agent.enrich.pods import PodIndex
+        from agent.sources.kubepods import PodWatcher
+
+        index = PodIndex()
+        self.watcher = PodWatcher(self.kube.api, self.kube.node, index, self.metrics)
+        tree.pod_of = index.lookup
+        self.watcher.start()
+
+    def reconfigure(self, cfg: Config) -> None:
+        """delete_pod follows the config, reloads included (the chart's RBAC follows it too)."""
+        if self.kube is None:
+            return
+        if cfg.delete_pod and self.deleter is None:
+            from agent.actions.pods import PodDeleter
+
+            self.deleter = PodDeleter(self.kube.api, self.metrics, cfg.delete_pod_grace_seconds,
+                                      cfg.delete_pod_protected_namespaces)
+        elif self.deleter is not None:
+            self.deleter.grace_seconds = cfg.delete_pod_grace_seconds
+            self.deleter.protected_namespaces = frozenset(cfg.delete_pod_protected_namespaces)
+        self.enforcer.pod_deleter = self.deleter if cfg.delete_pod else None
+
+    def wait_synced(self, timeout: float = 10.0) -> None:
+        """Give the first pod list a moment, so the start-up scan's findings name pods."""
+        if self.watcher is not None and not self.watcher.synced.wait(timeout):
+            log.warning("the pod list is not done after %.0fs; starting without it", timeout)
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.events is not None:
+            self.events.close(deadline=3.0)
+        if self.deleter is not None:
+            self.deleter.close(deadline=3.0)
+
+
+def _kubernetes(cfg: Config, tree: ProcessTree, enforcer: Enforcer, metrics: Metrics) -> _KubeParts:
+    parts = _KubeParts(cfg, metrics, enforcer)
+    parts.start(tree)
+    return parts
 
 
 def _slack_sink(cfg: Config, metrics: Metrics) -> Any:

@@ -47,6 +47,16 @@ class Config:
     slack_rate_per_second: float = 1.0
     slack_queue_size: int = 1000
     ring_buffer_pages: int = 1024
+    # Kubernetes: pods of this node (list+watch), Warning Events, the delete-pod action
+    kubernetes: str = "auto"         # auto (in a cluster or with a kubeconfig), off, required
+    kubeconfig: str = ""             # out of cluster; in a pod the ServiceAccount is used
+    node_name: str = field(default_factory=lambda: os.environ.get("NODE_NAME", ""))
+    kubernetes_events: bool = True
+    kubernetes_event_rate_per_second: float = 2.0
+    kubernetes_event_dedupe_seconds: float = 600.0
+    delete_pod: bool = False         # lets rules with `action: delete-pod` delete the pod
+    delete_pod_grace_seconds: int = 0
+    delete_pod_protected_namespaces: list[str] = field(default_factory=lambda: ["kube-system"])
 
     def validate(self) -> None:
         if self.mode not in ("audit", "enforce"):
@@ -66,6 +76,13 @@ class Config:
         if self.slack_rate_per_second <= 0 or self.slack_queue_size < 1 or self.slack_dedupe_seconds < 0:
             raise ConfigError("slack_rate_per_second and slack_queue_size must be positive, "
                               "slack_dedupe_seconds not negative")
+        if self.kubernetes not in ("auto", "off", "required"):
+            raise ConfigError(f"kubernetes must be auto, off or required, not {self.kubernetes!r}")
+        if self.kubernetes_event_rate_per_second <= 0 or self.kubernetes_event_dedupe_seconds < 0:
+            raise ConfigError("kubernetes_event_rate_per_second must be positive, "
+                              "kubernetes_event_dedupe_seconds not negative")
+        if self.delete_pod_grace_seconds < 0:
+            raise ConfigError("delete_pod_grace_seconds must not be negative")
         pages = self.ring_buffer_pages
         if pages < 1 or pages & (pages - 1):
             raise ConfigError(f"ring_buffer_pages must be a power of two, not {pages}")
@@ -84,6 +101,10 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "bpf_transport": str, "findings_file": str, "kernel_enforcement": bool, "slack_webhook_url_env": str, "slack_webhook_url_file": str,
     "slack_min_severity": str, "slack_dedupe_seconds": (int, float),
     "slack_rate_per_second": (int, float), "slack_queue_size": int,
+    "kubernetes": str, "kubeconfig": str, "node_name": str, "kubernetes_events": bool,
+    "kubernetes_event_rate_per_second": (int, float),
+    "kubernetes_event_dedupe_seconds": (int, float), "delete_pod": bool,
+    "delete_pod_grace_seconds": int, "delete_pod_protected_namespaces": list,
 }
 
 

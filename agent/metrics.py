@@ -36,6 +36,10 @@ class Metrics:
         self.reload_failures = Counter("nodewarden_reload_failures_total",
                                        "Rule or config reloads refused", ["what"], registry=r)
         self.processes = Gauge("nodewarden_processes", "Processes in the last scan", registry=r)
+        self.pods = Gauge("nodewarden_pods", "Pods of this node known to the enrichment",
+                          registry=r)
+        self.kube_requests = Counter("nodewarden_kubernetes_watch_total",
+                                     "Pod lists, and watch failures by kind", ["what"], registry=r)
         self.rules_loaded = Gauge("nodewarden_rules_loaded", "Enabled rules", registry=r)
         self.ruleset_info = Gauge("nodewarden_ruleset_info", "The rule set that runs",
                                   ["hash"], registry=r)

@@ -54,6 +54,9 @@ class Process:
     exe_ino: int = 0
     container_id: str = ""
     netns: int = 0
+    # the pod uid from the kubelet's cgroup name (resolves a pod before its status lists
+    # the container); internal, not part of the finding format
+    pod_uid: str = ""
     # derived, filled in __post_init__
     exe_name: str = field(init=False, default="")
     argv0: str = field(init=False, default="")

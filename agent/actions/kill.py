@@ -19,6 +19,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from agent.decide import Decision, Protection
 from agent.errors import AccessDenied, ProcessGone
@@ -52,6 +53,8 @@ class Enforcer:
         self.protection = protection
         self.send = send
         self.cgroup_root = cgroup_root
+        # set when `delete_pod: true` and the API server is reachable (an actions.pods.PodDeleter)
+        self.pod_deleter: Any = None
 
     def carry_out(self, d: Decision) -> Decision:
         """The decision with its final outcome (only `kill` decisions change)."""
@@ -66,12 +69,23 @@ class Enforcer:
                 res = self.kill_container(ev)
             else:
                 res = self.kill(ev.process.pid, ev.process.starttime)
+                if action == "delete-pod":
+                    res = Outcome(res.outcome, "; ".join(
+                        x for x in (res.detail, self._delete_pod(ev)) if x))
         except OSError as e:
             res = Outcome("failed", f"{type(e).__name__}: {e.strerror}")
         if res.outcome == "failed":
             log.error("%s of pid %d for rule %s failed: %s", action, ev.process.pid,
                       d.match.rule.id, res.detail)
         return replace(d, outcome=res.outcome, reason=res.detail or d.reason)
+
+    def _delete_pod(self, ev: Event) -> str:
+        """After the process: its pod, when `delete_pod` is on and the process has one."""
+        if ev.pod is None:
+            return "not in a known pod: process killed only"
+        if self.pod_deleter is None:
+            return "delete_pod is off in the config: process killed, pod left running"
+        return str(self.pod_deleter.request(ev.pod))
 
     # -- one process ----------------------------------------------------------------------
 

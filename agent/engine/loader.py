@@ -96,11 +96,17 @@ class _Skip(Exception):
     """Raised inside compilation after a problem was recorded, to abandon that branch."""
 
 
+BUNDLED = "bundled"
+
+
 def rule_files(paths: Iterable[str]) -> list[Path]:
-    """The YAML files named by `paths`, directories expanded (sorted, *.yaml and *.yml)."""
+    """The YAML files named by `paths`, directories expanded (sorted, *.yaml and *.yml).
+
+    The entry `bundled` names the rules shipped in the package, so a config can say
+    `rules: [bundled, /etc/nodewarden/rules.d]` to add its own rules to them."""
     out: list[Path] = []
     for p in paths:
-        path = Path(p)
+        path = Path(bundled_rules_dir() if p == BUNDLED else p)
         if path.is_dir():
             out.extend(sorted(q for q in path.iterdir()
                               if q.suffix in (".yaml", ".yml") and q.is_file()))

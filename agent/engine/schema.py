@@ -19,7 +19,7 @@ STR, INT, PORT, IP, STRS = "string", "integer", "port", "ip", "list of strings"
 Getter = Callable[[Event], Any]
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
-ACTIONS = ("report", "kill", "kill-workspace", "kill-container")
+ACTIONS = ("report", "kill", "kill-workspace", "kill-container", "delete-pod")
 MODES = ("audit", "enforce")
 KINDS = ("exec", "scan", "connect", "accept", "close", "exit")
 PROCESS_KINDS = ("exec", "scan")

@@ -11,6 +11,10 @@ cgroup versions, e.g.::
     12:memory:/docker/<64 hex>                                             docker, v1
 
 Nested runtimes (docker in docker) yield the innermost id: the last one in the path.
+
+Kubelet also names the pod's own cgroup after the pod uid (`pod<uid>`, with `_` for `-`
+under the systemd driver). The uid is known to the API server before any container of the
+pod starts, so it resolves a pod even when the container id is not yet in the pod's status.
 """
 
 from __future__ import annotations
@@ -20,6 +24,25 @@ from functools import lru_cache
 
 _PREFIXES = ("docker-", "cri-containerd-", "crio-", "libpod-", "containerd-")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})"
+                      r"(?:\.slice)?$")
+
+
+@lru_cache(maxsize=4096)
+def cgroup_identity(text: str) -> tuple[str, str]:
+    """(container id, pod uid) of a process from its cgroup text; "" for what is absent."""
+    return container_id_from_cgroup(text), pod_uid_from_cgroup(text)
+
+
+def pod_uid_from_cgroup(text: str) -> str:
+    """The uid of the Kubernetes pod whose cgroup holds the process, or ""."""
+    for line in text.splitlines():
+        path = line.split(":", 2)[-1]
+        for comp in reversed(path.split("/")):
+            m = _POD_UID.search(comp)
+            if m:
+                return m.group(1).replace("_", "-")
+    return ""
 
 
 @lru_cache(maxsize=4096)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.metrics import Metrics
+from agent.sinks.ratelimit import TokenBucket
 
 log = logging.getLogger("nodewarden.slack")
 # slack-sdk logs the URL at DEBUG: its logger is held at WARNING whatever our level
@@ -83,27 +84,6 @@ def suppressed_message(key: tuple[str, str, str], count: int, seconds: float) ->
 def _clip(s: str, n: int) -> str:
     s = s.replace("`", "'")
     return s if len(s) <= n else s[: n - 1] + "…"
-
-
-class TokenBucket:
-    """`rate` tokens per second, at most `burst` saved up; `wait()` says how long until one."""
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.clock = clock
-        self.tokens = burst
-        self.at = clock()
-
-    def take(self) -> float:
-        """Take a token if there is one (returns 0), else the seconds until there is."""
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
 
 
 @dataclass

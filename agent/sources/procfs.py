@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.enrich.containers import container_id_from_cgroup
+from agent.enrich.containers import cgroup_identity
 from agent.enrich.workspace import find_marker
 from agent.errors import AccessDenied, ProcessGone
 from agent.model import Process
@@ -169,6 +169,8 @@ class ProcFS:
                                uid=0, state=st.state, kthread=True)
             cmdline = parse_cmdline(self._may(pid, dfd, "cmdline", CMDLINE_LIMIT))
             exe, dev, ino = self._exe(pid, dfd)
+            container_id, pod_uid = cgroup_identity(
+                self._may(pid, dfd, "cgroup", 65536).decode("utf-8", "replace"))
             return Process(
                 pid=st.pid,
                 ppid=st.ppid,
@@ -180,8 +182,8 @@ class ProcFS:
                 state=st.state,
                 exe_dev=dev,
                 exe_ino=ino,
-                container_id=container_id_from_cgroup(
-                    self._may(pid, dfd, "cgroup", 65536).decode("utf-8", "replace")),
+                container_id=container_id,
+                pod_uid=pod_uid,
                 netns=parse_netns(self._link(pid, dfd, "ns/net")),
             )
         finally:

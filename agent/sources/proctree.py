@@ -7,11 +7,11 @@ known workspace, and only once per process identity: later scans reuse the answe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from agent.enrich.workspace import DEFAULT_MARKERS
 from agent.errors import AccessDenied, ProcessGone
-from agent.model import Event, Process
+from agent.model import Event, Pod, Process
 from agent.sources.procfs import ProcFS
 
 MAX_ANCESTORS = 64
@@ -29,6 +29,8 @@ class ProcessTree:
         # membership sticks when it is reparented (a double fork does not leave a workspace)
         self._known: dict[tuple[int, int], str] = {}
         self.environ_reads = 0
+        # (container id, pod uid) -> the pod, when the Kubernetes enrichment runs
+        self.pod_of: Callable[[str, str], Pod | None] | None = None
 
     def scan(self) -> list[Process]:
         """Read every process from procfs and replace the tree with what is there now.
@@ -116,6 +118,9 @@ class ProcessTree:
         return tuple(out)
 
     def event(self, kind: str, p: Process, time: float) -> Event:
-        """An event about `p`, enriched with its ancestry and workspace."""
+        """An event about `p`, enriched with its ancestry, workspace and pod."""
+        pod = None
+        if self.pod_of is not None and (p.container_id or p.pod_uid):
+            pod = self.pod_of(p.container_id, p.pod_uid)
         return Event(kind=kind, time=time, process=p, ancestors=self.ancestors(p.pid),
-                     workspace=self._workspace.get(p.pid, ""))
+                     workspace=self._workspace.get(p.pid, ""), pod=pod)

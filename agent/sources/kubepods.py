@@ -1,0 +1,165 @@
+"""The pods of this node, from the API server: list, then watch, into a `PodIndex`.
+
+Only this node's pods are asked for (field selector spec.nodeName), so the API server's
+cost and ours do not grow with the cluster. The loop is the informer pattern of client-go
+reduced to one resource:
+
+- list, and replace the index with the answer; remember its resourceVersion;
+- watch from that resourceVersion (bookmarks on), applying ADDED, MODIFIED and DELETED;
+  when the server ends the watch (its timeout), watch again from the last version seen;
+- 410 Gone (the version fell out of etcd's window) means events were missed: list again;
+- any other failure: back off (1 s doubling to 30 s) and resume from the last version.
+
+Objects stay JSON dicts (`Watch(return_type="object")`, a raw list): the typed models would
+cost a deserialization per object and we read four fields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from agent.enrich.pods import PodIndex
+from agent.kubeapi import TIMEOUTS, status_of
+from agent.metrics import Metrics
+
+log = logging.getLogger("nodewarden.kubernetes")
+
+WATCH_SECONDS = 300       # the server ends each watch after this; we then watch again
+MAX_BACKOFF = 30.0
+
+
+class PodWatcher:
+    """Keeps `index` equal to the API server's view of this node's pods, in a thread."""
+
+    def __init__(self, api: Any, node: str, index: PodIndex, metrics: Metrics | None = None,
+                 watch_seconds: int = WATCH_SECONDS, sleep: Callable[[float], bool] | None = None
+                 ) -> None:
+        self.api = api
+        self.node = node
+        self.index = index
+        self.metrics = metrics
+        self.watch_seconds = watch_seconds
+        self.resource_version = ""
+        self.lists = 0
+        self.synced = threading.Event()   # set after the first successful list
+        self._stop = threading.Event()
+        self._sleep = sleep or self._stop.wait
+        self._watch: Any = None
+        self._thread: threading.Thread | None = None
+        self._denied_logged = False
+
+    @property
+    def selector(self) -> str:
+        return f"spec.nodeName={self.node}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="pod-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        w = self._watch
+        if w is not None:
+            w.stop()  # shuts the streaming socket down, so the thread ends now
+
+    def run(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                if not self.resource_version:
+                    self.list()
+                self.watch()
+                backoff = 1.0
+            except Exception as e:  # noqa: BLE001 - every failure is retried; the thread must not die
+                if self._stop.is_set():
+                    break
+                status = status_of(e)
+                if status == 410:
+                    log.info("pod watch: resourceVersion %s expired (410 Gone), listing again",
+                             self.resource_version)
+                    self.resource_version = ""
+                    self._count("relist_gone")
+                    continue
+                self._up(False)
+                self._count(f"http_{status}" if status else "error")
+                if status in (401, 403):
+                    if not self._denied_logged:
+                        log.error("pod watch refused (%d): the ServiceAccount needs pods get, "
+                                  "list and watch (see charts/nodewarden RBAC)", status)
+                        self._denied_logged = True
+                else:
+                    log.warning("pod watch failed (%s), retrying in %.0fs", _describe(e), backoff)
+                if self._sleep(backoff):
+                    break
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def list(self) -> None:
+        """One full list of this node's pods into the index."""
+        resp = self.api.list_pod_for_all_namespaces(
+            field_selector=self.selector, _preload_content=False, _request_timeout=TIMEOUTS)
+        try:
+            body = json.loads(resp.data)
+        finally:
+            resp.release_conn()
+        items = body.get("items") or []
+        self.index.replace(items)
+        self.resource_version = str((body.get("metadata") or {}).get("resourceVersion", ""))
+        self.lists += 1
+        self._count("list")
+        if not self.synced.is_set():
+            log.info("pod enrichment on: %d pods on node %s", len(items), self.node)
+        self.synced.set()
+        self._up(True)
+        self._pods()
+
+    def watch(self) -> None:
+        """One watch, from the last resourceVersion, until the server ends it."""
+        from kubernetes import watch
+
+        w = watch.Watch(return_type="object")
+        self._watch = w
+        try:
+            for ev in w.stream(self.api.list_pod_for_all_namespaces,
+                               field_selector=self.selector,
+                               resource_version=self.resource_version,
+                               allow_watch_bookmarks=True,
+                               timeout_seconds=self.watch_seconds,
+                               _request_timeout=(TIMEOUTS[0], self.watch_seconds + 30)):
+                kind = ev.get("type")
+                obj = ev.get("raw_object") or {}
+                if kind in ("ADDED", "MODIFIED"):
+                    self.index.upsert(obj)
+                elif kind == "DELETED":
+                    self.index.delete(obj)
+                if w.resource_version:
+                    self.resource_version = str(w.resource_version)
+                self._pods()
+                if self._stop.is_set():
+                    w.stop()
+        finally:
+            self._watch = None
+
+    def _count(self, what: str) -> None:
+        if self.metrics is not None:
+            self.metrics.kube_requests.labels(what=what).inc()
+
+    def _up(self, up: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.sensor_up.labels(sensor="kubernetes").set(1 if up else 0)
+
+    def _pods(self) -> None:
+        if self.metrics is not None:
+            self.metrics.pods.set(len(self.index))
+
+
+def _describe(e: BaseException) -> str:
+    """A short, secret-free description of a client error (never the response body)."""
+    status = status_of(e)
+    if status:
+        return f"HTTP {status} {getattr(e, 'reason', '')}".strip()
+    return type(e).__name__
+
