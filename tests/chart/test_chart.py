@@ -268,7 +268,7 @@ def test_nondefault_config_keys_and_switches_reach_the_config():
     assert "slack_webhook_url_file" not in default
 
 
-@pytest.mark.parametrize("values", ["default", "nondefault"])
+@pytest.mark.parametrize("values", list(VALUE_SETS))
 def test_config_loads_with_the_agents_loader(values, tmp_path):
     from agent.config import load_config
 
@@ -282,6 +282,7 @@ def test_config_loads_with_the_agents_loader(values, tmp_path):
     assert cfg.rules == ["bundled", "/etc/nodewarden/rules.d"]
     assert cfg.delete_pod is rendered["delete_pod"]
     assert cfg.kubernetes_events is rendered["kubernetes_events"]
+    assert cfg.slack_webhook_url_file == rendered.get("slack_webhook_url_file", "")
 
 
 def test_config_and_rules_are_mounted_as_directories_for_hot_reload():
@@ -297,15 +298,33 @@ def test_config_and_rules_are_mounted_as_directories_for_hot_reload():
         assert not [a for a in annotations if a.startswith("checksum/")]
 
 
-def test_custom_rules_load_after_the_bundled_ones(tmp_path):
-    data = one(render(*NONDEFAULT_VALUES), "ConfigMap", "-rules")["data"]
-    assert set(data) == set(yaml.safe_load(NONDEFAULT.read_text())["customRules"])
+def kubelet_configmap_dir(where: Path, data: dict[str, str]) -> Path:
+    """A ConfigMap volume as the kubelet writes it: the files in a timestamped directory,
+    a ..data symlink to it, and one symlink per key through ..data."""
+    where.mkdir()
+    stamp = where / "..2026_01_01_00_00_00.000000001"
+    stamp.mkdir()
     for name, text in data.items():
-        (tmp_path / name).write_text(text)
-    ruleset, problems = loader.check([loader.bundled_rules_dir(), str(tmp_path)])
+        (stamp / name).write_text(text)
+        (where / name).symlink_to(Path("..data") / name)
+    (where / "..data").symlink_to(stamp.name)
+    return where
+
+
+def test_custom_rules_load_after_the_bundled_ones(tmp_path):
+    docs = render(*NONDEFAULT_VALUES)
+    data = one(docs, "ConfigMap", "-rules")["data"]
+    assert set(data) == set(yaml.safe_load(NONDEFAULT.read_text())["customRules"])
+    mounted = kubelet_configmap_dir(tmp_path / "rules.d", data)
+    # the config's rule paths, with the mount replaced by the kubelet-like directory
+    paths = [str(mounted) if p == "/etc/nodewarden/rules.d" else p for p in config(docs)["rules"]]
+    assert str(mounted) in paths
+    ruleset, problems = loader.check(paths)
     assert not problems, [str(p) for p in problems]
     assert ruleset is not None
-    assert "chart-test-curl-from-workspace" in {r.id for r in ruleset.all_rules}
+    ids = {r.id for r in ruleset.all_rules}
+    bundled = {r.id for r in loader.load([loader.bundled_rules_dir()]).all_rules}
+    assert ids == bundled | {"chart-test-curl-from-workspace"}
     assert one(render(), "ConfigMap", "-rules")["data"] == {}
 
 
