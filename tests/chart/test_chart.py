@@ -562,6 +562,7 @@ def test_notes_render_with_mode_and_how_to_see_findings():
     enforce = notes(*NONDEFAULT_VALUES)
     assert "Mode: enforce" in enforce and "ENFORCE" in enforce
     assert "Secret team-slack" in enforce
+    assert SLACK_URL not in notes(*WITH_SLACK_URL)
 
 
 # --- documentation --------------------------------------------------------------------------
