@@ -68,12 +68,14 @@ class PodWatcher:
 
     def run(self) -> None:
         backoff = 1.0
+        gone_streak = 0
         while not self._stop.is_set():
             try:
                 if not self.resource_version:
                     self.list()
                 self.watch()
                 backoff = 1.0
+                gone_streak = 0
             except Exception as e:  # noqa: BLE001 - every failure is retried; the thread must not die
                 if self._stop.is_set():
                     break
@@ -83,6 +85,14 @@ class PodWatcher:
                              self.resource_version)
                     self.resource_version = ""
                     self._count("relist_gone")
+                    gone_streak += 1
+                    # a server that answers 410 to a fresh list's version too must not be
+                    # hammered with lists: back off from the second one in a row
+                    if gone_streak < 2:
+                        continue
+                    if self._sleep(backoff):
+                        break
+                    backoff = min(backoff * 2, MAX_BACKOFF)
                     continue
                 self._up(False)
                 self._count(f"http_{status}" if status else "error")

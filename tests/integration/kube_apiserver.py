@@ -138,7 +138,7 @@ class FakeApiServer:
     def compact(self) -> None:
         """Forget the watch history, as etcd compaction does: older versions get 410."""
         with self.cond:
-            self.compacted_below = self.rv + 1
+            self.compacted_below = self.rv
             self.history.clear()
 
     def end_watches(self) -> None:
@@ -171,7 +171,7 @@ class FakeApiServer:
         body = json.loads(h.rfile.read(length)) if length else None
         with self.cond:
             self.requests.append({"method": method, "path": url.path, "query": query,
-                                  "headers": dict(h.headers), "body": body, "at": time.monotonic()})
+                                  "headers": {k.lower(): v for k, v in h.headers.items()}, "body": body, "at": time.monotonic()})
             injected = next((x for x in self.inject if x[0] == method and url.path.startswith(x[1])), None)
             if injected:
                 self.inject.remove(injected)
