@@ -170,15 +170,16 @@ class Enforcer:
     def kill_container(self, ev: Event) -> Outcome:
         """cgroup.kill of the container's own cgroup v2; otherwise its v1 processes."""
         cid = ev.process.container_id
-        v2, v1 = self._cgroup_paths(ev.process.pid)
+        pid = ev.process.pid
+        v2, v1 = self._cgroup_paths(pid)
         if v2 and cid in v2:
-            kill_file = Path(self._v2_mount()) / v2.lstrip("/") / "cgroup.kill"
-            if kill_file.exists():
-                kill_file.write_text("1")
+            d = self._host_dir(Path(self._v2_mount()), v2, pid)
+            if d is not None and (d / "cgroup.kill").exists():
+                (d / "cgroup.kill").write_text("1")
                 return Outcome("killed", f"container {cid[:12]} (cgroup.kill)")
         for path in v1:
             if cid in path:
-                return self._kill_pids(self._v1_procs(path), f"container {cid[:12]}")
+                return self._kill_pids(self._v1_procs(path, pid), f"container {cid[:12]}")
         # no cgroup of its own: the process alone, never a shared cgroup
         res = self.kill(ev.process.pid, ev.process.starttime)
         return Outcome(res.outcome, "the container has no cgroup of its own; killed the process")
@@ -225,10 +226,48 @@ class Enforcer:
         unified = Path(self.cgroup_root) / "unified"
         return str(unified) if (unified / "cgroup.procs").exists() else self.cgroup_root
 
-    def _v1_procs(self, controller_path: str) -> list[int]:
+    def _v1_procs(self, controller_path: str, pid: int) -> list[int]:
         controller, _, path = controller_path.partition(":")
+        d = self._host_dir(Path(self.cgroup_root) / controller, path, pid)
         try:
-            text = (Path(self.cgroup_root) / controller / path.lstrip("/") / "cgroup.procs").read_text()
+            text = (d / "cgroup.procs").read_text() if d is not None else ""
         except OSError:
             return []
         return [int(x) for x in text.split() if x.isdigit()]
+
+    @staticmethod
+    def _host_dir(mount: Path, path: str, pid: int, max_dirs: int = 20000) -> Path | None:
+        """The directory of cgroup `path` (as /proc/PID/cgroup shows it to the agent) under
+        the host hierarchy mounted at `mount`.
+
+        In a pod the agent usually has a cgroup namespace of its own, so other containers'
+        paths read relative to it, as `/../../kubepods-besteffort.slice/...`. How far up
+        the namespace root sits is not visible, so the path below the `..`s is searched
+        for (breadth first, bounded), and a candidate counts only if `pid` is in it: a
+        container kill never lands on a cgroup the process is not in."""
+        parts = [p for p in path.split("/") if p]
+        ups = 0
+        while parts and parts[0] == "..":
+            parts.pop(0)
+            ups += 1
+        rel = Path(*parts) if parts else Path()
+        if ups == 0:
+            return mount / rel
+        frontier, seen = [mount], 0
+        while frontier and seen < max_dirs:
+            nxt: list[Path] = []
+            for base in frontier:
+                cand = base / rel
+                try:
+                    if str(pid) in (cand / "cgroup.procs").read_text().split():
+                        return cand
+                except OSError:
+                    pass
+                try:
+                    subdirs = [e for e in os.scandir(base) if e.is_dir(follow_symlinks=False)]
+                except OSError:
+                    continue
+                seen += len(subdirs)
+                nxt.extend(Path(e.path) for e in subdirs)
+            frontier = nxt
+        return None
