@@ -145,34 +145,46 @@ static __always_inline u32 lowest_slot(u64 mask)
     return 0;
 }
 
+/* The exec record is built in a per-CPU scratch slot and judged there; only then is it
+ * copied to the buffer. A full ring buffer (a flood of TCP records) therefore loses the
+ * record but never the in-kernel kill. */
+BPF_PERCPU_ARRAY(exec_scratch, struct nw_event, 1);
+
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
-    struct nw_event *e = reserve();
-    if (!e)
+    int zero = 0;
+    struct nw_event *x = exec_scratch.lookup(&zero);
+    if (!x)
         return 0;
-    fill_task(e, NW_EXEC);
-    TP_DATA_LOC_READ_STR(&e->filename, filename, sizeof(e->filename));
+    __builtin_memset(x, 0, sizeof(*x));
+    fill_task(x, NW_EXEC);
+    TP_DATA_LOC_READ_STR(&x->filename, filename, sizeof(x->filename));
     /* the record was zeroed, so comm and filename are zero-padded map keys */
     u64 mask = 0;
-    u64 *m = kexec_names.lookup((struct comm_key *)e->comm);
+    u64 *m = kexec_names.lookup((struct comm_key *)x->comm);
     if (m)
         mask |= *m;
-    m = kexec_paths.lookup((struct path_key *)e->filename);
+    m = kexec_paths.lookup((struct path_key *)x->filename);
     if (m)
         mask |= *m;
     if (mask) {
-        int zero = 0;
         u32 slot = lowest_slot(mask);
         u64 *enforce = kcfg.lookup(&zero);
-        e->fd = slot;
-        if (enforce && (*enforce & (1ULL << slot))) {
+        x->fd = slot;
+        /* pid 1 re-executing itself (systemd daemon-reexec) is never killed, whatever
+         * path rule matches; protected names never enter the maps at all */
+        if (enforce && (*enforce & (1ULL << slot)) && x->pid != 1) {
             /* delivered before the new image returns to userspace: it runs nothing */
             bpf_send_signal(9);
-            e->state = NW_VERDICT_KILLED;
+            x->state = NW_VERDICT_KILLED;
         } else {
-            e->state = NW_VERDICT_WOULD_KILL;
+            x->state = NW_VERDICT_WOULD_KILL;
         }
     }
+    struct nw_event *e = reserve();
+    if (!e)
+        return 0;
+    __builtin_memcpy(e, x, sizeof(*e));
     submit(args, e);
     return 0;
 }

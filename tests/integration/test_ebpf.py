@@ -407,6 +407,29 @@ def test_in_kernel_kill_before_the_first_instruction(start_agent, marker_binary,
     assert outcomes == [(expected, "in-kernel")] * trials
 
 
+def test_in_kernel_kill_holds_when_the_ring_buffer_is_full(start_agent, marker_binary, tmp_path):
+    """The kill is decided before the record is queued: a flooded, full buffer loses the
+    record, never the kill."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(KERNEL_RULE)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("mode: enforce\n")
+    agent = start_agent("--config", str(cfg), "--rules", str(rules), "--ring-pages", "1")
+    os.kill(agent.proc.pid, signal.SIGSTOP)     # nobody drains the one-page buffer
+    try:
+        subprocess.run(["/bin/sh", "-c", "for i in $(seq 200); do /bin/true; done"],
+                       check=True, timeout=60)
+        mark = tmp_path / "mark-flooded"
+        res = subprocess.run([str(marker_binary), str(mark)], check=False, timeout=30)
+    finally:
+        os.kill(agent.proc.pid, signal.SIGCONT)
+    assert res.returncode == -signal.SIGKILL
+    assert not mark.exists(), "the binary ran while the buffer was full"
+    lost = [line for line in agent.metrics().splitlines()
+            if line.startswith('nodewarden_events_lost_total{source="bpf"}')]
+    assert lost and float(lost[0].split()[-1]) > 0, "the buffer was not full: the test proves nothing"
+
+
 CONNECT_RULE = """rules:
   - id: pool-port-kill
     severity: critical
