@@ -34,7 +34,10 @@ class Protection:
             return "kernel thread"
         if p.pid in self.own_pids:
             return "the agent or its ancestor"
-        if p.comm in self.names or p.exe_name in self.names:
+        # names protect the node's own daemons, not what a tenant calls its binary: a
+        # process in a container or workspace cannot opt out of enforcement by a name
+        if ((p.comm in self.names or p.exe_name in self.names)
+                and not p.container_id and not ev.workspace):
             return f"protected name {p.exe_name or p.comm}"
         return ""
 

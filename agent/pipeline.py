@@ -174,8 +174,10 @@ class Agent:
             self.metrics.actions.labels(action=d.match.rule.action, outcome=d.outcome).inc()
             if d.outcome == "protected":
                 p = d.match.event.process
+                # comm is the workload's choice: escaped, so a newline cannot forge a line
                 log.warning("PROTECTED: rule %s wanted to %s pid %d (%s), refused: %s",
-                            d.match.rule.id, d.match.rule.action, p.pid, p.comm, d.reason)
+                            d.match.rule.id, d.match.rule.action, p.pid,
+                            p.comm.encode("unicode_escape").decode("ascii"), d.reason)
         self.report(done)
 
     def run(self, stop: threading.Event, sensor: Any = None, observer: Any = None,

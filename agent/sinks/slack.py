@@ -44,7 +44,7 @@ def message(f: dict[str, Any]) -> dict[str, Any]:
     if f.get("pod"):
         where.append(f"pod `{f['pod']['namespace']}/{f['pod']['name']}`")
     if f.get("workspace"):
-        where.append(f"workspace `{f['workspace']['id']}`")
+        where.append(f"workspace `{_clip(f['workspace']['id'], 253)}`")
     if f.get("container"):
         where.append(f"container `{f['container']['id'][:12]}`")
     fields = [
@@ -52,7 +52,7 @@ def message(f: dict[str, Any]) -> dict[str, Any]:
         f"*Severity*\n{f['severity']}",
         f"*Outcome*\n{f['outcome']} ({f['mode']})",
         f"*Host*\n{f['host']}",
-        f"*Process*\n`{p['comm']}` pid {p['pid']}\n`{_clip(' '.join(p['cmdline']), 300)}`",
+        f"*Process*\n`{_clip(p['comm'], 64)}` pid {p['pid']}\n`{_clip(' '.join(p['cmdline']), 300)}`",
         f"*Where*\n{', '.join(where) or 'host'}",
     ]
     c = f.get("connection")
@@ -76,13 +76,15 @@ def message(f: dict[str, Any]) -> dict[str, Any]:
 
 def suppressed_message(key: tuple[str, str, str], count: int, seconds: float) -> dict[str, Any]:
     rule, ws, exe = key
-    text = (f"{count} more `{rule}` finding(s) for `{exe}`"
-            f"{f' in workspace `{ws}`' if ws else ''} suppressed in the last {seconds:g}s")
+    text = (f"{count} more `{rule}` finding(s) for `{_clip(exe, 200)}`"
+            f"{f' in workspace `{_clip(ws, 253)}`' if ws else ''} suppressed in the last {seconds:g}s")
     return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
 
 
 def _clip(s: str, n: int) -> str:
-    s = s.replace("`", "'")
+    """Workload-controlled text made inert in mrkdwn: no code-span breakout, no <!channel>
+    or <http://link|label> (Slack's control sequences need < and >, escaped as entities)."""
+    s = s.replace("`", "'").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return s if len(s) <= n else s[: n - 1] + "…"
 
 

@@ -278,3 +278,14 @@ def test_running_agent_posts_one_message_per_incident(slack, tmp_path):
     mine = [r for r in slack.received if "crypto-miner-exec" in json.dumps(r)]
     assert len(mine) == 1
     assert "XXXXSECRET" not in err and slack.url not in err
+
+
+def test_workload_text_cannot_inject_mentions_or_links_into_the_message():
+    f = finding()
+    f["process"]["comm"] = "x<!channel>"
+    f["process"]["cmdline"] = ["sh", "-c", "echo <http://evil.example|click> & `id`"]
+    f["message"] = "miner <!here> started"
+    text = json.dumps(message(f))
+    for bad in ("<!channel>", "<!here>", "<http://evil.example|click>"):
+        assert bad not in text
+    assert "&lt;!channel&gt;" in text and "&amp;" in text

@@ -38,3 +38,17 @@ def test_mode_precedence_and_read_only_commands(rules_from):
     assert decide(_match(rules_from, mode="enforce"), "audit", prot).outcome == "kill"
     assert decide(_match(rules_from), "enforce", prot, can_act=False).outcome == "would_kill"
     assert decide(_match(rules_from, action="report"), "enforce", prot).outcome == "reported"
+
+
+def test_a_protected_name_in_a_container_or_workspace_is_not_protected():
+    """A tenant cannot opt out of enforcement by naming its miner sshd."""
+    from agent.decide import Protection
+    from agent.model import Event, Process
+
+    prot = Protection()
+    host = Process(pid=500, ppid=1, starttime=1, comm="sshd", exe="/usr/sbin/sshd")
+    assert prot.reason(Event("exec", 0.0, host)) == "protected name sshd"
+    boxed = Process(pid=501, ppid=1, starttime=1, comm="sshd", exe="/tmp/sshd",
+                    container_id="ab" * 32)
+    assert prot.reason(Event("exec", 0.0, boxed)) == ""
+    assert prot.reason(Event("exec", 0.0, host, workspace="ws-1")) == ""
