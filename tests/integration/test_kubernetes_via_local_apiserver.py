@@ -88,7 +88,7 @@ def test_lists_then_watches_only_this_nodes_pods_via_local_apiserver(server, wat
     assert idx.lookup("3" * 64).name == idx.lookup("4" * 64).name == "ws-3"
     lists = server.requests_to("GET", "/api/v1/pods")
     assert all(r["query"].get("fieldSelector") == f"spec.nodeName={NODE}" for r in lists)
-    watch = [r for r in lists if r["query"].get("watch") == "true"][0]
+    watch = next(r for r in lists if r["query"].get("watch") == "true")
     assert watch["query"]["resourceVersion"] == str(int(watch["query"]["resourceVersion"]))
     assert int(watch["query"]["timeoutSeconds"]) > 0, "every watch must carry a server-side timeout"
     assert watch["query"].get("allowWatchBookmarks") == "true"

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_containers import CASES, POD, POD_
 
 from agent.enrich.containers import cgroup_identity, pod_uid_from_cgroup
 from agent.enrich.pods import PodIndex, container_ids, pod_from
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
-
-from test_containers import CASES, POD, POD_
 
 CID = "a" * 64
 CID2 = "b" * 64
