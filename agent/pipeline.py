@@ -23,6 +23,8 @@ from agent.sources.proctree import ProcessTree
 
 log = logging.getLogger("nodewarden")
 
+LOSS_SCAN_GAP = 1.0
+
 # Kinds that judge a process instance: a process judged by either is not judged by a scan.
 _PER_PROCESS = ("exec", "scan")
 
@@ -193,6 +195,10 @@ class Agent:
             on_ready()
         next_scan = time.monotonic() + self.scan_interval
         lost_seen = sensor.lost() if sensor is not None else 0
+        # loss scans: at once, but at most one per LOSS_SCAN_GAP seconds, so a sustained
+        # flood costs one full procfs pass a second, not one per poll
+        loss_pending = False
+        next_loss_scan = 0.0
         while not stop.is_set():
             self.heartbeat = time.monotonic()
             for tick in self.ticks:
@@ -203,8 +209,12 @@ class Agent:
                 if lost > lost_seen:
                     self.metrics.events_lost.labels(source="bpf").inc(lost - lost_seen)
                     lost_seen = lost
+                    loss_pending = True
+                if loss_pending and time.monotonic() >= next_loss_scan:
                     # the kernel dropped records: whatever they were about, a scan sees it
+                    loss_pending = False
                     self.scan("loss")
+                    next_loss_scan = time.monotonic() + LOSS_SCAN_GAP
             else:
                 stop.wait(max(0.0, min(0.5, next_scan - time.monotonic())))
             if time.monotonic() >= next_scan:
