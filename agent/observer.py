@@ -62,6 +62,7 @@ class Observer:
             return ev
         if kind == kevents.FORK:
             self._parent_of[raw.pid] = raw.ppid
+            self.tree.forked(raw.pid, raw.ppid)
             return None
         if kind == kevents.EXIT:
             self._parent_of.pop(raw.pid, None)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from cachetools import LRUCache
+
 from agent.enrich.workspace import DEFAULT_MARKERS
 from agent.errors import AccessDenied, ProcessGone
 from agent.model import Event, Pod, Process
@@ -29,6 +31,9 @@ class ProcessTree:
         # membership sticks when it is reparented (a double fork does not leave a workspace)
         self._known: dict[tuple[int, int], str] = {}
         self.environ_reads = 0
+        # pid -> the workspace it was forked into (forks are not in `procs` until they exec):
+        # a double fork that clears its environment before its exec stays in the workspace
+        self._forked: LRUCache[int, str] = LRUCache(maxsize=65536)
         # (container id, pod uid) -> the pod, when the Kubernetes enrichment runs
         self.pod_of: Callable[[str, str], Pod | None] | None = None
 
@@ -81,11 +86,19 @@ class ProcessTree:
         found = self.procfs.environ_marker(p.pid, self.markers)
         return found[1] if found else ""
 
+    def forked(self, pid: int, ppid: int) -> None:
+        """A fork seen by a sensor: the child belongs to its parent's workspace, even if it
+        is reparented and clears its environment before it execs."""
+        ws = self._workspace.get(ppid) or self._forked.get(ppid, "")
+        if ws:
+            self._forked[pid] = ws
+
     def add(self, p: Process) -> None:
-        """Insert or replace one process (an exec seen by a sensor): it inherits its
-        parent's workspace, or is judged by its own environ once."""
+        """Insert or replace one process (an exec seen by a sensor): it inherits the
+        workspace of its parent or of the process it was forked from, or is judged by its
+        own environ once."""
         key = (p.pid, p.starttime)
-        ws = self._workspace.get(p.ppid, "")
+        ws = self._workspace.get(p.ppid, "") or self._forked.get(p.pid, "")
         if not ws:
             ws = self._own_workspace(p)
         self.procs[p.pid] = p
@@ -96,6 +109,7 @@ class ProcessTree:
         """Forget an exited process; returns what was known of it."""
         p = self.procs.pop(pid, None)
         self._workspace.pop(pid, None)
+        self._forked.pop(pid, None)
         if p is not None:
             self._known.pop((p.pid, p.starttime), None)
         return p

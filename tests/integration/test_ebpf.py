@@ -363,6 +363,31 @@ int main(int argc, char **argv) {
 """
 
 
+DOUBLE_FORK = """
+import os, sys, time
+if os.fork() == 0:
+    if os.fork() == 0:
+        time.sleep(0.3)          # the middle process has exited: reparented to init
+        os.execve(sys.argv[1], [sys.argv[1], "30"], {})   # and no marker in the environment
+    os._exit(0)
+time.sleep(1)
+"""
+
+
+def test_a_double_fork_with_a_cleared_environment_stays_in_its_workspace(start_agent, tmp_path):
+    agent = start_agent()
+    exe = tmp_path / "xmrig"
+    shutil.copy("/bin/sleep", exe)
+    env = dict(os.environ, WORKSPACE_ID="ws-escape")
+    subprocess.run([sys.executable, "-c", DOUBLE_FORK, str(exe)], env=env, check=True, timeout=30)
+    try:
+        _, f = agent.finding(lambda f: f["process"]["exe"] == str(exe) and f["source"] == "exec")
+        assert f["process"]["ppid"] != os.getpid()
+        assert f["workspace"] == {"id": "ws-escape"}, f
+    finally:
+        subprocess.run(["pkill", "-f", str(exe)], check=False)
+
+
 @pytest.fixture
 def marker_binary(tmp_path: Path) -> Path:
     if shutil.which("cc") is None:
