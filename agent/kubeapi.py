@@ -63,9 +63,9 @@ def connect(mode: str, kubeconfig: str, node: str, env: dict[str, str] | None = 
     except (config.ConfigException, OSError, ValueError, KeyError) as e:
         _without(mode, f"cannot load the Kubernetes client configuration: {e}")
         return None
-    # the client retries failed requests 3 times by default, each up to its timeout; our
-    # callers retry on their own schedule instead
-    cfg.retries = 0
+    # one retry, for a pooled connection the server (or a proxy) closed while idle; the
+    # callers retry everything else on their own schedule, with backoff
+    cfg.retries = 1
     api = client.CoreV1Api(client.ApiClient(cfg))
     return Kube(api=api, node=node, where=where)
 

@@ -271,10 +271,9 @@ class FakeApiServer:
             with self.cond:
                 self.open_watches -= 1
             try:
-                chunk(None)
+                chunk(None)      # the end of the stream; the connection stays open, as the API server's does
             except OSError:
-                pass
-            h.close_connection = True
+                h.close_connection = True
 
     def _pending(self, since: int, query: dict[str, str]) -> list[tuple[int, str, dict[str, Any]]]:
         if self.held:
