@@ -207,7 +207,8 @@ class Agent:
                 sensor.poll(100)
                 lost = sensor.lost()
                 if lost > lost_seen:
-                    self.metrics.events_lost.labels(source="bpf").inc(lost - lost_seen)
+                    self.metrics.events_lost.labels(
+                        source=getattr(sensor, "source", "bpf")).inc(lost - lost_seen)
                     lost_seen = lost
                     loss_pending = True
                 if loss_pending and time.monotonic() >= next_loss_scan:

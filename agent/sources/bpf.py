@@ -115,6 +115,8 @@ def kernel_has_ringbuf(release: str | None = None) -> bool:
 class BpfSensor:
     """Loaded sensors: call `poll()` in a loop; `lost()` counts records the kernel dropped."""
 
+    source = "bpf"   # the label of its losses in events_lost_total
+
     def __init__(self, on_event: Callable[[RawEvent], None], ring_pages: int = DEFAULT_RING_PAGES,
                  perf: bool | None = None) -> None:
         from bcc import BPF

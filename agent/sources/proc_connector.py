@@ -76,6 +76,8 @@ def _event(what: int, ts: int, buf: bytes, at: int) -> RawEvent | None:
 class ProcConnector:
     """A subscribed proc connector socket with the BpfSensor interface (poll, lost, close)."""
 
+    source = "proc_connector"   # the label of its losses in events_lost_total
+
     perf = False
 
     def __init__(self, on_event: Callable[[RawEvent], None]) -> None:
