@@ -271,9 +271,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if slack is not None:
             for f in findings:
                 slack.submit(f)
-        if kube.events is not None:
-            for f in findings:
-                kube.events.submit(f)
+        kube.submit(findings)
 
     agent = Agent(tree, judge, report, metrics,
                   cfg.scan_interval, record if record_file is not None else None,
@@ -387,6 +385,7 @@ class _KubeParts:
         self.kube = kubeapi.connect(cfg.kubernetes, cfg.kubeconfig, cfg.node_name)
         self.watcher: Any = None
         self.events: Any = None
+        self.events_on = False
         self.deleter: Any = None
         if self.kube is None:
             if cfg.delete_pod:
@@ -396,11 +395,17 @@ class _KubeParts:
         from agent.sinks.kubeevents import PodEventSink
 
         log.info("Kubernetes API: %s, node %s", self.kube.where, self.kube.node)
-        if cfg.kubernetes_events:
-            self.events = PodEventSink(self.kube.api, self.kube.node, metrics,
-                                       rate=cfg.kubernetes_event_rate_per_second,
-                                       dedupe_seconds=cfg.kubernetes_event_dedupe_seconds)
+        self.events = PodEventSink(self.kube.api, self.kube.node, metrics,
+                                   rate=cfg.kubernetes_event_rate_per_second,
+                                   dedupe_seconds=cfg.kubernetes_event_dedupe_seconds)
+        self.events_on = cfg.kubernetes_events
         self.reconfigure(cfg)
+
+    def submit(self, findings: list[dict[str, Any]]) -> None:
+        """Findings to pod Events, while kubernetes_events is on."""
+        if self.events is not None and self.events_on:
+            for f in findings:
+                self.events.submit(f)
 
     def start(self, tree: ProcessTree) -> None:
         if self.kube is None:
@@ -414,9 +419,11 @@ class _KubeParts:
         self.watcher.start()
 
     def reconfigure(self, cfg: Config) -> None:
-        """delete_pod follows the config, reloads included (the chart's RBAC follows it too)."""
+        """kubernetes_events and delete_pod follow the config, reloads included (the
+        chart's RBAC follows deletePod too). The connection settings need a restart."""
         if self.kube is None:
             return
+        self.events_on = cfg.kubernetes_events
         if cfg.delete_pod and self.deleter is None:
             from agent.actions.pods import PodDeleter
 

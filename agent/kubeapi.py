@@ -43,7 +43,7 @@ def connect(mode: str, kubeconfig: str, node: str, env: dict[str, str] | None = 
     in_cluster = bool(env.get("KUBERNETES_SERVICE_HOST"))
     if not in_cluster and not kubeconfig:
         why = "not in a Kubernetes cluster (no KUBERNETES_SERVICE_HOST, no kubeconfig)"
-        _without(mode, why)
+        _without(mode, why, logging.INFO)   # a plain host: nothing is wrong
         return None
     if not node:
         why = ("the node name is unknown: set NODE_NAME from the downward API "
@@ -70,10 +70,10 @@ def connect(mode: str, kubeconfig: str, node: str, env: dict[str, str] | None = 
     return Kube(api=api, node=node, where=where)
 
 
-def _without(mode: str, why: str) -> None:
+def _without(mode: str, why: str, level: int = logging.WARNING) -> None:
     if mode == "required":
         raise ConfigError(f"kubernetes: required, but {why}")
-    log.warning("running without Kubernetes pod enrichment: %s", why)
+    log.log(level, "running without Kubernetes pod enrichment: %s", why)
 
 
 def status_of(exc: BaseException) -> int:

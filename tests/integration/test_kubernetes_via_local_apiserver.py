@@ -179,9 +179,9 @@ def test_a_stalled_apiserver_times_out_instead_of_hanging_via_local_socket():
 
 
 def test_outside_a_cluster_the_agent_runs_without_pods_and_says_so(caplog):
-    with caplog.at_level(logging.WARNING, logger="nodewarden.kubernetes"):
+    with caplog.at_level(logging.INFO, logger="nodewarden.kubernetes"):
         assert connect("auto", "", NODE, env={}) is None
-    assert "running without Kubernetes pod enrichment" in caplog.text
+    assert caplog.text.count("running without Kubernetes pod enrichment") == 1
     with pytest.raises(ConfigError, match="required"):
         connect("required", "", NODE, env={})
     # in a cluster without the downward API's node name: refuse to watch every pod
@@ -478,3 +478,18 @@ def test_agent_labels_a_finding_with_its_pod_and_writes_an_event_via_local_apise
         assert server.deleted[0][2]["preconditions"] == {"uid": pod_uid}
     assert "s3cr3t" not in err + json.dumps(finding), "a pod's env never reaches our output"
     assert err.count("Kubernetes API: ") == 1
+
+
+def test_the_agent_outside_a_cluster_says_once_and_runs_or_exits_2_when_required(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    cmd = [sys.executable, "-m", "agent", "run", "--once", "--no-bpf", "--listen", "off",
+           "--format", "json"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("running without Kubernetes pod enrichment") == 1
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("kubernetes: required\n")
+    res = subprocess.run([*cmd, "--config", str(cfg)], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2
+    assert "kubernetes: required, but not in a Kubernetes cluster" in res.stderr
