@@ -504,6 +504,25 @@ def test_service_monitor_only_when_enabled():
     assert sm["spec"]["endpoints"][0]["interval"] == "15s"
 
 
+def test_network_policy_admits_only_the_given_peers_and_the_test_pod():
+    assert "NetworkPolicy" not in {d["kind"] for d in render()}
+    docs = render(*NONDEFAULT_VALUES)
+    np = one(docs, "NetworkPolicy")
+    agents = daemonset(docs)["spec"]["template"]["metadata"]["labels"]
+    assert np["spec"]["podSelector"]["matchLabels"].items() <= agents.items()
+    assert np["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = np["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    test_pod = one(docs, "Pod", "-test-endpoints")
+    peers = rule["from"]
+    assert peers[0]["podSelector"]["matchLabels"].items() <= test_pod["metadata"]["labels"].items()
+    assert not peers[0]["podSelector"]["matchLabels"].items() <= agents.items()
+    assert peers[1] == {"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}
+    port_names = {p["name"] for p in container(docs)["ports"]}
+    assert "metrics" in port_names
+
+
 class _AgentEndpoints(http.server.BaseHTTPRequestHandler):
     """/readyz and /metrics as an agent serves them (metrics body set per server)."""
 
