@@ -9,6 +9,7 @@ message instead of a compiler traceback.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import platform
@@ -88,6 +89,26 @@ def check() -> None:
                              "linux-headers-cloud-amd64 and link it there (scripts/setup.sh)")
 
 
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64": 280}
+_BPF_LINK_CREATE = 28
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """BPF_LINK_CREATE (Linux >= 5.7 for cgroup programs): a link fd, or -errno.
+
+    BCC's attach_func uses BPF_PROG_ATTACH, whose attachment outlives the process; a link
+    is released with its last fd. The attr is the link_create member of union bpf_attr:
+    prog_fd, target_fd, attach_type, flags (u32 each), the rest zero."""
+    nr = _SYS_BPF.get(platform.machine())
+    if nr is None:
+        return -errno.ENOSYS
+    attr = (ctypes.c_uint32 * 16)(prog_fd, target_fd, attach_type, 0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_long(_BPF_LINK_CREATE), ctypes.byref(attr),
+                      ctypes.c_uint(ctypes.sizeof(attr)))
+    return int(fd) if fd >= 0 else -ctypes.get_errno()
+
+
 def cgroup2_root() -> str | None:
     """The root of the cgroup v2 hierarchy (unified or hybrid mount), if there is one."""
     try:
@@ -145,6 +166,7 @@ class BpfSensor:
         self._batch = 0
         self.errors = 0
         self._guards: list[tuple[Any, int, Any]] = []
+        self._links: list[int] = []
         self.connect_guard = self._attach_connect_guards()
 
     def _attach_connect_guards(self) -> bool:
@@ -161,17 +183,33 @@ class BpfSensor:
             for name, kind in (("nw_connect4", BPFAttachType.CGROUP_INET4_CONNECT),
                                ("nw_connect6", BPFAttachType.CGROUP_INET6_CONNECT)):
                 fn = self._bpf.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=kind)
-                BPF.attach_func(fn, fd, kind)
-                self._guards.append((fn, fd, kind))
+                link = link_create(fn.fd, fd, int(kind))
+                if link >= 0:
+                    # a bpf_link lives as long as our fd: if the agent dies (SIGKILL, OOM,
+                    # an uninstall past its grace period) the kernel detaches the guard, so
+                    # no connect is refused on the node by an agent that is gone
+                    self._links.append(link)
+                else:
+                    log.warning("bpf_link unavailable (%s): the connect guard is attached "
+                                "with BPF_PROG_ATTACH and outlives a killed agent until the "
+                                "next start replaces it", os.strerror(-link))
+                    BPF.attach_func(fn, fd, kind)
+                    self._guards.append((fn, fd, kind))
         except Exception as e:  # noqa: BLE001 - BCC raises bare Exception
             log.warning("connect guard not attached (%s): connect rules stay in userspace", e)
             self._detach_guards()
             os.close(fd)
             return False
+        if not self._guards:
+            os.close(fd)   # links hold the cgroup themselves
         return True
 
     def _detach_guards(self) -> None:
         from bcc import BPF
+
+        for link in self._links:
+            os.close(link)   # closing the last fd of a bpf_link detaches its program
+        self._links.clear()
 
         for fn, fd, kind in self._guards:
             try:

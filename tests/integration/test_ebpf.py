@@ -513,3 +513,30 @@ time.sleep(5)
         client.kill()
         client.wait()
         listener.close()
+
+
+def test_connect_guard_dies_with_a_killed_agent(ebpf, tmp_path):
+    """The guard is a bpf_link held by the agent: SIGKILL (OOM, an uninstall past its grace
+    period) detaches it, so a dead agent never goes on refusing the node's connects."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(CONNECT_RULE.format(port=port))
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("mode: enforce\n")
+    agent = RunningAgent(tmp_path, "--config", str(cfg), "--rules", str(rules))
+    try:
+        probe = [sys.executable, "-c",
+                 f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"]
+        refused = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
+        # refused in the kernel (EPERM), and the caller SIGKILLed by the agent
+        assert refused.returncode == -signal.SIGKILL or "PermissionError" in refused.stderr
+    finally:
+        agent.proc.kill()
+        agent.proc.wait()
+    time.sleep(0.2)
+    ok = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
+    listener.close()
+    assert ok.returncode == 0, "the connect guard outlived the agent: " + ok.stderr
