@@ -55,7 +55,9 @@ class Config:
     kubernetes_event_rate_per_second: float = 2.0
     kubernetes_event_dedupe_seconds: float = 600.0
     delete_pod: bool = False         # lets rules with `action: delete-pod` delete the pod
-    delete_pod_grace_seconds: int = 0
+    # 0 would be a force delete: the pod object goes at once, before the kubelet has
+    # stopped its containers (a StatefulSet could start a twin meanwhile)
+    delete_pod_grace_seconds: int = 1
     delete_pod_protected_namespaces: list[str] = field(default_factory=lambda: ["kube-system"])
 
     def validate(self) -> None:

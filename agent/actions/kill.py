@@ -179,7 +179,9 @@ class Enforcer:
                 return Outcome("killed", f"container {cid[:12]} (cgroup.kill)")
         for path in v1:
             if cid in path:
-                return self._kill_pids(self._v1_procs(path, pid), f"container {cid[:12]}")
+                pids = self._v1_procs(path, pid)
+                if pids:
+                    return self._kill_pids(pids, f"container {cid[:12]}")
         # no cgroup of its own: the process alone, never a shared cgroup
         res = self.kill(ev.process.pid, ev.process.starttime)
         return Outcome(res.outcome, "the container has no cgroup of its own; killed the process")

@@ -21,6 +21,8 @@ import time
 from collections.abc import Collection
 from typing import Any
 
+from cachetools import TTLCache
+
 from agent.kubeapi import TIMEOUTS, status_of
 from agent.metrics import Metrics
 from agent.model import Pod
@@ -31,7 +33,7 @@ log = logging.getLogger("nodewarden.actions")
 class PodDeleter:
     """Deletes pods, each at most once, with a uid precondition, from its own thread."""
 
-    def __init__(self, api: Any, metrics: Metrics | None = None, grace_seconds: int = 0,
+    def __init__(self, api: Any, metrics: Metrics | None = None, grace_seconds: int = 1,
                  protected_namespaces: Collection[str] = ("kube-system",),
                  queue_size: int = 256, attempts: int = 3) -> None:
         self.api = api
@@ -39,7 +41,10 @@ class PodDeleter:
         self.grace_seconds = grace_seconds
         self.protected_namespaces = frozenset(protected_namespaces)
         self.attempts = attempts
-        self._requested: set[str] = set()
+        # uids deleted or being deleted: a pod is asked to go once (a failure may be retried
+        # by the next finding); bounded, and forgotten after an hour
+        self._requested: TTLCache[str, bool] = TTLCache(maxsize=4096, ttl=3600)
+        self._lock = threading.Lock()
         self._queue: queue.Queue[Pod | None] = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._run, name="pod-deleter", daemon=True)
         self._thread.start()
@@ -49,14 +54,15 @@ class PodDeleter:
         where = f"{pod.namespace}/{pod.name}"
         if pod.namespace in self.protected_namespaces:
             return f"pod {where} not deleted: namespace {pod.namespace} is protected"
-        if pod.uid in self._requested:
-            return f"pod {where} deletion already requested"
-        try:
-            self._queue.put_nowait(pod)
-        except queue.Full:
-            self._count("failed")
-            return f"pod {where} not deleted: too many deletions pending"
-        self._requested.add(pod.uid)
+        with self._lock:
+            if pod.uid in self._requested:
+                return f"pod {where} deletion already requested"
+            try:
+                self._queue.put_nowait(pod)
+            except queue.Full:
+                self._count("failed")
+                return f"pod {where} not deleted: too many deletions pending"
+            self._requested[pod.uid] = True
         return f"pod {where} deletion requested"
 
     def _run(self) -> None:
@@ -64,7 +70,11 @@ class PodDeleter:
             pod = self._queue.get()
             if pod is None:
                 return
-            self._count(self._delete(pod))
+            outcome = self._delete(pod)
+            if outcome == "failed":
+                with self._lock:
+                    self._requested.pop(pod.uid, None)   # the next finding tries again
+            self._count(outcome)
             self._queue.task_done()
 
     def _delete(self, pod: Pod) -> str:

@@ -24,6 +24,7 @@ from functools import lru_cache
 
 _PREFIXES = ("docker-", "cri-containerd-", "crio-", "libpod-", "containerd-")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_QOS = ("burstable", "besteffort", "guaranteed")
 _POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})"
                       r"(?:\.slice)?$")
 
@@ -35,13 +36,24 @@ def cgroup_identity(text: str) -> tuple[str, str]:
 
 
 def pod_uid_from_cgroup(text: str) -> str:
-    """The uid of the Kubernetes pod whose cgroup holds the process, or ""."""
+    """The uid of the Kubernetes pod whose cgroup holds the process, or "".
+
+    Only the kubelet's own pod cgroup counts: the `pod<uid>` component must come first
+    below the kubepods hierarchy (`kubepods[.slice]`, its QoS level, or `kubelet.slice`
+    as kind names it). A container that can make cgroups below its own (privileged, or
+    docker-in-docker on a CI runner) could name one `pod<another pod's uid>`; that one
+    sits below a container's cgroup and is not taken.
+    """
     for line in text.splitlines():
-        path = line.split(":", 2)[-1]
-        for comp in reversed(path.split("/")):
+        parts = [c for c in line.split(":", 2)[-1].split("/") if c]
+        while parts and parts[0] == "..":   # relative to the agent's cgroup namespace
+            parts.pop(0)
+        for comp in parts[:5]:
             m = _POD_UID.search(comp)
-            if m:
+            if m and "kubepods" in comp or m and comp.startswith("pod"):
                 return m.group(1).replace("_", "-")
+            if not ("kubepods" in comp or comp in _QOS or comp == "kubelet.slice"):
+                break
     return ""
 
 

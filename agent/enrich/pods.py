@@ -112,13 +112,18 @@ class PodIndex:
             self.upsert(o)
 
     def lookup(self, container_id: str, pod_uid: str = "") -> Pod | None:
-        """The pod of a container (or, failing that, of a pod uid from the cgroup path)."""
+        """The pod of a process from its container id and the pod uid of its kubelet cgroup.
+
+        The kubelet's pod uid wins when the two disagree: a container that can make its
+        own sub-cgroups can name one after another pod's container id, but it cannot move
+        above its own pod's cgroup. The container id answers when there is no pod uid
+        (kubelets without per-pod cgroups)."""
         now = self.clock()
         with self._lock:
             uid = self._owner.get(container_id) if container_id else None
             if uid is not None and self._id_expiry.get(container_id, 0.0) < now:
                 uid = None
-            uid = uid or pod_uid
+            uid = pod_uid or uid
             if not uid or self._pod_expiry.get(uid, 0.0) < now:
                 return None
             return self._pods.get(uid)

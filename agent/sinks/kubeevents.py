@@ -144,7 +144,9 @@ class PodEventSink:
         now, wall = self.clock(), self.wall()
         with self._lock:
             s = self._series.get(key)
-            if s is None or now - s.opened >= self.dedupe_seconds:
+            # a new Event once the window has passed and the last one is fully written;
+            # until then repeats keep counting on it, so nothing is lost at the rollover
+            if s is None or (now - s.opened >= self.dedupe_seconds and key not in self._dirty):
                 if s is None and not self._make_room():
                     self._drop("queue_full")
                     return
@@ -178,6 +180,13 @@ class PodEventSink:
             self._wake.clear()
             self.flush()
 
+    def _timeouts(self, until: float | None) -> tuple[float, float]:
+        """Request timeouts: the usual ones, or at shutdown what is left of the deadline."""
+        if until is None:
+            return TIMEOUTS
+        left = max(0.1, until - self.clock())
+        return (min(TIMEOUTS[0], left), min(TIMEOUTS[1], left))
+
     def flush(self, until: float | None = None) -> bool:
         """Send every Event whose time has come; True when nothing is left to send."""
         while True:
@@ -189,12 +198,16 @@ class PodEventSink:
                 with self._lock:
                     return not self._dirty
             for key in due:
+                if until is None and self._closing.is_set():
+                    return False                  # close() takes over, with its deadline
+                if until is not None and self.clock() >= until:
+                    return False
                 wait = self.bucket.take()
                 while wait > 0:
                     if not self._pause(wait, until):
                         return False
                     wait = self.bucket.take()
-                self._send(key)
+                self._send(key, self._timeouts(until))
 
     def _pause(self, seconds: float, until: float | None) -> bool:
         """Wait for a token: in the worker until closing, at shutdown until the deadline."""
@@ -211,7 +224,7 @@ class PodEventSink:
                     if now - s.opened >= self.dedupe_seconds and k not in self._dirty]:
             del self._series[key]
 
-    def _send(self, key: tuple[str, str, str]) -> None:
+    def _send(self, key: tuple[str, str, str], timeouts: tuple[float, float] = TIMEOUTS) -> None:
         with self._lock:
             s = self._series.get(key)
             if s is None or key not in self._dirty:
@@ -222,7 +235,7 @@ class PodEventSink:
             if not created:
                 self.api.create_namespaced_event(
                     ns, event_body(f, s.name, count, s.first, last, self.node),
-                    _request_timeout=TIMEOUTS)
+                    _request_timeout=timeouts)
             else:
                 # a JSON patch: explicit about the three fields it changes, whatever
                 # content type the client version would pick for a merge patch
@@ -230,7 +243,7 @@ class PodEventSink:
                     s.name, ns, [{"op": "replace", "path": "/count", "value": count},
                                  {"op": "replace", "path": "/lastTimestamp", "value": rfc3339(last)},
                                  {"op": "replace", "path": "/message", "value": event_message(f)}],
-                    _request_timeout=TIMEOUTS)
+                    _request_timeout=timeouts)
             outcome = "sent"
         except Exception as e:  # noqa: BLE001 - the client raises several kinds; none may stop us
             outcome = self._failed(s, e, created)
@@ -238,7 +251,7 @@ class PodEventSink:
             if outcome == "sent":
                 s.created, s.sent, s.attempts = True, count, 0
                 s.next_send = self.clock() + self.patch_interval
-                if s.count == count:
+                if s.count == count and self._series.get(key) is s:
                     self._dirty.pop(key, None)
             elif outcome == "retry":
                 s.attempts += 1
@@ -280,8 +293,12 @@ class PodEventSink:
         """Send what is pending until `deadline` seconds from now; count the rest."""
         end = self.clock() + deadline
         self._closing.set()
+        self._wake.set()
         self._thread.join(timeout=deadline)
-        self.flush(until=end)
+        if not self._thread.is_alive():
+            # the worker stopped between requests: send what is left, within the deadline
+            # (no retries: a failure now stays pending and is counted below)
+            self.flush(until=end)
         with self._lock:
             left = len(self._dirty)
             self._dirty.clear()

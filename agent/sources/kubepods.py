@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -73,9 +74,20 @@ class PodWatcher:
             try:
                 if not self.resource_version:
                     self.list()
-                self.watch()
-                backoff = 1.0
+                if self._stop.is_set():
+                    break
+                started = time.monotonic()
+                seen = self.watch()
                 gone_streak = 0
+                if seen or time.monotonic() - started >= 1.0:
+                    backoff = 1.0
+                    continue
+                # a watch that ends at once with nothing in it (a proxy, an API server
+                # going down) is a failure: back off, as client-go does, instead of spinning
+                self._count("watch_empty")
+                if self._sleep(backoff):
+                    break
+                backoff = min(backoff * 2, MAX_BACKOFF)
             except Exception as e:  # noqa: BLE001 - every failure is retried; the thread must not die
                 if self._stop.is_set():
                     break
@@ -108,9 +120,16 @@ class PodWatcher:
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
     def list(self) -> None:
-        """One full list of this node's pods into the index."""
+        """One full list of this node's pods into the index.
+
+        The first list asks for resourceVersion "0": the API server answers from its watch
+        cache instead of reading every pod of the cluster from etcd to filter by node
+        (what an unversioned list costs before Kubernetes 1.31), which matters when every
+        node of a cluster starts at once. A relist after 410 asks for the current state."""
+        rv = "0" if self.lists == 0 else None
         resp = self.api.list_pod_for_all_namespaces(
-            field_selector=self.selector, _preload_content=False, _request_timeout=TIMEOUTS)
+            field_selector=self.selector, resource_version=rv, _preload_content=False,
+            _request_timeout=TIMEOUTS)
         try:
             body = json.loads(resp.data)
         finally:
@@ -126,12 +145,14 @@ class PodWatcher:
         self._up(True)
         self._pods()
 
-    def watch(self) -> None:
-        """One watch, from the last resourceVersion, until the server ends it."""
+    def watch(self) -> int:
+        """One watch, from the last resourceVersion, until the server ends it; returns how
+        many events it carried."""
         from kubernetes import watch
 
         w = watch.Watch(return_type="object")
         self._watch = w
+        seen = 0
         try:
             for ev in w.stream(self.api.list_pod_for_all_namespaces,
                                field_selector=self.selector,
@@ -147,11 +168,15 @@ class PodWatcher:
                     self.index.delete(obj)
                 if w.resource_version:
                     self.resource_version = str(w.resource_version)
+                if not seen:
+                    self._up(True)      # the stream works again (a resumed watch)
+                seen += 1
                 self._pods()
                 if self._stop.is_set():
                     w.stop()
         finally:
             self._watch = None
+        return seen
 
     def _count(self, what: str) -> None:
         if self.metrics is not None:

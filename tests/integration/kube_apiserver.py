@@ -66,6 +66,7 @@ class FakeApiServer:
         self.watch_generation = 0                     # bumped to end every open watch
         self.open_watches = 0
         self.held = False                             # watches deliver nothing while held
+        self.instant_end = False                      # watches end at once, empty (a proxy)
         self.deleted: list[tuple[str, str, dict[str, Any]]] = []
         server = self
 
@@ -238,6 +239,8 @@ class FakeApiServer:
             generation = self.watch_generation
             self.open_watches += 1
         try:
+            if self.instant_end:
+                return
             if since and since < self.compacted_below:
                 chunk({"type": "ERROR", "object": _status(
                     410, "Expired", f"too old resource version: {since} ({self.compacted_below})")})
@@ -314,6 +317,15 @@ class FakeApiServer:
                     409, "Conflict", f"Precondition failed: UID in precondition: {want}, "
                                      f"UID in object meta: {obj['metadata']['uid']}"))
             self.deleted.append((ns, name, body or {}))
-            del self.pods[(ns, name)]
-            self._record("DELETED", obj)
+            grace = (body or {}).get("gracePeriodSeconds")
+            if grace == 0:
+                # a force delete: the object goes at once
+                del self.pods[(ns, name)]
+                self._record("DELETED", obj)
+            else:
+                # graceful: marked, and removed by the kubelet once its containers stopped
+                # (there is no kubelet here: the pod stays, terminating)
+                obj["metadata"]["deletionTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                obj["metadata"]["deletionGracePeriodSeconds"] = 30 if grace is None else grace
+                self._record("MODIFIED", obj)
         self._send(h, 200, obj)

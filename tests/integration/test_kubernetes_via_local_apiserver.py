@@ -178,6 +178,60 @@ def test_a_stalled_apiserver_times_out_instead_of_hanging_via_local_socket():
     assert "timeout" in type(e.value).__name__.lower() or "timed out" in str(e.value).lower()
 
 
+def test_a_watch_that_ends_at_once_backs_off_instead_of_spinning_via_local_apiserver(server, kube):
+    sleeps: list[float] = []
+
+    def sleep(s: float) -> bool:
+        sleeps.append(s)
+        return len(sleeps) >= 4
+
+    w = PodWatcher(kube.api, NODE, PodIndex(), Metrics(), watch_seconds=30, sleep=sleep)
+    server.instant_end = True             # every watch the server opens ends at once, empty
+    w.run()
+    watches = [r for r in server.requests_to("GET", "/api/v1/pods") if r["query"].get("watch")]
+    assert len(watches) <= 5, f"{len(watches)} watches: the loop spun"
+    assert sleeps[:3] == [1.0, 2.0, 4.0]
+
+
+def test_kubernetes_sensor_is_up_again_after_a_resumed_watch_via_local_apiserver(server, kube):
+    m = Metrics()
+    w = PodWatcher(kube.api, NODE, PodIndex(), m, watch_seconds=30,
+                   sleep=lambda s: w._stop.wait(0.05))
+    up = m.sensor_up.labels(sensor="kubernetes")
+    w.start()
+    assert w.synced.wait(10) and up._value.get() == 1
+    server.inject.append(("GET", "/api/v1/pods", 503))   # the next watch request fails
+    server.end_watches()
+    server.wait_for(lambda: up._value.get() == 0)
+    server.put_pod(pod("team-a", "late", "uid-late", NODE, {}, (CID,)))
+    server.wait_for(lambda: w.index.lookup(CID) is not None)
+    assert up._value.get() == 1 and w.lists == 1, "resumed from the last version, and up"
+    w.stop()
+
+
+def test_close_keeps_its_deadline_when_the_apiserver_stalls_via_local_socket():
+    """An API server that accepts and never answers must not hold up the agent's stop."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(64)
+    from kubernetes import client
+
+    cfg = client.Configuration()
+    cfg.host = f"http://127.0.0.1:{lsock.getsockname()[1]}"
+    cfg.retries = 0
+    m = Metrics()
+    sink = PodEventSink(client.CoreV1Api(client.ApiClient(cfg)), NODE, m)
+    for i in range(4):
+        sink.submit(_finding(uid=f"uid-{i}", name=f"ws-{i}"))
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    sink.close(deadline=2.0)
+    took = time.monotonic() - t0
+    lsock.close()
+    assert took < 4.0, f"close(deadline=2) took {took:.1f}s"
+    assert m.alerts_dropped.labels(sink="kubernetes", reason="shutdown")._value.get() == 4
+
+
 def test_outside_a_cluster_the_agent_runs_without_pods_and_says_so(caplog):
     with caplog.at_level(logging.INFO, logger="nodewarden.kubernetes"):
         assert connect("auto", "", NODE, env={}) is None
@@ -333,7 +387,10 @@ def test_delete_pod_kills_the_process_then_deletes_its_pod_by_uid_via_local_apis
     server.wait_for(lambda: server.deleted)
     ns, name, body = server.deleted[0]
     assert (ns, name) == ("team-a", "ws-1")
-    assert body["preconditions"] == {"uid": "uid-1"} and body["gracePeriodSeconds"] == 0
+    assert body["preconditions"] == {"uid": "uid-1"}
+    # 1 s, not 0: a 0 would force the object away before the kubelet stopped the containers
+    assert body["gracePeriodSeconds"] == 1
+    assert "deletionTimestamp" in server.pods[("team-a", "ws-1")]["metadata"]
     e.pod_deleter.close()
 
 
@@ -345,7 +402,23 @@ def test_delete_pod_never_deletes_a_replacement_pod_of_the_same_name_via_local_a
     server.wait_for(lambda: server.requests_to("DELETE", "/api/v1/namespaces/team-a/pods/ws-1"))
     deleter.close()
     assert ("team-a", "ws-1") in server.pods, "the pod with another uid must survive"
+    assert "deletionTimestamp" not in server.pods[("team-a", "ws-1")]["metadata"]
     assert m.actions.labels(action="delete-pod", outcome="gone")._value.get() == 1
+
+
+def test_a_failed_delete_is_tried_again_by_the_next_finding_via_local_apiserver(server, kube):
+    server.put_pod(pod("team-a", "ws-1", "uid-1", NODE, {}, (CID,)))
+    for _ in range(3):                    # every attempt of the first request fails
+        server.inject.append(("DELETE", "/api/v1/namespaces/team-a/pods/ws-1", 503))
+    m = Metrics()
+    deleter = PodDeleter(kube.api, m, attempts=3)
+    assert "requested" in deleter.request(Pod("team-a", "ws-1", "uid-1"))
+    server.wait_for(lambda: m.actions.labels(action="delete-pod", outcome="failed")._value.get() == 1,
+                    timeout=15)
+    assert "requested" in deleter.request(Pod("team-a", "ws-1", "uid-1"))
+    server.wait_for(lambda: server.deleted)
+    assert "already requested" in deleter.request(Pod("team-a", "ws-1", "uid-1"))
+    deleter.close()
 
 
 def test_delete_pod_is_off_unless_configured_and_spares_protected_namespaces(server, kube, victim):

@@ -118,6 +118,10 @@ def test_a_pod_recreated_under_the_same_name_is_another_pod(clock):
 @pytest.mark.parametrize("name,text,cid", CASES, ids=[c[0] for c in CASES])
 def test_pod_uid_from_every_kubelet_cgroup_shape(name, text, cid):
     want = POD if ("pod" + POD in text or "pod" + POD_ in text) else ""
+    if name == "kind node running a pod":
+        # seen from the host, kind's pods sit below a docker container's cgroup: not this
+        # node's kubelet (an agent inside the kind node sees /kubelet.slice/... and resolves)
+        want = ""
     assert pod_uid_from_cgroup(text) == want
     assert cgroup_identity(text) == (cid, want)
 
@@ -132,3 +136,30 @@ def test_events_of_a_process_in_a_pod_carry_the_pod():
     ev = tree.event("scan", procs[2101], 0.0)
     assert ev.pod is not None and (ev.pod.namespace, ev.pod.name) == ("ci", "runner-7")
     assert tree.event("scan", procs[1], 0.0).pod is None
+
+
+KIND_INSIDE = f"0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod{POD_}.slice/cri-containerd-{CID}.scope\n"
+FORGED = (f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_}.slice/"
+          f"cri-containerd-{CID}.scope/{'c' * 64}/pod11111111-2222-3333-4444-555555555555\n")
+
+
+def test_only_the_kubelets_pod_cgroup_names_the_pod():
+    assert pod_uid_from_cgroup(KIND_INSIDE) == POD
+    assert pod_uid_from_cgroup(f"0::/../../kubepods-besteffort.slice/kubepods-besteffort-pod{POD_}.slice/x\n") == POD
+    # a container that makes its own sub-cgroup named after another pod: its own pod counts
+    assert pod_uid_from_cgroup(FORGED) == POD
+    assert pod_uid_from_cgroup("0::/system.slice/docker-x.scope/kubepods/pod" + POD + "/x\n") == ""
+
+
+def test_a_forged_nested_cgroup_never_resolves_to_another_tenants_pod(clock):
+    victim_uid = "11111111-2222-3333-4444-555555555555"
+    idx = PodIndex(clock=clock)
+    idx.upsert(pod_obj(uid=POD, name="ci-runner", ns="tenant-a", containers=(CID,)))
+    idx.upsert(pod_obj(uid=victim_uid, name="payments", ns="tenant-b", containers=(CID2,)))
+    cid, uid = cgroup_identity(FORGED)
+    assert idx.lookup(cid, uid).name == "ci-runner"
+    # nor by naming the victim's container id below its own cgroup
+    forged_cid = FORGED.replace("c" * 64, CID2)
+    cid, uid = cgroup_identity(forged_cid)
+    assert cid == CID2
+    assert idx.lookup(cid, uid).name == "ci-runner", "the kubelet's pod uid wins over a container id"
