@@ -187,7 +187,13 @@ def test_a_watch_that_ends_at_once_backs_off_instead_of_spinning_via_local_apise
 
     w = PodWatcher(kube.api, NODE, PodIndex(), Metrics(), watch_seconds=30, sleep=sleep)
     server.instant_end = True             # every watch the server opens ends at once, empty
-    w.run()
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    t.join(timeout=20)
+    if t.is_alive():
+        w.stop()
+        server.instant_end = False
+        pytest.fail("the watcher never backed off: it is spinning on empty watches")
     watches = [r for r in server.requests_to("GET", "/api/v1/pods") if r["query"].get("watch")]
     assert len(watches) <= 5, f"{len(watches)} watches: the loop spun"
     assert sleeps[:3] == [1.0, 2.0, 4.0]
