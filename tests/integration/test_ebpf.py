@@ -469,8 +469,8 @@ CONNECT_RULE = """rules:
 """
 
 
-@pytest.mark.parametrize("mode", ["enforce", "audit"])
-def test_in_kernel_connect_rule_stops_the_connection_before_it_leaves(start_agent, tmp_path, mode):
+def _connect_rule(tmp_path: Path, mode: str) -> tuple[socket.socket, int, list[str]]:
+    """A local listener, and the agent arguments for a connect rule on its port."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -479,7 +479,13 @@ def test_in_kernel_connect_rule_stops_the_connection_before_it_leaves(start_agen
     rules.write_text(CONNECT_RULE.format(port=port))
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"mode: {mode}\n")
-    agent = start_agent("--config", str(cfg), "--rules", str(rules))
+    return listener, port, ["--config", str(cfg), "--rules", str(rules)]
+
+
+@pytest.mark.parametrize("mode", ["enforce", "audit"])
+def test_in_kernel_connect_rule_stops_the_connection_before_it_leaves(start_agent, tmp_path, mode):
+    listener, port, args = _connect_rule(tmp_path, mode)
+    agent = start_agent(*args)
     assert any("in-kernel connect rules: pool-port-kill" in line for line in agent.stderr)
     client = subprocess.Popen([sys.executable, "-c", f"""
 import socket, time
@@ -518,15 +524,8 @@ time.sleep(5)
 def test_connect_guard_dies_with_a_killed_agent(ebpf, tmp_path):
     """The guard is a bpf_link held by the agent: SIGKILL (OOM, an uninstall past its grace
     period) detaches it, so a dead agent never goes on refusing the node's connects."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    port = listener.getsockname()[1]
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(CONNECT_RULE.format(port=port))
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text("mode: enforce\n")
-    agent = RunningAgent(tmp_path, "--config", str(cfg), "--rules", str(rules))
+    listener, port, args = _connect_rule(tmp_path, "enforce")
+    agent = RunningAgent(tmp_path, *args)
     try:
         probe = [sys.executable, "-c",
                  f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"]

@@ -5,6 +5,7 @@ streamed watch, 410 Gone, Events, pod deletion. No API server is reachable here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kube_apiserver import FakeApiServer, pod
@@ -152,17 +154,30 @@ def test_unauthorized_is_said_once_and_retried_via_local_apiserver(server, tmp_p
     assert not w.synced.is_set()
 
 
-def test_a_stalled_apiserver_times_out_instead_of_hanging_via_local_socket():
-    """A server that accepts and never answers: the request gives up at its read timeout."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(8)
+@contextlib.contextmanager
+def _silent_apiserver() -> Iterator[Any]:
+    """A CoreV1Api talking to a socket that accepts connections and never answers."""
     from kubernetes import client
 
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(64)
     cfg = client.Configuration()
     cfg.host = f"http://127.0.0.1:{lsock.getsockname()[1]}"
     cfg.retries = 0
-    w = PodWatcher(client.CoreV1Api(client.ApiClient(cfg)), NODE, PodIndex())
+    try:
+        yield client.CoreV1Api(client.ApiClient(cfg))
+    finally:
+        lsock.close()
+
+
+def test_a_stalled_apiserver_times_out_instead_of_hanging_via_local_socket():
+    """A server that accepts and never answers: the request gives up at its read timeout."""
+    with _silent_apiserver() as api:
+        _list_times_out(PodWatcher(api, NODE, PodIndex()))
+
+
+def _list_times_out(w: PodWatcher) -> None:
     import agent.sources.kubepods as kp
 
     old = kp.TIMEOUTS
@@ -173,7 +188,6 @@ def test_a_stalled_apiserver_times_out_instead_of_hanging_via_local_socket():
             w.list()
     finally:
         kp.TIMEOUTS = old
-        lsock.close()
     assert time.monotonic() - t0 < 5
     assert "timeout" in type(e.value).__name__.lower() or "timed out" in str(e.value).lower()
 
@@ -217,23 +231,15 @@ def test_kubernetes_sensor_is_up_again_after_a_resumed_watch_via_local_apiserver
 
 def test_close_keeps_its_deadline_when_the_apiserver_stalls_via_local_socket():
     """An API server that accepts and never answers must not hold up the agent's stop."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(64)
-    from kubernetes import client
-
-    cfg = client.Configuration()
-    cfg.host = f"http://127.0.0.1:{lsock.getsockname()[1]}"
-    cfg.retries = 0
     m = Metrics()
-    sink = PodEventSink(client.CoreV1Api(client.ApiClient(cfg)), NODE, m)
-    for i in range(4):
-        sink.submit(_finding(uid=f"uid-{i}", name=f"ws-{i}"))
-    time.sleep(0.3)
-    t0 = time.monotonic()
-    sink.close(deadline=2.0)
-    took = time.monotonic() - t0
-    lsock.close()
+    with _silent_apiserver() as api:
+        sink = PodEventSink(api, NODE, m)
+        for i in range(4):
+            sink.submit(_finding(uid=f"uid-{i}", name=f"ws-{i}"))
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        sink.close(deadline=2.0)
+        took = time.monotonic() - t0
     assert took < 4.0, f"close(deadline=2) took {took:.1f}s"
     assert m.alerts_dropped.labels(sink="kubernetes", reason="shutdown")._value.get() == 4
 
