@@ -258,7 +258,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         record_file.write(json.dumps(ev.to_json(), separators=(",", ":")) + "\n")
 
     slack = _slack_sink(cfg, metrics)
-    kube = _kubernetes(cfg, tree, enforcer, metrics)
+    kube = _KubeParts(cfg, metrics, enforcer, tree)
     # line-buffered JSON lines, for a log shipper to tail
     findings_file = open(cfg.findings_file, "a", encoding="utf-8", buffering=1) if cfg.findings_file else None  # noqa: SIM115
     file_writer = FindingWriter(findings_file, "json") if findings_file is not None else None
@@ -377,8 +377,12 @@ class _KubeParts:
     """What the Kubernetes API gives the agent: pod enrichment, Events, pod deletion.
     Every part is None outside a cluster (the agent then runs without them)."""
 
-    def __init__(self, cfg: Config, metrics: Metrics, enforcer: Enforcer) -> None:
+    def __init__(self, cfg: Config, metrics: Metrics, enforcer: Enforcer,
+                 tree: ProcessTree) -> None:
         from agent import kubeapi
+        from agent.enrich.pods import PodIndex
+        from agent.sinks.kubeevents import PodEventSink
+        from agent.sources.kubepods import PodWatcher
 
         self.metrics = metrics
         self.enforcer = enforcer
@@ -392,31 +396,22 @@ class _KubeParts:
                 log.warning("delete_pod is on but there is no Kubernetes API: rules with "
                             "action delete-pod kill the process only")
             return
-        from agent.sinks.kubeevents import PodEventSink
-
         log.info("Kubernetes API: %s, node %s", self.kube.where, self.kube.node)
         self.events = PodEventSink(self.kube.api, self.kube.node, metrics,
                                    rate=cfg.kubernetes_event_rate_per_second,
                                    dedupe_seconds=cfg.kubernetes_event_dedupe_seconds)
         self.events_on = cfg.kubernetes_events
         self.reconfigure(cfg)
+        index = PodIndex()
+        self.watcher = PodWatcher(self.kube.api, self.kube.node, index, metrics)
+        tree.pod_of = index.lookup
+        self.watcher.start()
 
     def submit(self, findings: list[dict[str, Any]]) -> None:
         """Findings to pod Events, while kubernetes_events is on."""
         if self.events is not None and self.events_on:
             for f in findings:
                 self.events.submit(f)
-
-    def start(self, tree: ProcessTree) -> None:
-        if self.kube is None:
-            return
-        from agent.enrich.pods import PodIndex
-        from agent.sources.kubepods import PodWatcher
-
-        index = PodIndex()
-        self.watcher = PodWatcher(self.kube.api, self.kube.node, index, self.metrics)
-        tree.pod_of = index.lookup
-        self.watcher.start()
 
     def reconfigure(self, cfg: Config) -> None:
         """kubernetes_events and delete_pod follow the config, reloads included (the
@@ -446,12 +441,6 @@ class _KubeParts:
             self.events.close(deadline=3.0)
         if self.deleter is not None:
             self.deleter.close(deadline=3.0)
-
-
-def _kubernetes(cfg: Config, tree: ProcessTree, enforcer: Enforcer, metrics: Metrics) -> _KubeParts:
-    parts = _KubeParts(cfg, metrics, enforcer)
-    parts.start(tree)
-    return parts
 
 
 def _slack_sink(cfg: Config, metrics: Metrics) -> Any:

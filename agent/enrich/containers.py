@@ -31,7 +31,10 @@ _POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f
 
 @lru_cache(maxsize=4096)
 def cgroup_identity(text: str) -> tuple[str, str]:
-    """(container id, pod uid) of a process from its cgroup text; "" for what is absent."""
+    """(container id, pod uid) of a process from its cgroup text; "" for what is absent.
+
+    Cached: the processes of a host share a few distinct cgroup texts, and parsing one
+    costs about as much as reading it."""
     return container_id_from_cgroup(text), pod_uid_from_cgroup(text)
 
 
@@ -50,20 +53,15 @@ def pod_uid_from_cgroup(text: str) -> str:
             parts.pop(0)
         for comp in parts[:5]:
             m = _POD_UID.search(comp)
-            if m and "kubepods" in comp or m and comp.startswith("pod"):
+            if m and ("kubepods" in comp or comp.startswith("pod")):
                 return m.group(1).replace("_", "-")
             if not ("kubepods" in comp or comp in _QOS or comp == "kubelet.slice"):
                 break
     return ""
 
 
-@lru_cache(maxsize=4096)
 def container_id_from_cgroup(text: str) -> str:
-    """The container id of a process, or "" when it runs in no container.
-
-    Cached: the processes of a host share a few distinct cgroup texts, and parsing one
-    costs about as much as reading it.
-    """
+    """The container id of a process, or "" when it runs in no container."""
     v2 = ""
     v1 = ""
     for line in text.splitlines():
