@@ -52,10 +52,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import json
 import os
-import platform
 import pstats
 import re
 import shutil
@@ -65,11 +63,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # bench/common.py
 
 from agent.cli import sync_kernel_rules
 from agent.decide import Protection
@@ -463,15 +463,8 @@ def profile_consumer(consumer: Consumer, loadgen: str, mode: str, secs: float,
         cat = _category(path, func)
         shares[cat] = shares.get(cat, 0.0) + tt
     total = sum(shares.values()) or 1.0
-    buf = io.StringIO()
-    stats.stream = buf  # type: ignore[attr-defined]
-    stats.strip_dirs().sort_stats("tottime").print_stats(top)
-    lines = buf.getvalue().splitlines()
-    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
-    head = [line for line in lines[:start] if "function calls" in line]
     cats = sorted(shares.items(), key=lambda kv: -kv[1])
-    return {"shares": {k: v / total for k, v in cats},
-            "top": "\n".join(head + lines[start:]).rstrip()}
+    return {"shares": {k: v / total for k, v in cats}, "top": common.pstats_top(stats, top)}
 
 
 _CATEGORIES = (
@@ -522,10 +515,7 @@ def machine() -> dict[str, Any]:
         bcc_version = getattr(bcc, "__version__", "?")
     except ImportError:
         bcc_version = "missing"
-    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "nproc": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version(), "bcc": bcc_version,
-            "affinity": sorted(os.sched_getaffinity(0))}
+    return common.machine(bcc=bcc_version)
 
 
 def _kinds(d: dict[str, float]) -> str:

@@ -36,10 +36,8 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import io
 import json
 import os
-import platform
 import pstats
 import random
 import statistics
@@ -47,11 +45,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # bench/common.py
 
 from agent.engine import loader
 from agent.engine.ruleset import Rule, RuleSet, naive_evaluate
@@ -377,20 +377,13 @@ def profile(fn: Callable[[Event], Any], events: Sequence[Event], top: int = 14) 
     for ev in events:
         fn(ev)
     prof.disable()
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).strip_dirs().sort_stats("tottime").print_stats(top)
-    lines = buf.getvalue().splitlines()
-    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
-    head = [line for line in lines[:start] if "function calls" in line]
-    return "\n".join(head + lines[start:]).rstrip()
+    return common.pstats_top(pstats.Stats(prof), top)
 
 
 # -- main -----------------------------------------------------------------------------------------
 
 def machine() -> dict[str, Any]:
-    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "nproc": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version(), "affinity": sorted(os.sched_getaffinity(0))}
+    return common.machine()
 
 
 def rate_table(title: str, res: dict[str, Any], labels: Sequence[str]) -> str:

@@ -33,10 +33,8 @@ import cProfile
 import ctypes
 import functools
 import gc
-import io
 import json
 import os
-import platform
 import pstats
 import shutil
 import signal
@@ -45,14 +43,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import common  # bench/common.py
 import psutil
 
-from agent.enrich.containers import container_id_from_cgroup
+from agent.enrich.containers import cgroup_identity
 from agent.errors import AccessDenied, ProcessGone
 from agent.model import Process
 from agent.sources.procfs import ProcFS, parse_cmdline, parse_stat
@@ -354,7 +353,7 @@ def breakdown(rounds: int = 5) -> dict[str, float]:
     py_steps: dict[str, Callable[[], Any]] = {
         "parse_stat": lambda: [parse_stat(b) for b in stat_bytes],
         "parse_cmdline": lambda: [parse_cmdline(b) for b in cmd_bytes],
-        "container_id_from_cgroup": lambda: [container_id_from_cgroup(t) for t in cg_text],
+        "cgroup_identity (cached)": lambda: [cgroup_identity(t) for t in cg_text],
         "Process() (derived fields, xxhash id)": lambda: [
             Process(pid=i, ppid=1, starttime=i, comm="sleep", exe="/usr/bin/sleep",
                     cmdline=("sleep", "600")) for i in range(len(dfds))],
@@ -386,28 +385,16 @@ def profile(fn: Callable[[], Any], rounds: int = 3, top: int = 14) -> str:
     for _ in range(rounds):
         fn()
     prof.disable()
-    buf = io.StringIO()
-    stats = pstats.Stats(prof, stream=buf)
-    stats.strip_dirs().sort_stats("tottime").print_stats(top)
-    lines = buf.getvalue().splitlines()
-    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
-    head = [line for line in lines[:start] if "function calls" in line]
-    return "\n".join(head + lines[start:]).rstrip()
+    return common.pstats_top(pstats.Stats(prof), top)
 
 
 # -- output -----------------------------------------------------------------------------------
 
 def machine() -> dict[str, Any]:
-    return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "psutil": psutil.__version__,
-        "ps": subprocess.run(["ps", "--version"], check=False, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True).stdout.strip(),
-        "affinity": sorted(os.sched_getaffinity(0)),
-    }
+    return common.machine(
+        psutil=psutil.__version__,
+        ps=subprocess.run(["ps", "--version"], check=False, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True).stdout.strip())
 
 
 def table(label: str, ph: dict[str, Any]) -> str:
