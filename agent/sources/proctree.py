@@ -2,7 +2,9 @@
 
 A workspace is the first process (walking down from init) whose environ carries a marker,
 plus all its descendants. Environ is read only for a process that is not already inside a
-known workspace, and only once per process identity: later scans reuse the answer.
+known workspace. A process found in a workspace stays in it (an exec of `env -i` does not
+leave it); one found outside is read again when it runs another program, since every exec
+replaces the environment: a launcher without the marker may exec into a workspace.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ from agent.sources.procfs import ProcFS
 
 MAX_ANCESTORS = 64
 
+# A process's workspace as last read, and the program it was read for (exe dev, inode,
+# cmdline): an empty answer holds only while the program is the same.
+_Known = tuple[str, int, int, tuple[str, ...]]
+
+
+def _known(ws: str, p: Process) -> _Known:
+    return (ws, p.exe_dev, p.exe_ino, p.cmdline)
+
 
 class ProcessTree:
     """Processes by pid, with workspace membership and ancestry for enrichment."""
@@ -27,9 +37,9 @@ class ProcessTree:
         self.markers = tuple(markers)
         self.procs: dict[int, Process] = {}
         self._workspace: dict[int, str] = {}
-        # (pid, starttime) -> workspace id: a process's environ is read at most once, and
-        # membership sticks when it is reparented (a double fork does not leave a workspace)
-        self._known: dict[tuple[int, int], str] = {}
+        # (pid, starttime) -> workspace id and the program it was read for: membership
+        # sticks when a process is reparented (a double fork does not leave a workspace)
+        self._known: dict[tuple[int, int], _Known] = {}
         self.environ_reads = 0
         # pid -> the workspace it was forked into (forks are not in `procs` until they exec):
         # a double fork that clears its environment before its exec stays in the workspace
@@ -53,7 +63,7 @@ class ProcessTree:
     def _resolve_workspaces(self) -> None:
         procs = self.procs
         ws: dict[int, str] = {}
-        known: dict[tuple[int, int], str] = {}
+        known: dict[tuple[int, int], _Known] = {}
         for pid in procs:
             if pid in ws:
                 continue
@@ -72,14 +82,16 @@ class ProcessTree:
                 if not inherited:
                     inherited = self._own_workspace(p)
                 ws[p.pid] = inherited
-                known[(p.pid, p.starttime)] = inherited
+                known[(p.pid, p.starttime)] = _known(inherited, p)
         self._workspace = ws
         self._known = known
 
-    def _own_workspace(self, p: Process) -> str:
+    def _own_workspace(self, p: Process, execed: bool = False) -> str:
+        """The workspace `p` names itself: once in one, always; outside one, read again
+        after an exec (`execed`, or a scan that finds another program than last time)."""
         cached = self._known.get((p.pid, p.starttime))
-        if cached is not None:
-            return cached
+        if cached is not None and (cached[0] or not execed and cached == _known("", p)):
+            return cached[0]
         if p.kthread or p.state == "Z":
             return ""
         self.environ_reads += 1
@@ -95,15 +107,15 @@ class ProcessTree:
 
     def add(self, p: Process) -> None:
         """Insert or replace one process (an exec seen by a sensor): it inherits the
-        workspace of its parent or of the process it was forked from, or is judged by its
-        own environ once."""
+        workspace of its parent or of the process it was forked from, keeps the one it was
+        in, or is judged by the environ this exec gave it."""
         key = (p.pid, p.starttime)
         ws = self._workspace.get(p.ppid, "") or self._forked.get(p.pid, "")
         if not ws:
-            ws = self._own_workspace(p)
+            ws = self._own_workspace(p, execed=True)
         self.procs[p.pid] = p
         self._workspace[p.pid] = ws
-        self._known[key] = ws
+        self._known[key] = _known(ws, p)
 
     def remove(self, pid: int) -> Process | None:
         """Forget an exited process; returns what was known of it."""

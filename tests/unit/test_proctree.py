@@ -351,3 +351,66 @@ def test_workspace_membership_survives_reparenting(tmp_path):
     (root / "11" / "stat").write_text(" ".join(stat))
     tree.scan()
     assert tree.workspace_of(11) == "ws-7"
+
+
+def _launcher_root(tmp_path: Path) -> tuple[Path, ProcFS]:
+    """init, and a session shell (pid 20) started without the marker, running /bin/sh."""
+    root = synthetic(tmp_path / "proc", {1: 0, 20: 1}, {1: b"", 20: b"HOME=/home/t\0"})
+    (root / "20" / "exe").symlink_to("/bin/sh")
+    (root / "20" / "cmdline").write_bytes(b"sh\0")
+    return root, ProcFS(str(root))
+
+
+def _exec(root: Path, pid: int, exe: str, cmdline: bytes, environ: bytes) -> None:
+    """What an exec changes in /proc/PID: the program, its argv and its environment."""
+    (root / str(pid) / "exe").unlink()
+    (root / str(pid) / "exe").symlink_to(exe)
+    (root / str(pid) / "cmdline").write_bytes(cmdline)
+    (root / str(pid) / "environ").write_bytes(environ)
+
+
+def test_a_process_that_execs_with_the_marker_enters_the_workspace(tmp_path):
+    """Issue 13 defect 4: `exec env WORKSPACE_ID=ws-red ./sshd ...` from a shell started
+    without the marker: the exec event and every later scan put it in ws-red."""
+    root, fs = _launcher_root(tmp_path)
+    tree = ProcessTree(fs)
+    tree.scan()
+    assert tree.workspace_of(20) == ""
+    _exec(root, 20, "/bin/true", b"sshd\0-o\0stratum+tcp://pool:3333\0",
+          b"WORKSPACE_ID=ws-red\0")
+    tree.add(fs.read(20))  # the exec event
+    assert tree.workspace_of(20) == "ws-red"
+    tree.scan()
+    assert tree.workspace_of(20) == "ws-red"
+
+
+def test_a_scan_that_finds_another_program_reads_the_marker_again(tmp_path):
+    """The exec event was lost or not handled yet: the scan sees another program where an
+    empty answer was cached, and does not reuse it."""
+    root, fs = _launcher_root(tmp_path)
+    tree = ProcessTree(fs)
+    tree.scan()
+    _exec(root, 20, "/bin/true", b"sshd\0", b"WORKSPACE_ID=ws-red\0")
+    tree.scan()
+    assert tree.workspace_of(20) == "ws-red"
+
+
+def test_the_same_program_outside_a_workspace_is_read_once(tmp_path):
+    root, _ = _launcher_root(tmp_path)
+    fs = SpyProcFS(str(root))
+    tree = ProcessTree(fs)
+    for _ in range(3):
+        tree.scan()
+    assert fs.environ_pids.count(20) == 1
+
+
+def test_an_exec_with_a_cleared_environment_does_not_leave_the_workspace(tmp_path):
+    root, fs = _launcher_root(tmp_path)
+    (root / "20" / "environ").write_bytes(b"WORKSPACE_ID=ws-red\0")
+    tree = ProcessTree(fs)
+    tree.scan()
+    assert tree.workspace_of(20) == "ws-red"
+    _exec(root, 20, "/bin/true", b"xmrig\0", b"")   # `exec env -i ./xmrig`
+    tree.add(fs.read(20))
+    tree.scan()
+    assert tree.workspace_of(20) == "ws-red"
