@@ -196,19 +196,22 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _protection(cfg: Config) -> Protection:
-    own = {os.getpid()}
-    pid = os.getppid()
-    # the agent's ancestors (its shell, container runtime) are protected too
+    """The agent and its ancestors (its shell, container runtime) as they are now: each is
+    protected as (pid, start time, executable), so a recycled pid or an ancestor that execs
+    another program later is not; an ancestor that has exited protects nothing."""
+    own = []
+    pid = os.getpid()
     try:
         procfs = ProcFS(cfg.proc_root if os.path.isdir(cfg.proc_root) else "/proc")
         for _ in range(64):
             if pid <= 1:
                 break
-            own.add(pid)
-            pid = procfs.stat(pid).ppid
+            p = procfs.read(pid)
+            own.append(p)
+            pid = p.ppid
     except (OSError, NodewardenError):
         log.debug("could not read the agent's ancestry past pid %d", pid)
-    return Protection(own_pids=frozenset(own), names=frozenset(cfg.protected))
+    return Protection.of(own, cfg.protected)
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

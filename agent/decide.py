@@ -2,7 +2,10 @@
 
 The global mode is audit unless the user says enforce; a rule's own `mode` overrides it.
 Protected processes (pid 1, kernel threads, the agent and its ancestors, configured names)
-are never acted on, whatever the rule says.
+are never acted on, whatever the rule says. The agent and its ancestors are protected as the
+process instances running the programs they ran when the agent started, never by pid alone:
+a pid is recycled (a tenant can cycle through all of them in seconds) and a launcher can exec
+something else after starting the agent.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from agent.engine.ruleset import Match
-from agent.model import Event
+from agent.model import Event, InstanceKey, Process
 
 DEFAULT_PROTECTED = ("systemd", "init", "kubelet", "containerd", "containerd-shim",
                      "containerd-shim-runc-v2", "dockerd", "crio", "conmon", "runc", "sshd",
@@ -20,10 +23,17 @@ DEFAULT_PROTECTED = ("systemd", "init", "kubelet", "containerd", "containerd-shi
 
 @dataclass(frozen=True)
 class Protection:
-    """What must never be signalled: our own pids (agent and ancestors) and names."""
+    """What must never be signalled: our own processes (the agent and its ancestors, each as
+    (pid, start time, executable device, inode)) and names."""
 
-    own_pids: frozenset[int] = frozenset()
+    own: frozenset[InstanceKey] = frozenset()
     names: frozenset[str] = frozenset(DEFAULT_PROTECTED)
+
+    @classmethod
+    def of(cls, own: Collection[Process], names: Collection[str] = DEFAULT_PROTECTED,
+           ) -> Protection:
+        """Protection of these processes as they are now (read at the agent's start)."""
+        return cls(frozenset(p.instance_key for p in own), frozenset(names))
 
     def reason(self, ev: Event) -> str:
         """Why the process of `ev` is protected, or "" when it is not."""
@@ -32,7 +42,7 @@ class Protection:
             return "pid 1"
         if p.kthread or p.ppid == 2 or p.pid == 2:
             return "kernel thread"
-        if p.pid in self.own_pids:
+        if p.instance_key in self.own:
             return "the agent or its ancestor"
         # names protect the node's own daemons, not what a tenant calls its binary: a
         # process in a container or workspace cannot opt out of enforcement by a name

@@ -19,6 +19,9 @@ _ID = struct.Struct("<QQQQQ")
 
 EVENT_KINDS = ("exec", "scan", "connect", "accept", "close", "exit", "fork")
 
+# (pid, starttime, exe device, exe inode): one process instance running one program
+InstanceKey = tuple[int, int, int, int]
+
 
 def process_identity(pid: int, ppid: int, starttime: int, exe_dev: int = 0, exe_ino: int = 0) -> int:
     """xxhash64 of (pid, ppid, starttime, exe device, exe inode).
@@ -81,6 +84,13 @@ class Process:
     @property
     def id_hex(self) -> str:
         return f"{self.id:016x}"
+
+    @property
+    def instance_key(self) -> InstanceKey:
+        """(pid, starttime, exe device, exe inode): this process running this program. Unlike
+        `id` it leaves out the ppid, which changes when the parent exits (reparenting) while
+        the process and its program stay the same; an exec into another binary changes it."""
+        return (self.pid, self.starttime, self.exe_dev, self.exe_ino)
 
     def to_json(self) -> dict[str, Any]:
         """The process as the finding and recorded-event formats carry it."""

@@ -240,7 +240,7 @@ class Consumer:
         tree = ProcessTree(ProcFS())
         tree.scan()
         metrics = Metrics()
-        judge = Judge(self.ruleset, "audit", Protection(own_pids=frozenset({os.getpid()})),
+        judge = Judge(self.ruleset, "audit", Protection.of([ProcFS().read(os.getpid())]),
                       metrics, 65536, can_act=False)
 
         def report(decisions: list[Any]) -> None:

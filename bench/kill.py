@@ -72,7 +72,7 @@ def run(trials_user: int, trials_kernel: int) -> None:
         tree = ProcessTree(fs)
         tree.scan()
         metrics = Metrics()
-        prot = Protection(own_pids=frozenset({os.getpid()}))
+        prot = Protection.of([ProcFS().read(os.getpid())])
         judge = Judge(loader.load([str(tmp / "r.yaml")]), "enforce", prot, metrics, can_act=True)
         enforcer = Enforcer(fs, ProcessTree(fs), prot)
         agent = Agent(tree, judge, lambda ds: None, metrics, 3600.0, act=enforcer.carry_out)

@@ -128,7 +128,7 @@ class LatencyConsumer:
         tree = ProcessTree(ProcFS())
         tree.scan()
         metrics = Metrics()
-        judge = Judge(self.ruleset, "audit", Protection(own_pids=frozenset({os.getpid()})),
+        judge = Judge(self.ruleset, "audit", Protection.of([ProcFS().read(os.getpid())]),
                       metrics, 65536, can_act=False)
         self.found: dict[int, tuple[int, int, int, int]] = {}   # pid -> (ktime, cb, obs, judged)
         self.via_kernel = 0

@@ -38,7 +38,7 @@ def _wait_dead(proc: subprocess.Popen, timeout: float = 5) -> bool:
 @pytest.fixture
 def enforcer() -> Enforcer:
     fs = ProcFS()
-    return Enforcer(fs, ProcessTree(fs), Protection(own_pids=frozenset({os.getpid()})))
+    return Enforcer(fs, ProcessTree(fs), Protection.of([ProcFS().read(os.getpid())]))
 
 
 def test_kill_checks_start_time_then_signals_through_a_pidfd(enforcer):

@@ -25,8 +25,8 @@ def _match(rules_from, action: str = "kill", mode: str | None = None, **proc) ->
     ({"comm": "kubelet"}, "protected name kubelet"),
 ])
 def test_protected_processes_are_refused_even_in_enforce(rules_from, proc, why):
-    d = decide(_match(rules_from, **proc), "enforce", Protection(own_pids=frozenset({555}),
-                                                                 names=frozenset({"kubelet"})))
+    prot = Protection(own=frozenset({(555, 1, 0, 0)}), names=frozenset({"kubelet"}))
+    d = decide(_match(rules_from, **proc), "enforce", prot)
     assert (d.outcome, d.reason) == ("protected", why)
 
 
@@ -52,3 +52,32 @@ def test_a_protected_name_in_a_container_or_workspace_is_not_protected():
                     container_id="ab" * 32)
     assert prot.reason(Event("exec", 0.0, boxed)) == ""
     assert prot.reason(Event("exec", 0.0, host, workspace="ws-1")) == ""
+
+
+AGENT = Process(pid=555, ppid=400, starttime=9000, comm="nodewarden", exe="/usr/bin/python3",
+                exe_dev=64769, exe_ino=1111)
+LAUNCHER = Process(pid=400, ppid=1, starttime=8000, comm="sh", exe="/usr/bin/dash",
+                   exe_dev=64769, exe_ino=2222)
+
+
+@pytest.mark.parametrize("proc,protected", [
+    (AGENT, True),
+    (LAUNCHER, True),
+    # the pid of the agent's exited launcher, recycled by a tenant's fork: another start time
+    (Process(pid=400, ppid=1, starttime=123456, comm="sh", exe="/usr/bin/dash",
+             exe_dev=64769, exe_ino=2222), False),
+    # the launcher exec'd a miner after starting the agent: same pid and start time, another
+    # executable (`sh -c 'nodewarden run & exec ./miner'`)
+    (Process(pid=400, ppid=1, starttime=8000, comm="miner", exe="/home/t/miner",
+             exe_dev=64769, exe_ino=3333), False),
+    # the same program on another device with the same inode number is another file
+    (Process(pid=400, ppid=1, starttime=8000, comm="sh", exe="/usr/bin/dash",
+             exe_dev=2049, exe_ino=2222), False),
+    # reparented after its parent exited: still the same instance and program
+    (Process(pid=400, ppid=77, starttime=8000, comm="sh", exe="/usr/bin/dash",
+             exe_dev=64769, exe_ino=2222), True),
+])
+def test_the_agent_and_its_ancestors_are_protected_as_instances_not_pids(proc, protected):
+    prot = Protection.of([AGENT, LAUNCHER], names=())
+    why = prot.reason(Event("scan", 0.0, proc))
+    assert why == ("the agent or its ancestor" if protected else "")
