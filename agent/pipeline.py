@@ -18,7 +18,7 @@ from cachetools import LRUCache
 from agent.decide import Decision, Protection, decide
 from agent.engine.ruleset import Match, RuleSet
 from agent.metrics import Metrics
-from agent.model import Event
+from agent.model import Event, InstanceKey, Process
 from agent.sources.proctree import ProcessTree
 
 log = logging.getLogger("nodewarden")
@@ -33,7 +33,9 @@ class Judge:
     """Judges events with the rules and decides what to do about each match.
 
     A process is marked seen only after it was judged, so a crash or a rules error mid-way
-    never leaves a process marked but unjudged.
+    never leaves a process marked but unjudged. Seen is keyed by the process instance and
+    its program (`Process.instance_key`), not by `id`: `id` includes the ppid, so a process
+    reparented by its parent's exit would be judged and reported again by the next scan.
     """
 
     def __init__(self, ruleset: RuleSet, mode: str = "audit", protection: Protection | None = None,
@@ -43,26 +45,25 @@ class Judge:
         self.protection = protection or Protection()
         self.metrics = metrics
         self.can_act = can_act
-        self.seen: LRUCache[int, bool] = LRUCache(maxsize=cache_size)
+        self.seen: LRUCache[InstanceKey, bool] = LRUCache(maxsize=cache_size)
         # labelled counter children, looked up once per kind rather than once per event
         self._event_counters: dict[str, Any] = {}
 
-    def judged(self, identity: int) -> bool:
-        """Whether the process with this identity was judged already. A hit refreshes its
-        LRU position (`in` alone would not), so live processes stay cached."""
-        return self.seen.get(identity) is not None
+    def judged(self, p: Process) -> bool:
+        """Whether this process, running this program, was judged already. A hit refreshes
+        its LRU position (`in` alone would not), so live processes stay cached."""
+        return self.seen.get(p.instance_key) is not None
 
     def judge(self, ev: Event) -> list[Decision]:
         """Decisions for `ev`; [] when nothing matched or a scan found a process that was
         already judged. Every exec is judged: a re-exec of the same binary with new
         arguments (`exec bash -c ...`) keeps pid, starttime and executable, so its identity,
         but it is a new program."""
-        pid_id = ev.process.id
-        if ev.kind == "scan" and self.judged(pid_id):
+        if ev.kind == "scan" and self.judged(ev.process):
             return []
         matches = self.ruleset.evaluate(ev)
         if ev.kind in _PER_PROCESS:
-            self.seen[pid_id] = True
+            self.seen[ev.process.instance_key] = True
         m = self.metrics
         if m is not None:
             counter = self._event_counters.get(ev.kind)
@@ -88,7 +89,7 @@ def scan_once(tree: ProcessTree, judge: Judge, metrics: Metrics | None = None,
     now = clock()
     out: list[Decision] = []
     for p in procs:
-        if judge.judged(p.id):
+        if judge.judged(p):
             continue  # skip building the event, not only judging it
         ev = tree.event("scan", p, now)
         out.extend(judge.judge(ev))
@@ -156,7 +157,7 @@ class Agent:
         if not killed:
             others = [d for d in self.judge.judge(ev) if d.match.rule is not rule]
         elif ev.kind == "exec":
-            self.judge.seen[ev.process.id] = True
+            self.judge.seen[ev.process.instance_key] = True
         self.metrics.rule_matches.labels(rule=rule.id, severity=rule.severity, mode=mode).inc()
         self._finish([first, *others])
 
