@@ -49,6 +49,9 @@ class Observer:
         t = raw.ts_ns / 1e9 + self._offset
         if kind == kevents.EXEC:
             read = None if raw.state == kevents.VERDICT_KILLED else self._read(raw.pid)
+            if read is not None and not (read.exe or read.cmdline):
+                # read as its leader exited: once more, through a thread that runs on
+                read = self._read(raw.pid)
             if read is None or not (read.exe or read.cmdline):
                 # killed in the kernel, gone, or read mid-exit (exe and cmdline already
                 # empty): what the kernel record says, with the start time when we have it

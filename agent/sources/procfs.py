@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.enrich.containers import cgroup_identity
 from agent.enrich.workspace import find_marker
@@ -116,6 +116,33 @@ def _read(name: str, dfd: int, limit: int) -> bytes:
         os.close(fd)
 
 
+def _live_task(pid: int, dfd: int) -> tuple[int, str] | None:
+    """A directory fd on /proc/PID/task/TID of a thread other than the leader that has not
+    exited, and its state; None when there is none (a true zombie)."""
+    try:
+        tfd = os.open("task", _DIR_FLAGS, dir_fd=dfd)
+    except OSError:
+        return None
+    try:
+        for name in os.listdir(tfd):
+            if not name.isdigit() or int(name) == pid:
+                continue
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=tfd)
+            except OSError:
+                continue
+            try:
+                state = parse_stat(_read("stat", fd, 4096)).state
+            except (OSError, ValueError):
+                state = "Z"
+            if state not in ("Z", "X"):
+                return fd, state
+            os.close(fd)
+        return None
+    finally:
+        os.close(tfd)
+
+
 class ProcFS:
     """A procfs tree at `root` (the host's /proc, a container's view, or a test fixture)."""
 
@@ -167,6 +194,13 @@ class ProcFS:
             if st.flags & PF_KTHREAD:
                 return Process(pid=st.pid, ppid=st.ppid, starttime=st.starttime, comm=st.comm,
                                uid=0, state=st.state, kthread=True)
+            if st.state == "Z":
+                # the leader exited (pthread_exit) and took its cmdline and exe along, but
+                # its threads may run on: read the process through one of them
+                live = _live_task(pid, dfd)
+                if live is not None:
+                    os.close(dfd)
+                    dfd, st = live[0], replace(st, state=live[1])
             cmdline = parse_cmdline(self._may(pid, dfd, "cmdline", CMDLINE_LIMIT))
             exe, dev, ino = self._exe(pid, dfd)
             container_id, pod_uid = cgroup_identity(
@@ -197,7 +231,18 @@ class ProcFS:
         except (ProcessGone, AccessDenied):
             return None
         try:
-            data = _read("environ", dfd, ENVIRON_LIMIT)
+            try:
+                data = _read("environ", dfd, ENVIRON_LIMIT)
+            except OSError:
+                data = b""
+            if not data:
+                # an exited thread-group leader (ESRCH): its environment is a live thread's
+                live = _live_task(pid, dfd)
+                if live is None:
+                    return None
+                os.close(dfd)
+                dfd = live[0]
+                data = _read("environ", dfd, ENVIRON_LIMIT)
         except OSError:
             return None
         finally:

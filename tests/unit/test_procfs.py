@@ -493,3 +493,39 @@ def test_read_never_carries_environ_values(host):
         p = ProcFS(str(host)).read(pid)
         assert SECRET not in repr(p)
         assert "ws-fixture" not in repr(p)
+
+
+def _thread_exited_leader(root: Path, binary: Path, live_state: str = "S") -> int:
+    """/proc/PID of a process whose main thread called pthread_exit: the leader is a zombie
+    with no cmdline, exe or environ; its second thread runs on (issue 13 defect 5)."""
+    pid, tid = 3000, 3001
+    d = root / str(pid)
+    (d / "task" / str(tid)).mkdir(parents=True)
+    (d / "task" / str(pid)).mkdir()
+    for t in (d, d / "task" / str(pid)):
+        (t / "stat").write_bytes(stat_line(pid, b"kworker", state="Z", ppid=1, flags=0x400040))
+        (t / "cmdline").write_bytes(b"")
+    live = d / "task" / str(tid)
+    (live / "stat").write_bytes(stat_line(tid, b"kworker", state=live_state, ppid=1))
+    (live / "cmdline").write_bytes(b"./kworker\0-o\0stratum+tcp://pool:3333\0")
+    (live / "exe").symlink_to(binary)
+    (live / "environ").write_bytes(b"HOME=/home/t\0WORKSPACE_ID=ws-red\0")
+    return pid
+
+
+def test_a_process_whose_leader_exited_is_read_through_a_live_thread(scratch, tmp_path):
+    binary = tmp_path / "kworker"
+    binary.write_bytes(b"\x7fELF")
+    pid = _thread_exited_leader(scratch, binary)
+    fs = ProcFS(str(scratch))
+    p = fs.read(pid)
+    assert (p.pid, p.starttime, p.state) == (pid, 4242, "S")
+    assert p.cmdline == ("./kworker", "-o", "stratum+tcp://pool:3333")
+    assert (p.exe, p.exe_ino) == (str(binary), os.stat(binary).st_ino)
+    assert fs.environ_marker(pid, DEFAULT_MARKERS) == ("WORKSPACE_ID", "ws-red")
+
+
+def test_a_process_whose_threads_all_exited_is_a_zombie(scratch, tmp_path):
+    pid = _thread_exited_leader(scratch, tmp_path / "gone", live_state="Z")
+    p = ProcFS(str(scratch)).read(pid)
+    assert (p.state, p.cmdline, p.exe) == ("Z", (), "")
