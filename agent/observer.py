@@ -20,6 +20,7 @@ from agent.model import Connection, Event, Process
 from agent.sources import kevents
 from agent.sources.kevents import RawEvent
 from agent.sources.netstate import ESTABLISHED, LISTEN, NetState
+from agent.sources.procfs import Stat
 from agent.sources.proctree import ProcessTree
 
 log = logging.getLogger("nodewarden.observer")
@@ -182,8 +183,13 @@ class Observer:
         """A process we could not read whole: what the kernel record says, completed with
         what procfs still had (a process read mid-exit keeps its stat)."""
         exe = raw.filename
+        st = self._stat_of(raw) if partial is None else None
         if partial is not None:
             ppid, starttime = partial.ppid or self._parent_of.get(raw.pid, 0), partial.starttime
+        elif st is not None:
+            # a process killed at its exec is a zombie until reaped: its stat still names
+            # its parent (whose workspace it is in) and its start time (what scans key on)
+            ppid, starttime = st.ppid, st.starttime
         else:
             # the exec's time stands in for the unreadable start time, in clock ticks, so
             # two short-lived processes that reused a pid are still two identities
@@ -191,6 +197,17 @@ class Observer:
         return Process(pid=raw.pid, ppid=ppid, starttime=starttime, comm=raw.comm or
                        (partial.comm if partial else ""), exe=exe, cmdline=(exe,) if exe else (),
                        uid=raw.uid)
+
+    def _stat_of(self, raw: RawEvent) -> Stat | None:
+        """The stat of the process a record is about, if that pid still names it: same
+        comm, started no later than the record (a recycled pid's process starts after)."""
+        try:
+            st = self.tree.procfs.stat(raw.pid)
+        except (ProcessGone, AccessDenied):
+            return None
+        if st.comm != raw.comm or st.starttime * _NS_PER_TICK > raw.ts_ns:
+            return None
+        return st
 
     def _event(self, kind: str, p: Process, t: float, ktime: int,
                conn: Connection | None = None) -> Event:

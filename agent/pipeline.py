@@ -27,6 +27,8 @@ LOSS_SCAN_GAP = 1.0
 
 # Kinds that judge a process instance: a process judged by either is not judged by a scan.
 _PER_PROCESS = ("exec", "scan")
+# /proc/PID/stat states of a process that has exited but is not reaped yet
+_DEAD = ("Z", "X")
 
 
 class Judge:
@@ -83,13 +85,16 @@ class Judge:
 def scan_once(tree: ProcessTree, judge: Judge, metrics: Metrics | None = None,
               clock: Callable[[], float] = time.time,
               on_event: Callable[[Event], None] | None = None) -> list[Decision]:
-    """One procfs pass: read every process, judge those not yet judged."""
+    """One procfs pass: read every process, judge those not yet judged. Zombies are not
+    judged: they run nothing (a process killed in the kernel at its exec is one until its
+    parent reaps it, and was reported then); a process whose main thread exited while
+    others run on is not a zombie (procfs reads it through a live thread)."""
     started = time.monotonic()
     procs = tree.scan()
     now = clock()
     out: list[Decision] = []
     for p in procs:
-        if judge.judged(p):
+        if p.state in _DEAD or judge.judged(p):
             continue  # skip building the event, not only judging it
         ev = tree.event("scan", p, now)
         out.extend(judge.judge(ev))
