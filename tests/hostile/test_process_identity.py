@@ -104,9 +104,11 @@ def _after_scans(agent, n: int, timeout: float = 15) -> None:
 # -- defect 4: a launcher that execs into a workspace ----------------------------------------
 
 @pytest.mark.parametrize("launch", [
-    ["env", f"WORKSPACE_ID={WORKSPACE}", "sh", "-c", 'exec ./sshd --url "$POOL"'],
-    ["env", "-i", f"WORKSPACE_ID={WORKSPACE}", "PATH=/usr/bin:/bin",
-     "bash", "-c", "exec ./sshd --url " + POOL_QUOTED],
+    # the first exec (sh, without the marker) is seen before the next ones
+    ["sh", "-c", f"sleep 0.3; exec env WORKSPACE_ID={WORKSPACE} "
+                 "sh -c 'exec ./sshd --url \"$POOL\"'"],
+    ["sh", "-c", f"sleep 0.3; exec env -i WORKSPACE_ID={WORKSPACE} PATH=/usr/bin:/bin "
+                 f"bash -c 'exec ./sshd --url {POOL_QUOTED}'"],
 ], ids=["env", "env-i"])
 def test_a_launcher_that_execs_into_a_workspace_is_in_it(
         ebpf, tenant: Tenant, start_agent, programs, tmp_path, launch):
@@ -215,7 +217,7 @@ def test_a_launcher_that_execs_a_miner_after_starting_the_agent_is_not_protected
     launcher = subprocess.Popen(["sh", "-c", script], cwd=Path.cwd())
     agent_pid = 0
     try:
-        rc = _wait_exit(launcher, 60)
+        rc = _wait_exit(launcher, 20)
         agent_pid = int(pidfile.read_text())
         assert rc == -signal.SIGKILL, err.read_text()
         deadline = time.monotonic() + 10
@@ -274,6 +276,7 @@ def test_a_reparented_process_is_reported_once(
 ZOMBIE_PARENT = """
 import os, sys, time
 if os.fork() == 0:
+    time.sleep(0.05)    # exec a few clock ticks after the fork, as a shell would
     os.execv(sys.argv[1], [sys.argv[1]])
 time.sleep(60)          # never reaps: the child killed at its exec stays a zombie
 """
