@@ -4,6 +4,7 @@ observer's attribution of exec, fork, exit, connect, accept and close."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 from pathlib import Path
 
@@ -220,3 +221,71 @@ def test_exec_read_mid_exit_keeps_the_kernel_records_filename(tmp_path):
     ev = obs.handle(raw(record(kevents.EXEC, 321, comm=b"xmrig", filename=b"/tmp/xmrig")))
     assert ev is not None
     assert (ev.process.exe, ev.process.cmdline, ev.process.starttime) == ("/tmp/xmrig", ("/tmp/xmrig",), 777)
+
+
+def _killed_exec(pid: int, comm: bytes, ts: int) -> RawEvent:
+    """An exec record whose process an in-kernel rule killed."""
+    return decode(NW_EVENT_FORMAT.pack(ts, kevents.EXEC, pid, 0, 1001, 0, 0, 0, 0,
+                                       kevents.VERDICT_KILLED, b"\0" * 16, b"\0" * 16, comm,
+                                       b"/home/t/nwkilled") + b"\0" * 4)
+
+
+def _zombie(root: Path, pid: int, ppid: int, comm: str, starttime: int) -> None:
+    d = root / str(pid)
+    d.mkdir(parents=True)
+    fields = [str(pid), f"({comm})", "Z", str(ppid)] + ["0"] * 17 + [str(starttime)] + ["0"] * 30
+    (d / "stat").write_text(" ".join(fields) + "\n")
+
+
+def test_a_process_killed_in_the_kernel_has_its_own_start_time_and_parents_workspace(tmp_path):
+    """Issue 13 defect 12: the zombie's stat gives the start time a scan would key on and
+    the parent whose workspace it is in, even when its fork record was not seen."""
+    root = tmp_path / "proc"
+    shutil.copytree(FIXTURE, root, symlinks=True)
+    tree = ProcessTree(ProcFS(str(root)))
+    tree.scan()
+    obs = Observer(tree, NetState(str(root)))
+    parent = next(pid for pid in tree.procs if tree.workspace_of(pid))
+    tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    _zombie(root, 5555, parent, "nwkilled", starttime=700)
+    ev = obs.handle(_killed_exec(5555, b"nwkilled", ts=710 * tick))
+    assert ev is not None and ev.kernel_verdict == (0, True)
+    assert (ev.process.starttime, ev.process.ppid) == (700, parent)
+    assert ev.workspace == tree.workspace_of(parent) != ""
+    # a later process on a recycled pid (it started after the record) is not taken for it
+    _zombie(root, 5556, parent, "nwkilled", starttime=900)
+    ev = obs.handle(_killed_exec(5556, b"nwkilled", ts=710 * tick))
+    assert ev is not None and (ev.process.starttime, ev.process.ppid, ev.workspace) == (710, 0, "")
+
+
+def test_judged_once_per_instance_and_program_whatever_its_parent(tmp_path):
+    """A scan after reparenting (new ppid, so a new `id`) judges nothing again; another
+    program in the same process (an exec) is judged again."""
+    from agent.engine import loader
+    from agent.model import Event, Process
+    from agent.pipeline import Judge
+
+    rules = tmp_path / "r.yaml"
+    rules.write_text("rules:\n  - id: any\n    match: {proc.name: {equals: miner}}\n")
+    judge = Judge(loader.load([str(rules)]))
+    first = Process(pid=40, ppid=30, starttime=5, comm="miner", exe_dev=1, exe_ino=2)
+    assert len(judge.judge(Event("exec", 0.0, first))) == 1
+    reparented = Process(pid=40, ppid=1, starttime=5, comm="miner", exe_dev=1, exe_ino=2)
+    assert reparented.id != first.id   # the finding's id names the parent too (DESIGN.md)
+    assert judge.judged(reparented)
+    assert judge.judge(Event("scan", 0.0, reparented)) == []
+    execed = Process(pid=40, ppid=1, starttime=5, comm="miner", exe_dev=1, exe_ino=3)
+    assert len(judge.judge(Event("scan", 0.0, execed))) == 1
+
+
+def test_scans_do_not_judge_zombies(tmp_path):
+    from agent.engine import loader
+    from agent.pipeline import Judge, scan_once
+
+    root = tmp_path / "proc"
+    _zombie(root, 77, 1, "miner", starttime=5)
+    rules = tmp_path / "r.yaml"
+    rules.write_text("rules:\n  - id: any\n    match: {proc.name: {equals: miner}}\n")
+    assert scan_once(ProcessTree(ProcFS(str(root))), Judge(loader.load([str(rules)]))) == []
+    (root / "77" / "stat").write_text((root / "77" / "stat").read_text().replace(" Z ", " S "))
+    assert len(scan_once(ProcessTree(ProcFS(str(root))), Judge(loader.load([str(rules)])))) == 1
