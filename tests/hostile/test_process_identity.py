@@ -152,7 +152,8 @@ def test_a_miner_whose_main_thread_exits_is_found_on_exec(
     config, rules = _config(tmp_path, "audit")
     agent = start_agent(config, "--rules", rules)
     exe = tenant.binary("nwworker", str(programs["thread_exit"]))
-    found = _thread_exit_miners(agent, tenant, exe, 10)
+    # idle, the agent often reads a process before its main thread is gone: 20 tries
+    found = _thread_exit_miners(agent, tenant, exe, 20)
     _assert_seen_whole(found, exe)
 
 
