@@ -125,6 +125,18 @@ def test_a_launcher_that_execs_into_a_workspace_is_in_it(
     assert _wait_exit(p) == -signal.SIGKILL
 
 
+def test_a_launcher_that_execs_into_a_workspace_gets_the_workspace_rules(
+        ebpf, tenant: Tenant, start_agent, programs, tmp_path):
+    """The shipped rule for namespace tools in a workspace sees `exec unshare -Ur` there."""
+    agent = start_agent("mode: audit\nscan_interval: 3600\n")
+    tenant.binary("unshare", str(programs["spin"]))   # a stand-in that runs until killed
+    p = tenant.spawn(["sh", "-c", f"sleep 0.3; exec env WORKSPACE_ID={WORKSPACE} "
+                                  "sh -c 'exec ./unshare -Ur'"], env={"WORKSPACE_ID": ""})
+    f = agent.finding(lambda f: f["process"]["pid"] == p.pid
+                      and f["rule"] == "namespace-tool-in-workspace")
+    assert f["workspace"] == {"id": WORKSPACE}, f
+
+
 # -- defect 5: a miner whose main thread exits -----------------------------------------------
 
 def _thread_exit_miners(agent, tenant: Tenant, exe: Path, trials: int) -> list[dict]:
