@@ -20,13 +20,14 @@ from agent.sources.procfs import ProcFS
 
 MAX_ANCESTORS = 64
 
-# A process's workspace as last read, and the program it was read for (exe dev, inode,
-# cmdline): an empty answer holds only while the program is the same.
-_Known = tuple[str, int, int, tuple[str, ...]]
+# A process's workspace as last read, and the program it was read for (exe dev, inode): an
+# empty answer holds only while the program is the same. (An exec of the same binary with
+# only a new environment is seen by its exec event, not by a scan.)
+_Known = tuple[str, int, int]
 
 
 def _known(ws: str, p: Process) -> _Known:
-    return (ws, p.exe_dev, p.exe_ino, p.cmdline)
+    return (ws, p.exe_dev, p.exe_ino)
 
 
 class ProcessTree:
