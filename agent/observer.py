@@ -20,7 +20,6 @@ from agent.model import Connection, Event, Process
 from agent.sources import kevents
 from agent.sources.kevents import RawEvent
 from agent.sources.netstate import ESTABLISHED, LISTEN, NetState
-from agent.sources.procfs import Stat
 from agent.sources.proctree import ProcessTree
 
 log = logging.getLogger("nodewarden.observer")
@@ -49,8 +48,11 @@ class Observer:
         kind = raw.kind
         t = raw.ts_ns / 1e9 + self._offset
         if kind == kevents.EXEC:
-            read = None if raw.state == kevents.VERDICT_KILLED else self._read(raw.pid)
-            if read is not None and not (read.exe or read.cmdline):
+            killed = raw.state == kevents.VERDICT_KILLED
+            read = self._read(raw.pid)
+            if killed and read is not None and not _started_by(read, raw):
+                read = None   # reaped already, and the pid names a later process
+            elif not killed and read is not None and not (read.exe or read.cmdline):
                 # read as its leader exited: once more, through a thread that runs on
                 read = self._read(raw.pid)
             if read is None or not (read.exe or read.cmdline):
@@ -183,13 +185,10 @@ class Observer:
         """A process we could not read whole: what the kernel record says, completed with
         what procfs still had (a process read mid-exit keeps its stat)."""
         exe = raw.filename
-        st = self._stat_of(raw) if partial is None else None
         if partial is not None:
-            ppid, starttime = partial.ppid or self._parent_of.get(raw.pid, 0), partial.starttime
-        elif st is not None:
-            # a process killed at its exec is a zombie until reaped: its stat still names
+            # e.g. a process killed at its exec, a zombie until reaped: its stat still names
             # its parent (whose workspace it is in) and its start time (what scans key on)
-            ppid, starttime = st.ppid, st.starttime
+            ppid, starttime = partial.ppid or self._parent_of.get(raw.pid, 0), partial.starttime
         else:
             # the exec's time stands in for the unreadable start time, in clock ticks, so
             # two short-lived processes that reused a pid are still two identities
@@ -198,23 +197,18 @@ class Observer:
                        (partial.comm if partial else ""), exe=exe, cmdline=(exe,) if exe else (),
                        uid=raw.uid)
 
-    def _stat_of(self, raw: RawEvent) -> Stat | None:
-        """The stat of the process a record is about, if that pid still names it: same
-        comm, started no later than the record (a recycled pid's process starts after)."""
-        try:
-            st = self.tree.procfs.stat(raw.pid)
-        except (ProcessGone, AccessDenied):
-            return None
-        if st.comm != raw.comm or st.starttime * _NS_PER_TICK > raw.ts_ns:
-            return None
-        return st
-
     def _event(self, kind: str, p: Process, t: float, ktime: int,
                conn: Connection | None = None) -> Event:
         ev = self.tree.event(kind, p, t)
         ev.connection = conn
         ev.ktime_ns = ktime
         return ev
+
+
+def _started_by(p: Process, raw: RawEvent) -> bool:
+    """Whether `p` (read after the fact) is the process the record is about: the same comm,
+    started no later than the record (a process on a recycled pid starts after it)."""
+    return p.comm == raw.comm and p.starttime * _NS_PER_TICK <= raw.ts_ns
 
 
 def _family(af: int) -> str:

@@ -162,7 +162,11 @@ class Agent:
         if not killed:
             others = [d for d in self.judge.judge(ev) if d.match.rule is not rule]
         elif ev.kind == "exec":
-            self.judge.seen[ev.process.instance_key] = True
+            # and as a scan may read it until it is a zombie: with its executable, then
+            # without (gone with its memory at exit)
+            p = ev.process
+            self.judge.seen[p.instance_key] = True
+            self.judge.seen[(p.pid, p.starttime, 0, 0)] = True
         self.metrics.rule_matches.labels(rule=rule.id, severity=rule.severity, mode=mode).inc()
         self._finish([first, *others])
 

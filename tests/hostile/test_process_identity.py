@@ -306,8 +306,11 @@ def test_a_process_killed_in_the_kernel_is_reported_once_in_its_workspace(
     assert (f["outcome"], f.get("reason")) == ("killed", "in-kernel"), f
     assert f["workspace"] == {"id": WORKSPACE}, f
     pid = f["process"]["pid"]
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    assert (stat[0], int(stat[1])) == ("Z", parent.pid)
+    deadline = time.monotonic() + 5
+    while (stat := Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split())[0] != "Z":
+        assert time.monotonic() < deadline, stat   # killed: exiting, a zombie soon
+        time.sleep(0.01)
+    assert int(stat[1]) == parent.pid
     assert f["process"]["starttime"] == int(stat[19]), "not the process's own start time"
     _after_scans(agent, 3)
     mine = [g for g in agent.all_findings if g["process"]["pid"] == pid]
