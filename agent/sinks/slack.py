@@ -86,7 +86,8 @@ def _clip(s: str, n: int) -> str:
     """Workload-controlled text made inert in mrkdwn: one line of printable text
     (agent/text.py), no code-span breakout, no <!channel> or <http://link|label> (Slack's
     control sequences need < and >, escaped as entities)."""
-    s = human(s[:n]).replace("`", "'").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    s = human(s[:n])
+    s = s.replace("`", "'").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
