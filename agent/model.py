@@ -203,4 +203,5 @@ class Event:
 
 
 def _ancestor_json(p: Process) -> dict[str, Any]:
-    return {"pid": p.pid, "comm": p.comm, "exe": p.exe, "cmdline": list(p.cmdline)}
+    return {"pid": p.pid, "comm": p.comm, "exe": p.exe, "cmdline": list(p.cmdline),
+            "cmdline_truncated": p.cmdline_cut > 0}

@@ -137,7 +137,8 @@ class CmdlineBudget:
             return
         with self._lock:
             self.held += size
-        weakref.finalize(p, self._release, size)
+        # not at exit: nothing is left to account for then
+        weakref.finalize(p, self._release, size).atexit = False
 
     def _release(self, size: int) -> None:
         with self._lock:

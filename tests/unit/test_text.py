@@ -74,7 +74,9 @@ def test_kernel_record_names_decode_reversibly():
 def test_a_recorded_event_round_trips_bytes_and_the_cut():
     p = Process(pid=7, ppid=1, starttime=5, comm=text.decode(b"k\xff"), exe=text.decode(BAD),
                 cmdline=(text.decode(BAD), "x"), cmdline_cut=1234)
-    again = event_from_json(json.loads(text.json_line(Event("exec", 1.0, p).to_json()))).process
+    ev = event_from_json(json.loads(text.json_line(Event("exec", 1.0, p, (p,)).to_json())))
+    again = ev.process
+    assert ev.ancestors[0].cmdline_truncated and text.encode(ev.ancestors[0].exe) == BAD
     assert (text.encode(again.exe), text.encode(again.comm)) == (BAD, b"k\xff")
     assert (again.cmdline, again.cmdline_cut, again.cmdline_truncated) == (p.cmdline, 1234, True)
     assert process_from_json({"exe": "/x", "cmdline_truncated": True}).cmdline_truncated
