@@ -77,7 +77,7 @@ class _CmdlineCollector:
         yield GaugeMetricFamily("nodewarden_cmdline_budget_bytes",
                                 "Past this, command lines keep a small head and tail", b.limit)
         cut = CounterMetricFamily("nodewarden_cmdlines_cut",
-                                  "Command lines of which only the head and tail were kept: "
+                                  "Processes whose command line kept only its head and tail: "
                                   "too long, or the budget was spent", labels=["reason"])
         for reason, n in sorted(b.cut.items()):
             cut.add_metric([reason], n)

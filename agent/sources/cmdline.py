@@ -28,6 +28,8 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cachetools import LRUCache
+
 if TYPE_CHECKING:
     from agent.model import Process
 
@@ -117,8 +119,10 @@ class CmdlineBudget:
     def __init__(self, limit: int = BUDGET) -> None:
         self.limit = limit
         self.held = 0
-        # command lines of which only the head and tail were kept, by why
+        # processes whose command line kept only its head and tail, by why; each counted
+        # once, not on every scan that reads it again
         self.cut = {"long": 0, "budget": 0}
+        self._counted: LRUCache[int, bool] = LRUCache(maxsize=65536)
         # re-entrant: a release can run inside `hold` when a collection frees a Process
         self._lock = threading.RLock()
 
@@ -130,8 +134,10 @@ class CmdlineBudget:
         """Count `p`'s argv (read as `raw`) until `p` is freed."""
         if raw.cut:
             with self._lock:
-                # a cut head shorter than HEAD was cut by a tight allowance
-                self.cut["long" if len(raw.head) >= HEAD else "budget"] += 1
+                if self._counted.get(p.id) is None:
+                    self._counted[p.id] = True
+                    # a cut head shorter than HEAD was cut by a tight allowance
+                    self.cut["long" if len(raw.head) >= HEAD else "budget"] += 1
         size = held_size(p.cmdline)
         if not size:
             return

@@ -169,10 +169,14 @@ def test_memory_does_not_follow_the_tenants_argv(tenant, start_agent):
     assert held < 80 * 4 * 32 * 1024 + 16 * MiB
 
 
-def test_a_miner_behind_300_kb_of_argv_padding_is_found(tenant, start_agent):
+@pytest.mark.parametrize("bpf", [pytest.param("required", marks=pytest.mark.ebpf), "off"])
+def test_a_miner_behind_300_kb_of_argv_padding_is_found(tenant, start_agent, request, bpf):
     """`-o stratum+tcp://...` after 300 kB of junk: the tail of the command line is kept
-    and judged, and the cut is reported as such in the workspace."""
-    agent = start_agent("bpf: 'off'\nscan_interval: 0.5\n")
+    and judged (from the exec event with eBPF, else the proc connector or a scan), and the
+    cut is reported as such in the workspace."""
+    if bpf == "required":
+        request.getfixturevalue("ebpf")
+    agent = start_agent(f"bpf: '{bpf}'\nscan_interval: 0.5\n")
     miner = tenant.binary("kthreadd", "/bin/sh")
     url = b"stratum+tcp://pool.example:3333"
     p = tenant.spawn([miner, b"-c", b"sleep 60", b"kthreadd", *tenant_argv(300 * 1000),
@@ -185,7 +189,7 @@ def test_a_miner_behind_300_kb_of_argv_padding_is_found(tenant, start_agent):
 
     wait_for("both findings", lambda: len(found()) == 2, agent)
     f = found()["crypto-miner-args"]
-    assert f["outcome"] == "would_kill"
+    assert f["outcome"] == "would_kill" and f["source"] == "exec"
     assert f["process"]["cmdline"][-2:] == ["-o", url.decode()]
     assert f["process"]["cmdline_truncated"] is True
     assert f["process"]["cmdline_cut_bytes"] > 250 * 1000

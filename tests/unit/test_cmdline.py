@@ -64,12 +64,13 @@ def test_on_the_real_procfs_the_tail_is_read_at_its_offset():
 
 @pytest.fixture
 def long_proc(tmp_path: Path) -> Path:
-    """A fake /proc with pid 1302 whose cmdline is 100 KiB long."""
-    d = tmp_path / "proc" / "1302"
-    d.mkdir(parents=True)
-    (d / "stat").write_bytes(b"1302 (kw) S 1 1302 1302 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 "
-                             b"5000 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n")
-    (d / "cmdline").write_bytes(b"kw\0" + b"\xff" * 100 * 1024 + b"\0end\0")
+    """A fake /proc with pids 1302 and 1303 whose cmdlines are 100 KiB long."""
+    for pid in (1302, 1303):
+        d = tmp_path / "proc" / str(pid)
+        d.mkdir(parents=True)
+        (d / "stat").write_bytes(b"%d (kw) S 1 1302 1302 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 "
+                                 b"5000 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n" % pid)
+        (d / "cmdline").write_bytes(b"kw\0" + b"\xff" * 100 * 1024 + b"\0end\0")
     return tmp_path / "proc"
 
 
@@ -78,10 +79,11 @@ def test_past_the_budget_new_command_lines_keep_less(long_proc):
     procfs = ProcFS(str(long_proc), budget)
     first = procfs.read(1302)
     assert len(first.cmdline[1]) == HEAD - 3 and budget.held > 1
-    second = procfs.read(1302)
+    second = procfs.read(1303)
     assert len(second.cmdline[1]) == TIGHT_HEAD - 3 and second.cmdline[-1] == "end"
+    again = procfs.read(1302)  # the next scan: the same process is not counted again
     assert budget.cut == {"long": 1, "budget": 1}
-    del first, second
+    del first, second, again
     gc.collect()
     assert budget.held == 0  # released with the processes
 
