@@ -110,7 +110,7 @@ class Process:
             "comm": self.comm,
             "exe": self.exe,
             "cmdline": list(self.cmdline),
-            "cmdline_truncated": self.cmdline_cut > 0,
+            "cmdline_truncated": self.cmdline_truncated,
             "cmdline_cut_bytes": self.cmdline_cut,
             "uid": self.uid,
             "netns": self.netns,
@@ -204,4 +204,4 @@ class Event:
 
 def _ancestor_json(p: Process) -> dict[str, Any]:
     return {"pid": p.pid, "comm": p.comm, "exe": p.exe, "cmdline": list(p.cmdline),
-            "cmdline_truncated": p.cmdline_cut > 0}
+            "cmdline_truncated": p.cmdline_truncated}
