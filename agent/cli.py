@@ -7,7 +7,6 @@ when they found something, every command exits 2 on bad input, never with a trac
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -34,6 +33,7 @@ from agent.sinks.findings import FindingWriter, finding
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
 from agent.sources.recorded import EventFormatError, read_events
+from agent.text import json_line
 
 log = logging.getLogger("nodewarden")
 
@@ -250,6 +250,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     fmt = args.format or ("table" if out.isatty() else "json")
     writer = FindingWriter(out, fmt)
     tree = ProcessTree(ProcFS(cfg.proc_root), cfg.workspace_markers)
+    metrics.watch_cmdlines(tree.procfs.cmdlines)
     protection = _protection(cfg)
     judge = Judge(ruleset, cfg.mode, protection, metrics, cfg.process_cache_size, can_act=True)
     enforcer = Enforcer(tree.procfs, ProcessTree(tree.procfs, cfg.workspace_markers), protection)
@@ -258,7 +259,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     def record(ev: Event) -> None:
         assert record_file is not None
-        record_file.write(json.dumps(ev.to_json(), separators=(",", ":")) + "\n")
+        record_file.write(json_line(ev.to_json()) + "\n")
 
     slack = _slack_sink(cfg, metrics)
     kube = _KubeParts(cfg, metrics, enforcer, tree)

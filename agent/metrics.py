@@ -6,9 +6,13 @@ outcomes. Never a pid, a cmdline or an error text.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from agent import __version__
+from agent.sources.cmdline import CmdlineBudget
 
 
 class Metrics:
@@ -50,7 +54,31 @@ class Metrics:
         for sensor in ("procfs", "exec", "tcp", "proc_connector"):
             self.sensor_up.labels(sensor=sensor).set(0)
 
+    def watch_cmdlines(self, budget: CmdlineBudget) -> None:
+        """Export the command-line budget (held bytes, limit, command lines cut)."""
+        self.registry.register(_CmdlineCollector(budget))
+
     def set_ruleset(self, digest: str, count: int) -> None:
         self.ruleset_info.clear()
         self.ruleset_info.labels(hash=digest).set(1)
         self.rules_loaded.set(count)
+
+
+class _CmdlineCollector:
+    """The command-line budget as metrics, read when scraped."""
+
+    def __init__(self, budget: CmdlineBudget) -> None:
+        self.budget = budget
+
+    def collect(self) -> Iterator[Metric]:
+        b = self.budget
+        yield GaugeMetricFamily("nodewarden_cmdline_bytes",
+                                "Memory held by the command lines of known processes", b.held)
+        yield GaugeMetricFamily("nodewarden_cmdline_budget_bytes",
+                                "Past this, command lines keep a small head and tail", b.limit)
+        cut = CounterMetricFamily("nodewarden_cmdlines_cut",
+                                  "Processes whose command line kept only its head and tail: "
+                                  "too long, or the budget was spent", labels=["reason"])
+        for reason, n in sorted(b.cut.items()):
+            cut.add_metric([reason], n)
+        yield cut

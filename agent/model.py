@@ -36,12 +36,17 @@ def process_identity(pid: int, ppid: int, starttime: int, exe_dev: int = 0, exe_
     )
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class Process:
     """One process as procfs (or an exec event) describes it.
 
     `starttime` is in clock ticks since boot (field 22 of /proc/PID/stat): with the pid it
     names one process instance, which is what kills are checked against.
+
+    The command line is held once, as `cmdline` (argv); the joined text and the arguments
+    are views made when a rule asks. `cmdline_cut` is how many bytes were left out of its
+    middle (agent/sources/cmdline.py). Text that was not UTF-8 holds surrogate escapes
+    (agent/text.py). A weak reference lets the command-line budget see it freed.
     """
 
     pid: int
@@ -50,6 +55,7 @@ class Process:
     comm: str
     exe: str = ""
     cmdline: tuple[str, ...] = ()
+    cmdline_cut: int = 0
     uid: int = -1
     state: str = "R"
     kthread: bool = False
@@ -63,8 +69,6 @@ class Process:
     # derived, filled in __post_init__
     exe_name: str = field(init=False, default="")
     argv0: str = field(init=False, default="")
-    args: tuple[str, ...] = field(init=False, default=())
-    cmdline_str: str = field(init=False, default="")
     id: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -77,8 +81,6 @@ class Process:
             # a setproctitle'd title ("sshd: /usr/sbin/sshd -D [listener]"): its first word
             first = first.split(" ", 1)[0].rstrip(":")
         self.argv0 = os.path.basename(first)
-        self.args = cmd[1:]
-        self.cmdline_str = " ".join(cmd)
         self.id = process_identity(self.pid, self.ppid, self.starttime, self.exe_dev, self.exe_ino)
 
     @property
@@ -92,6 +94,22 @@ class Process:
         the process and its program stay the same; an exec into another binary changes it."""
         return (self.pid, self.starttime, self.exe_dev, self.exe_ino)
 
+    @property
+    def args(self) -> tuple[str, ...]:
+        """argv[1:]."""
+        return self.cmdline[1:]
+
+    @property
+    def cmdline_str(self) -> str:
+        """argv joined with spaces (made on each use: a copy held would double the memory
+        a long command line takes)."""
+        return " ".join(self.cmdline)
+
+    @property
+    def cmdline_truncated(self) -> bool:
+        """Whether the middle of an over-long command line was left out."""
+        return self.cmdline_cut > 0
+
     def to_json(self) -> dict[str, Any]:
         """The process as the finding and recorded-event formats carry it."""
         return {
@@ -102,6 +120,8 @@ class Process:
             "comm": self.comm,
             "exe": self.exe,
             "cmdline": list(self.cmdline),
+            "cmdline_truncated": self.cmdline_truncated,
+            "cmdline_cut_bytes": self.cmdline_cut,
             "uid": self.uid,
             "netns": self.netns,
         }
@@ -193,4 +213,5 @@ class Event:
 
 
 def _ancestor_json(p: Process) -> dict[str, Any]:
-    return {"pid": p.pid, "comm": p.comm, "exe": p.exe, "cmdline": list(p.cmdline)}
+    return {"pid": p.pid, "comm": p.comm, "exe": p.exe, "cmdline": list(p.cmdline),
+            "cmdline_truncated": p.cmdline_truncated}

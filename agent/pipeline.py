@@ -20,6 +20,7 @@ from agent.engine.ruleset import Match, RuleSet
 from agent.metrics import Metrics
 from agent.model import Event, InstanceKey, Process
 from agent.sources.proctree import ProcessTree
+from agent.text import human
 
 log = logging.getLogger("nodewarden")
 
@@ -186,10 +187,11 @@ class Agent:
             self.metrics.actions.labels(action=d.match.rule.action, outcome=d.outcome).inc()
             if d.outcome == "protected":
                 p = d.match.event.process
-                # comm is the workload's choice: escaped, so a newline cannot forge a line
+                # comm and the reason (which names the executable) are the workload's
+                # choice: escaped, so a newline in a file name cannot forge a line
                 log.warning("PROTECTED: rule %s wanted to %s pid %d (%s), refused: %s",
-                            d.match.rule.id, d.match.rule.action, p.pid,
-                            p.comm.encode("unicode_escape").decode("ascii"), d.reason)
+                            d.match.rule.id, d.match.rule.action, p.pid, human(p.comm),
+                            human(d.reason))
         self.report(done)
 
     def run(self, stop: threading.Event, sensor: Any = None, observer: Any = None,

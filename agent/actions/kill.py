@@ -26,6 +26,7 @@ from agent.errors import AccessDenied, ProcessGone
 from agent.model import Event
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
+from agent.text import human
 
 log = logging.getLogger("nodewarden.actions")
 
@@ -76,7 +77,7 @@ class Enforcer:
             res = Outcome("failed", f"{type(e).__name__}: {e.strerror}")
         if res.outcome == "failed":
             log.error("%s of pid %d for rule %s failed: %s", action, ev.process.pid,
-                      d.match.rule.id, res.detail)
+                      d.match.rule.id, human(res.detail))
         return replace(d, outcome=res.outcome, reason=res.detail or d.reason)
 
     def _delete_pod(self, ev: Event) -> str:
@@ -159,8 +160,8 @@ class Enforcer:
             for fd in stopped.values():
                 os.close(fd)
         if protected:
-            log.warning("kill-workspace %s: left protected processes alone: %s", workspace,
-                        ", ".join(protected))
+            log.warning("kill-workspace %s: left protected processes alone: %s",
+                        human(workspace), human(", ".join(protected)))
         if killed == 0:
             return Outcome("gone", f"no process of workspace {workspace} left")
         return Outcome("killed", f"{killed} processes of workspace {workspace}")

@@ -24,6 +24,7 @@ from agent.engine.kernel import connect_spec, exec_spec
 from agent.engine.ruleset import Example, Predicate, Rule, RuleSet
 from agent.engine.schema import (
     ACTIONS,
+    BOOL,
     CONNECTION_KINDS,
     EXE_DIR_INDEX,
     INDEXED_FIELDS,
@@ -44,6 +45,7 @@ from agent.engine.windows import Window
 from agent.errors import RuleError, RuleProblem
 from agent.model import Event
 from agent.sources.recorded import EventFormatError, event_from_json
+from agent.text import escape_surrogates
 
 TOP_KEYS = ("lists", "macros", "rules", "overrides")
 RULE_KEYS = ("id", "description", "severity", "action", "mode", "enabled", "tags", "on",
@@ -357,6 +359,11 @@ class _Compiler:
         if typ == IP and op in ("equals", "in"):
             ints = frozenset(self.ip(v, name, line) for v in values)
             return ints.__contains__
+        if typ == BOOL:
+            if len(values) != 1 or not isinstance(values[0], bool):
+                raise self.fail(line, f"{name} is a boolean: 'equals' takes true or false")
+            want = values[0]
+            return lambda v: v is want
         if typ in (INT, PORT) and op in ("equals", "in"):
             for v in values:
                 if isinstance(v, bool) or not isinstance(v, int):
@@ -408,7 +415,16 @@ class _Compiler:
                                       f"backreferences or lookaround") from None
         rx = re2.compile("|".join(f"(?:{p})" for p in patterns), _RE2_OPTIONS)
         search = rx.search
-        return lambda v: search(v) is not None
+
+        def test(v: str) -> bool:
+            try:
+                return search(v) is not None
+            except UnicodeEncodeError:
+                # bytes that were not UTF-8 (lone surrogates, agent/text.py): RE2 takes
+                # UTF-8, so it sees them as the `\udcNN` escapes the findings show
+                return search(escape_surrogates(v)) is not None
+
+        return test
 
     def ip(self, v: Any, name: str, line: int) -> int:
         try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.model import Event
 
-STR, INT, PORT, IP, STRS = "string", "integer", "port", "ip", "list of strings"
+STR, INT, PORT, IP, STRS, BOOL = "string", "integer", "port", "ip", "list of strings", "boolean"
 
 Getter = Callable[[Event], Any]
 
@@ -47,6 +47,8 @@ _PROC_ATTRS: tuple[tuple[str, str, str, str], ...] = (
     ("cmdline", "cmdline_str", STR, "argv joined with spaces"),
     ("args", "args", STRS, "argv[1:], each argument a token"),
     ("argv", "cmdline", STRS, "argv including argv[0]"),
+    ("cmdline_truncated", "cmdline_truncated", BOOL,
+     "the command line was too long: only its head and tail are kept (and tested)"),
     ("uid", "uid", INT, "effective uid"),
     ("pid", "pid", INT, "process id"),
     ("ppid", "ppid", INT, "parent process id"),
@@ -160,6 +162,7 @@ OPERATORS: dict[str, tuple[str, ...]] = {
     INT: ("equals", "in", "exists"),
     PORT: ("equals", "in", "ports", "exists"),
     IP: ("equals", "in", "cidr", "exists"),
+    BOOL: ("equals", "exists"),
 }
 ALL_OPERATORS = sorted({op for ops in OPERATORS.values() for op in ops})
 

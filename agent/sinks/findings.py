@@ -5,13 +5,14 @@ A finding carries the marker's workspace id but never another environ value.
 
 from __future__ import annotations
 
-import json
+import codecs
 import time as _time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from agent.decide import Decision
+from agent.text import human, json_line
 
 
 def iso_time(t: float) -> str:
@@ -49,14 +50,10 @@ def finding(decision: Decision, host: str, now: float | None = None) -> dict[str
     return out
 
 
-def json_line(f: dict[str, Any]) -> str:
-    return json.dumps(f, separators=(",", ":"), ensure_ascii=False)
-
-
 def _cell(v: Any, width: int) -> str:
     s = "-" if v in (None, "") else str(v)
     # a hostile comm or cmdline must not forge table rows or terminal escapes
-    s = s.encode("unicode_escape").decode("ascii")
+    s = human(s[:width])
     return s if len(s) <= width else s[: width - 1] + "…"
 
 
@@ -82,15 +79,27 @@ class FindingWriter:
         self.out = out
         self.fmt = fmt
         self.count = 0
+        # a stream that cannot carry UTF-8 gets every non-ASCII character as an escape
+        self.ascii_only = not _is_utf8(getattr(out, "encoding", None) or "utf-8")
 
     def write(self, findings: Sequence[dict[str, Any]]) -> None:
         for f in findings:
             if self.fmt == "json":
-                self.out.write(json_line(f) + "\n")
+                self.out.write(json_line(f, self.ascii_only) + "\n")
             else:
                 if self.count == 0:
                     self.out.write(table_header() + "\n")
-                self.out.write(table_row(f) + "\n")
+                row = table_row(f)
+                if self.ascii_only:
+                    row = row.encode("ascii", "backslashreplace").decode("ascii")
+                self.out.write(row + "\n")
             self.count += 1
         if findings:
             self.out.flush()
+
+
+def _is_utf8(encoding: str) -> bool:
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False

@@ -33,6 +33,7 @@ import xxhash
 from agent.kubeapi import TIMEOUTS, status_of
 from agent.metrics import Metrics
 from agent.sinks.ratelimit import TokenBucket
+from agent.text import human
 
 log = logging.getLogger("nodewarden.kubernetes")
 
@@ -56,8 +57,16 @@ def event_message(f: dict[str, Any]) -> str:
     """What `kubectl describe pod` shows: rule, outcome, process, and the rule's message."""
     p = f["process"]
     text = (f"[{f['severity']}] {f['rule']}: {f['outcome']} ({f['mode']}), pid {p['pid']} "
-            f"{p['comm']}: {f['message']}")
+            f"{human(p['comm'])}: {human(f['message'][:MESSAGE_LIMIT])}")
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
+
+
+def _kept(f: dict[str, Any]) -> dict[str, Any]:
+    """What a series keeps of a finding for its Event: not the command line, which could be
+    held for `dedupe_seconds` in each of `max_series` series."""
+    p = f["process"]
+    return {**f, "process": {"pid": p["pid"], "comm": p["comm"]},
+            "message": f["message"][:MESSAGE_LIMIT]}
 
 
 def event_name(pod_name: str, key: tuple[str, str, str], opened: float) -> str:
@@ -141,6 +150,7 @@ class PodEventSink:
         if not pod or not pod.get("uid") or not pod.get("namespace") or self._closing.is_set():
             return
         key = (pod["uid"], f["rule"], reason_of(f["outcome"]))
+        f = _kept(f)
         now, wall = self.clock(), self.wall()
         with self._lock:
             s = self._series.get(key)

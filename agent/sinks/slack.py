@@ -25,6 +25,7 @@ from typing import Any
 
 from agent.metrics import Metrics
 from agent.sinks.ratelimit import TokenBucket
+from agent.text import human
 
 log = logging.getLogger("nodewarden.slack")
 # slack-sdk logs the URL at DEBUG: its logger is held at WARNING whatever our level
@@ -82,8 +83,10 @@ def suppressed_message(key: tuple[str, str, str], count: int, seconds: float) ->
 
 
 def _clip(s: str, n: int) -> str:
-    """Workload-controlled text made inert in mrkdwn: no code-span breakout, no <!channel>
-    or <http://link|label> (Slack's control sequences need < and >, escaped as entities)."""
+    """Workload-controlled text made inert in mrkdwn: one line of printable text
+    (agent/text.py), no code-span breakout, no <!channel> or <http://link|label> (Slack's
+    control sequences need < and >, escaped as entities)."""
+    s = human(s[:n])
     s = s.replace("`", "'").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return s if len(s) <= n else s[: n - 1] + "…"
 

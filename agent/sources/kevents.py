@@ -10,6 +10,8 @@ import ipaddress
 import struct
 from typing import NamedTuple
 
+from agent import text
+
 EXEC, FORK, EXIT, CONNECT, ACCEPT, CLOSE, CONNECT_VERDICT = 1, 2, 3, 4, 5, 6, 7
 KIND_NAMES = {EXEC: "exec", FORK: "fork", EXIT: "exit", CONNECT: "connect",
               ACCEPT: "accept", CLOSE: "close", CONNECT_VERDICT: "connect"}
@@ -43,7 +45,7 @@ class RawEvent(NamedTuple):
 
 def _cstr(b: bytes) -> str:
     end = b.find(b"\0")
-    return (b if end < 0 else b[:end]).decode("utf-8", "backslashreplace")
+    return text.decode(b if end < 0 else b[:end])
 
 
 def _addr(family: int, raw: bytes) -> str:

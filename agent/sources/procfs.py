@@ -16,6 +16,8 @@ from agent.enrich.containers import cgroup_identity
 from agent.enrich.workspace import find_marker
 from agent.errors import AccessDenied, ProcessGone
 from agent.model import Process
+from agent.sources.cmdline import CmdlineBudget, RawCmdline, read_cmdline
+from agent.text import decode
 
 PF_KTHREAD = 0x00200000
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -24,7 +26,7 @@ _GONE = (errno.ESRCH, errno.ENOENT, errno.ENOTDIR)
 
 # Upper bounds on what a scan reads from one process: cmdline and environ are attacker
 # controlled and can be many MiB; past these limits the text is truncated, never a crash.
-CMDLINE_LIMIT = 256 * 1024
+# A command line keeps its head and its tail (agent/sources/cmdline.py).
 ENVIRON_LIMIT = 4 * 1024 * 1024
 
 
@@ -51,7 +53,7 @@ def parse_stat(data: bytes) -> Stat:
     if lpar < 0 or rpar < lpar:
         raise ValueError("no (comm) in stat")
     pid = int(data[:lpar])
-    comm = data[lpar + 1 : rpar].decode("utf-8", "backslashreplace")
+    comm = decode(data[lpar + 1 : rpar])
     rest = data[rpar + 2 :].split()
     # rest[0] is field 3 (state); field N is rest[N - 3]
     if len(rest) < 20:
@@ -69,12 +71,13 @@ def parse_stat(data: bytes) -> Stat:
 def parse_cmdline(data: bytes) -> tuple[str, ...]:
     """NUL-separated argv. A trailing NUL is the normal terminator; a process that rewrote
     its argv (setproctitle) may leave one space-joined string, which stays one argument.
-    Raises nothing: any bytes are some argv."""
+    Bytes that are not UTF-8 decode reversibly (agent/text.py). Raises nothing: any bytes
+    are some argv."""
     # Some programs pad a rewritten argv with NULs; trailing empties are padding, not args.
     data = data.rstrip(b"\0")
     if not data:
         return ()
-    return tuple(a.decode("utf-8", "backslashreplace") for a in data.split(b"\0"))
+    return tuple(decode(a) for a in data.split(b"\0"))
 
 
 def parse_netns(link: str) -> int:
@@ -146,8 +149,10 @@ def _live_task(pid: int, dfd: int) -> tuple[int, str] | None:
 class ProcFS:
     """A procfs tree at `root` (the host's /proc, a container's view, or a test fixture)."""
 
-    def __init__(self, root: str = "/proc") -> None:
+    def __init__(self, root: str = "/proc", cmdlines: CmdlineBudget | None = None) -> None:
         self.root = root.rstrip("/") or "/"
+        # the memory of every command line read here and still held somewhere
+        self.cmdlines = cmdlines or CmdlineBudget()
 
     def pids(self) -> list[int]:
         """Every process id present now (thread group leaders only), ascending."""
@@ -201,17 +206,19 @@ class ProcFS:
                 if live is not None:
                     os.close(dfd)
                     dfd, st = live[0], replace(st, state=live[1])
-            cmdline = parse_cmdline(self._may(pid, dfd, "cmdline", CMDLINE_LIMIT))
+            head, tail = self.cmdlines.allowance()
+            raw = self._cmdline(dfd, head, tail)
             exe, dev, ino = self._exe(pid, dfd)
             container_id, pod_uid = cgroup_identity(
-                self._may(pid, dfd, "cgroup", 65536).decode("utf-8", "replace"))
-            return Process(
+                decode(self._may(pid, dfd, "cgroup", 65536)))
+            p = Process(
                 pid=st.pid,
                 ppid=st.ppid,
                 starttime=st.starttime,
                 comm=st.comm,
                 exe=exe,
-                cmdline=cmdline,
+                cmdline=parse_cmdline(raw.joined()),
+                cmdline_cut=raw.cut,
                 uid=self._uid(pid, dfd),
                 state=st.state,
                 exe_dev=dev,
@@ -220,6 +227,8 @@ class ProcFS:
                 pod_uid=pod_uid,
                 netns=parse_netns(self._link(pid, dfd, "ns/net")),
             )
+            self.cmdlines.hold(p, raw)
+            return p
         finally:
             os.close(dfd)
 
@@ -266,6 +275,20 @@ class ProcFS:
             return _read(name, dfd, limit)
         except OSError:
             return b""
+
+    def _cmdline(self, dfd: int, head: int, tail: int) -> RawCmdline:
+        """The head and tail of a command line; empty when it cannot be read (a kernel
+        thread, a process mid-exit)."""
+        try:
+            fd = os.open("cmdline", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+        except OSError:
+            return RawCmdline(b"")
+        try:
+            return read_cmdline(fd, head, tail)
+        except OSError:
+            return RawCmdline(b"")
+        finally:
+            os.close(fd)
 
     def _link(self, pid: int, dfd: int, name: str) -> str:
         try:

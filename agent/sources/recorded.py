@@ -18,7 +18,7 @@ from agent.engine.schema import KINDS
 from agent.model import Connection, Event, Pod, Process
 
 _PROCESS_KEYS = {"pid", "ppid", "starttime", "id", "comm", "exe", "cmdline", "uid", "ancestors",
-                 "container_id", "netns"}
+                 "container_id", "netns", "cmdline_truncated", "cmdline_cut_bytes"}
 _EVENT_KEYS = {"kind", "time", "process", "workspace", "container", "pod", "connection",
                "repeat"}
 _CONN_KEYS = {"src", "sport", "dst", "dport", "family", "direction", "netns"}
@@ -71,6 +71,10 @@ def process_from_json(obj: Any, container_id: str = "") -> Process:
     else:
         raise EventFormatError("'cmdline' must be a list of strings or a string")
     default_comm = os.path.basename(exe) if exe else (os.path.basename(cmdline[0]) if cmdline else "")
+    truncated = obj.get("cmdline_truncated", False)
+    if not isinstance(truncated, bool):
+        raise EventFormatError(f"'cmdline_truncated' must be true or false, not {truncated!r}")
+    cut = _int(obj, "cmdline_cut_bytes", 0)
     return Process(
         pid=_int(obj, "pid", 4242),
         ppid=_int(obj, "ppid", 1),
@@ -78,6 +82,8 @@ def process_from_json(obj: Any, container_id: str = "") -> Process:
         comm=_str(obj, "comm", default_comm[:15]),
         exe=exe,
         cmdline=cmdline,
+        # a truncated example without the count: some bytes were cut
+        cmdline_cut=max(cut, 1) if truncated else 0,
         uid=_int(obj, "uid", 1000),
         container_id=_str(obj, "container_id", container_id),
         netns=_int(obj, "netns", 0),

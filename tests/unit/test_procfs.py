@@ -13,8 +13,8 @@ import pytest
 
 from agent.enrich.workspace import DEFAULT_MARKERS
 from agent.errors import ProcessGone
+from agent.sources.cmdline import HEAD, TAIL
 from agent.sources.procfs import (
-    CMDLINE_LIMIT,
     ENVIRON_LIMIT,
     ProcFS,
     Stat,
@@ -112,7 +112,7 @@ REAL_SYSTEMD = (b"1 (systemd) S 0 1 1 0 -1 4194560 52174 1851283 110 1577 173 30
     pytest.param(stat_line(7, b"(("), Stat(7, "((", "S", 1, 4194560, 4242), id="open-parens"),
     pytest.param(stat_line(8, b")"), Stat(8, ")", "S", 1, 4194560, 4242), id="close-paren"),
     pytest.param(stat_line(9, b""), Stat(9, "", "S", 1, 4194560, 4242), id="empty-comm"),
-    pytest.param(stat_line(10, b"caf\xe9\xff"), Stat(10, "caf\\xe9\\xff", "S", 1, 4194560, 4242),
+    pytest.param(stat_line(10, b"caf\xe9\xff"), Stat(10, "caf\udce9\udcff", "S", 1, 4194560, 4242),
                  id="invalid-utf8"),
     pytest.param(stat_line(11, "naïve".encode()), Stat(11, "naïve", "S", 1, 4194560, 4242),
                  id="utf8"),
@@ -170,7 +170,7 @@ def test_fixture_stat_lines_are_complete_kernel_lines():
     pytest.param(b"", (), id="empty"),
     pytest.param(b"sh\0-c\0echo hi there\0", ("sh", "-c", "echo hi there"), id="spaces-in-arg"),
     pytest.param(b"a\0\0b\0", ("a", "", "b"), id="empty-arg-kept"),
-    pytest.param(b"caf\xe9\0\xff\xfe\0", ("caf\\xe9", "\\xff\\xfe"), id="invalid-utf8"),
+    pytest.param(b"caf\xe9\0\xff\xfe\0", ("caf\udce9", "\udcff\udcfe"), id="invalid-utf8"),
     pytest.param("naïve\0日本\0".encode(), ("naïve", "日本"), id="utf8"),
     pytest.param(b"x\nnewline\0", ("x\nnewline",), id="newline-in-arg"),
 ])
@@ -377,12 +377,15 @@ def test_status_is_the_uid_source_for_root_owned_directories(scratch):
     assert ProcFS(str(scratch)).read(1201).uid == (4321 if owner == 0 else owner)
 
 
-def test_cmdline_is_truncated_at_the_limit_not_a_crash(scratch):
-    huge = (b"A" * 1000 + b"\0") * 1000  # ~1 MB, four times the limit
+def test_an_over_long_cmdline_keeps_its_head_and_its_tail(scratch):
+    huge = (b"A" * 1000 + b"\0") * 1000 + b"-o\0stratum+tcp://pool.example:3333\0"
     (scratch / "1302" / "cmdline").write_bytes(huge)
     p = ProcFS(str(scratch)).read(1302)
-    assert 0 < len("\0".join(p.cmdline)) <= CMDLINE_LIMIT
+    assert 0 < len("\0".join(p.cmdline)) <= HEAD + TAIL
     assert p.cmdline[0] == "A" * 1000
+    assert p.cmdline[-2:] == ("-o", "stratum+tcp://pool.example:3333")
+    assert p.cmdline_truncated and p.cmdline_cut == len(huge) - HEAD - TAIL
+    assert p.to_json()["cmdline_truncated"] is True
 
 
 @pytest.mark.parametrize("pid", [99999, 0])

@@ -71,7 +71,7 @@ def test_parse_stat_raises_only_value_error(data):
        st.integers(0, 2**32 - 1), uints)
 def test_parse_stat_round_trips_any_comm(pid, comm, state, ppid, flags, starttime):
     st_ = parse_stat(stat_line(pid, comm, state, ppid, flags, starttime))
-    assert st_.comm == comm.decode("utf-8", "backslashreplace")
+    assert st_.comm.encode("utf-8", "surrogateescape") == comm
     assert (st_.pid, st_.state, st_.ppid, st_.flags, st_.starttime) == (pid, state, ppid, flags,
                                                                         starttime)
 
