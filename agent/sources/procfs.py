@@ -14,13 +14,15 @@ from dataclasses import dataclass
 
 from agent.enrich.containers import cgroup_identity
 from agent.enrich.workspace import find_marker
-from agent.errors import AccessDenied, ProcessGone
+from agent.errors import AccessDenied, FdExhausted, ProcessGone
 from agent.model import Process
 
 PF_KTHREAD = 0x00200000
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # ENOTDIR: a numeric entry that is not a pid directory (never in a real procfs)
 _GONE = (errno.ESRCH, errno.ENOENT, errno.ENOTDIR)
+# out of descriptors: says nothing about the process, so it is never read as "empty"
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE)
 
 # Upper bounds on what a scan reads from one process: cmdline and environ are attacker
 # controlled and can be many MiB; past these limits the text is truncated, never a crash.
@@ -101,7 +103,12 @@ def parse_status_uid(data: bytes) -> int:
 
 
 def _read(name: str, dfd: int, limit: int) -> bytes:
-    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError as e:
+        if e.errno in _EXHAUSTED:
+            raise FdExhausted(e.errno, e.strerror) from None
+        raise
     try:
         chunks = []
         size = 0
@@ -143,6 +150,8 @@ class ProcFS:
         except OSError as e:
             if e.errno in _GONE:
                 raise ProcessGone(pid) from None
+            if e.errno in _EXHAUSTED:
+                raise FdExhausted(e.errno, e.strerror) from None
             raise
 
     def stat(self, pid: int) -> Stat:
@@ -198,6 +207,8 @@ class ProcFS:
             return None
         try:
             data = _read("environ", dfd, ENVIRON_LIMIT)
+        except FdExhausted:
+            raise
         except OSError:
             return None
         finally:
@@ -219,6 +230,8 @@ class ProcFS:
     def _may(self, pid: int, dfd: int, name: str, limit: int) -> bytes:
         try:
             return _read(name, dfd, limit)
+        except FdExhausted:
+            raise
         except OSError:
             return b""
 
