@@ -22,6 +22,7 @@ import os
 import selectors
 import socket
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -40,10 +41,15 @@ MAX_CONNECTIONS = 64
 HEADER_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 10.0
 MAX_HEADER_BYTES = 8192
+# the kernel's queue of connections not yet accepted (capped by net.core.somaxconn): it
+# costs the agent no descriptor, and a deep one keeps a probe's SYN from being dropped
+# while a thousand idle connections wait there
+BACKLOG = 4096
 # accepts per wake-up, so reading the requests already accepted is never starved
 ACCEPT_BATCH = 16
 # how long the listener rests when no descriptor can be freed for an accept
 EMFILE_PAUSE = 0.1
+_RESET = struct.pack("ii", 1, 0)  # struct linger {on, 0 s}: close() sends a RST
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
             405: "Method Not Allowed", 431: "Request Header Fields Too Large",
             503: "Service Unavailable"}
@@ -177,7 +183,7 @@ class StatusServer:
         victim = next((c for c in self._conns.values() if not c.answering),
                       next(iter(self._conns.values())))
         self.metrics.http_closed.labels(reason="evicted").inc()
-        self._close(victim)
+        self._close(victim, abort=True)
         return True
 
     def _expire(self) -> None:
@@ -188,18 +194,26 @@ class StatusServer:
         for conn in list(self._conns.values()):
             if conn.answering and now - conn.started > self.request_timeout:
                 self.metrics.http_closed.labels(reason="request_timeout").inc()
-                self._close(conn)
+                self._close(conn, abort=True)
             elif not conn.answering and now - conn.started > self.header_timeout:
                 self.metrics.http_closed.labels(reason="header_timeout").inc()
-                self._close(conn)
+                self._close(conn, abort=True)
 
-    def _close(self, conn: _Conn) -> None:
+    def _close(self, conn: _Conn, abort: bool = False) -> None:
+        """Close `conn`; `abort` resets it (SO_LINGER 0): no TIME_WAIT entry is left, so a
+        flood of connections the agent cuts does not fill the port's table with them (a
+        probe's SYN that met one was dropped, and waited a second for its retransmit)."""
         if self._conns.pop(conn.sock.fileno(), None) is None:
             return
         try:
             self._sel.unregister(conn.sock)
         except (KeyError, ValueError):
             pass
+        if abort:
+            try:
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            except OSError:
+                pass
         conn.sock.close()
 
     # -- one exchange --------------------------------------------------------------------
@@ -310,7 +324,7 @@ def _tcp_listener(listen: str) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
-        sock.listen(128)
+        sock.listen(BACKLOG)
     except OSError as e:
         sock.close()
         raise ConfigError(f"cannot listen on {listen}: {e.strerror}") from None
@@ -357,7 +371,7 @@ def _unix_listener(path: str, group: str) -> socket.socket:
         os.chmod(path, 0o660 if group else 0o600)
         if group:
             os.chown(path, -1, group_id(group), follow_symlinks=False)
-        sock.listen(128)
+        sock.listen(BACKLOG)
     except OSError as e:
         sock.close()
         raise ConfigError(f"cannot listen on {UNIX_PREFIX}{path}: {e.strerror}") from None
