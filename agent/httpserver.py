@@ -41,6 +41,10 @@ MAX_CONNECTIONS = 64
 HEADER_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 10.0
 MAX_HEADER_BYTES = 8192
+# at the cap, a connection younger than this is not evicted for a new one (the new one is
+# refused instead): without it, a flood that reconnects at once turns the table over in
+# milliseconds, and a probe accepted just before its request arrives is cut every time
+GRACE = 0.5
 # the kernel's queue of connections not yet accepted (capped by net.core.somaxconn): it
 # costs the agent no descriptor, and a deep one keeps a probe's SYN from being dropped
 # while a thousand idle connections wait there
@@ -75,7 +79,7 @@ class StatusServer:
     def __init__(self, listen: str, metrics: Metrics, healthy: Callable[[], bool],
                  ready: Callable[[], bool], token: bytes | None = None, socket_group: str = "",
                  max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT,
-                 request_timeout: float = REQUEST_TIMEOUT,
+                 request_timeout: float = REQUEST_TIMEOUT, grace: float = GRACE,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.metrics = metrics
         self.healthy = healthy
@@ -84,6 +88,7 @@ class StatusServer:
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.request_timeout = request_timeout
+        self.grace = grace
         self.clock = clock
         self.unix_path = ""
         self._unix_ino = 0
@@ -169,19 +174,32 @@ class StatusServer:
                 self._resume_at = self.clock() + EMFILE_PAUSE
                 return
             sock.setblocking(False)
-            if len(self._conns) >= self.max_connections:
-                self._evict()
-            conn = _Conn(sock, self.clock())
+            now = self.clock()
+            conn = _Conn(sock, now)
             self._conns[sock.fileno()] = conn
             self._sel.register(sock, selectors.EVENT_READ, conn)
-            self._read(conn)  # a probe's request is usually there already: answer it now
+            # a probe's request is there already, as a rule: it is answered now, and
+            # needs no place among the connections still waiting for theirs
+            self._read(conn)
+            if (len(self._conns) > self.max_connections and conn.sock.fileno() in self._conns
+                    and not conn.answering and not self._evict(now - self.grace)):
+                # every other connection is younger than the grace: the newest gives way
+                self.metrics.http_closed.labels(reason="full").inc()
+                self._close(conn, abort=True)
 
-    def _evict(self) -> bool:
-        """Close the oldest connection still sending its request (else the oldest)."""
-        if not self._conns:
+    def _evict(self, started_before: float = float("inf")) -> bool:
+        """Close the oldest connection that started before `started_before` and is still
+        sending its request (else the oldest such one that is being answered)."""
+        victim = None
+        for c in self._conns.values():
+            if c.started >= started_before:
+                break  # in accept order: the rest are younger
+            if not c.answering:
+                victim = c
+                break
+            victim = victim or c
+        if victim is None:
             return False
-        victim = next((c for c in self._conns.values() if not c.answering),
-                      next(iter(self._conns.values())))
         self.metrics.http_closed.labels(reason="evicted").inc()
         self._close(victim, abort=True)
         return True
