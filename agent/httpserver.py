@@ -3,11 +3,13 @@
 
 A tenant can reach this port, so it is a bounded server: one thread, one selector, at most
 `max_connections` open connections, request headers within `header_timeout` seconds and
-the whole exchange within `request_timeout`. At the cap, the oldest connection that has
-not sent a whole request is closed to admit the new one: a thousand idle connections
-(`GET /metrics HTTP/1.1\\r\\n`, then nothing) cost the agent at most `max_connections`
-descriptors, and a kubelet probe, which sends its request at once, is still answered.
-One request per connection (`Connection: close`).
+the whole exchange within `request_timeout`, one request per connection. A new connection
+is read at once: a probe's request is there already, as a rule, and is answered without
+taking a place. One still sending its request takes the place of the oldest connection
+that has not sent a whole request, once that one has had `grace` seconds; else the new
+one is refused. A thousand idle connections (`GET /metrics HTTP/1.1\\r\\n`, then nothing)
+cost the agent at most `max_connections` descriptors, and the kubelet's probe is answered.
+Cut connections are reset, so a flood leaves no TIME_WAIT entries behind.
 
 `listen` is HOST:PORT or `unix:/PATH`: a Unix socket (0600, or 0660 for `socket_group`)
 in a directory only the agent's user can write. With `token`, /metrics wants
