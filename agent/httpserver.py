@@ -1,15 +1,16 @@
 """The agent's HTTP endpoint: /metrics (Prometheus), /healthz (the main loop is turning),
 /readyz (start-up is done: rules loaded, first scan judged, sensors attached).
 
-A tenant can reach this port, so it is a bounded server: one thread, one selector, at most
-`max_connections` open connections, request headers within `header_timeout` seconds and
-the whole exchange within `request_timeout`, one request per connection. A new connection
-is read at once: a probe's request is there already, as a rule, and is answered without
-taking a place. One still sending its request takes the place of the oldest connection
-that has not sent a whole request, once that one has had `grace` seconds; else the new
-one is refused. A thousand idle connections (`GET /metrics HTTP/1.1\\r\\n`, then nothing)
-cost the agent at most `max_connections` descriptors, and the kubelet's probe is answered.
-Cut connections are reset, so a flood leaves no TIME_WAIT entries behind.
+A tenant can reach this port, so it is a bounded server: one thread, one selector,
+`max_connections` places (64, fewer under a low RLIMIT_NOFILE), request headers within
+`header_timeout` seconds and the whole exchange within `request_timeout`, one request per
+connection. A new connection is read at once and has `patience` (20 ms) to send a whole
+request without needing a place: a probe's is answered then (at most `max_connections`
+newcomers wait so; the rest wait in the kernel's queue, which costs no descriptor). Then it
+takes the place of the oldest connection that has not sent a whole request, once that one
+has had `grace` seconds, or is refused. A thousand idle connections (`GET /metrics
+HTTP/1.1\\r\\n`, then nothing) cost the agent at most 2 x `max_connections` descriptors,
+and the kubelet's probe is answered. Cut connections are reset (no TIME_WAIT flood).
 
 `listen` is HOST:PORT or `unix:/PATH`: a Unix socket (0600, or 0660 for `socket_group`)
 in a directory only the agent's user can write. With `token`, /metrics wants
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import resource
 import selectors
 import socket
 import stat
@@ -43,6 +45,10 @@ MAX_CONNECTIONS = 64
 HEADER_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 10.0
 MAX_HEADER_BYTES = 8192
+# a newcomer without its whole request has this long to send it before it needs a place
+# (a probe accepted a moment before its request arrives is answered, not refused); at most
+# `max_connections` newcomers wait so at a time, the others in the kernel's queue
+PATIENCE = 0.02
 # at the cap, a connection younger than this is not evicted for a new one (the new one is
 # refused instead): without it, a flood that reconnects at once turns the table over in
 # milliseconds, and a probe accepted just before its request arrives is cut every time
@@ -68,6 +74,8 @@ class _Conn:
     inbuf: bytearray = field(default_factory=bytearray)
     out: bytes = b""
     sent: int = 0
+    # has a place among the `max_connections` (a newcomer waits `patience` for one)
+    admitted: bool = False
 
     @property
     def answering(self) -> bool:
@@ -80,17 +88,21 @@ class StatusServer:
 
     def __init__(self, listen: str, metrics: Metrics, healthy: Callable[[], bool],
                  ready: Callable[[], bool], token: bytes | None = None, socket_group: str = "",
-                 max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT,
+                 max_connections: int = 0, header_timeout: float = HEADER_TIMEOUT,
                  request_timeout: float = REQUEST_TIMEOUT, grace: float = GRACE,
+                 patience: float = PATIENCE,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.metrics = metrics
         self.healthy = healthy
         self.ready = ready
         self.token = token
-        self.max_connections = max_connections
+        # places, and as many newcomers waiting: at most a quarter of the descriptors
+        self.max_connections = max_connections or max(
+            4, min(MAX_CONNECTIONS, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8))
         self.header_timeout = header_timeout
         self.request_timeout = request_timeout
         self.grace = grace
+        self.patience = patience
         self.clock = clock
         self.unix_path = ""
         self._unix_ino = 0
@@ -154,12 +166,21 @@ class StatusServer:
         if not self._listening:
             wait = min(wait, self._resume_at - now)
         for conn in self._conns.values():
-            limit = self.request_timeout if conn.answering else self.header_timeout
+            if not conn.admitted and not conn.answering:
+                limit = self.patience
+            else:
+                limit = self.request_timeout if conn.answering else self.header_timeout
             wait = min(wait, conn.started + limit - now)
-        return max(wait, 0.01)
+        return max(wait, 0.005)
 
     def _accept(self) -> None:
         for _ in range(ACCEPT_BATCH):
+            if self._waiting() >= self.max_connections:
+                # newcomers enough are waiting for their request: the rest wait in the
+                # kernel's queue until the oldest of them is decided
+                oldest = min(c.started for c in self._conns.values() if not c.admitted)
+                self._pause(oldest + self.patience)
+                return
             try:
                 sock, _ = self._listener.accept()
             except BlockingIOError:
@@ -171,31 +192,49 @@ class StatusServer:
                 if self._evict():
                     continue  # a descriptor is free again: retry the accept
                 # nothing of ours to free: rest, rather than spin on a readable listener
-                self._sel.unregister(self._listener)
-                self._listening = False
-                self._resume_at = self.clock() + EMFILE_PAUSE
+                self._pause(self.clock() + EMFILE_PAUSE)
                 return
             sock.setblocking(False)
-            now = self.clock()
-            conn = _Conn(sock, now)
+            conn = _Conn(sock, self.clock())
             self._conns[sock.fileno()] = conn
             self._sel.register(sock, selectors.EVENT_READ, conn)
-            # a probe's request is there already, as a rule: it is answered now, and
-            # needs no place among the connections still waiting for theirs
+            # a probe's request is there already, as a rule: it is answered at once
             self._read(conn)
-            if (len(self._conns) > self.max_connections and conn.sock.fileno() in self._conns
-                    and not conn.answering and not self._evict(now - self.grace)):
-                # every other connection is younger than the grace: the newest gives way
+
+    def _waiting(self) -> int:
+        return sum(1 for c in self._conns.values() if not c.admitted and not c.answering)
+
+    def _pause(self, until: float) -> None:
+        if self._listening:
+            self._sel.unregister(self._listener)
+            self._listening = False
+        self._resume_at = until
+
+    def _admit(self, now: float) -> None:
+        """Newcomers that have waited `patience` without a whole request take a place:
+        a free one, else that of the oldest connection past its grace, else none (reset)."""
+        admitted = sum(1 for c in self._conns.values() if c.admitted)
+        for conn in list(self._conns.values()):
+            if conn.admitted or conn.answering or now - conn.started < self.patience:
+                continue
+            if admitted < self.max_connections or self._evict(now - self.grace):
+                conn.admitted = True
+                admitted = min(admitted + 1, self.max_connections)
+            else:
                 self.metrics.http_closed.labels(reason="full").inc()
                 self._close(conn, abort=True)
 
     def _evict(self, started_before: float = float("inf")) -> bool:
-        """Close the oldest connection that started before `started_before` and is still
-        sending its request (else the oldest such one that is being answered)."""
+        """Close the oldest admitted connection that started before `started_before` and
+        is still sending its request (else the oldest such one being answered); out of
+        descriptors (no bound given), any connection will do."""
         victim = None
+        anyone = started_before == float("inf")
         for c in self._conns.values():
             if c.started >= started_before:
                 break  # in accept order: the rest are younger
+            if not (c.admitted or anyone):
+                continue
             if not c.answering:
                 victim = c
                 break
@@ -208,9 +247,6 @@ class StatusServer:
 
     def _expire(self) -> None:
         now = self.clock()
-        if not self._listening and now >= self._resume_at:
-            self._sel.register(self._listener, selectors.EVENT_READ, None)
-            self._listening = True
         for conn in list(self._conns.values()):
             if conn.answering and now - conn.started > self.request_timeout:
                 self.metrics.http_closed.labels(reason="request_timeout").inc()
@@ -218,6 +254,10 @@ class StatusServer:
             elif not conn.answering and now - conn.started > self.header_timeout:
                 self.metrics.http_closed.labels(reason="header_timeout").inc()
                 self._close(conn, abort=True)
+        self._admit(now)
+        if not self._listening and now >= self._resume_at:
+            self._sel.register(self._listener, selectors.EVENT_READ, None)
+            self._listening = True
 
     def _close(self, conn: _Conn, abort: bool = False) -> None:
         """Close `conn`; `abort` resets it (SO_LINGER 0): no TIME_WAIT entry is left, so a

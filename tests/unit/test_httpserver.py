@@ -115,7 +115,7 @@ def test_within_the_grace_the_newcomer_is_refused_and_the_old_ones_stay(serve) -
 
 
 def test_a_thousand_idle_connections_and_healthz_still_answers(serve) -> None:
-    server, m = serve(max_connections=16)
+    server, m = serve()  # 64 places, and 64 newcomers waiting up to 20 ms for a request
     socks = []
     try:
         for _ in range(1000):
@@ -125,13 +125,13 @@ def test_a_thousand_idle_connections_and_healthz_still_answers(serve) -> None:
             except OSError:
                 continue  # refused at the cap: a flood does not care
             socks.append(s)
-        assert len(socks) > 900
         for _ in range(5):
             started = time.monotonic()
             status, _, body = _get(server, "/healthz")
             assert (status, body) == (200, b"ok\n")
             assert time.monotonic() - started < 1.0
-        assert len(os.listdir("/proc/self/fd")) < 1000 + 16 + 64  # ours, the cap, the rest
+        # the client's 1000, the server's places and waiting newcomers, and the rest
+        assert len(os.listdir("/proc/self/fd")) < 1000 + 64 + 64 + 50
     finally:
         for s in socks:
             s.close()
