@@ -152,12 +152,17 @@ class StatusServer:
     def _serve(self) -> None:
         while not self._stopping.is_set():
             for key, mask in self._sel.select(self._wait()):
-                if key.data is None:
-                    self._accept()
-                elif mask & selectors.EVENT_READ:
-                    self._read(key.data)
-                elif mask & selectors.EVENT_WRITE:
-                    self._write(key.data)
+                try:
+                    if key.data is None:
+                        self._accept()
+                    elif mask & selectors.EVENT_READ:
+                        self._read(key.data)
+                    elif mask & selectors.EVENT_WRITE:
+                        self._write(key.data)
+                except Exception as e:  # noqa: BLE001 - one bad exchange must not end /healthz
+                    log.error("status endpoint: %s: %s", type(e).__name__, e)
+                    if key.data is not None:
+                        self._close(key.data, abort=True)
             self._expire()
 
     def _wait(self) -> float:
