@@ -213,8 +213,11 @@ class Agent:
         Events come back to `handle`; without a sensor, procfs scans are the only source."""
         scanned = self.try_scan("startup")
         if sensor is not None and observer is not None:
-            for ev in observer.startup_connections(time.time()):
-                self.handle(ev)
+            try:
+                for ev in observer.startup_connections(time.time()):
+                    self.handle(ev)
+            except OSError as e:
+                self.failed("events", e)
         self.ready = True
         if on_ready is not None:
             on_ready()
