@@ -7,6 +7,8 @@ import grp
 import os
 import socket
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,17 +23,18 @@ from agent.metrics import Metrics
 PARTIAL = b"GET /metrics HTTP/1.1\r\n"
 
 
-def _connect(server: StatusServer) -> socket.socket:
-    if server.unix_path:
+def _connect(server: StatusServer | str) -> socket.socket:
+    address = server if isinstance(server, str) else server.address
+    if address.startswith("unix:"):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(5)
-        s.connect(server.unix_path)
+        s.connect(address[len("unix:"):])
         return s
-    host, _, port = server.address.rpartition(":")
+    host, _, port = address.rpartition(":")
     return socket.create_connection((host, int(port)), timeout=5)
 
 
-def _get(server: StatusServer, path: str, headers: str = "") -> tuple[int, str, bytes]:
+def _get(server: StatusServer | str, path: str, headers: str = "") -> tuple[int, str, bytes]:
     """(status, response head, body) of one GET."""
     with _connect(server) as s:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
@@ -256,3 +259,49 @@ def test_a_symlinked_directory_is_refused(serve, rundir: Path, tmp_path: Path) -
     (tmp_path / "link").symlink_to(rundir)
     with pytest.raises(ConfigError, match="not a directory"):
         serve(f"unix:{tmp_path / 'link' / 'metrics.sock'}")
+
+
+# -- out of descriptors at accept -----------------------------------------------------------
+
+SERVER_WITH_FEW_FDS = r"""
+import os, resource, sys
+from agent.httpserver import StatusServer
+from agent.metrics import Metrics
+server = StatusServer("127.0.0.1:0", Metrics(), lambda: True, lambda: True,
+                      max_connections=200, grace=0.0)
+server.start()
+# what is open now, and 12 more: the cap of 200 is never reached, EMFILE comes first
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 12, 4096))
+print(server.address, flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+def test_out_of_descriptors_at_accept_evicts_and_still_answers() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_WITH_FEW_FDS], cwd=repo,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    socks = []
+    try:
+        assert proc.stdout is not None
+        host, _, port = proc.stdout.readline().strip().rpartition(":")
+        for _ in range(40):
+            try:
+                s = socket.create_connection((host, int(port)), timeout=5)
+                s.sendall(PARTIAL)
+            except OSError:
+                continue
+            socks.append(s)
+            time.sleep(0.01)
+        probe = f"{host}:{port}"
+        status, _, body = _get(probe, "/metrics")
+        assert status == 200
+        assert b'nodewarden_fd_exhausted_total{where="http"}' in body
+        assert _get(probe, "/healthz")[0] == 200
+        assert proc.poll() is None
+    finally:
+        for s in socks:
+            s.close()
+        proc.communicate("", timeout=10)
+    assert proc.returncode == 0
