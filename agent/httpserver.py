@@ -96,9 +96,7 @@ class StatusServer:
         self.healthy = healthy
         self.ready = ready
         self.token = token
-        # places, and as many newcomers waiting: at most a quarter of the descriptors
-        self.max_connections = max_connections or max(
-            4, min(MAX_CONNECTIONS, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8))
+        self.max_connections = max_connections or _places()
         self.header_timeout = header_timeout
         self.request_timeout = request_timeout
         self.grace = grace
@@ -374,6 +372,15 @@ class StatusServer:
             except OSError:
                 pass
             self._close(conn)
+
+
+def _places() -> int:
+    """MAX_CONNECTIONS, or fewer under a low RLIMIT_NOFILE: places and as many waiting
+    newcomers take at most a quarter of the agent's descriptors."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(4, min(MAX_CONNECTIONS, soft // 8))
 
 
 def _tcp_listener(listen: str) -> socket.socket:
