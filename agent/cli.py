@@ -19,11 +19,12 @@ from typing import Any, TextIO
 
 from agent import __version__
 from agent.actions.kill import Enforcer
-from agent.config import Config, load_config
+from agent.config import Config, load_config, read_metrics_token
 from agent.decide import Decision, Protection
 from agent.engine import loader, ruletest
 from agent.engine.ruleset import RuleSet
 from agent.errors import ConfigError, NodewardenError, RuleError
+from agent.fdlimit import raise_nofile_limit
 from agent.httpserver import StatusServer
 from agent.metrics import Metrics
 from agent.model import Event
@@ -220,6 +221,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
         out.write(program_text())
         return 0
+    raise_nofile_limit()
     cfg = _config(args.config)
     if args.no_bpf:
         cfg.bpf = "off"
@@ -253,7 +255,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     metrics.watch_cmdlines(tree.procfs.cmdlines)
     protection = _protection(cfg)
     judge = Judge(ruleset, cfg.mode, protection, metrics, cfg.process_cache_size, can_act=True)
-    enforcer = Enforcer(tree.procfs, ProcessTree(tree.procfs, cfg.workspace_markers), protection)
+    enforcer = Enforcer(tree.procfs, ProcessTree(tree.procfs, cfg.workspace_markers), protection,
+                        metrics=metrics)
     # line-buffered: a recording is complete up to the last event even if we are killed
     record_file = open(args.record, "a", encoding="utf-8", buffering=1) if args.record else None  # noqa: SIM115
 
@@ -285,7 +288,10 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if cfg.listen != "off":
         server = StatusServer(cfg.listen, metrics,
                               healthy=lambda: time.monotonic() - agent.heartbeat < HEALTHY_WITHIN,
-                              ready=lambda: agent.ready)
+                              ready=lambda: agent.ready,
+                              token=read_metrics_token(cfg.metrics_token_file)
+                              if cfg.metrics_token_file else None,
+                              socket_group=cfg.metrics_socket_group)
         server.start()
 
     # re-fills the kernel's rule maps (after the sensors load, and after every reload)
@@ -478,7 +484,11 @@ def _start_sensors(cfg: Config, tree: ProcessTree, agent: Agent,
     observer = Observer(tree, NetState(cfg.proc_root))
 
     def on_raw(raw: Any) -> None:
-        ev = observer.handle(raw)
+        try:
+            ev = observer.handle(raw)
+        except OSError as e:  # out of descriptors reading procfs: counted, a scan follows
+            agent.failed("events", e)
+            return
         if ev is not None:
             agent.handle(ev)
 

@@ -7,8 +7,10 @@ Defaults are the safe ones: audit mode (nothing is killed until the user writes
 from __future__ import annotations
 
 import difflib
+import grp
 import os
 import socket
+import stat
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -59,6 +61,9 @@ class Config:
     # stopped its containers (a StatefulSet could start a twin meanwhile)
     delete_pod_grace_seconds: int = 1
     delete_pod_protected_namespaces: list[str] = field(default_factory=lambda: ["kube-system"])
+    # who may read /metrics on a host install (see _validate_metrics_access)
+    metrics_token_file: str = ""     # /metrics wants `Authorization: Bearer <this file>`
+    metrics_socket_group: str = ""   # with `listen: unix:PATH`: the socket is 0660, this group
 
     def validate(self) -> None:
         if self.mode not in ("audit", "enforce"):
@@ -91,9 +96,30 @@ class Config:
         if self.process_cache_size < 1024:
             raise ConfigError("process_cache_size must be at least 1024")
         host, _, port = self.listen.rpartition(":")
-        if self.listen != "off" and (not host or not port.isdigit()):
-            raise ConfigError(f"listen must be HOST:PORT like 127.0.0.1:9808 (or off), "
-                              f"not {self.listen!r}")
+        if self.listen != "off" and not self.listen.startswith(UNIX_PREFIX) and (
+                not host or not port.isdigit()):
+            raise ConfigError(f"listen must be HOST:PORT like 127.0.0.1:9808, "
+                              f"unix:/run/nodewarden/metrics.sock (or off), not {self.listen!r}")
+        self._validate_metrics_access()
+
+    # -- who may read /metrics (issue 13): a Unix socket, a bearer token -----------------
+
+    def _validate_metrics_access(self) -> None:
+        if self.listen.startswith(UNIX_PREFIX):
+            path = self.listen[len(UNIX_PREFIX):]
+            if not path.startswith("/") or path.endswith("/"):
+                raise ConfigError(f"listen {self.listen!r}: a Unix socket needs an absolute "
+                                  "path, like unix:/run/nodewarden/metrics.sock")
+            if len(os.fsencode(path)) > UNIX_PATH_MAX:
+                raise ConfigError(f"listen {self.listen!r}: a Unix socket path has at most "
+                                  f"{UNIX_PATH_MAX} bytes")
+        if self.metrics_socket_group:
+            if not self.listen.startswith(UNIX_PREFIX):
+                raise ConfigError("metrics_socket_group needs listen: unix:/PATH (a TCP port "
+                                  "has no group)")
+            group_id(self.metrics_socket_group)
+        if self.metrics_token_file:
+            read_metrics_token(self.metrics_token_file)
 
 
 _TYPES: dict[str, type | tuple[type, ...]] = {
@@ -108,6 +134,41 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "kubernetes_event_dedupe_seconds": (int, float), "delete_pod": bool,
     "delete_pod_grace_seconds": int, "delete_pod_protected_namespaces": list,
 }
+
+_TYPES.update({"metrics_token_file": str, "metrics_socket_group": str})
+
+UNIX_PREFIX = "unix:"
+UNIX_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
+
+
+def group_id(group: str) -> int:
+    """The gid of a group name or number. Raises ConfigError for an unknown group."""
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"metrics_socket_group: no group named {group!r}") from None
+
+
+def read_metrics_token(path: str) -> bytes:
+    """The bearer token /metrics wants, from `path` (surrounding whitespace dropped).
+    Refused when it is not a regular file, is readable by every user, or is empty."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"metrics_token_file {path}: not a regular file")
+            if st.st_mode & 0o004:
+                raise ConfigError(f"metrics_token_file {path}: readable by every user "
+                                  f"(mode {stat.filemode(st.st_mode)}); chmod 600 it")
+            token = f.read(4096).strip()
+    except OSError as e:
+        raise ConfigError(f"metrics_token_file {path}: cannot read it: {e.strerror}") from None
+    if not token or any(b < 0x21 or b > 0x7e for b in token):
+        raise ConfigError(f"metrics_token_file {path}: the token must be one word of printable "
+                          "ASCII (e.g. from `openssl rand -hex 32`)")
+    return token
 
 
 def load_config(path: str | None) -> Config:

@@ -54,3 +54,10 @@ class RuleError(NodewardenError):
 
 class ConfigError(NodewardenError):
     """The agent configuration is invalid; the message names the key and the fix."""
+
+
+class FdExhausted(OSError):
+    """The agent ran out of file descriptors (EMFILE, or the system's table: ENFILE).
+
+    Not a property of the process being read: whatever was being read is retried later,
+    never judged on the empty data a failed open would leave."""

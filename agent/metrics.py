@@ -51,6 +51,15 @@ class Metrics:
         self.build_info.info({"version": __version__})
         self.sensor_up = Gauge("nodewarden_sensor_up", "Whether a sensor runs", ["sensor"],
                                registry=r)
+        # running out of file descriptors, and other OS errors the agent survives, by
+        # where (scan, events, reload, http, kill); the status server's closed connections
+        self.fd_exhausted = Counter("nodewarden_fd_exhausted_total",
+                                    "EMFILE/ENFILE met and survived", ["where"], registry=r)
+        self.errors = Counter("nodewarden_errors_total", "OS errors met and survived",
+                              ["where"], registry=r)
+        self.http_closed = Counter("nodewarden_http_connections_closed_total",
+                                   "Status connections closed before a response, and why",
+                                   ["reason"], registry=r)
         for sensor in ("procfs", "exec", "tcp", "proc_connector"):
             self.sensor_up.labels(sensor=sensor).set(0)
 

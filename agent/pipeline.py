@@ -17,6 +17,7 @@ from cachetools import LRUCache
 
 from agent.decide import Decision, Protection, decide
 from agent.engine.ruleset import Match, RuleSet
+from agent.fdlimit import Bursts
 from agent.metrics import Metrics
 from agent.model import Event, InstanceKey, Process
 from agent.sources.proctree import ProcessTree
@@ -25,6 +26,8 @@ from agent.text import human
 log = logging.getLogger("nodewarden")
 
 LOSS_SCAN_GAP = 1.0
+# a scan that failed on an OS error (out of descriptors) is tried again this much later
+RETRY_GAP = 1.0
 
 # Kinds that judge a process instance: a process judged by either is not judged by a scan.
 _PER_PROCESS = ("exec", "scan")
@@ -130,6 +133,17 @@ class Agent:
         # monotonic time of the loop's last turn (/healthz) and whether start-up is done
         self.heartbeat = time.monotonic()
         self.ready = False
+        # OS errors the loop survives (out of descriptors above all): counted, logged once
+        # per burst; an event dropped for one asks for a scan, like an event the kernel lost
+        self.bursts = Bursts(metrics)
+        self._rescan = False
+
+    def failed(self, where: str, e: OSError) -> None:
+        """A step failed on an OS error (EMFILE, ENFILE, ...): count it and carry on. A
+        failed scan is retried after RETRY_GAP; a dropped event asks for a scan."""
+        self.bursts.failed(where, e)
+        if where == "events":
+            self._rescan = True
 
     def handle(self, ev: Event) -> None:
         """Judge one event from a sensor, act on it, and report what happened."""
@@ -171,6 +185,17 @@ class Agent:
         self.metrics.rule_matches.labels(rule=rule.id, severity=rule.severity, mode=mode).inc()
         self._finish([first, *others])
 
+    def try_scan(self, reason: str) -> bool:
+        """`scan`, surviving an OS error (counted; the caller retries on a later turn)."""
+        try:
+            self.scan(reason)
+        except OSError as e:
+            self.failed("scan", e)
+            return False
+        self.bursts.ok("scan")
+        self._rescan = False
+        return True
+
     def scan(self, reason: str) -> None:
         """A reconciliation pass: every process not yet judged is judged now."""
         decisions = scan_once(self.tree, self.judge, self.metrics, on_event=self.record)
@@ -198,14 +223,17 @@ class Agent:
             on_ready: Callable[[], None] | None = None) -> None:
         """Until `stop` is set. `sensor` (a BpfSensor) delivers records to `observer`, whose
         Events come back to `handle`; without a sensor, procfs scans are the only source."""
-        self.scan("startup")
+        scanned = self.try_scan("startup")
         if sensor is not None and observer is not None:
-            for ev in observer.startup_connections(time.time()):
-                self.handle(ev)
+            try:
+                for ev in observer.startup_connections(time.time()):
+                    self.handle(ev)
+            except OSError as e:
+                self.failed("events", e)
         self.ready = True
         if on_ready is not None:
             on_ready()
-        next_scan = time.monotonic() + self.scan_interval
+        next_scan = time.monotonic() + (self.scan_interval if scanned else RETRY_GAP)
         lost_seen = sensor.lost() if sensor is not None else 0
         # loss scans: at once, but at most one per LOSS_SCAN_GAP seconds, so a sustained
         # flood costs one full procfs pass a second, not one per poll
@@ -214,22 +242,29 @@ class Agent:
         while not stop.is_set():
             self.heartbeat = time.monotonic()
             for tick in self.ticks:
-                tick()
+                try:
+                    tick()
+                except OSError as e:
+                    self.failed("reload", e)
             if sensor is not None:
-                sensor.poll(100)
+                try:
+                    sensor.poll(100)
+                except OSError as e:
+                    self.failed("events", e)
+                    stop.wait(0.1)  # a sensor that fails at once must not spin the loop
                 lost = sensor.lost()
                 if lost > lost_seen:
                     self.metrics.events_lost.labels(
                         source=getattr(sensor, "source", "bpf")).inc(lost - lost_seen)
                     lost_seen = lost
                     loss_pending = True
-                if loss_pending and time.monotonic() >= next_loss_scan:
-                    # the kernel dropped records: whatever they were about, a scan sees it
-                    loss_pending = False
-                    self.scan("loss")
+                if (loss_pending or self._rescan) and time.monotonic() >= next_loss_scan:
+                    # the kernel dropped records, or we could not read one: whatever they
+                    # were about, a scan sees it
+                    loss_pending = not self.try_scan("loss")
                     next_loss_scan = time.monotonic() + LOSS_SCAN_GAP
             else:
                 stop.wait(max(0.0, min(0.5, next_scan - time.monotonic())))
             if time.monotonic() >= next_scan:
-                self.scan("periodic")
-                next_scan = time.monotonic() + self.scan_interval
+                ok = self.try_scan("periodic")
+                next_scan = time.monotonic() + (self.scan_interval if ok else RETRY_GAP)

@@ -3,7 +3,9 @@
 Files are fingerprinted through their symlinks (inode, size, mtime of what they point at),
 so the Kubernetes ConfigMap update, which swaps a `..data` symlink rather than writing the
 files, is seen like an edit. A new rule set or config that does not load is refused: its
-problems are logged and counted, and the old one keeps running.
+problems are logged and counted, and the old one keeps running. A check that runs out of
+file descriptors (listing a directory, reading a file) is not a verdict on the files: it is
+counted and tried again a turn later, the files' fingerprints left as they were.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Callable, Sequence
 from agent.config import Config, load_config
 from agent.engine import loader
 from agent.engine.ruleset import RuleSet
-from agent.errors import ConfigError
+from agent.errors import ConfigError, FdExhausted
+from agent.fdlimit import EXHAUSTED, Bursts
 from agent.metrics import Metrics
 
 log = logging.getLogger("nodewarden.reload")
@@ -52,6 +55,7 @@ class Reloader:
         self.metrics = metrics
         self.every = every
         self._requested = threading.Event()
+        self._bursts = Bursts(metrics)
         self._next = 0.0
         self._rules_fp = fingerprint(self.rule_paths)
         self._config_fp = self._config_fingerprint()
@@ -76,14 +80,24 @@ class Reloader:
             return
         self._next = now + self.every
         self._requested.clear()
+        try:
+            self._check(forced)
+        except OSError as e:
+            self._bursts.failed("reload", e)
+            if forced:
+                self._requested.set()  # the SIGHUP is not lost: retried next turn
+            return
+        self._bursts.ok("reload")
+
+    def _check(self, forced: bool) -> None:
         config_fp = self._config_fingerprint()
         if forced or config_fp != self._config_fp:
-            self._config_fp = config_fp
             self._reload_config()
+            self._config_fp = config_fp
         rules_fp = fingerprint(self.rule_paths)
         if forced or rules_fp != self._rules_fp:
-            self._rules_fp = rules_fp
             self._reload_rules("SIGHUP" if forced else "a change of the rule files")
+            self._rules_fp = rules_fp
 
     def _reload_config(self) -> None:
         if self.config_path is None:
@@ -91,6 +105,7 @@ class Reloader:
         try:
             cfg = load_config(self.config_path)
         except ConfigError as e:
+            _raise_if_starved(str(e))
             self.metrics.reload_failures.labels(what="config").inc()
             log.error("config reload refused, the running config stays: %s", e)
             return
@@ -104,6 +119,7 @@ class Reloader:
     def _reload_rules(self, why: str) -> None:
         ruleset, problems = loader.check(self.rule_paths)
         if ruleset is None:
+            _raise_if_starved(" ".join(p.message for p in problems))
             self.metrics.reload_failures.labels(what="rules").inc()
             for p in problems:
                 log.error("%s", p)
@@ -113,3 +129,11 @@ class Reloader:
         self.apply_rules(ruleset)
         self.metrics.set_ruleset(ruleset.digest, len(ruleset))
         log.info("rules reloaded after %s: %d rules, hash %s", why, len(ruleset), ruleset.digest)
+
+
+def _raise_if_starved(problems: str) -> None:
+    """A load refused only because a file could not be opened for want of descriptors
+    says nothing about the files: raise, so that the load is tried again."""
+    for n in EXHAUSTED:
+        if os.strerror(n) in problems:
+            raise FdExhausted(n, os.strerror(n))

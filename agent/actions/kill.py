@@ -9,6 +9,11 @@ A workspace is stopped before it is killed (SIGSTOP through each pidfd, re-scann
 children forked meanwhile), so no process escapes by forking during the kill. A container
 with its own cgroup v2 is killed through `cgroup.kill`; on cgroup v1, its processes are
 stopped and killed one by one.
+
+Out of file descriptors (EMFILE, ENFILE: no pidfd can be opened), a kill fails with that
+reason, counted in `nodewarden_fd_exhausted_total{where="kill"}`; the processes of a
+workspace or container stopped before the descriptors ran out are killed, never left
+stopped.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any
 
 from agent.decide import Decision, Protection
 from agent.errors import AccessDenied, ProcessGone
+from agent.fdlimit import exhausted
+from agent.metrics import Metrics
 from agent.model import Event
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
@@ -48,8 +55,10 @@ class Enforcer:
     """Executes `kill` decisions: the signal sender and procfs root are injectable."""
 
     def __init__(self, procfs: ProcFS, tree: ProcessTree, protection: Protection,
-                 send: Sender = _pidfd_send, cgroup_root: str = "/sys/fs/cgroup") -> None:
+                 send: Sender = _pidfd_send, cgroup_root: str = "/sys/fs/cgroup",
+                 metrics: Metrics | None = None) -> None:
         self.procfs = procfs
+        self.metrics = metrics
         self.tree = tree
         self.protection = protection
         self.send = send
@@ -74,11 +83,19 @@ class Enforcer:
                     res = Outcome(res.outcome, "; ".join(
                         x for x in (res.detail, self._delete_pod(ev)) if x))
         except OSError as e:
-            res = Outcome("failed", f"{type(e).__name__}: {e.strerror}")
+            res = Outcome("failed", self._os_error(e, "nothing was signalled"))
         if res.outcome == "failed":
             log.error("%s of pid %d for rule %s failed: %s", action, ev.process.pid,
                       d.match.rule.id, human(res.detail))
         return replace(d, outcome=res.outcome, reason=res.detail or d.reason)
+
+    def _os_error(self, e: OSError, what_happened: str) -> str:
+        """The reason of a kill that failed on `e` (and the count, when out of descriptors)."""
+        if exhausted(e):
+            if self.metrics is not None:
+                self.metrics.fd_exhausted.labels(where="kill").inc()
+            return f"out of file descriptors (EMFILE/ENFILE); {what_happened}"
+        return f"{type(e).__name__}: {e.strerror}; {what_happened}"
 
     def _delete_pod(self, ev: Event) -> str:
         """After the process: its pod, when `delete_pod` is on and the process has one."""
@@ -132,9 +149,14 @@ class Enforcer:
         them all. Protected processes inside it are left alone and named."""
         stopped: dict[tuple[int, int], int] = {}
         protected: list[str] = []
+        starved: OSError | None = None
         try:
             for _ in range(MAX_STOP_ROUNDS):
-                self.tree.scan()
+                try:
+                    self.tree.scan()
+                except OSError as e:  # out of descriptors: kill what is stopped
+                    starved = e
+                    break
                 new = 0
                 for p in list(self.tree.procs.values()):
                     key = (p.pid, p.starttime)
@@ -145,7 +167,11 @@ class Enforcer:
                         if f"{p.pid} ({why})" not in protected:
                             protected.append(f"{p.pid} ({why})")
                         continue
-                    fd = self._open_checked(p.pid, p.starttime)
+                    try:
+                        fd = self._open_checked(p.pid, p.starttime)
+                    except OSError as e:  # out of descriptors: kill what is stopped
+                        starved = e
+                        break
                     if fd is None:
                         continue
                     if self._signal(fd, signal.SIGSTOP):
@@ -153,7 +179,7 @@ class Enforcer:
                         new += 1
                     else:
                         os.close(fd)
-                if new == 0:
+                if new == 0 or starved is not None:
                     break
             killed = sum(1 for fd in stopped.values() if self._signal(fd, signal.SIGKILL))
         finally:
@@ -162,6 +188,9 @@ class Enforcer:
         if protected:
             log.warning("kill-workspace %s: left protected processes alone: %s",
                         human(workspace), human(", ".join(protected)))
+        if starved is not None:
+            return Outcome("failed", self._os_error(
+                starved, f"{killed} processes of workspace {workspace} killed, others not"))
         if killed == 0:
             return Outcome("gone", f"no process of workspace {workspace} left")
         return Outcome("killed", f"{killed} processes of workspace {workspace}")
@@ -189,16 +218,20 @@ class Enforcer:
 
     def _kill_pids(self, pids: list[int], what: str) -> Outcome:
         fds = []
+        starved: OSError | None = None
         try:
             for pid in pids:
                 try:
                     st = self.procfs.stat(pid)
+                    p = self.tree.procs.get(pid)
+                    if p is not None and self.protection.reason(Event("scan", 0.0, p)):
+                        continue
+                    fd = self._open_checked(pid, st.starttime)
                 except (ProcessGone, AccessDenied):
                     continue
-                p = self.tree.procs.get(pid)
-                if p is not None and self.protection.reason(Event("scan", 0.0, p)):
-                    continue
-                fd = self._open_checked(pid, st.starttime)
+                except OSError as e:  # out of descriptors: kill what is stopped
+                    starved = e
+                    break
                 if fd is not None and self._signal(fd, signal.SIGSTOP):
                     fds.append(fd)
                 elif fd is not None:
@@ -207,6 +240,9 @@ class Enforcer:
         finally:
             for fd in fds:
                 os.close(fd)
+        if starved is not None:
+            return Outcome("failed", self._os_error(
+                starved, f"{killed} processes of {what} killed, others not"))
         return Outcome("killed", f"{killed} processes of {what}") if killed else Outcome("gone")
 
     def _cgroup_paths(self, pid: int) -> tuple[str, list[str]]:

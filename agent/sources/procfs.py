@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from agent.enrich.containers import cgroup_identity
 from agent.enrich.workspace import find_marker
-from agent.errors import AccessDenied, ProcessGone
+from agent.errors import AccessDenied, FdExhausted, ProcessGone
 from agent.model import Process
 from agent.sources.cmdline import CmdlineBudget, RawCmdline, read_cmdline
 from agent.text import decode
@@ -23,6 +23,8 @@ PF_KTHREAD = 0x00200000
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # ENOTDIR: a numeric entry that is not a pid directory (never in a real procfs)
 _GONE = (errno.ESRCH, errno.ENOENT, errno.ENOTDIR)
+# out of descriptors: says nothing about the process, so it is never read as "empty"
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE)
 
 # Upper bounds on what a scan reads from one process: cmdline and environ are attacker
 # controlled and can be many MiB; past these limits the text is truncated, never a crash.
@@ -104,7 +106,12 @@ def parse_status_uid(data: bytes) -> int:
 
 
 def _read(name: str, dfd: int, limit: int) -> bytes:
-    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError as e:
+        if e.errno in _EXHAUSTED:
+            raise FdExhausted(e.errno, e.strerror) from None
+        raise
     try:
         chunks = []
         size = 0
@@ -175,6 +182,8 @@ class ProcFS:
         except OSError as e:
             if e.errno in _GONE:
                 raise ProcessGone(pid) from None
+            if e.errno in _EXHAUSTED:
+                raise FdExhausted(e.errno, e.strerror) from None
             raise
 
     def stat(self, pid: int) -> Stat:
@@ -242,6 +251,8 @@ class ProcFS:
         try:
             try:
                 data = _read("environ", dfd, ENVIRON_LIMIT)
+            except FdExhausted:
+                raise
             except OSError:
                 data = b""
             if not data:
@@ -252,6 +263,8 @@ class ProcFS:
                 os.close(dfd)
                 dfd = live[0]
                 data = _read("environ", dfd, ENVIRON_LIMIT)
+        except FdExhausted:
+            raise
         except OSError:
             return None
         finally:
@@ -273,6 +286,8 @@ class ProcFS:
     def _may(self, pid: int, dfd: int, name: str, limit: int) -> bytes:
         try:
             return _read(name, dfd, limit)
+        except FdExhausted:
+            raise
         except OSError:
             return b""
 
@@ -281,7 +296,10 @@ class ProcFS:
         thread, a process mid-exit)."""
         try:
             fd = os.open("cmdline", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
-        except OSError:
+        except OSError as e:
+            if e.errno in _EXHAUSTED:
+                # out of descriptors is not an empty command line: the caller retries
+                raise FdExhausted(e.errno, e.strerror) from None
             return RawCmdline(b"")
         try:
             return read_cmdline(fd, head, tail)
