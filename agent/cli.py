@@ -31,6 +31,7 @@ from agent.model import Event
 from agent.pipeline import Agent, Judge, scan_once
 from agent.reload import Reloader
 from agent.sinks.findings import FindingWriter, finding
+from agent.sinks.outfile import open_output
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
 from agent.sources.recorded import EventFormatError, read_events
@@ -240,6 +241,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     ruleset = _load_rules(cfg.rules or None, err)
     if ruleset is None:
         return 2
+    # refused (exit 2) before anything starts: a symlink, FIFO or someone else's file
+    record_file = open_output(args.record, "--record") if args.record else None
+    findings_file = open_output(cfg.findings_file, "findings_file") if cfg.findings_file else None
     _warn_if_unprivileged()
     metrics = Metrics()
     metrics.set_ruleset(ruleset.digest, len(ruleset))
@@ -250,17 +254,12 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     protection = _protection(cfg)
     judge = Judge(ruleset, cfg.mode, protection, metrics, cfg.process_cache_size, can_act=True)
     enforcer = Enforcer(tree.procfs, ProcessTree(tree.procfs, cfg.workspace_markers), protection)
-    # line-buffered: a recording is complete up to the last event even if we are killed
-    record_file = open(args.record, "a", encoding="utf-8", buffering=1) if args.record else None  # noqa: SIM115
-
     def record(ev: Event) -> None:
         assert record_file is not None
         record_file.write(json.dumps(ev.to_json(), separators=(",", ":")) + "\n")
 
     slack = _slack_sink(cfg, metrics)
     kube = _KubeParts(cfg, metrics, enforcer, tree)
-    # line-buffered JSON lines, for a log shipper to tail
-    findings_file = open(cfg.findings_file, "a", encoding="utf-8", buffering=1) if cfg.findings_file else None  # noqa: SIM115
     file_writer = FindingWriter(findings_file, "json") if findings_file is not None else None
 
     def report(decisions: list[Decision]) -> None:
