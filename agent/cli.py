@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TextIO
 
-from agent import __version__
+from agent import __version__, signals
 from agent.actions.kill import Enforcer
 from agent.config import Config, load_config
 from agent.decide import Decision, Protection
@@ -312,9 +312,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     def on_hup(_signum: int, _frame: Any) -> None:
         reloader.request()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_hup)
+    # a signal that came while we started (recorded by agent.main) is acted on now
+    signals.take_over({signal.SIGTERM: on_signal, signal.SIGINT: on_signal, signal.SIGHUP: on_hup})
     log.info("nodewarden %s: mode=%s, %d rules (hash %s), procfs=%s, scan every %.1fs",
              __version__, cfg.mode, len(ruleset), ruleset.digest, cfg.proc_root, cfg.scan_interval)
     if cfg.mode == "enforce":
@@ -515,6 +514,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=err,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command != "run":
+        signals.restore_defaults()
     try:
         if args.command == "rules":
             if args.rules_command == "check":
