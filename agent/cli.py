@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -42,6 +43,17 @@ log = logging.getLogger("nodewarden")
 HEALTHY_WITHIN = 30.0
 
 
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (float() takes 'nan' and 'inf')."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nodewarden", description="Node runtime security agent: "
                                 "judges processes and connections against YAML rules.")
@@ -64,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="findings format (default: table on a terminal, else json)")
     run.add_argument("--record", metavar="FILE", help="write every judged event as JSON lines")
     run.add_argument("--findings-file", metavar="FILE", help="also append findings as JSON lines")
-    run.add_argument("--interval", type=float, help="seconds between procfs scans")
+    run.add_argument("--interval", type=_seconds, help="seconds between procfs scans")
     run.add_argument("--once", action="store_true", help="stop after the first scan")
     run.add_argument("--no-bpf", action="store_true", help="procfs scans only, no eBPF sensors")
     run.add_argument("--print-bpf", action="store_true", help="print the BPF program and exit")
@@ -230,7 +242,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for attr in ("proc_root", "listen"):
         if getattr(args, attr):
             setattr(cfg, attr, getattr(args, attr))
-    if args.interval:
+    if args.interval is not None:
         cfg.scan_interval = args.interval
     if args.rules:
         cfg.rules = list(args.rules)

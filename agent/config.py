@@ -7,7 +7,10 @@ Defaults are the safe ones: audit mode (nothing is killed until the user writes
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import math
 import os
+import re
 import socket
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -67,6 +70,12 @@ class Config:
                 isinstance(m, str) and m and "=" not in m for m in self.workspace_markers):
             raise ConfigError("workspace_markers must be a non-empty list of variable names "
                               "(without '='), e.g. [WORKSPACE_ID]")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            # YAML's .nan and .inf are floats: a NaN compares false to everything, so a NaN
+            # interval passed every check and stopped the periodic scans
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, not {value}")
         if self.scan_interval <= 0:
             raise ConfigError("scan_interval must be a positive number of seconds")
         if self.bpf not in ("auto", "off", "required"):
@@ -90,10 +99,36 @@ class Config:
             raise ConfigError(f"ring_buffer_pages must be a power of two, not {pages}")
         if self.process_cache_size < 1024:
             raise ConfigError("process_cache_size must be at least 1024")
-        host, _, port = self.listen.rpartition(":")
-        if self.listen != "off" and (not host or not port.isdigit()):
-            raise ConfigError(f"listen must be HOST:PORT like 127.0.0.1:9808 (or off), "
-                              f"not {self.listen!r}")
+        if self.listen != "off":
+            problem = listen_problem(self.listen)
+            if problem:
+                raise ConfigError(f"listen must be HOST:PORT like 127.0.0.1:9808 (or off), "
+                                  f"not {self.listen!r}: {problem}")
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?")
+
+
+def listen_problem(listen: str) -> str:
+    """What is wrong with a HOST:PORT address ('' when nothing): the port must be 1..65535
+    and the host an IP address ([IPv6] in brackets) or a host name."""
+    host, _, port = listen.rpartition(":")
+    if not host:
+        return "the host is missing"
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        return f"the port must be a number from 1 to 65535, not {port!r}"
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:].removesuffix("]"))
+        except ValueError:
+            return f"{host!r} is not an IPv6 address in brackets"
+        return "" if host.endswith("]") else f"{host!r} lacks its closing bracket"
+    if ":" in host:
+        return f"an IPv6 address goes in brackets, like [{host}]:{port}"
+    if len(host) > 253 or not _HOSTNAME.fullmatch(host):
+        return f"{host!r} is neither an IP address nor a host name"
+    return ""
 
 
 _TYPES: dict[str, type | tuple[type, ...]] = {
