@@ -29,6 +29,7 @@ from agent.errors import ConfigError, NodewardenError, RuleError
 from agent.httpserver import StatusServer
 from agent.metrics import Metrics
 from agent.model import Event
+from agent.nodelock import NodeLock
 from agent.pipeline import Agent, Judge, scan_once
 from agent.reload import Reloader
 from agent.sinks.findings import FindingWriter, finding
@@ -247,6 +248,15 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.rules:
         cfg.rules = list(args.rules)
     cfg.validate()
+    # one agent per node; taken before the agent touches anything the other one owns
+    lock = NodeLock.take(cfg.lock_file)
+    try:
+        return _run_agent(args, cfg, out, err)
+    finally:
+        lock.release()
+
+
+def _run_agent(args: argparse.Namespace, cfg: Config, out: TextIO, err: TextIO) -> int:
     if not os.path.isdir(cfg.proc_root):
         print(f"nodewarden: procfs root {cfg.proc_root} is not a directory", file=err)
         return 2

@@ -19,6 +19,7 @@ from agent.decide import DEFAULT_PROTECTED
 from agent.engine import yamlsrc
 from agent.enrich.workspace import DEFAULT_MARKERS
 from agent.errors import ConfigError
+from agent.nodelock import default_lock_file
 
 
 def _default_host() -> str:
@@ -41,6 +42,8 @@ class Config:
     bpf: str = "auto"
     bpf_transport: str = "auto"
     findings_file: str = ""          # also append findings as JSON lines here
+    # one agent per node: `run` holds this lock (the chart mounts its directory from the host)
+    lock_file: str = field(default_factory=default_lock_file)
     kernel_enforcement: bool = True  # rules of names/paths enforced in the BPF program
     # Slack: the webhook URL is a secret, read from this variable or file, never from here
     slack_webhook_url_env: str = "NODEWARDEN_SLACK_WEBHOOK_URL"
@@ -99,6 +102,9 @@ class Config:
             raise ConfigError(f"ring_buffer_pages must be a power of two, not {pages}")
         if self.process_cache_size < 1024:
             raise ConfigError("process_cache_size must be at least 1024")
+        if not self.lock_file:
+            raise ConfigError("lock_file must be the path of the agent's lock, e.g. "
+                              "/run/nodewarden/agent.lock")
         if self.listen != "off":
             problem = listen_problem(self.listen)
             if problem:
@@ -135,7 +141,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "mode": str, "rules": list, "proc_root": str, "listen": str, "host": str,
     "workspace_markers": list, "protected": list, "scan_interval": (int, float),
     "process_cache_size": int, "bpf": str, "ring_buffer_pages": int,
-    "bpf_transport": str, "findings_file": str, "kernel_enforcement": bool, "slack_webhook_url_env": str, "slack_webhook_url_file": str,
+    "bpf_transport": str, "findings_file": str, "lock_file": str, "kernel_enforcement": bool, "slack_webhook_url_env": str, "slack_webhook_url_file": str,
     "slack_min_severity": str, "slack_dedupe_seconds": (int, float),
     "slack_rate_per_second": (int, float), "slack_queue_size": int,
     "kubernetes": str, "kubeconfig": str, "node_name": str, "kubernetes_events": bool,
