@@ -151,6 +151,9 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
+MAX_CONFIG_CHARS = 1 << 20
+
+
 def load_config(path: str | None) -> Config:
     """Defaults, overlaid with the YAML file at `path` if given. Raises ConfigError."""
     cfg = Config()
@@ -158,9 +161,16 @@ def load_config(path: str | None) -> Config:
         return cfg
     try:
         with open(path, encoding="utf-8") as f:
-            data, dups = yamlsrc.load(f.read())
+            text = f.read(MAX_CONFIG_CHARS + 1)
+        if len(text) > MAX_CONFIG_CHARS:
+            # parsed on the agent's loop at every reload: a huge one would stall it
+            raise ConfigError(f"{path}:1: the config is longer than {MAX_CONFIG_CHARS} "
+                              f"characters; it holds settings, not data")
+        data, dups = yamlsrc.load(text)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: the config is not UTF-8 text (byte {e.start})") from None
     except yamlsrc.YamlSyntaxError as e:
         raise ConfigError(f"{path}:{e.line}: YAML syntax error: {e}") from None
     if dups:

@@ -63,3 +63,19 @@ def test_good_listen_addresses(listen: str) -> None:
     from agent.config import listen_problem
 
     assert listen_problem(listen) == ""
+
+
+def test_a_config_file_of_megabytes_is_refused_unparsed(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    with cfg.open("w") as f:
+        f.write("protected:\n")
+        f.writelines(f"  - name{i}\n" for i in range(10**6))
+    code, err = run("run", "--config", str(cfg), "--once", "--listen", "off", "--no-bpf")
+    assert code == 2 and f"{cfg}:1: the config is longer than" in err, err
+
+
+def test_a_config_that_is_not_utf8_is_exit_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes(b"mode: audit\nhost: \xff\xfe\n")
+    code, err = run("run", "--config", str(cfg), "--once", "--listen", "off", "--no-bpf")
+    assert code == 2 and "not UTF-8" in err, err
