@@ -335,7 +335,8 @@ def _run_agent(args: argparse.Namespace, cfg: Config, out: TextIO, err: TextIO) 
         reloader.request()
 
     # a signal that came while we started (recorded by agent.main) is acted on now
-    signals.take_over({signal.SIGTERM: on_signal, signal.SIGINT: on_signal, signal.SIGHUP: on_hup})
+    signals.take_over({signal.SIGTERM: on_signal, signal.SIGINT: on_signal,
+                       signal.SIGHUP: on_hup})
     log.info("nodewarden %s: mode=%s, %d rules (hash %s), procfs=%s, scan every %.1fs",
              __version__, cfg.mode, len(ruleset), ruleset.digest, cfg.proc_root, cfg.scan_interval)
     if cfg.mode == "enforce":

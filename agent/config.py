@@ -141,13 +141,14 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "mode": str, "rules": list, "proc_root": str, "listen": str, "host": str,
     "workspace_markers": list, "protected": list, "scan_interval": (int, float),
     "process_cache_size": int, "bpf": str, "ring_buffer_pages": int,
-    "bpf_transport": str, "findings_file": str, "lock_file": str, "kernel_enforcement": bool, "slack_webhook_url_env": str, "slack_webhook_url_file": str,
+    "bpf_transport": str, "findings_file": str, "kernel_enforcement": bool, "slack_webhook_url_env": str, "slack_webhook_url_file": str,
     "slack_min_severity": str, "slack_dedupe_seconds": (int, float),
     "slack_rate_per_second": (int, float), "slack_queue_size": int,
     "kubernetes": str, "kubeconfig": str, "node_name": str, "kubernetes_events": bool,
     "kubernetes_event_rate_per_second": (int, float),
     "kubernetes_event_dedupe_seconds": (int, float), "delete_pod": bool,
     "delete_pod_grace_seconds": int, "delete_pod_protected_namespaces": list,
+    "lock_file": str,
 }
 
 
