@@ -7,7 +7,8 @@ sourced); a FIFO blocks the agent before it is ready; a file the tenant owns, or
 tenant made, lets the tenant truncate and forge findings. So a file is opened without following
 a symlink and without blocking, and kept only if it is a regular file of the agent's user that
 nobody else may write and that has no other name; the directory holding it must be the agent's
-user's (or root's) and not open for others to replace the file in. Anything else is refused
+user's (or root's) and, if everyone may write it, sticky (like /tmp), so the file cannot be
+replaced. Anything else is refused
 with a ConfigError (exit 2) that names the file, what is wrong and the fix.
 
 What remains: a symlink in a *parent* directory that root (or the agent's user) owns is
@@ -71,9 +72,10 @@ def _open_dir(path: str, what: str) -> int:
     problem = ""
     if st.st_uid not in _owners():
         problem = f"belongs to uid {st.st_uid}, who can replace the file in it"
-    elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
-        problem = (f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o}) without the "
-                   f"sticky bit, so anyone can replace the file in it")
+    elif st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        # a group-writable one (Ubuntu's /var/log is root:syslog 0775) is the admin's choice
+        problem = (f"is writable by everyone (mode {stat.S_IMODE(st.st_mode):04o}) without "
+                   f"the sticky bit, so anyone can replace the file in it")
     if problem:
         os.close(dfd)
         raise ConfigError(f"{what} {path}: the directory {parent} {problem}; use a directory "
