@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TextIO
 
-from agent import __version__
+from agent import __version__, signals
 from agent.actions.kill import Enforcer
 from agent.config import Config, load_config, read_metrics_token
 from agent.decide import Decision, Protection
@@ -28,9 +29,11 @@ from agent.fdlimit import raise_nofile_limit
 from agent.httpserver import StatusServer
 from agent.metrics import Metrics
 from agent.model import Event
+from agent.nodelock import NodeLock
 from agent.pipeline import Agent, Judge, scan_once
 from agent.reload import Reloader
 from agent.sinks.findings import FindingWriter, finding
+from agent.sinks.outfile import open_output
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
 from agent.sources.recorded import EventFormatError, read_events
@@ -40,6 +43,17 @@ log = logging.getLogger("nodewarden")
 
 # /healthz fails when the main loop has not turned for this long (it turns every 100 ms)
 HEALTHY_WITHIN = 30.0
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (float() takes 'nan' and 'inf')."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="findings format (default: table on a terminal, else json)")
     run.add_argument("--record", metavar="FILE", help="write every judged event as JSON lines")
     run.add_argument("--findings-file", metavar="FILE", help="also append findings as JSON lines")
-    run.add_argument("--interval", type=float, help="seconds between procfs scans")
+    run.add_argument("--interval", type=_seconds, help="seconds between procfs scans")
     run.add_argument("--once", action="store_true", help="stop after the first scan")
     run.add_argument("--no-bpf", action="store_true", help="procfs scans only, no eBPF sensors")
     run.add_argument("--print-bpf", action="store_true", help="print the BPF program and exit")
@@ -234,17 +248,29 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for attr in ("proc_root", "listen"):
         if getattr(args, attr):
             setattr(cfg, attr, getattr(args, attr))
-    if args.interval:
+    if args.interval is not None:
         cfg.scan_interval = args.interval
     if args.rules:
         cfg.rules = list(args.rules)
     cfg.validate()
+    # one agent per node; taken before the agent touches anything the other one owns
+    lock = NodeLock.take(cfg.lock_file)
+    try:
+        return _run_agent(args, cfg, out, err)
+    finally:
+        lock.release()
+
+
+def _run_agent(args: argparse.Namespace, cfg: Config, out: TextIO, err: TextIO) -> int:
     if not os.path.isdir(cfg.proc_root):
         print(f"nodewarden: procfs root {cfg.proc_root} is not a directory", file=err)
         return 2
     ruleset = _load_rules(cfg.rules or None, err)
     if ruleset is None:
         return 2
+    # refused (exit 2) before anything starts: a symlink, FIFO or someone else's file
+    record_file = open_output(args.record, "--record") if args.record else None
+    findings_file = open_output(cfg.findings_file, "findings_file") if cfg.findings_file else None
     _warn_if_unprivileged()
     metrics = Metrics()
     metrics.set_ruleset(ruleset.digest, len(ruleset))
@@ -257,8 +283,6 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     judge = Judge(ruleset, cfg.mode, protection, metrics, cfg.process_cache_size, can_act=True)
     enforcer = Enforcer(tree.procfs, ProcessTree(tree.procfs, cfg.workspace_markers), protection,
                         metrics=metrics)
-    # line-buffered: a recording is complete up to the last event even if we are killed
-    record_file = open(args.record, "a", encoding="utf-8", buffering=1) if args.record else None  # noqa: SIM115
 
     def record(ev: Event) -> None:
         assert record_file is not None
@@ -266,8 +290,6 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     slack = _slack_sink(cfg, metrics)
     kube = _KubeParts(cfg, metrics, enforcer, tree)
-    # line-buffered JSON lines, for a log shipper to tail
-    findings_file = open(cfg.findings_file, "a", encoding="utf-8", buffering=1) if cfg.findings_file else None  # noqa: SIM115
     file_writer = FindingWriter(findings_file, "json") if findings_file is not None else None
 
     def report(decisions: list[Decision]) -> None:
@@ -323,9 +345,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     def on_hup(_signum: int, _frame: Any) -> None:
         reloader.request()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_hup)
+    # a signal that came while we started (recorded by agent.main) is acted on now
+    signals.take_over({signal.SIGTERM: on_signal, signal.SIGINT: on_signal,
+                       signal.SIGHUP: on_hup})
     log.info("nodewarden %s: mode=%s, %d rules (hash %s), procfs=%s, scan every %.1fs",
              __version__, cfg.mode, len(ruleset), ruleset.digest, cfg.proc_root, cfg.scan_interval)
     if cfg.mode == "enforce":
@@ -530,6 +552,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=err,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command != "run":
+        signals.restore_defaults()
     try:
         if args.command == "rules":
             if args.rules_command == "check":

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import difflib
 import grp
+import ipaddress
+import math
 import os
+import re
 import socket
 import stat
 from dataclasses import dataclass, field, fields
@@ -18,6 +21,7 @@ from agent.decide import DEFAULT_PROTECTED
 from agent.engine import yamlsrc
 from agent.enrich.workspace import DEFAULT_MARKERS
 from agent.errors import ConfigError
+from agent.nodelock import default_lock_file
 
 
 def _default_host() -> str:
@@ -40,6 +44,8 @@ class Config:
     bpf: str = "auto"
     bpf_transport: str = "auto"
     findings_file: str = ""          # also append findings as JSON lines here
+    # one agent per node: `run` holds this lock (the chart mounts its directory from the host)
+    lock_file: str = field(default_factory=default_lock_file)
     kernel_enforcement: bool = True  # rules of names/paths enforced in the BPF program
     # Slack: the webhook URL is a secret, read from this variable or file, never from here
     slack_webhook_url_env: str = "NODEWARDEN_SLACK_WEBHOOK_URL"
@@ -72,6 +78,12 @@ class Config:
                 isinstance(m, str) and m and "=" not in m for m in self.workspace_markers):
             raise ConfigError("workspace_markers must be a non-empty list of variable names "
                               "(without '='), e.g. [WORKSPACE_ID]")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            # YAML's .nan and .inf are floats: a NaN compares false to everything, so a NaN
+            # interval passed every check and stopped the periodic scans
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, not {value}")
         if self.scan_interval <= 0:
             raise ConfigError("scan_interval must be a positive number of seconds")
         if self.bpf not in ("auto", "off", "required"):
@@ -95,11 +107,15 @@ class Config:
             raise ConfigError(f"ring_buffer_pages must be a power of two, not {pages}")
         if self.process_cache_size < 1024:
             raise ConfigError("process_cache_size must be at least 1024")
-        host, _, port = self.listen.rpartition(":")
-        if self.listen != "off" and not self.listen.startswith(UNIX_PREFIX) and (
-                not host or not port.isdigit()):
-            raise ConfigError(f"listen must be HOST:PORT like 127.0.0.1:9808, "
-                              f"unix:/run/nodewarden/metrics.sock (or off), not {self.listen!r}")
+        if not self.lock_file:
+            raise ConfigError("lock_file must be the path of the agent's lock, e.g. "
+                              "/run/nodewarden/agent.lock")
+        if self.listen != "off" and not self.listen.startswith(UNIX_PREFIX):
+            problem = listen_problem(self.listen)
+            if problem:
+                raise ConfigError(f"listen must be HOST:PORT like 127.0.0.1:9808, "
+                                  f"unix:/run/nodewarden/metrics.sock (or off), "
+                                  f"not {self.listen!r}: {problem}")
         self._validate_metrics_access()
 
     # -- who may read /metrics (issue 13): a Unix socket, a bearer token -----------------
@@ -122,6 +138,31 @@ class Config:
             read_metrics_token(self.metrics_token_file)
 
 
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?")
+
+
+def listen_problem(listen: str) -> str:
+    """What is wrong with a HOST:PORT address ('' when nothing): the port must be 1..65535
+    and the host an IP address ([IPv6] in brackets) or a host name."""
+    host, _, port = listen.rpartition(":")
+    if not host:
+        return "the host is missing"
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        return f"the port must be a number from 1 to 65535, not {port!r}"
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:].removesuffix("]"))
+        except ValueError:
+            return f"{host!r} is not an IPv6 address in brackets"
+        return "" if host.endswith("]") else f"{host!r} lacks its closing bracket"
+    if ":" in host:
+        return f"an IPv6 address goes in brackets, like [{host}]:{port}"
+    if len(host) > 253 or not _HOSTNAME.fullmatch(host):
+        return f"{host!r} is neither an IP address nor a host name"
+    return ""
+
+
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "mode": str, "rules": list, "proc_root": str, "listen": str, "host": str,
     "workspace_markers": list, "protected": list, "scan_interval": (int, float),
@@ -133,6 +174,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "kubernetes_event_rate_per_second": (int, float),
     "kubernetes_event_dedupe_seconds": (int, float), "delete_pod": bool,
     "delete_pod_grace_seconds": int, "delete_pod_protected_namespaces": list,
+    "lock_file": str,
 }
 
 _TYPES.update({"metrics_token_file": str, "metrics_socket_group": str})
@@ -171,6 +213,9 @@ def read_metrics_token(path: str) -> bytes:
     return token
 
 
+MAX_CONFIG_CHARS = 1 << 20
+
+
 def load_config(path: str | None) -> Config:
     """Defaults, overlaid with the YAML file at `path` if given. Raises ConfigError."""
     cfg = Config()
@@ -178,9 +223,16 @@ def load_config(path: str | None) -> Config:
         return cfg
     try:
         with open(path, encoding="utf-8") as f:
-            data, dups = yamlsrc.load(f.read())
+            text = f.read(MAX_CONFIG_CHARS + 1)
+        if len(text) > MAX_CONFIG_CHARS:
+            # parsed on the agent's loop at every reload: a huge one would stall it
+            raise ConfigError(f"{path}:1: the config is longer than {MAX_CONFIG_CHARS} "
+                              f"characters; it holds settings, not data")
+        data, dups = yamlsrc.load(text)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: the config is not UTF-8 text (byte {e.start})") from None
     except yamlsrc.YamlSyntaxError as e:
         raise ConfigError(f"{path}:{e.line}: YAML syntax error: {e}") from None
     if dups:

@@ -15,11 +15,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from agent.config import Config, load_config
 from agent.engine import loader
 from agent.engine.ruleset import RuleSet
-from agent.errors import ConfigError, FdExhausted
+from agent.errors import ConfigError, FdExhausted, RuleProblem
 from agent.fdlimit import EXHAUSTED, Bursts
 from agent.metrics import Metrics
 
@@ -59,6 +60,9 @@ class Reloader:
         self._next = 0.0
         self._rules_fp = fingerprint(self.rule_paths)
         self._config_fp = self._config_fingerprint()
+        # a rule set being compiled: (thread, its result once done, why)
+        self._compiling: tuple[threading.Thread, list[Any], str] | None = None
+        self._recompile = ""
 
     def request(self) -> None:
         self._requested.set()
@@ -74,6 +78,7 @@ class Reloader:
 
     def tick(self) -> None:
         """Reload what changed (called from the agent's loop)."""
+        self._rules_done()
         forced = self._requested.is_set()
         now = time.monotonic()
         if not forced and now < self._next:
@@ -117,9 +122,48 @@ class Reloader:
         log.info("config reloaded: mode=%s", cfg.mode)
 
     def _reload_rules(self, why: str) -> None:
-        ruleset, problems = loader.check(self.rule_paths)
+        """Compile the rule files in a thread of their own: a large rule set must not stop
+        the agent's loop (its events, scans and /healthz) meanwhile. A later tick applies it."""
+        if self._compiling is not None:
+            self._recompile = why  # changed again meanwhile: compile once more after this one
+            return
+        paths = list(self.rule_paths)
+        result: list[tuple[RuleSet | None, list[RuleProblem]]] = []
+
+        def compile_rules() -> None:
+            try:
+                result.append(loader.check(paths))
+            except Exception as e:  # noqa: BLE001 - refused like any bad rule set, not fatal
+                result.append((None, [RuleProblem(", ".join(paths), 0, f"cannot load: {e!r}")]))
+
+        thread = threading.Thread(target=compile_rules, name="rules-compile", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as e:  # no thread to be had now (out of memory or pids)
+            self.metrics.reload_failures.labels(what="rules").inc()
+            log.error("rule reload after %s postponed: %s; the running rules stay", why, e)
+            self._rules_fp = ()  # try again on the next check
+            return
+        self._compiling = (thread, result, why)
+
+    def _rules_done(self) -> None:
+        """Apply (or refuse) the rule set a finished compile made."""
+        if self._compiling is None or self._compiling[0].is_alive():
+            return
+        _, result, why = self._compiling
+        self._compiling = None
+        ruleset, problems = result[0]
+        if self._recompile:
+            self._reload_rules(self._recompile)
+            self._recompile = ""
         if ruleset is None:
-            _raise_if_starved(" ".join(p.message for p in problems))
+            try:
+                _raise_if_starved(" ".join(p.message for p in problems))
+            except FdExhausted as e:
+                # not a verdict on the files: counted, and compiled again on the next check
+                self._bursts.failed("reload", e)
+                self._rules_fp = ()
+                return
             self.metrics.reload_failures.labels(what="rules").inc()
             for p in problems:
                 log.error("%s", p)

@@ -53,3 +53,12 @@ def problems_in(tmp_path: Path):
         return [str(x).replace(str(tmp_path) + "/", "") for x in problems]
 
     return check
+
+
+@pytest.fixture(autouse=True)
+def _own_node_lock(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's agents lock a file of their own (NODEWARDEN_LOCK_FILE), not the node's
+    /run/nodewarden/agent.lock: other test runs on this machine run agents at the same time,
+    and an agent a test stopped may still be exiting when the next test starts one."""
+    monkeypatch.setenv("NODEWARDEN_LOCK_FILE", str(tmp_path_factory.mktemp("lock") / "agent.lock"))

@@ -61,6 +61,13 @@ _PLACEHOLDER = re.compile(r"\{([a-z_.]+(?:\.[A-Za-z0-9_./-]+)?)\}")
 
 Requirement = dict[str, frozenset[str]] | None
 
+# Bounds on what a rule set may ask of the agent: a reload compiles while the agent runs,
+# and a file of 10**6 list entries stalled it for seconds. The shipped rules are ~15 KB a
+# file and expand to a few thousand values in all.
+MAX_RULE_FILE_BYTES = 1 << 20
+MAX_LIST_VALUES = 10_000   # values of one condition, after $list references are expanded
+MAX_VALUES_TOTAL = 200_000  # values of every condition of a rule set
+
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # errors are reported as rule problems, not on stderr
 
@@ -128,6 +135,7 @@ def bundled_rules_dir() -> str:
 class _Source:
     file: str
     data: Any
+    raw: bytes  # what was parsed: the rule set's digest is of these bytes
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
@@ -148,6 +156,7 @@ class _Compiler:
         self.macro_cache: dict[str, tuple[Predicate, Requirement]] = {}
         self.file = ""
         self.rule_id = ""
+        self.expanded = 0  # values of every expanded list so far (MAX_VALUES_TOTAL)
 
     # -- reporting --------------------------------------------------------------------
 
@@ -164,7 +173,13 @@ class _Compiler:
     def parse(self, path: Path) -> _Source | None:
         self.file = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as f:
+                raw = f.read(MAX_RULE_FILE_BYTES + 1)
+            if len(raw) > MAX_RULE_FILE_BYTES:
+                self.problem(1, f"the file is larger than {MAX_RULE_FILE_BYTES} bytes, the limit "
+                                f"for a rule file; split it, or shorten its lists")
+                return None
+            text = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             self.problem(1, f"cannot read rule file: {e}")
             return None
@@ -176,7 +191,7 @@ class _Compiler:
         for line, key in dups:
             self.problem(line, f"duplicate key '{key}': YAML keeps only the last; remove one")
         if data is None:
-            return _Source(str(path), yamlsrc.Node())
+            return _Source(str(path), yamlsrc.Node(), raw)
         if not isinstance(data, yamlsrc.Node):
             self.problem(1, f"a rule file must be a mapping with keys {', '.join(TOP_KEYS)}, "
                             f"not {_type_name(data)}")
@@ -186,7 +201,7 @@ class _Compiler:
                 self.problem(data.line_of(key), f"unknown top-level key '{key}'"
                                                 f"{_suggest(str(key), TOP_KEYS)}; expected one of "
                                                 f"{', '.join(TOP_KEYS)}")
-        return _Source(str(path), data)
+        return _Source(str(path), data, raw)
 
     def collect_names(self, src: _Source) -> None:
         self.file = src.file
@@ -208,12 +223,25 @@ class _Compiler:
                 if section == "lists" and not isinstance(value, list):
                     self.problem(line, f"list '{name}' must be a YAML list, not {_type_name(value)}")
                     continue
+                if section == "lists" and len(value) > MAX_LIST_VALUES:
+                    self.problem(line, f"list '{name}' has {len(value)} entries; the limit is "
+                                       f"{MAX_LIST_VALUES}")
+                    value = value[:MAX_LIST_VALUES]  # refused above; users need not fail too
                 store[name] = (value, src.file, line)
 
     # -- lists --------------------------------------------------------------------------
 
     def expand(self, value: Any, line: int, stack: tuple[str, ...] = ()) -> list[Any]:
         """A value (scalar, list or `$list` reference) as a flat list of scalars."""
+        out = self._expand(value, line, stack)
+        self.expanded += len(out)
+        if len(out) > MAX_LIST_VALUES or self.expanded > MAX_VALUES_TOTAL:
+            raise self.fail(line, f"too many values: {len(out)} here, {self.expanded} in the "
+                                  f"rule set so far; the limits are {MAX_LIST_VALUES} per "
+                                  f"condition (lists expanded) and {MAX_VALUES_TOTAL} in all")
+        return out
+
+    def _expand(self, value: Any, line: int, stack: tuple[str, ...]) -> list[Any]:
         items = value if isinstance(value, list) else [value]
         out: list[Any] = []
         for item in items:
@@ -225,7 +253,9 @@ class _Compiler:
                 if name in stack:
                     raise self.fail(line, f"list cycle: {' -> '.join((*stack, name))}")
                 lv, _, lline = self.lists[name]
-                out.extend(self.expand(lv, lline, (*stack, name)))
+                out.extend(self._expand(lv, lline, (*stack, name)))
+                if len(out) > MAX_LIST_VALUES:
+                    break  # `expand` reports it; a list of lists must not grow without end
             elif isinstance(item, (dict, list)):
                 raise self.fail(line, f"expected a scalar value, not {_type_name(item)}")
             else:
@@ -878,7 +908,7 @@ def check(paths: Sequence[str]) -> tuple[RuleSet | None, list[RuleProblem]]:
         src = comp.parse(f)
         if src is not None:
             sources.append(src)
-            digest.update(str(f.name).encode() + b"\0" + f.read_bytes() + b"\0")
+            digest.update(str(f.name).encode() + b"\0" + src.raw + b"\0")
     for src in sources:
         comp.collect_names(src)
     comp.check_macros()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 import shlex
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from agent.engine.schema import KINDS
@@ -109,15 +111,30 @@ def connection_from_json(obj: Any) -> Connection:
                       family=family, direction=direction, netns=_int(obj, "netns", 0))
 
 
+def event_time(value: Any) -> float:
+    """Seconds since the epoch from either form a user has at hand: a number (as `--record`
+    writes) or the ISO-8601 text a finding prints (`2026-11-23T10:00:00.123Z`; UTC if it
+    names no zone)."""
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            raise EventFormatError(f"'time' must be seconds since the epoch or an ISO-8601 "
+                                   f"time like 2026-11-23T10:00:00.123Z, not {value!r}") from None
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise EventFormatError(f"'time' must be seconds since the epoch or an ISO-8601 time, "
+                               f"not {value!r}")
+    return float(value)
+
+
 def event_from_json(obj: Any) -> Event:
     """An Event from the recorded-event format. Raises EventFormatError."""
     obj = _check_keys(obj, _EVENT_KEYS, "event")
     kind = _str(obj, "kind", "exec")
     if kind not in KINDS:
         raise EventFormatError(f"'kind' must be one of {', '.join(KINDS)}, not {kind!r}")
-    t = obj.get("time", 0.0)
-    if isinstance(t, bool) or not isinstance(t, (int, float)):
-        raise EventFormatError(f"'time' must be a number of seconds, not {t!r}")
+    t = event_time(obj.get("time", 0.0))
     container = obj.get("container") or {}
     cid = _str(_check_keys(container, {"id"}, "container"), "id", "")
     pobj = obj.get("process") or {}
@@ -137,7 +154,7 @@ def event_from_json(obj: Any) -> Event:
         pod = Pod(namespace=_str(pobj2, "namespace", ""), name=_str(pobj2, "name", ""),
                   uid=_str(pobj2, "uid", ""), labels={str(k): str(v) for k, v in labels.items()})
     conn = connection_from_json(obj["connection"]) if obj.get("connection") else None
-    return Event(kind=kind, time=float(t), process=process, ancestors=ancestors,
+    return Event(kind=kind, time=t, process=process, ancestors=ancestors,
                  workspace=workspace, pod=pod, connection=conn)
 
 

@@ -227,6 +227,21 @@ def test_host_pid_and_the_hosts_mounts(values):
     # BCC's /lib/modules/$(uname -r)/build links into /usr/src: the same paths, read-only
     assert mounts["/lib/modules"] == ("/lib/modules", True)
     assert mounts["/usr/src"] == ("/usr/src", True)
+    # one agent per node: the lock's directory is the host's, writable
+    assert mounts["/run/nodewarden"] == ("/run/nodewarden", False)
+    assert config(docs)["lock_file"] == "/run/nodewarden/agent.lock"
+
+
+def test_agents_of_two_releases_on_a_node_share_one_lock():
+    """A second release's agent must see the first one's lock file and refuse to start."""
+    def lock_volume(release: str) -> Doc:
+        docs = [d for d in yaml.safe_load_all(
+            helm("template", release, str(CHART), "-n", NAMESPACE).stdout) if d]
+        return volume_of_mount(docs, str(Path(config(docs)["lock_file"]).parent))["hostPath"]
+
+    assert lock_volume("one") == lock_volume("two") == {"path": "/run/nodewarden",
+                                                        "type": "DirectoryOrCreate"}
+    assert "config.lock_file is set by the chart" in refused("--set", "config.lock_file=/x")
 
 
 def test_node_name_from_the_downward_api():

@@ -157,6 +157,20 @@ def _edit(rules: Path, rid: str) -> None:
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
 
 
+def _compiled(r: Reloader) -> None:
+    """Waits for a rule compile the reloader started in its thread, if any."""
+    if r._compiling is not None:
+        r._compiling[0].join(10)
+
+
+def _tick_until_applied(r: Reloader, applied: list, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not applied and time.monotonic() < deadline:
+        r.tick()
+        _compiled(r)
+    r.tick()
+
+
 def test_a_rule_directory_that_cannot_be_listed_is_retried(
         reloader, monkeypatch: pytest.MonkeyPatch) -> None:
     r, applied, metrics, rules = reloader
@@ -171,7 +185,7 @@ def test_a_rule_directory_that_cannot_be_listed_is_retried(
         r.tick()
     assert applied == []
     assert _sample(metrics, "nodewarden_fd_exhausted_total", "reload") == 2
-    r.tick()
+    _tick_until_applied(r, applied)
     assert [rs.rules[0].id for rs in applied] == ["second"]
 
 
@@ -184,12 +198,16 @@ def test_a_rule_file_that_cannot_be_opened_is_not_a_refused_reload(
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
     with monkeypatch.context() as m:
-        m.setattr(pathlib.Path, "read_text", no_fds)
+        m.setattr(pathlib.Path, "open", no_fds)
+        r.tick()
+        _compiled(r)  # the compile runs in a thread: it must meet the starved read
         r.tick()
     assert applied == []
+    assert _sample(metrics, "nodewarden_fd_exhausted_total", "reload") == 1
     assert metrics.registry.get_sample_value("nodewarden_reload_failures_total",
                                              {"what": "rules"}) is None
-    r.tick()  # the files did not change since: the load is tried again all the same
+    # the files did not change since: the load is tried again all the same
+    _tick_until_applied(r, applied)
     assert [rs.rules[0].id for rs in applied] == ["second"]
 
 

@@ -34,4 +34,4 @@ def test_wheel_carries_the_shipped_rules_and_the_entry_point(tmp_path):
     for init in (REPO / "agent").glob("*/__init__.py"):
         assert f"agent/{init.parent.name}/__init__.py" in names, f"agent.{init.parent.name} not packaged"
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "nodewarden = agent.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    assert "nodewarden = agent.main:main" in zipfile.ZipFile(wheel).read(entry).decode()

@@ -72,6 +72,7 @@ never in it, only the path of the file the Secret is mounted as.
     "mode" .Values.mode
     "rules" (list "bundled" "/etc/nodewarden/rules.d")
     "proc_root" "/host/proc"
+    "lock_file" "/run/nodewarden/agent.lock"
     "listen" (printf "0.0.0.0:%d" (int .Values.service.port))
     "kubernetes_events" .Values.kubernetesEvents
     "delete_pod" .Values.deletePod

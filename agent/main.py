@@ -1,0 +1,15 @@
+"""The `nodewarden` entry point (console script and `python -m agent`).
+
+Signal handlers go in before the CLI and its heavy imports: see agent.signals.
+"""
+
+from __future__ import annotations
+
+from agent import signals
+
+
+def main() -> int:
+    signals.record_early()
+    from agent.cli import main as cli_main
+
+    return cli_main()
