@@ -1,11 +1,12 @@
 """Which rules the kernel can enforce itself, and what goes into its maps.
 
 A rule compiles into the BPF program when its condition is executable names (compared
-with the 15-byte comm the kernel sets at exec) or full executable paths, or an `any` with
-such branches, with action `kill`, no exceptions and no window: then `sched_process_exec`
-itself sends SIGKILL before the new image runs an instruction (or, in audit, marks the
-exec would_kill). The whole rule is still evaluated in userspace, which catches what the
-kernel cannot test (argv0, other branches) and everything else keeps the userspace path.
+with the comm the kernel sets at exec, so only names shorter than its 15 bytes) or full
+executable paths, or an `any` with such branches, with action `kill`, no exceptions and
+no window: then `sched_process_exec` itself sends SIGKILL before the new image runs an
+instruction (or, in audit, marks the exec would_kill). The whole rule is still evaluated
+in userspace, which catches what the kernel cannot test (argv0, long names, other
+branches) and everything else keeps the userspace path.
 """
 
 from __future__ import annotations
@@ -71,10 +72,12 @@ def _collect(node: Any, spec: KernelExecSpec, expand: Callable[[Any], list[Any]]
                 return False
             spec.paths.update(values)
         else:
-            # exe_name is compared with comm: exact only up to 15 bytes
-            if key == "proc.exe_name" and any(len(v.encode()) > COMM_LEN for v in values):
-                return False
-            spec.names.update(v.encode()[:COMM_LEN].decode(errors="ignore") for v in values)
+            # the kernel compares comm, which is whole only below 15 bytes: a 15-byte comm
+            # may be cut from a longer name (`cpuminer-avx512-benchmark-report`), so names
+            # of 15 bytes or more stay in userspace, which compares them whole
+            short = {v for v in values if len(v.encode()) < COMM_LEN}
+            spec.names.update(short)
+            return bool(short)
         return True
     return False
 

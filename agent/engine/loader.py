@@ -408,8 +408,10 @@ class _Compiler:
             nets = [self.cidr(v, name, line) for v in values]
             return lambda v: any((v & mask) == net for net, mask in nets)
         if fld.name in COMM_FIELDS and op in ("equals", "in"):
-            # the kernel keeps 15 bytes of the name: compare with what it keeps
-            values = [v[:COMM_LEN] if isinstance(v, str) else v for v in values]
+            # a name is whole when known (schema.whole_name); a 15-byte one may be a comm
+            # the kernel cut, so it also matches a longer value's first 15 bytes
+            values = [*values, *(v[:COMM_LEN] for v in values
+                                 if isinstance(v, str) and len(v) > COMM_LEN)]
         # string operators (string and list-of-string fields)
         for v in values:
             if not isinstance(v, str):
