@@ -7,6 +7,8 @@ CI runs as root on a BPF-capable kernel, so a skip there means a broken setup.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -25,6 +27,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
         report.outcome = "failed"
         report.longrepr = f"eBPF test skipped under NODEWARDEN_REQUIRE_EBPF=1: {report.longrepr}"
     return report
+
+
+def _bpf_unavailable() -> str:
+    res = subprocess.run([sys.executable, "-c", "from agent.sources import bpf; bpf.check()"],
+                         check=False, capture_output=True, text=True, timeout=60)
+    return "" if res.returncode == 0 else (res.stderr.strip().splitlines() or ["?"])[-1]
+
+
+@pytest.fixture(scope="session")
+def ebpf() -> None:
+    """Skips a test when this machine cannot load the eBPF sensors (a failure in CI)."""
+    if os.geteuid() != 0:
+        pytest.skip("eBPF needs root")
+    why = _bpf_unavailable()
+    if why:
+        pytest.skip(f"eBPF unavailable: {why}")
 
 
 @pytest.fixture

@@ -42,8 +42,8 @@ class Field:
 
 # Process attributes exposed as proc.X, parent.X and ancestor.X: (field suffix, attribute, type)
 _PROC_ATTRS: tuple[tuple[str, str, str, str], ...] = (
-    ("name", "comm", STR, "comm (what ps shows); a 15-byte comm continued by the executable's "
-                          "or script's name is that whole name"),
+    ("name", "comm", STR, ("comm (what ps shows); a 15-byte comm continued by the executable's "
+                           "or script's name is that whole name")),
     ("exe", "exe", STR, "full path of the executable"),
     ("exe_name", "exe_name", STR, "basename of the executable (comm if unknown)"),
     ("argv0", "argv0", STR, "basename of argv[0]"),

@@ -105,10 +105,10 @@ def _after_scans(agent, n: int, timeout: float = 15) -> None:
 
 @pytest.mark.parametrize("launch", [
     # the first exec (sh, without the marker) is seen before the next ones
-    ["sh", "-c", f"sleep 0.3; exec env WORKSPACE_ID={WORKSPACE} "
-                 "sh -c 'exec ./sshd --url \"$POOL\"'"],
-    ["sh", "-c", f"sleep 0.3; exec env -i WORKSPACE_ID={WORKSPACE} PATH=/usr/bin:/bin "
-                 f"bash -c 'exec ./sshd --url {POOL_QUOTED}'"],
+    ["sh", "-c", (f"sleep 0.3; exec env WORKSPACE_ID={WORKSPACE} "
+                  "sh -c 'exec ./sshd --url \"$POOL\"'")],
+    ["sh", "-c", (f"sleep 0.3; exec env -i WORKSPACE_ID={WORKSPACE} PATH=/usr/bin:/bin "
+                  f"bash -c 'exec ./sshd --url {POOL_QUOTED}'")],
 ], ids=["env", "env-i"])
 def test_a_launcher_that_execs_into_a_workspace_is_in_it(
         ebpf, tenant: Tenant, start_agent, programs, tmp_path, launch):
@@ -130,8 +130,8 @@ def test_a_launcher_that_execs_into_a_workspace_gets_the_workspace_rules(
     """The shipped rule for namespace tools in a workspace sees `exec unshare -Ur` there."""
     agent = start_agent("mode: audit\nscan_interval: 3600\n")
     tenant.binary("unshare", str(programs["spin"]))   # a stand-in that runs until killed
-    p = tenant.spawn(["sh", "-c", f"sleep 0.3; exec env WORKSPACE_ID={WORKSPACE} "
-                                  "sh -c 'exec ./unshare -Ur'"], env={"WORKSPACE_ID": ""})
+    launch = f"sleep 0.3; exec env WORKSPACE_ID={WORKSPACE} sh -c 'exec ./unshare -Ur'"
+    p = tenant.spawn(["sh", "-c", launch], env={"WORKSPACE_ID": ""})
     f = agent.finding(lambda f: f["process"]["pid"] == p.pid
                       and f["rule"] == "namespace-tool-in-workspace")
     assert f["workspace"] == {"id": WORKSPACE}, f

@@ -59,7 +59,7 @@ def periodic_scans(agent: RunningAgent, n: int) -> None:
 def rss(pid: int) -> int:
     """VmRSS of a process, in bytes."""
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) * 1024
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE).group(1)) * 1024
 
 
 def bad_path_binary(tenant: Tenant) -> bytes:

@@ -26,19 +26,6 @@ import pytest
 pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
 
 
-def _bpf_unavailable() -> str:
-    res = subprocess.run([sys.executable, "-c", "from agent.sources import bpf; bpf.check()"],
-                         check=False, capture_output=True, text=True, timeout=60)
-    return "" if res.returncode == 0 else (res.stderr.strip().splitlines() or ["?"])[-1]
-
-
-@pytest.fixture(scope="module")
-def ebpf() -> None:
-    why = _bpf_unavailable()
-    if why:
-        pytest.skip(f"eBPF unavailable: {why}")
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

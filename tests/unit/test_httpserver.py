@@ -118,7 +118,7 @@ def test_within_the_grace_the_newcomer_is_refused_and_the_old_ones_stay(serve) -
 
 
 def test_a_thousand_idle_connections_and_healthz_still_answers(serve) -> None:
-    server, m = serve()  # 64 places, and 64 newcomers waiting up to 20 ms for a request
+    server, _ = serve()  # 64 places, and 64 newcomers waiting up to 20 ms for a request
     socks = []
     try:
         for _ in range(1000):
@@ -152,7 +152,7 @@ def test_headers_must_arrive_within_the_header_timeout(serve) -> None:
 
 
 def test_oversized_headers_are_refused(serve) -> None:
-    server, m = serve()
+    server, _ = serve()
     with _connect(server) as s:
         s.sendall(PARTIAL + b"X-Pad: " + b"a" * 10000)
         assert s.recv(4096).startswith(b"HTTP/1.1 431 ")

@@ -32,8 +32,9 @@ def test_other_commands_get_the_default_action_for_what_came(sig: int) -> None:
 
 
 def test_the_entry_point_catches_signals_before_it_imports_the_cli() -> None:
-    res = subprocess.run([sys.executable, "-c", "import sys, signal, agent.main\n"
-                          "agent.main.signals.record_early()\n"
-                          "print('agent.cli' in sys.modules, signal.getsignal(signal.SIGHUP))"],
+    code = ("import sys, signal, agent.main\n"
+            "agent.main.signals.record_early()\n"
+            "print('agent.cli' in sys.modules, signal.getsignal(signal.SIGHUP))")
+    res = subprocess.run([sys.executable, "-c", code],
                          capture_output=True, text=True, timeout=60, check=True)
     assert res.stdout.startswith("False <function _record")
