@@ -109,3 +109,34 @@ def test_a_sighup_storm_and_a_metrics_flood_leave_the_agent_up(start_agent):
         stop.set()
         t.join()
     assert agent.alive(), "".join(agent.stderr[-20:])
+
+
+BIND_OVER_GREP = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+uid, gid = os.getuid(), os.getgid()
+assert libc.unshare(0x10000000 | 0x00020000) == 0, ctypes.get_errno()  # NEWUSER | NEWNS
+open('/proc/self/setgroups', 'w').write('deny')
+open('/proc/self/uid_map', 'w').write(f'0 {uid} 1')
+open('/proc/self/gid_map', 'w').write(f'0 {gid} 1')
+assert libc.mount(sys.argv[1].encode(), b'/usr/bin/grep', None, 4096, None) == 0  # MS_BIND
+os.execv('/usr/bin/grep', ['grep', '-c', 'sleep 30; :', '-o', 'stratum+tcp://127.0.0.1:3333'])
+"""
+
+
+@pytest.mark.ebpf
+@pytest.mark.xfail(strict=True, reason="open: the text-tool excuse trusts proc.exe, which a "
+                   "tenant's own user+mount namespace can bind-mount a miner over")
+def test_a_miner_bind_mounted_over_grep_in_a_user_namespace_is_killed(ebpf, tenant, start_agent):
+    """No exec of `unshare` (which the shipped workspace rule kills): the tenant's program
+    makes the namespaces itself, bind-mounts its miner over /usr/bin/grep and execs it."""
+    if open("/proc/sys/user/max_user_namespaces").read().strip() == "0":
+        pytest.skip("user namespaces are disabled")
+    agent = start_agent("mode: enforce\n")
+    miner = tenant.binary("kworker", "/bin/dash")
+    p = tenant.spawn(["python3", "-c", BIND_OVER_GREP, str(miner)])
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.1)
+    assert p.poll() == -signal.SIGKILL, [f for f in agent.all_findings
+                                         if f["process"]["pid"] == p.pid]
