@@ -338,16 +338,28 @@ def _run_agent(args: argparse.Namespace, cfg: Config, out: TextIO, err: TextIO) 
                         apply_rules=apply_rules, apply_config=apply_config, metrics=metrics)
     agent.ticks.append(reloader.tick)
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
+    # A handler runs between two bytecodes of the main thread, possibly while it holds an
+    # Event's lock (stop.wait, the reloader's clear, another handler's set): taking that lock
+    # again would hang or crash the agent (a SIGHUP storm did). So a handler only adds the
+    # signal to a set (no lock; repeats coalesce) and the loop's first tick acts on it.
+    caught: set[int] = set()
 
-    def on_hup(_signum: int, _frame: Any) -> None:
-        reloader.request()
+    def on_any(signum: int, _frame: Any) -> None:
+        caught.add(signum)
 
+    def act_on_signals() -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            if signum in caught:
+                caught.discard(signum)
+                if signum == signal.SIGHUP:
+                    reloader.request()
+                else:
+                    log.info("received %s, stopping", signal.Signals(signum).name)
+                    stop.set()
+
+    agent.ticks.insert(0, act_on_signals)
     # a signal that came while we started (recorded by agent.main) is acted on now
-    signals.take_over({signal.SIGTERM: on_signal, signal.SIGINT: on_signal,
-                       signal.SIGHUP: on_hup})
+    signals.take_over({signal.SIGTERM: on_any, signal.SIGINT: on_any, signal.SIGHUP: on_any})
     log.info("nodewarden %s: mode=%s, %d rules (hash %s), procfs=%s, scan every %.1fs",
              __version__, cfg.mode, len(ruleset), ruleset.digest, cfg.proc_root, cfg.scan_interval)
     if cfg.mode == "enforce":

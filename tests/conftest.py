@@ -22,7 +22,9 @@ from agent.engine.ruleset import RuleSet
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
     outcome = yield
     report = outcome.get_result()
-    if (report.skipped and item.get_closest_marker("ebpf") is not None
+    # an expected failure (xfail: a known open hole) is reported as skipped; it is not a skip
+    if (report.skipped and not hasattr(report, "wasxfail")
+            and item.get_closest_marker("ebpf") is not None
             and os.environ.get("NODEWARDEN_REQUIRE_EBPF") == "1"):
         report.outcome = "failed"
         report.longrepr = f"eBPF test skipped under NODEWARDEN_REQUIRE_EBPF=1: {report.longrepr}"
