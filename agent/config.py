@@ -250,6 +250,8 @@ def load_config(path: str | None) -> Config:
             raise ConfigError(f"{path}:{line}: unknown setting '{key}'{hint}; settings are "
                               f"{', '.join(names)}")
         want = _TYPES[key]
+        if key == "listen" and value is False:
+            value = "off"  # YAML 1.1 reads an unquoted `off` as false
         if (isinstance(value, bool) and want is not bool) or not isinstance(value, want):
             raise ConfigError(f"{path}:{line}: '{key}' has the wrong type ({value!r})")
         setattr(cfg, key, list(value) if isinstance(value, list) else value)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
+from agent.config import load_config
 
 
 def run(*argv: str) -> tuple[int, str]:
@@ -79,3 +80,10 @@ def test_a_config_that_is_not_utf8_is_exit_2(tmp_path: Path) -> None:
     cfg.write_bytes(b"mode: audit\nhost: \xff\xfe\n")
     code, err = run("run", "--config", str(cfg), "--once", "--listen", "off", "--no-bpf")
     assert code == 2 and "not UTF-8" in err, err
+
+
+def test_an_unquoted_listen_off_turns_the_endpoint_off(tmp_path) -> None:
+    # YAML reads `off` as false; the README writes `listen: off`
+    f = tmp_path / "c.yaml"
+    f.write_text("listen: off\n")
+    assert load_config(str(f)).listen == "off"
