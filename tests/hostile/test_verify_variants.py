@@ -10,8 +10,10 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
+
 
 @pytest.mark.ebpf
 def test_long_name_with_a_miner_prefix_lives_in_enforce_mode(ebpf, tenant, start_agent):
@@ -65,7 +67,7 @@ def test_a_reparented_process_without_bpf_is_reported_once(tenant, start_agent, 
     pid = f["process"]["pid"]
     deadline = time.monotonic() + 10
     while f["process"]["ppid"] == int(
-            open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]):
+            Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]):
         assert time.monotonic() < deadline, "not reparented"
         time.sleep(0.05)
     time.sleep(1.5)  # several scans after the reparenting
@@ -82,7 +84,7 @@ def test_a_sighup_storm_and_a_metrics_flood_leave_the_agent_up(start_agent):
         # start-up: documented as left open)
         while agent.alive():
             try:
-                caught = open(f"/proc/{agent.proc.pid}/status").read()
+                caught = Path(f"/proc/{agent.proc.pid}/status").read_text()
             except FileNotFoundError:
                 return
             mask = int(caught.split("SigCgt:")[1].split()[0], 16)
@@ -130,7 +132,7 @@ os.execv('/usr/bin/grep', ['grep', '-c', 'sleep 30; :', '-o', 'stratum+tcp://127
 def test_a_miner_bind_mounted_over_grep_in_a_user_namespace_is_killed(ebpf, tenant, start_agent):
     """No exec of `unshare` (which the shipped workspace rule kills): the tenant's program
     makes the namespaces itself, bind-mounts its miner over /usr/bin/grep and execs it."""
-    if open("/proc/sys/user/max_user_namespaces").read().strip() == "0":
+    if Path("/proc/sys/user/max_user_namespaces").read_text().strip() == "0":
         pytest.skip("user namespaces are disabled")
     agent = start_agent("mode: enforce\n")
     miner = tenant.binary("kworker", "/bin/dash")
