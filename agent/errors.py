@@ -6,6 +6,7 @@ while we read them); `RuleError` carries the file and line a user must fix.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 
@@ -54,6 +55,10 @@ class RuleError(NodewardenError):
 
 class ConfigError(NodewardenError):
     """The agent configuration is invalid; the message names the key and the fix."""
+
+
+# EMFILE (this process) and ENFILE (the system): no file descriptor left
+EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
 
 
 class FdExhausted(OSError):

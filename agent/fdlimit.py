@@ -16,11 +16,11 @@ import resource
 import time
 from collections.abc import Callable
 
+from agent.errors import EXHAUSTED
 from agent.metrics import Metrics
 
 log = logging.getLogger("nodewarden")
 
-EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
 # while a burst lasts, a reminder at most this often (the first error is always logged)
 REMIND_EVERY = 60.0
 

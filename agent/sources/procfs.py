@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from agent.enrich.containers import cgroup_identity
 from agent.enrich.workspace import find_marker
-from agent.errors import AccessDenied, FdExhausted, ProcessGone
+from agent.errors import EXHAUSTED, AccessDenied, FdExhausted, ProcessGone
 from agent.model import Process
 from agent.sources.cmdline import CmdlineBudget, RawCmdline, read_cmdline
 from agent.text import decode
@@ -23,8 +23,6 @@ PF_KTHREAD = 0x00200000
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # ENOTDIR: a numeric entry that is not a pid directory (never in a real procfs)
 _GONE = (errno.ESRCH, errno.ENOENT, errno.ENOTDIR)
-# out of descriptors: says nothing about the process, so it is never read as "empty"
-_EXHAUSTED = (errno.EMFILE, errno.ENFILE)
 
 # Upper bounds on what a scan reads from one process: cmdline and environ are attacker
 # controlled and can be many MiB; past these limits the text is truncated, never a crash.
@@ -105,13 +103,19 @@ def parse_status_uid(data: bytes) -> int:
     return int(fields[1])
 
 
-def _read(name: str, dfd: int, limit: int) -> bytes:
+def _open_file(name: str, dfd: int) -> int:
+    """A file of a pid directory, opened for reading. Out of descriptors is FdExhausted: it
+    says nothing about the process, so it must never be read as an empty file."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+        return os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
     except OSError as e:
-        if e.errno in _EXHAUSTED:
+        if e.errno in EXHAUSTED:
             raise FdExhausted(e.errno, e.strerror) from None
         raise
+
+
+def _read(name: str, dfd: int, limit: int) -> bytes:
+    fd = _open_file(name, dfd)
     try:
         chunks = []
         size = 0
@@ -182,7 +186,7 @@ class ProcFS:
         except OSError as e:
             if e.errno in _GONE:
                 raise ProcessGone(pid) from None
-            if e.errno in _EXHAUSTED:
+            if e.errno in EXHAUSTED:
                 raise FdExhausted(e.errno, e.strerror) from None
             raise
 
@@ -295,11 +299,10 @@ class ProcFS:
         """The head and tail of a command line; empty when it cannot be read (a kernel
         thread, a process mid-exit)."""
         try:
-            fd = os.open("cmdline", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
-        except OSError as e:
-            if e.errno in _EXHAUSTED:
-                # out of descriptors is not an empty command line: the caller retries
-                raise FdExhausted(e.errno, e.strerror) from None
+            fd = _open_file("cmdline", dfd)
+        except FdExhausted:
+            raise
+        except OSError:
             return RawCmdline(b"")
         try:
             return read_cmdline(fd, head, tail)
