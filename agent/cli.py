@@ -338,28 +338,20 @@ def _run_agent(args: argparse.Namespace, cfg: Config, out: TextIO, err: TextIO) 
                         apply_rules=apply_rules, apply_config=apply_config, metrics=metrics)
     agent.ticks.append(reloader.tick)
 
-    # A handler runs between two bytecodes of the main thread, possibly while it holds an
-    # Event's lock (stop.wait, the reloader's clear, another handler's set): taking that lock
-    # again would hang or crash the agent (a SIGHUP storm did). So a handler only adds the
-    # signal to a set (no lock; repeats coalesce) and the loop's first tick acts on it.
-    caught: set[int] = set()
-
-    def on_any(signum: int, _frame: Any) -> None:
-        caught.add(signum)
-
+    # The handlers agent.main installed only write signals down (a handler that took a lock,
+    # as Event.set does, hung or crashed the agent in a SIGHUP storm); the loop's first tick
+    # acts on them, those that came while the agent started included.
     def act_on_signals() -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            if signum in caught:
-                caught.discard(signum)
-                if signum == signal.SIGHUP:
-                    reloader.request()
-                else:
-                    log.info("received %s, stopping", signal.Signals(signum).name)
-                    stop.set()
+        came = signals.drain()
+        if signal.SIGHUP in came:
+            reloader.request()
+        stop_by = next((s for s in came if s != signal.SIGHUP), None)
+        if stop_by is not None:
+            log.info("received %s, stopping", signal.Signals(stop_by).name)
+            stop.set()
 
     agent.ticks.insert(0, act_on_signals)
-    # a signal that came while we started (recorded by agent.main) is acted on now
-    signals.take_over({signal.SIGTERM: on_any, signal.SIGINT: on_any, signal.SIGHUP: on_any})
+    signals.record_early()  # already so through agent.main; not when cli.main is called directly
     log.info("nodewarden %s: mode=%s, %d rules (hash %s), procfs=%s, scan every %.1fs",
              __version__, cfg.mode, len(ruleset), ruleset.digest, cfg.proc_root, cfg.scan_interval)
     if cfg.mode == "enforce":

@@ -3,10 +3,12 @@
 Importing the CLI (the Kubernetes client, Prometheus, RE2) and loading the rules take a good
 part of a second; with the default actions, a SIGHUP in that time (a config reloader, a
 tenant's script run as root) killed the agent before it started. `record_early` installs
-handlers that only write the signal down, first thing in the entry point (agent.main);
-`take_over` installs the real handlers once the agent can act on them and replays what was
-recorded, in order (a SIGHUP becomes a reload, a SIGTERM a clean stop). Commands that are not
-the agent get the default actions back with `restore_defaults`.
+handlers that only write the signal down, first thing in the entry point (agent.main), and
+they stay: the agent's loop `drain`s what came, in order, on each turn (a SIGHUP becomes a
+reload, a SIGTERM a clean stop). A handler runs between two bytecodes of the main thread,
+possibly while it holds a lock (an Event's, inside `wait` or `set`); appending to a list takes
+none, so a signal storm cannot re-enter one. Commands that are not the agent get the default
+actions back with `restore_defaults`.
 
 Only the standard library here: this module runs before anything else is imported.
 """
@@ -14,12 +16,9 @@ Only the standard library here: this module runs before anything else is importe
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Mapping
 from types import FrameType
 
 HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
-
-Handler = Callable[[int, FrameType | None], None]
 
 _pending: list[int] = []
 
@@ -36,15 +35,12 @@ def record_early() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
 
 
-def take_over(handlers: Mapping[int, Handler]) -> None:
-    """Install `handlers` and call them for the signals recorded before, in arrival order."""
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
-    while _pending:
-        sig = _pending.pop(0)
-        handler = handlers.get(sig)
-        if handler is not None:
-            handler(sig, None)
+def drain() -> list[int]:
+    """The signals recorded since the last drain, in arrival order. A signal that lands
+    while this runs is kept for the next drain."""
+    came = _pending[:]
+    del _pending[:len(came)]
+    return came
 
 
 def restore_defaults() -> None:
