@@ -2,7 +2,7 @@
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: setup run scan test bench clean
+.PHONY: setup run scan test lint bench clean
 
 setup:
 	@./scripts/setup.sh
@@ -15,6 +15,11 @@ scan: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+# ruff (rules in pyproject.toml) over the code and tests, mypy over the package
+lint: setup
+	$(VENV)/bin/ruff check agent tests bench scripts
+	$(VENV)/bin/mypy agent
 
 bench: setup
 	$(VENV)/bin/python bench/scan.py

@@ -11,13 +11,56 @@ import ipaddress
 import os
 import struct
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import xxhash
 
 _ID = struct.Struct("<QQQQQ")
 
-EVENT_KINDS = ("exec", "scan", "connect", "accept", "close", "exit", "fork")
+
+
+class EventKind(StrEnum):
+    """What an event reports: the one list of kinds. The kernel's numbers for the kinds its
+    sensors send are in bpf/events.h (`enum nw_kind`), which a test holds to this list.
+
+    A StrEnum: a kind compares, hashes and serialises as its text, so recorded events and
+    rules keep saying "exec"."""
+
+    EXEC = "exec"
+    SCAN = "scan"
+    CONNECT = "connect"
+    ACCEPT = "accept"
+    CLOSE = "close"
+    EXIT = "exit"
+    FORK = "fork"
+
+
+EVENT_KINDS = tuple(EventKind)
+# what rules may name in `on:` (a fork is never judged: the child runs its parent's program)
+RULE_KINDS = tuple(k for k in EventKind if k is not EventKind.FORK)
+# kinds that judge a process instance, and kinds that carry a connection
+PROCESS_KINDS = (EventKind.EXEC, EventKind.SCAN)
+CONNECTION_KINDS = (EventKind.CONNECT, EventKind.ACCEPT)
+
+
+class Severity(StrEnum):
+    """How bad a finding is, least first: the order `slack_min_severity` and friends use."""
+
+    INFO = "info"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        """0 for info up to 4 for critical."""
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {s: i for i, s in enumerate(Severity)}
+SEVERITIES = tuple(Severity)
 
 # (pid, starttime, exe device, exe inode): one process instance running one program
 InstanceKey = tuple[int, int, int, int]

@@ -46,7 +46,7 @@ stamp=$venv/.nodewarden-installed
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
     log=$(mktemp)
     if ! { "$venv/bin/python" -m pip install -q --upgrade pip &&
-           "$venv/bin/python" -m pip install -q -e "$here[test]"; } >"$log" 2>&1; then
+           "$venv/bin/python" -m pip install -q -e "$here[test,lint]"; } >"$log" 2>&1; then
         cat "$log" >&2
         echo "setup: pip install failed (log above)" >&2
         rm -f "$log"

@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
-from agent.model import Event, Process
+from agent.model import CONNECTION_KINDS as CONNECTION_KINDS  # re-exported for the loader
+from agent.model import PROCESS_KINDS as PROCESS_KINDS
+from agent.model import RULE_KINDS, Event, Process
+from agent.model import SEVERITIES as SEVERITIES
 
 STR, INT, PORT, IP, STRS, BOOL = "string", "integer", "port", "ip", "list of strings", "boolean"
 
 Getter = Callable[[Event], Any]
 
-SEVERITIES = ("info", "low", "medium", "high", "critical")
 ACTIONS = ("report", "kill", "kill-workspace", "kill-container", "delete-pod")
 MODES = ("audit", "enforce")
-KINDS = ("exec", "scan", "connect", "accept", "close", "exit")
-PROCESS_KINDS = ("exec", "scan")
-CONNECTION_KINDS = ("connect", "accept")
+KINDS = RULE_KINDS
 
 
 @dataclass(frozen=True)
