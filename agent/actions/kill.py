@@ -66,6 +66,12 @@ class Enforcer:
         # set when `delete_pod: true` and the API server is reachable (an actions.pods.PodDeleter)
         self.pod_deleter: Any = None
 
+    def reconfigure(self, protection: Protection, pod_deleter: Any) -> None:
+        """Spare `protection`; delete pods through `pod_deleter` (None: delete-pod kills the
+        process only). At start and on every reload."""
+        self.protection = protection
+        self.pod_deleter = pod_deleter
+
     def carry_out(self, d: Decision) -> Decision:
         """The decision with its final outcome (only `kill` decisions change)."""
         if d.outcome != "kill":

@@ -33,7 +33,8 @@ def _known(ws: str, p: Process) -> _Known:
 class ProcessTree:
     """Processes by pid, with workspace membership and ancestry for enrichment."""
 
-    def __init__(self, procfs: ProcFS, markers: Sequence[str] = DEFAULT_MARKERS) -> None:
+    def __init__(self, procfs: ProcFS, markers: Sequence[str] = DEFAULT_MARKERS,
+                 pod_of: Callable[[str, str], Pod | None] | None = None) -> None:
         self.procfs = procfs
         self.markers = tuple(markers)
         self.procs: dict[int, Process] = {}
@@ -46,7 +47,7 @@ class ProcessTree:
         # a double fork that clears its environment before its exec stays in the workspace
         self._forked: LRUCache[int, str] = LRUCache(maxsize=65536)
         # (container id, pod uid) -> the pod, when the Kubernetes enrichment runs
-        self.pod_of: Callable[[str, str], Pod | None] | None = None
+        self.pod_of = pod_of
 
     def scan(self) -> list[Process]:
         """Read every process from procfs and replace the tree with what is there now.
