@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.enrich.containers import container_id_from_cgroup
+from agent.sources.procfs import container_id_from_cgroup
 
 A = "59de2a815200d473ab0a078bdcee0b8bc80aca90c1df285f4ecfdbca5566c2cd"
 B = "d8909a4e1b423fe77fef16afc7c75b201ad1c9f557c0e571225e927b7a338a9c"
