@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any, TextIO
 
 from agent import __version__, signals
-from agent.actions.kill import Enforcer
+from agent.actions.kill import Enforcer, PodDeleterLike
 from agent.config import Config, load_config, read_metrics_token
 from agent.decide import Decision, Protection
 from agent.engine import loader, ruletest
@@ -281,15 +281,15 @@ def _run_agent(args: argparse.Namespace, cfg: Config, out: TextIO, err: TextIO) 
     metrics.watch_cmdlines(tree.procfs.cmdlines)
     protection = _protection(cfg)
     judge = Judge(ruleset, cfg.mode, protection, metrics, cfg.process_cache_size, can_act=True)
-    enforcer = Enforcer(tree.procfs, ProcessTree(tree.procfs, cfg.workspace_markers), protection,
-                        metrics=metrics)
 
     def record(ev: Event) -> None:
         assert record_file is not None
         record_file.write(json_line(ev.to_json()) + "\n")
 
     slack = _slack_sink(cfg, metrics)
-    kube = _KubeParts(cfg, metrics, enforcer, tree)
+    kube = _KubeParts(cfg, metrics, tree)
+    enforcer = Enforcer(tree.procfs, ProcessTree(tree.procfs, cfg.workspace_markers), protection,
+                        pod_deleter=kube.pod_deleter, metrics=metrics)
     file_writer = FindingWriter(findings_file, "json") if findings_file is not None else None
 
     def report(decisions: list[Decision]) -> None:
@@ -323,9 +323,10 @@ def _run_agent(args: argparse.Namespace, cfg: Config, out: TextIO, err: TextIO) 
         if args.dry_run:
             new.mode = "audit"  # the command line's --dry-run outlives any config change
         judge.mode = new.mode
-        judge.protection = enforcer.protection = replace(protection, names=frozenset(new.protected))
+        judge.protection = replace(protection, names=frozenset(new.protected))
         agent.scan_interval = new.scan_interval
         kube.reconfigure(new)
+        enforcer.reconfigure(judge.protection, kube.pod_deleter)
         for sync in kernel_sync:
             sync()
 
@@ -413,15 +414,14 @@ class _KubeParts:
     """What the Kubernetes API gives the agent: pod enrichment, Events, pod deletion.
     Every part is None outside a cluster (the agent then runs without them)."""
 
-    def __init__(self, cfg: Config, metrics: Metrics, enforcer: Enforcer,
-                 tree: ProcessTree) -> None:
+    def __init__(self, cfg: Config, metrics: Metrics, tree: ProcessTree) -> None:
         from agent import kubeapi
         from agent.enrich.pods import PodIndex
         from agent.sinks.kubeevents import PodEventSink
         from agent.sources.kubepods import PodWatcher
 
         self.metrics = metrics
-        self.enforcer = enforcer
+        self.pod_deleter: PodDeleterLike | None = None  # the deleter while delete_pod is on
         self.kube = kubeapi.connect(cfg.kubernetes, cfg.kubeconfig, cfg.node_name)
         self.watcher: Any = None
         self.events: Any = None
@@ -463,7 +463,7 @@ class _KubeParts:
         elif self.deleter is not None:
             self.deleter.grace_seconds = cfg.delete_pod_grace_seconds
             self.deleter.protected_namespaces = frozenset(cfg.delete_pod_protected_namespaces)
-        self.enforcer.pod_deleter = self.deleter if cfg.delete_pod else None
+        self.pod_deleter = self.deleter if cfg.delete_pod else None
 
     def wait_synced(self, timeout: float = 10.0) -> None:
         """Give the first pod list a moment, so the start-up scan's findings name pods."""
