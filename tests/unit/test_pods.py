@@ -127,11 +127,10 @@ def test_pod_uid_from_every_kubelet_cgroup_shape(name, text, cid):
 
 
 def test_events_of_a_process_in_a_pod_carry_the_pod():
-    tree = ProcessTree(ProcFS(str(FIXTURES)))
     idx = PodIndex()
     idx.upsert({"metadata": {"namespace": "ci", "name": "runner-7", "uid": POD},
                 "status": {}})  # the pod is known; its container ids are not yet
-    tree.pod_of = idx.lookup
+    tree = ProcessTree(ProcFS(str(FIXTURES)), pod_of=idx.lookup)
     procs = {p.pid: p for p in tree.scan()}
     ev = tree.event("scan", procs[2101], 0.0)
     assert ev.pod is not None and (ev.pod.namespace, ev.pod.name) == ("ci", "runner-7")
