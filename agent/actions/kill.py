@@ -35,7 +35,7 @@ from agent.decide import Decision, Protection
 from agent.errors import AccessDenied, ProcessGone
 from agent.fdlimit import exhausted
 from agent.metrics import Metrics
-from agent.model import Event, Pod, Process
+from agent.model import Event, EventKind, Pod, Process
 from agent.sources.procfs import Cgroup, ProcFS
 from agent.sources.proctree import ProcessTree
 from agent.text import human
@@ -163,7 +163,7 @@ class Enforcer:
         return self._pod_deleter.request(ev.pod)
 
     def _protected(self, p: Process, workspace: str = "") -> str:
-        return self._protection.reason(Event("scan", 0.0, p, workspace=workspace))
+        return self._protection.reason(Event(EventKind.SCAN, 0.0, p, workspace=workspace))
 
     # -- one process ----------------------------------------------------------------------
 
