@@ -280,7 +280,8 @@ class Enforcer:
         cid = ev.process.container_id
         pid = ev.process.pid
         try:
-            cg = self.procfs.cgroup(pid)
+            # no container id: no cgroup is the container's ("" is in every path)
+            cg = self.procfs.cgroup(pid) if cid else Cgroup()
         except (ProcessGone, AccessDenied):
             cg = Cgroup()
         if cg.v2 and cid in cg.v2:

@@ -324,6 +324,15 @@ def test_a_shared_cgroup_is_never_killed(make, proc, cgroup, pidfds, version):
     assert pidfds.sent == [(1201, KILL)]
 
 
+def test_kill_container_of_a_process_in_no_container_never_kills_its_cgroup(make, proc, cgroup,
+                                                                          pidfds):
+    d = cgroup_dir(cgroup, "user.slice/user-1000.slice/session-3.scope", [1201, 1302])
+    out = make().kill_container(event(proc, 1201))
+    assert out.outcome == "killed" and "no cgroup of its own" in out.detail
+    assert (d / "cgroup.kill").read_text() == "0"
+    assert pidfds.sent == [(1201, KILL)]
+
+
 def test_kill_container_finds_the_host_cgroup_from_inside_a_cgroup_namespace(make, proc,
                                                                               cgroup):
     """In a pod the agent has its own cgroup namespace: /proc/PID/cgroup of another
