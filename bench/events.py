@@ -473,7 +473,7 @@ _CATEGORIES = (
     ("ipaddress.py", "", "IP text -> int (Connection.__post_init__ -> ipaddress)"),
     ("agent/model.py", "_ip_int", "IP text -> int (Connection.__post_init__ -> ipaddress)"),
     ("agent/sources/proctree.py", "ancestors", "ProcessTree.ancestors (per event)"),
-    ("agent/sources/procfs.py", "", "procfs reads (ProcFS.read, environ)"),
+    ("agent/sources/procfs/", "", "procfs reads (ProcFS.read, environ)"),
     ("agent/enrich/workspace.py", "", "procfs reads (ProcFS.read, environ)"),
     ("~", "<built-in method posix.", "procfs reads (ProcFS.read, environ)"),
     ("agent/engine/", "", "rules (RuleSet.evaluate)"),

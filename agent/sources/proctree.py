@@ -20,6 +20,9 @@ from agent.sources.procfs import ProcFS
 
 MAX_ANCESTORS = 64
 
+# (container id, pod uid) -> the pod of a process (agent.enrich.pods.PodIndex.lookup)
+PodLookup = Callable[[str, str], Pod | None]
+
 # A process's workspace as last read, and the program it was read for (exe dev, inode): an
 # empty answer holds only while the program is the same. (An exec of the same binary with
 # only a new environment is seen by its exec event, not by a scan.)
@@ -34,7 +37,7 @@ class ProcessTree:
     """Processes by pid, with workspace membership and ancestry for enrichment."""
 
     def __init__(self, procfs: ProcFS, markers: Sequence[str] = DEFAULT_MARKERS,
-                 pod_of: Callable[[str, str], Pod | None] | None = None) -> None:
+                 pod_of: PodLookup | None = None) -> None:
         self.procfs = procfs
         self.markers = tuple(markers)
         self.procs: dict[int, Process] = {}
@@ -129,6 +132,7 @@ class ProcessTree:
         return p
 
     def workspace_of(self, pid: int) -> str:
+        """The workspace id of `pid`, "" when it is in none (or unknown)."""
         return self._workspace.get(pid, "")
 
     def ancestors(self, pid: int) -> tuple[Process, ...]:
