@@ -30,13 +30,17 @@ from agent.httpserver import StatusServer
 from agent.metrics import Metrics
 from agent.model import Event
 from agent.nodelock import NodeLock
+from agent.observer import Observer
 from agent.pipeline import Agent, Judge, scan_once
 from agent.reload import Reloader
 from agent.sinks.findings import FindingWriter, finding
 from agent.sinks.outfile import open_output
+from agent.sources.kevents import RawEvent
+from agent.sources.netstate import NetState
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
 from agent.sources.recorded import EventFormatError, read_events
+from agent.sources.sensorset import SensorSet, open_sensors
 from agent.text import json_line
 
 log = logging.getLogger("nodewarden")
@@ -231,9 +235,9 @@ def _protection(cfg: Config) -> Protection:
 
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.print_bpf:
-        from agent.sources.bpf import program_text
+        from agent.sources.sensorset import print_bpf
 
-        out.write(program_text())
+        out.write(print_bpf(_config(args.config)))
         return 0
     raise_nofile_limit()
     cfg = _config(args.config)
@@ -362,15 +366,20 @@ def _run_agent(args: argparse.Namespace, cfg: Config, out: TextIO, err: TextIO) 
         if args.once:
             agent.scan("startup")
             return 0
-        sensor, observer, running = _start_sensors(cfg, tree, agent, metrics)
-        if sensor is not None and hasattr(sensor, "set_kernel_rules") and cfg.kernel_enforcement:
-            kernel_sync.append(lambda: sync_kernel_rules(sensor, agent, judge, protection))
-            kernel_sync[0]()
+        sensor, observer = _start_sensors(cfg, tree, agent, metrics)
+
+        def load_kernel_rules() -> None:
+            agent.kernel_rules, agent.kernel_connect_rules = sensor.load_kernel_rules(
+                judge.ruleset.rules, judge.mode, judge.protection.names)
+
+        kernel_sync.append(load_kernel_rules)
+        load_kernel_rules()
+        running = sensor.describe() or f"procfs scans every {cfg.scan_interval:g}s"
 
         def ready() -> None:
             log.info("ready: %s", running)
 
-        agent.run(stop, sensor, observer, ready)
+        agent.run(stop, sensor if sensor else None, observer, ready)
     finally:
         if sensor is not None:
             sensor.close()  # detaches every BPF program
@@ -385,28 +394,6 @@ def _run_agent(args: argparse.Namespace, cfg: Config, out: TextIO, err: TextIO) 
             findings_file.close()
     log.info("stopped")
     return 0
-
-
-def sync_kernel_rules(sensor: Any, agent: Agent, judge: Judge, protection: Protection) -> None:
-    """Put the rules the kernel can enforce into its maps, in the current modes. Protected
-    names never enter them: the kernel does not ask userspace before it kills."""
-    from agent.engine.kernel import kernel_connect_rules, kernel_rules
-
-    rules = kernel_rules(judge.ruleset.rules)
-    specs = [(r.kernel.names - protection.names, r.kernel.paths,
-              (r.mode or judge.mode) == "enforce") for r in rules]
-    sensor.set_kernel_rules(specs)
-    agent.kernel_rules = rules
-    if sensor.connect_guard:
-        conn_rules = kernel_connect_rules(judge.ruleset.rules)
-        sensor.set_kernel_connect_rules([(r.kernel_connect, (r.mode or judge.mode) == "enforce")
-                                         for r in conn_rules])
-        agent.kernel_connect_rules = conn_rules
-        if conn_rules:
-            log.info("in-kernel connect rules: %s", ", ".join(r.id for r in conn_rules))
-    enforcing = [r.id for r, (_, _, enf) in zip(rules, specs) if enf]
-    log.info("in-kernel exec rules: %d (%s); enforcing: %s", len(rules),
-             ", ".join(r.id for r in rules) or "none", ", ".join(enforcing) or "none (audit)")
 
 
 class _KubeParts:
@@ -498,18 +485,12 @@ def _slack_sink(cfg: Config, metrics: Metrics) -> Any:
 
 
 def _start_sensors(cfg: Config, tree: ProcessTree, agent: Agent,
-                   metrics: Metrics) -> tuple[Any, Any, str]:
-    """The best event source this machine allows: the eBPF sensors; else the netlink proc
-    connector (exec, fork, exit); else none. Says once, clearly, what is missing and why.
-    Returns (sensor or None, observer or None, what runs)."""
-    from agent.observer import Observer
-    from agent.sources import bpf
-    from agent.sources.netstate import NetState
-    from agent.sources.proc_connector import ProcConnector
-
+                   metrics: Metrics) -> tuple[SensorSet, Observer]:
+    """The sensors `cfg.sensors` enables that can run here, their records turned into
+    Events by an Observer and handed to the agent."""
     observer = Observer(tree, NetState(cfg.proc_root))
 
-    def on_raw(raw: Any) -> None:
+    def on_raw(raw: RawEvent) -> None:
         try:
             ev = observer.handle(raw)
         except OSError as e:  # out of descriptors reading procfs: counted, a scan follows
@@ -518,35 +499,7 @@ def _start_sensors(cfg: Config, tree: ProcessTree, agent: Agent,
         if ev is not None:
             agent.handle(ev)
 
-    if cfg.bpf == "off":
-        why = "disabled in the configuration (bpf: off)"
-    else:
-        try:
-            bpf.check()
-            transport = {"auto": None, "ring": False, "perf": True}[cfg.bpf_transport]
-            sensor = bpf.BpfSensor(on_raw, ring_pages=cfg.ring_buffer_pages, perf=transport)
-            for name in ("exec", "tcp"):
-                metrics.sensor_up.labels(sensor=name).set(1)
-            log.info("eBPF sensors loaded (%s buffer)", "perf" if sensor.perf else "ring")
-            return sensor, observer, "eBPF sensors (exec, fork, exit, tcp) and procfs scans"
-        except bpf.BpfUnavailable as e:
-            why = f"{e.reason}; fix: {e.fix}"
-        except Exception as e:  # noqa: BLE001 - BCC raises bare Exception on compile errors
-            why = f"the BPF program failed to load ({e})"
-        if cfg.bpf == "required":
-            raise ConfigError(f"eBPF is required (bpf: required) but unavailable: {why}")
-    try:
-        connector = ProcConnector(on_raw)
-    except OSError as e:
-        log.warning("eBPF sensors unavailable: %s. The netlink proc connector is unavailable "
-                    "too (%s). Running on procfs scans every %gs: processes that live shorter "
-                    "than that can be missed, and no TCP events are seen.",
-                    why, e.strerror, cfg.scan_interval)
-        return None, None, f"procfs scans every {cfg.scan_interval:g}s"
-    metrics.sensor_up.labels(sensor="proc_connector").set(1)
-    log.warning("eBPF sensors unavailable: %s. Using the netlink proc connector for exec, "
-                "fork and exit (no TCP events) and procfs scans every %gs.", why, cfg.scan_interval)
-    return connector, observer, "netlink proc connector (exec, fork, exit) and procfs scans"
+    return open_sensors(cfg, on_raw, metrics), observer
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None,

@@ -234,7 +234,7 @@ class Agent:
         if on_ready is not None:
             on_ready()
         next_scan = time.monotonic() + (self.scan_interval if scanned else RETRY_GAP)
-        lost_seen = sensor.lost() if sensor is not None else 0
+        lost_seen: dict[str, int] = sensor.lost() if sensor is not None else {}
         # loss scans: at once, but at most one per LOSS_SCAN_GAP seconds, so a sustained
         # flood costs one full procfs pass a second, not one per poll
         loss_pending = False
@@ -252,12 +252,12 @@ class Agent:
                 except OSError as e:
                     self.failed("events", e)
                     stop.wait(0.1)  # a sensor that fails at once must not spin the loop
-                lost = sensor.lost()
-                if lost > lost_seen:
-                    self.metrics.events_lost.labels(
-                        source=getattr(sensor, "source", "bpf")).inc(lost - lost_seen)
-                    lost_seen = lost
-                    loss_pending = True
+                for source, lost in sensor.lost().items():
+                    if lost > lost_seen.get(source, 0):
+                        self.metrics.events_lost.labels(source=source).inc(
+                            lost - lost_seen.get(source, 0))
+                        lost_seen[source] = lost
+                        loss_pending = True
                 if (loss_pending or self._rescan) and time.monotonic() >= next_loss_scan:
                     # the kernel dropped records, or we could not read one: whatever they
                     # were about, a scan sees it
