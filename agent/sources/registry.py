@@ -44,6 +44,7 @@ def sensors_problem(names: Sequence[object]) -> str:
     return ""
 
 
-def selected(names: Sequence[str]) -> list[SensorClass]:
+def selected(names: Sequence[str], registry: Sequence[SensorClass] = SENSORS,
+             ) -> list[SensorClass]:
     """The registered sensors these names enable, in registry order."""
-    return [s for s in SENSORS if s.name in names]
+    return [s for s in registry if s.name in names]

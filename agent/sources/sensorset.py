@@ -23,7 +23,7 @@ from agent.model import EventKind
 from agent.sources import bpf
 from agent.sources.connect_guard import ConnectGuard
 from agent.sources.exec_sensor import ExecSensor
-from agent.sources.registry import SENSOR_NAMES, SensorClass, selected
+from agent.sources.registry import SENSORS, SensorClass, selected
 from agent.sources.sensor import OnRecord, Sensor, SensorUnavailable
 
 log = logging.getLogger("nodewarden")
@@ -187,12 +187,13 @@ def _start(cls: SensorClass, program: bpf.BpfProgram | None,
     return sensor
 
 
-def open_sensors(cfg: Config, on_record: OnRecord, metrics: Metrics) -> SensorSet:
+def open_sensors(cfg: Config, on_record: OnRecord, metrics: Metrics,
+                 registry: Sequence[SensorClass] = SENSORS) -> SensorSet:
     """Start the sensors `cfg.sensors` names that can run here; `on_record` gets every
     record. Raises ConfigError when `bpf: required` and the BPF program cannot load."""
-    for name in SENSOR_NAMES:
-        metrics.sensor_up.labels(sensor=name).set(0)
-    wanted = selected(cfg.sensors)
+    for cls in registry:
+        metrics.sensor_up.labels(sensor=cls.name).set(0)
+    wanted = selected(cfg.sensors, registry)
     program, bpf_why = _load_program(wanted, cfg, on_record)
     running: list[Sensor] = []
     why: dict[str, str] = {}
