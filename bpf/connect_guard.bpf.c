@@ -46,7 +46,8 @@ static __always_inline int connect_guard(struct bpf_sock_addr *ctx, int v6)
     m = kconn_ports.lookup(&port);
     if (m)
         ports = *m;
-    u64 match = (net | ~cfg_get(NW_KCFG_CONNECT_NET)) & (ports | ~cfg_get(NW_KCFG_CONNECT_PORT)) & (net | ports) & all;
+    u64 match = (net | ~cfg_get(NW_KCFG_CONNECT_NET)) & (ports | ~cfg_get(NW_KCFG_CONNECT_PORT))
+                & (net | ports) & all;
     if (!match)
         return 1;
     u32 slot = lowest_slot(match);

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agent.model import EventKind
-from agent.sources.kevents import decode
+from agent.sources.kevents import KcfgSlot, decode
 from agent.sources.sensor import OnRecord, SensorUnavailable
 
 log = logging.getLogger("nodewarden.bpf")
@@ -111,6 +111,11 @@ def kernel_has_ringbuf(release: str | None = None) -> bool:
         return (int(parts[0]), int(parts[1].split("-")[0])) >= (5, 8)
     except (IndexError, ValueError):
         return False
+
+
+def set_kcfg(kcfg: Any, slot: KcfgSlot, value: int) -> None:
+    """Write one entry of the kernel config array (`kcfg`, slots named in events.h)."""
+    kcfg[ctypes.c_int(int(slot))] = ctypes.c_ulonglong(value)
 
 
 def _ring_epoll_fd(bpf: Any) -> int | None:

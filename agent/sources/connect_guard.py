@@ -19,8 +19,7 @@ from typing import Any
 
 from agent.engine.kernel import KernelConnectSpec
 from agent.model import EventKind
-from agent.sources.bpf import BpfSensor
-from agent.sources.exec_sensor import set_kcfg
+from agent.sources.bpf import BpfSensor, set_kcfg
 from agent.sources.kevents import KcfgSlot
 from agent.sources.sensor import SensorUnavailable
 

@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from agent.model import EventKind
-from agent.sources.bpf import BpfSensor
+from agent.sources.bpf import BpfSensor, set_kcfg
 from agent.sources.kevents import COMM_LEN, FILENAME_LEN, KcfgSlot
 
 # one kernel rule slot: executable names (comm), full paths, and whether it kills
@@ -36,11 +36,6 @@ def exec_masks(slots: Sequence[ExecSlot]) -> tuple[dict[bytes, int], dict[bytes,
         if enf:
             enforce |= bit
     return names, paths, enforce
-
-
-def set_kcfg(kcfg: Any, slot: KcfgSlot, value: int) -> None:
-    """Write one entry of the kernel config array."""
-    kcfg[ctypes.c_int(int(slot))] = ctypes.c_ulonglong(value)
 
 
 def write_exec_rules(names_t: Any, paths_t: Any, kcfg: Any, slots: Sequence[ExecSlot]) -> None:
