@@ -17,7 +17,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
@@ -31,11 +30,15 @@ from agent.errors import ConfigError, NodewardenError
 from agent.httpserver import StatusServer
 from agent.metrics import Metrics
 from agent.model import Event, Process
+from agent.observer import Observer
 from agent.pipeline import Agent, Judge
 from agent.reload import Reloader
 from agent.sinks.findings import FindingWriter, finding
+from agent.sources.kevents import RawEvent
+from agent.sources.netstate import NetState
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
+from agent.sources.sensorset import SensorSet, open_sensors
 from agent.text import json_line
 
 log = logging.getLogger("nodewarden")
@@ -147,7 +150,7 @@ class Runtime:
                            self.enforcer.carry_out,
                            ticks=(self._act_on_signals, self.reloader.tick))
         self.server = self._status_server(cfg)
-        self.sensors: Any = None
+        self.sensors: SensorSet | None = None
 
     # -- settings: the one place they reach the parts ------------------------------------
 
@@ -171,11 +174,11 @@ class Runtime:
     def _sync_kernel(self, protection: Protection) -> None:
         """Re-fill the kernel's rule maps from the running rules, mode and protection (all
         empty when kernel enforcement is off)."""
-        if self.sensors is None or not hasattr(self.sensors, "set_kernel_rules"):
+        if self.sensors is None:
             return
-        rules = self.ruleset.rules if self.cfg.kernel_enforcement else []
-        exec_rules, connect_rules = sync_kernel_rules(self.sensors, rules, self.cfg.mode,
-                                                      protection.names)
+        exec_rules, connect_rules = self.sensors.load_kernel_rules(
+            self.ruleset.rules, self.cfg.mode, protection.names,
+            in_kernel=self.cfg.kernel_enforcement)
         self.agent.use_kernel_rules(exec_rules, connect_rules)
 
     # -- what flows ------------------------------------------------------------------------
@@ -235,10 +238,10 @@ class Runtime:
                 self.apply(cfg, self.ruleset)
                 self.agent.scan("startup")
                 return 0
-            self.sensors, observer, running = _start_sensors(cfg, self.tree, self.agent,
-                                                             self.metrics)
+            self.sensors, observer = _open_sensors(cfg, self.tree, self.agent, self.metrics)
             self.apply(cfg, self.ruleset)
-            self.agent.run(self.stop, self.sensors, observer,
+            running = self.sensors.describe() or f"procfs scans every {cfg.scan_interval:g}s"
+            self.agent.run(self.stop, self.sensors if self.sensors else None, observer,
                            lambda: log.info("ready: %s", running))
         finally:
             self.close()
@@ -255,30 +258,6 @@ class Runtime:
         self.kube.close()
         if self.server is not None:
             self.server.stop()
-
-
-def sync_kernel_rules(sensor: Any, rules: Sequence[Any], mode: str,
-                      protected: frozenset[str]) -> tuple[list[Any], list[Any]]:
-    """Put the rules the kernel can enforce into its maps, in the current modes. Protected
-    names never enter them: the kernel does not ask userspace before it kills. Returns the
-    exec and connect rules by kernel slot."""
-    from agent.engine.kernel import kernel_connect_rules, kernel_rules
-
-    exec_rules = kernel_rules(rules)
-    specs = [(r.kernel.names - protected, r.kernel.paths, (r.mode or mode) == "enforce")
-             for r in exec_rules]
-    sensor.set_kernel_rules(specs)
-    conn_rules: list[Any] = []
-    if sensor.connect_guard:
-        conn_rules = kernel_connect_rules(rules)
-        sensor.set_kernel_connect_rules([(r.kernel_connect, (r.mode or mode) == "enforce")
-                                         for r in conn_rules])
-        if conn_rules:
-            log.info("in-kernel connect rules: %s", ", ".join(r.id for r in conn_rules))
-    enforcing = [r.id for r, (_, _, enf) in zip(exec_rules, specs, strict=True) if enf]
-    log.info("in-kernel exec rules: %d (%s); enforcing: %s", len(exec_rules),
-             ", ".join(r.id for r in exec_rules) or "none", ", ".join(enforcing) or "none (audit)")
-    return exec_rules, conn_rules
 
 
 class _KubeParts:
@@ -369,19 +348,13 @@ def _slack_sink(cfg: Config, metrics: Metrics) -> Any:
                      queue_size=cfg.slack_queue_size)
 
 
-def _start_sensors(cfg: Config, tree: ProcessTree, agent: Agent,
-                   metrics: Metrics) -> tuple[Any, Any, str]:
-    """The best event source this machine allows: the eBPF sensors; else the netlink proc
-    connector (exec, fork, exit); else none. Says once, clearly, what is missing and why.
-    Returns (sensor or None, observer or None, what runs)."""
-    from agent.observer import Observer
-    from agent.sources import bpf
-    from agent.sources.netstate import NetState
-    from agent.sources.proc_connector import ProcConnector
-
+def _open_sensors(cfg: Config, tree: ProcessTree, agent: Agent,
+                  metrics: Metrics) -> tuple[SensorSet, Observer]:
+    """The sensors `cfg.sensors` enables that can run here, their records turned into
+    Events by an Observer and handed to the agent."""
     observer = Observer(tree, NetState(cfg.proc_root))
 
-    def on_raw(raw: Any) -> None:
+    def on_record(raw: RawEvent) -> None:
         try:
             ev = observer.handle(raw)
         except OSError as e:  # out of descriptors reading procfs: counted, a scan follows
@@ -390,32 +363,4 @@ def _start_sensors(cfg: Config, tree: ProcessTree, agent: Agent,
         if ev is not None:
             agent.handle(ev)
 
-    if cfg.bpf == "off":
-        why = "disabled in the configuration (bpf: off)"
-    else:
-        try:
-            bpf.check()
-            transport = {"auto": None, "ring": False, "perf": True}[cfg.bpf_transport]
-            sensor = bpf.BpfSensor(on_raw, ring_pages=cfg.ring_buffer_pages, perf=transport)
-            for name in ("exec", "tcp"):
-                metrics.sensor_up.labels(sensor=name).set(1)
-            log.info("eBPF sensors loaded (%s buffer)", "perf" if sensor.perf else "ring")
-            return sensor, observer, "eBPF sensors (exec, fork, exit, tcp) and procfs scans"
-        except bpf.BpfUnavailable as e:
-            why = f"{e.reason}; fix: {e.fix}"
-        except Exception as e:  # noqa: BLE001 - BCC raises bare Exception on compile errors
-            why = f"the BPF program failed to load ({e})"
-        if cfg.bpf == "required":
-            raise ConfigError(f"eBPF is required (bpf: required) but unavailable: {why}")
-    try:
-        connector = ProcConnector(on_raw)
-    except OSError as e:
-        log.warning("eBPF sensors unavailable: %s. The netlink proc connector is unavailable "
-                    "too (%s). Running on procfs scans every %gs: processes that live shorter "
-                    "than that can be missed, and no TCP events are seen.",
-                    why, e.strerror, cfg.scan_interval)
-        return None, None, f"procfs scans every {cfg.scan_interval:g}s"
-    metrics.sensor_up.labels(sensor="proc_connector").set(1)
-    log.warning("eBPF sensors unavailable: %s. Using the netlink proc connector for exec, "
-                "fork and exit (no TCP events) and procfs scans every %gs.", why, cfg.scan_interval)
-    return connector, observer, "netlink proc connector (exec, fork, exit) and procfs scans"
+    return open_sensors(cfg, on_record, metrics), observer

@@ -139,14 +139,14 @@ def replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """`run`: the agent, until SIGTERM/SIGINT (or one scan with --once)."""
-    if args.print_bpf:
-        from agent.sources.bpf import program_text
-
-        out.write(program_text())
-        return 0
-    raise_nofile_limit()
     overrides = Overrides.from_args(args)
     cfg = overrides.apply(load_config(args.config))
+    if args.print_bpf:
+        from agent.sources.sensorset import print_bpf
+
+        out.write(print_bpf(cfg))  # the program of the sensors this config enables
+        return 0
+    raise_nofile_limit()
     # one agent per node; taken before the agent touches anything the other one owns
     lock = NodeLock.take(cfg.lock_file)
     try:

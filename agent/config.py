@@ -22,6 +22,7 @@ from agent.engine import yamlsrc
 from agent.enrich.workspace import DEFAULT_MARKERS
 from agent.errors import ConfigError
 from agent.nodelock import default_lock_file
+from agent.sources.registry import SENSOR_NAMES, sensors_problem
 
 
 def _default_host() -> str:
@@ -43,6 +44,8 @@ class Config:
     process_cache_size: int = 65536
     bpf: str = "auto"
     bpf_transport: str = "auto"
+    # the event sensors to run (agent/sources/registry.py); each that cannot load says why
+    sensors: list[str] = field(default_factory=lambda: list(SENSOR_NAMES))
     findings_file: str = ""          # also append findings as JSON lines here
     # one agent per node: `run` holds this lock (the chart mounts its directory from the host)
     lock_file: str = field(default_factory=default_lock_file)
@@ -88,6 +91,8 @@ class Config:
             raise ConfigError("scan_interval must be a positive number of seconds")
         if self.bpf not in ("auto", "off", "required"):
             raise ConfigError(f"bpf must be auto, off or required, not {self.bpf!r}")
+        if sensors_problem(self.sensors):
+            raise ConfigError(f"sensors: {sensors_problem(self.sensors)}")
         if self.bpf_transport not in ("auto", "ring", "perf"):
             raise ConfigError(f"bpf_transport must be auto, ring or perf, not {self.bpf_transport!r}")
         if self.slack_min_severity not in ("info", "low", "medium", "high", "critical"):
@@ -177,7 +182,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "lock_file": str,
 }
 
-_TYPES.update({"metrics_token_file": str, "metrics_socket_group": str})
+_TYPES.update({"metrics_token_file": str, "metrics_socket_group": str, "sensors": list})
 
 UNIX_PREFIX = "unix:"
 UNIX_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL

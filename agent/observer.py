@@ -16,7 +16,7 @@ from collections.abc import Callable
 from cachetools import LRUCache
 
 from agent.errors import AccessDenied, ProcessGone
-from agent.model import Connection, Event, Process
+from agent.model import Connection, Event, EventKind, Process
 from agent.sources import kevents
 from agent.sources.kevents import RawEvent
 from agent.sources.netstate import ESTABLISHED, LISTEN, NetState
@@ -42,60 +42,65 @@ class Observer:
         # inbound connections by (remote, rport, local, lport) -> accepting pid, so the
         # close (which runs in softirq context) is attributed
         self._accepted: LRUCache[Tuple4, int] = LRUCache(maxsize=cache_size)
+        # record kind -> handler (a record of a kind no handler knows is ignored)
+        self._handlers: dict[int, Callable[[RawEvent, float], Event | None]] = {
+            kevents.EXEC: self._exec, kevents.FORK: self._fork, kevents.EXIT: self._exit,
+            kevents.CONNECT: self._connect, kevents.CONNECT_VERDICT: self._connect_verdict,
+            kevents.ACCEPT: self._accept, kevents.CLOSE: self._close,
+        }
 
     def handle(self, raw: RawEvent) -> Event | None:
         """The Event for one kernel record, or None when there is nothing to judge."""
-        kind = raw.kind
-        t = raw.ts_ns / 1e9 + self._offset
-        if kind == kevents.EXEC:
-            killed = raw.state == kevents.VERDICT_KILLED
+        handler = self._handlers.get(raw.kind)
+        return handler(raw, raw.ts_ns / 1e9 + self._offset) if handler is not None else None
+
+    def _exec(self, raw: RawEvent, t: float) -> Event:
+        killed = raw.state == kevents.VERDICT_KILLED
+        read = self._read(raw.pid)
+        if killed and read is not None and not _started_by(read, raw):
+            read = None   # reaped already, and the pid names a later process
+        elif not killed and read is not None and not (read.exe or read.cmdline):
+            # read as its leader exited: once more, through a thread that runs on
             read = self._read(raw.pid)
-            if killed and read is not None and not _started_by(read, raw):
-                read = None   # reaped already, and the pid names a later process
-            elif not killed and read is not None and not (read.exe or read.cmdline):
-                # read as its leader exited: once more, through a thread that runs on
-                read = self._read(raw.pid)
-            if read is None or not (read.exe or read.cmdline):
-                # killed in the kernel, gone, or read mid-exit (exe and cmdline already
-                # empty): what the kernel record says, with the start time when we have it
-                new = self._from_record(raw, read)
-            else:
-                new = read
-            self.tree.add(new)
-            ev = self._event("exec", new, t, raw.ts_ns)
-            if raw.state:
-                ev.kernel_verdict = (raw.fd, raw.state == kevents.VERDICT_KILLED)
-            return ev
-        if kind == kevents.FORK:
-            self._parent_of[raw.pid] = raw.ppid
-            self.tree.forked(raw.pid, raw.ppid)
+        if read is None or not (read.exe or read.cmdline):
+            # killed in the kernel, gone, or read mid-exit (exe and cmdline already
+            # empty): what the kernel record says, with the start time when we have it
+            new = self._from_record(raw, read)
+        else:
+            new = read
+        self.tree.add(new)
+        ev = self._event(EventKind.EXEC, new, t, raw.ts_ns)
+        if raw.state:
+            ev.kernel_verdict = (raw.fd, killed)
+        return ev
+
+    def _fork(self, raw: RawEvent, t: float) -> None:
+        self._parent_of[raw.pid] = raw.ppid
+        self.tree.forked(raw.pid, raw.ppid)
+
+    def _exit(self, raw: RawEvent, t: float) -> Event | None:
+        self._parent_of.pop(raw.pid, None)
+        gone = self.tree.remove(raw.pid)
+        return self._event(EventKind.EXIT, gone, t, raw.ts_ns) if gone is not None else None
+
+    def _connect(self, raw: RawEvent, t: float) -> Event | None:
+        p = self._process(raw.pid)
+        if p is None:
             return None
-        if kind == kevents.EXIT:
-            self._parent_of.pop(raw.pid, None)
-            gone = self.tree.remove(raw.pid)
-            return self._event("exit", gone, t, raw.ts_ns) if gone is not None else None
-        if kind == kevents.CONNECT:
-            p = self._process(raw.pid)
-            if p is None:
-                return None
-            conn = Connection(raw.saddr, raw.sport, raw.daddr, raw.dport, _family(raw.family),
-                              "outbound", p.netns)
-            return self._event("connect", p, t, raw.ts_ns, conn)
-        if kind == kevents.CONNECT_VERDICT:
-            # an in-kernel connect rule matched before anything was sent
-            p = self._process(raw.pid)
-            if p is None:
-                p = self._from_record(raw)
-            conn = Connection("0.0.0.0" if raw.family == kevents.AF_INET else "::", 0,
-                              raw.daddr, raw.dport, _family(raw.family), "outbound", p.netns)
-            ev = self._event("connect", p, t, raw.ts_ns, conn)
-            ev.kernel_verdict = (raw.fd, raw.state == kevents.VERDICT_KILLED)
-            return ev
-        if kind == kevents.ACCEPT:
-            return self._accept(raw, t)
-        if kind == kevents.CLOSE:
-            return self._close(raw, t)
-        return None
+        conn = Connection(raw.saddr, raw.sport, raw.daddr, raw.dport, _family(raw.family),
+                          "outbound", p.netns)
+        return self._event(EventKind.CONNECT, p, t, raw.ts_ns, conn)
+
+    def _connect_verdict(self, raw: RawEvent, t: float) -> Event:
+        # an in-kernel connect rule matched before anything was sent
+        p = self._process(raw.pid)
+        if p is None:
+            p = self._from_record(raw)
+        conn = Connection("0.0.0.0" if raw.family == kevents.AF_INET else "::", 0,
+                          raw.daddr, raw.dport, _family(raw.family), "outbound", p.netns)
+        ev = self._event(EventKind.CONNECT, p, t, raw.ts_ns, conn)
+        ev.kernel_verdict = (raw.fd, raw.state == kevents.VERDICT_KILLED)
+        return ev
 
     def _accept(self, raw: RawEvent, t: float) -> Event | None:
         p = self._process(raw.pid)
@@ -114,7 +119,7 @@ class Observer:
             remote, rport, local, lport, family = s.remote, s.rport, s.local, s.lport, s.family
         self._accepted[(remote, rport, local, lport)] = p.pid
         conn = Connection(remote, rport, local, lport, family, "inbound", p.netns)
-        return self._event("accept", p, t, raw.ts_ns, conn)
+        return self._event(EventKind.ACCEPT, p, t, raw.ts_ns, conn)
 
     def _close(self, raw: RawEvent, t: float) -> Event | None:
         p: Process | None
@@ -130,7 +135,7 @@ class Observer:
                               "inbound", p.netns if p else 0)
         if p is None:
             return None
-        return self._event("close", p, t, raw.ts_ns, conn)
+        return self._event(EventKind.CLOSE, p, t, raw.ts_ns, conn)
 
     def startup_connections(self, now: float) -> list[Event]:
         """Connections that existed before the agent started, one namespace at a time:
@@ -156,11 +161,13 @@ class Observer:
                 p = holder
                 if s.lport in listening:
                     self._accepted[(s.remote, s.rport, s.local, s.lport)] = p.pid
-                    conn = Connection(s.remote, s.rport, s.local, s.lport, s.family, "inbound", netns)
-                    events.append(self._event("accept", p, now, 0, conn))
+                    conn = Connection(s.remote, s.rport, s.local, s.lport, s.family, "inbound",
+                                      netns)
+                    events.append(self._event(EventKind.ACCEPT, p, now, 0, conn))
                 else:
-                    conn = Connection(s.local, s.lport, s.remote, s.rport, s.family, "outbound", netns)
-                    events.append(self._event("connect", p, now, 0, conn))
+                    conn = Connection(s.local, s.lport, s.remote, s.rport, s.family, "outbound",
+                                      netns)
+                    events.append(self._event(EventKind.CONNECT, p, now, 0, conn))
         return events
 
     # -- helpers --------------------------------------------------------------------------
@@ -197,7 +204,7 @@ class Observer:
                        (partial.comm if partial else ""), exe=exe, cmdline=(exe,) if exe else (),
                        uid=raw.uid)
 
-    def _event(self, kind: str, p: Process, t: float, ktime: int,
+    def _event(self, kind: EventKind, p: Process, t: float, ktime: int,
                conn: Connection | None = None) -> Event:
         ev = self.tree.event(kind, p, t)
         ev.connection = conn

@@ -11,9 +11,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Protocol
 
 from cachetools import LRUCache
+from prometheus_client import Counter
 
 from agent.decide import Decision, Protection, decide
 from agent.engine.ruleset import Match, Rule, RuleSet
@@ -35,6 +36,26 @@ _PER_PROCESS = ("exec", "scan")
 _DEAD = ("Z", "X")
 
 
+class EventSource(Protocol):
+    """What the loop polls for kernel records (agent.sources.sensorset.SensorSet)."""
+
+    def poll(self, timeout_ms: int) -> None:
+        """Deliver pending records, waiting up to `timeout_ms` for one."""
+        ...
+
+    def lost(self) -> dict[str, int]:
+        """Records lost so far, by source."""
+        ...
+
+
+class StartupState(Protocol):
+    """What reports the state that existed before the agent started (agent.observer)."""
+
+    def startup_connections(self, now: float) -> list[Event]:
+        """Events for the connections open now."""
+        ...
+
+
 class Judge:
     """Judges events with the rules and decides what to do about each match.
 
@@ -44,8 +65,9 @@ class Judge:
     reparented by its parent's exit would be judged and reported again by the next scan.
     """
 
-    def __init__(self, ruleset: RuleSet, mode: str = "audit", protection: Protection | None = None,
-                 metrics: Metrics | None = None, cache_size: int = 65536, can_act: bool = False) -> None:
+    def __init__(self, ruleset: RuleSet, mode: str = "audit",
+                 protection: Protection | None = None, metrics: Metrics | None = None,
+                 cache_size: int = 65536, can_act: bool = False) -> None:
         self.ruleset = ruleset
         self.mode = mode
         self.protection = protection or Protection()
@@ -53,7 +75,7 @@ class Judge:
         self.can_act = can_act
         self.seen: LRUCache[InstanceKey, bool] = LRUCache(maxsize=cache_size)
         # labelled counter children, looked up once per kind rather than once per event
-        self._event_counters: dict[str, Any] = {}
+        self._event_counters: dict[str, Counter] = {}
 
     def use(self, ruleset: RuleSet, mode: str, protection: Protection) -> None:
         """Judge by these rules, in this global mode, sparing these processes (from the next
@@ -146,6 +168,11 @@ class Agent:
         # per burst; an event dropped for one asks for a scan, like an event the kernel lost
         self.bursts = Bursts(metrics)
         self._rescan = False
+        # records the sensors lost, by source, as last seen; a loss scan owed, and when the
+        # next one may run
+        self._lost_seen: dict[str, int] = {}
+        self._loss_pending = False
+        self._next_loss_scan = 0.0
 
     def set_scan_interval(self, seconds: float) -> None:
         """Scan procfs every `seconds` (from the next scan on)."""
@@ -237,10 +264,12 @@ class Agent:
                             human(d.reason))
         self.report(done)
 
-    def run(self, stop: threading.Event, sensor: Any = None, observer: Any = None,
+    def run(self, stop: threading.Event, sensor: EventSource | None = None,
+            observer: StartupState | None = None,
             on_ready: Callable[[], None] | None = None) -> None:
-        """Until `stop` is set. `sensor` (a BpfSensor) delivers records to `observer`, whose
-        Events come back to `handle`; without a sensor, procfs scans are the only source."""
+        """Until `stop` is set. `sensor` (the running sensors) delivers records to the
+        observer, whose Events come back to `handle`; without one, procfs scans are the only
+        source. The observer also reports the connections that were open at start."""
         scanned = self.try_scan("startup")
         if sensor is not None and observer is not None:
             try:
@@ -252,37 +281,43 @@ class Agent:
         if on_ready is not None:
             on_ready()
         next_scan = time.monotonic() + (self.scan_interval if scanned else RETRY_GAP)
-        lost_seen = sensor.lost() if sensor is not None else 0
-        # loss scans: at once, but at most one per LOSS_SCAN_GAP seconds, so a sustained
-        # flood costs one full procfs pass a second, not one per poll
-        loss_pending = False
-        next_loss_scan = 0.0
+        self._lost_seen = sensor.lost() if sensor is not None else {}
         while not stop.is_set():
             self.heartbeat = time.monotonic()
-            for tick in self.ticks:
-                try:
-                    tick()
-                except OSError as e:
-                    self.failed("reload", e)
+            self._tick()
             if sensor is not None:
-                try:
-                    sensor.poll(100)
-                except OSError as e:
-                    self.failed("events", e)
-                    stop.wait(0.1)  # a sensor that fails at once must not spin the loop
-                lost = sensor.lost()
-                if lost > lost_seen:
-                    self.metrics.events_lost.labels(
-                        source=getattr(sensor, "source", "bpf")).inc(lost - lost_seen)
-                    lost_seen = lost
-                    loss_pending = True
-                if (loss_pending or self._rescan) and time.monotonic() >= next_loss_scan:
-                    # the kernel dropped records, or we could not read one: whatever they
-                    # were about, a scan sees it
-                    loss_pending = not self.try_scan("loss")
-                    next_loss_scan = time.monotonic() + LOSS_SCAN_GAP
+                self._pump(sensor, stop)
             else:
                 stop.wait(max(0.0, min(0.5, next_scan - time.monotonic())))
             if time.monotonic() >= next_scan:
                 ok = self.try_scan("periodic")
                 next_scan = time.monotonic() + (self.scan_interval if ok else RETRY_GAP)
+
+    def _tick(self) -> None:
+        """The loop's other work (signals, reloads), each surviving an OS error."""
+        for tick in self.ticks:
+            try:
+                tick()
+            except OSError as e:
+                self.failed("reload", e)
+
+    def _pump(self, sensor: EventSource, stop: threading.Event) -> None:
+        """One poll of the sensors (up to 100 ms), then a loss scan if records were lost:
+        at once, but at most one per LOSS_SCAN_GAP seconds, so a sustained flood costs one
+        full procfs pass a second, not one per poll."""
+        try:
+            sensor.poll(100)
+        except OSError as e:
+            self.failed("events", e)
+            stop.wait(0.1)  # a sensor that fails at once must not spin the loop
+        for source, lost in sensor.lost().items():
+            seen = self._lost_seen.get(source, 0)
+            if lost > seen:
+                self.metrics.events_lost.labels(source=source).inc(lost - seen)
+                self._lost_seen[source] = lost
+                self._loss_pending = True
+        if (self._loss_pending or self._rescan) and time.monotonic() >= self._next_loss_scan:
+            # the kernel dropped records, or we could not read one: whatever they were
+            # about, a scan sees it
+            self._loss_pending = not self.try_scan("loss")
+            self._next_loss_scan = time.monotonic() + LOSS_SCAN_GAP

@@ -3,7 +3,7 @@
 zero loss, and the loss rate at twice that rate.
 
 The consumer runs in this process, pinned to one CPU (--cpu, default 0), exactly as the
-agent's event loop does: BpfSensor (ring buffer, bpf/sensors.bpf.c, the cgroup connect guard
+agent's event loop does: open_sensors (ring buffer, bpf/*.bpf.c, the cgroup connect guard
 attached and the in-kernel rules loaded as with the default kernel_enforcement: true) ->
 Observer.handle -> Agent.handle -> Judge.judge with the shipped rules (mode audit, metrics
 on, findings counted, not printed). A load generator (bench/loadgen.c, built with gcc into
@@ -71,17 +71,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # bench/common.py
 
-from agent.app import sync_kernel_rules
+from agent.config import Config
 from agent.decide import Protection
 from agent.engine import loader
 from agent.metrics import Metrics
 from agent.observer import Observer
 from agent.pipeline import Agent, Judge
 from agent.sources import bpf
-from agent.sources.kevents import KIND_NAMES, RawEvent
+from agent.sources.kevents import EVENT_KINDS, RawEvent, RecordKind
 from agent.sources.netstate import NetState
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
+from agent.sources.sensorset import SensorSet, open_sensors
 
 TARGET = 50_000
 MODES = ("exec", "connect", "connect-rst", "mix")
@@ -209,6 +210,20 @@ def generator_report(out: str) -> dict[str, float]:
 
 # -- the consumer --------------------------------------------------------------------------
 
+def agent_sensors(on_raw: Callable[[RawEvent], None],
+                  ring_pages: int = bpf.DEFAULT_RING_PAGES) -> SensorSet:
+    """The sensors the agent runs by default (ring buffer), records to `on_raw`."""
+    cfg = Config()
+    cfg.bpf, cfg.bpf_transport, cfg.ring_buffer_pages = "required", "ring", ring_pages
+    return open_sensors(cfg, on_raw, Metrics())
+
+
+def load_kernel_rules(sensors: SensorSet, agent: Agent, judge: Judge) -> None:
+    """The in-kernel rules, as the agent loads them (kernel_enforcement: true)."""
+    agent.use_kernel_rules(*sensors.load_kernel_rules(
+        judge.ruleset.rules, judge.mode, judge.protection.names))
+
+
 class Consumer:
     """One loaded BpfSensor whose records go to a callback that can be swapped per run:
     `full` (Observer -> Agent.handle -> Judge.judge, as the agent) or `bare` (count only)."""
@@ -219,7 +234,7 @@ class Consumer:
         self.judged: dict[str, int] = {}
         self.findings = 0
         self._fn: Callable[[RawEvent], None] = self._bare
-        self.sensor = bpf.BpfSensor(self._on_raw, ring_pages=ring_pages, perf=False)
+        self.sensor = agent_sensors(self._on_raw, ring_pages)
         self.agent: Agent | None = None
 
     def _on_raw(self, raw: RawEvent) -> None:
@@ -249,8 +264,7 @@ class Consumer:
         agent = self.agent = Agent(tree, judge, report, metrics, 3600.0)
         # the in-kernel exec (and connect) rules, loaded as the agent does by default
         # (kernel_enforcement: true); /bin/true and loopback connects match none of them
-        agent.use_kernel_rules(*sync_kernel_rules(
-            self.sensor, judge.ruleset.rules, judge.mode, judge.protection.names))
+        load_kernel_rules(self.sensor, agent, judge)
         observer = Observer(tree, NetState())
         handle = observer.handle
         agent_handle = agent.handle
@@ -285,7 +299,7 @@ def run(consumer: Consumer, loadgen: str, mode: str, rate: float, secs: float,
     consumer.drain()
     consumer.reset(level)
     sensor = consumer.sensor
-    lost0 = sensor.lost()
+    lost0 = sum(sensor.lost().values())
     g = Generators()
     plan = list(gens) if gens else [(RUN_ARGS.gen_cpu, rate)]
     try:
@@ -316,7 +330,7 @@ def run(consumer: Consumer, loadgen: str, mode: str, rate: float, secs: float,
             elif consumer.total() == before or now > gen_end + DRAIN_LIMIT:
                 timed_out |= now > gen_end + DRAIN_LIMIT
                 break
-        lost = sensor.lost() - lost0
+        lost = sum(sensor.lost().values()) - lost0
         cpu1 = os.times()
         steal1 = steal_ms()
         outs = [p.communicate(timeout=5)[0] for p in g.procs]
@@ -339,7 +353,7 @@ def run(consumer: Consumer, loadgen: str, mode: str, rate: float, secs: float,
         "generator_failures": sum(r.get("failures", 0) for r in reports),
         "ingested": records, "ingested_per_s": records / span,
         "judged": sum(judged.values()), "judged_per_s": sum(judged.values()) / span,
-        "by_kind_per_s": {KIND_NAMES[k]: n / span for k, n in enumerate(consumer.kinds) if n},
+        "by_kind_per_s": {EVENT_KINDS[RecordKind(k)]: n / span for k, n in enumerate(consumer.kinds) if n},
         "judged_by_kind_per_s": {k: n / span for k, n in judged.items()},
         "findings": consumer.findings,
         # this process (the consumer) only: user + system CPU over the run
@@ -473,7 +487,7 @@ _CATEGORIES = (
     ("ipaddress.py", "", "IP text -> int (Connection.__post_init__ -> ipaddress)"),
     ("agent/model.py", "_ip_int", "IP text -> int (Connection.__post_init__ -> ipaddress)"),
     ("agent/sources/proctree.py", "ancestors", "ProcessTree.ancestors (per event)"),
-    ("agent/sources/procfs/", "", "procfs reads (ProcFS.read, environ)"),
+    ("agent/sources/procfs.py", "", "procfs reads (ProcFS.read, environ)"),
     ("agent/enrich/workspace.py", "", "procfs reads (ProcFS.read, environ)"),
     ("~", "<built-in method posix.", "procfs reads (ProcFS.read, environ)"),
     ("agent/engine/", "", "rules (RuleSet.evaluate)"),

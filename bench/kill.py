@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/kill.py [--trials-user 200] [--trials-kernel 1000]
 
-Both paths run the agent's real code in-process: BpfSensor -> Observer -> Judge ->
+Both paths run the agent's real code in-process: ExecSensor -> Observer -> Judge ->
 Enforcer (pidfd + start-time check) for userspace, and the BPF program's own
 bpf_send_signal at sched_process_exec for the in-kernel path. Per trial: the exec's
 bpf_ktime_get_ns (CLOCK_MONOTONIC) against the moment the parent's waitpid returned
@@ -35,6 +35,7 @@ from agent.metrics import Metrics
 from agent.observer import Observer
 from agent.pipeline import Agent, Judge
 from agent.sources import bpf
+from agent.sources.exec_sensor import ExecSensor
 from agent.sources.netstate import NetState
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
@@ -86,8 +87,10 @@ def run(trials_user: int, trials_kernel: int) -> None:
             if ev is not None:
                 agent.handle(ev)
 
-        sensor = bpf.BpfSensor(on_raw)
-        sensor.set_kernel_rules([({"nwmarker"}, set(), True)])
+        program = bpf.BpfProgram([ExecSensor.source], on_raw)
+        sensor = ExecSensor(program)
+        sensor.start()
+        sensor.load_rules([({"nwmarker"}, set(), True)])
         stop = threading.Event()
 
         def consume() -> None:
@@ -126,6 +129,7 @@ def run(trials_user: int, trials_kernel: int) -> None:
         stop.set()
         t.join(timeout=5)
         sensor.close()
+        program.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"## kill benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")

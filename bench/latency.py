@@ -60,14 +60,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from events import (  # bench/events.py
     Generators,
+    agent_sensors,
     build_loadgen,
     install_signal_handlers,
+    load_kernel_rules,
     machine,
     poll,
     steal_ms,
 )
 
-from agent.app import sync_kernel_rules
 from agent.decide import Decision, Protection
 from agent.engine import loader
 from agent.metrics import Metrics
@@ -121,7 +122,7 @@ class LatencyConsumer:
 
     def __init__(self, ruleset: Any) -> None:
         self.ruleset = ruleset
-        self.sensor = bpf.BpfSensor(self._on_raw, perf=False)
+        self.sensor = agent_sensors(self._on_raw)
         self.reset()
 
     def reset(self, kernel_rules: bool = False) -> None:
@@ -139,12 +140,11 @@ class LatencyConsumer:
         if kernel_rules:
             # as the agent with kernel_enforcement: true (its default): the exec record
             # carries the BPF program's verdict and Agent.handle reports it (would_kill)
-            self.agent.use_kernel_rules(*sync_kernel_rules(
-                self.sensor, judge.ruleset.rules, judge.mode, judge.protection.names))
+            load_kernel_rules(self.sensor, self.agent, judge)
         else:
             # as with kernel_enforcement: false, or any rule the kernel cannot express: the
             # finding comes from Judge.judge
-            self.sensor.set_kernel_rules([])
+            self.sensor.load_kernel_rules([], "audit", frozenset())
 
     def _on_raw(self, raw: RawEvent) -> None:
         t_cb = time.monotonic_ns()

@@ -11,8 +11,8 @@
  *                   running, e.g. `sleep`); prints "pid N" for each child, reaps all at the end
  *
  * RATE is in kernel records per second, 0 = as fast as possible. Records per operation, as
- * bpf/sensors.bpf.c emits them: exec = fork + exec + exit = 3; connect = connect (SYN_SENT ->
- * ESTABLISHED) + accept + close of the client socket + close of the accepted one = 4.
+ * bpf/exec.bpf.c and bpf/tcp.bpf.c emit them: exec = fork + exec + exit = 3; connect =
+ * connect (SYN_SENT -> ESTABLISHED) + accept + close of the client socket + close of the accepted one = 4.
  * Paced runs sleep (absolute CLOCK_MONOTONIC deadlines) whenever they are ahead of schedule.
  * The accept passes a sockaddr, as servers do, so the kernel resolves the accept's 4-tuple.
  *

@@ -1,34 +1,59 @@
-/* The one event record every sensor sends to userspace (agent/sources/kevents.py decodes it
- * with struct.unpack_from; keep the two in sync: NW_EVENT_FORMAT there). Only tracepoint
- * fields and UAPI values go in here, so no kernel struct layout is ever read. */
+/* What every sensor sends to userspace, defined once: the record, its kinds, the verdicts
+ * it can carry, and the slots of the kernel config array userspace fills.
+ *
+ * agent/sources/kevents.py mirrors this file (RecordKind, Verdict, KcfgSlot, COMM_LEN,
+ * FILENAME_LEN, RECORD); tests/unit/test_bpf_contract.py parses it and fails when the two
+ * differ. Only tracepoint fields and UAPI values go in a record, so no kernel struct
+ * layout is ever read. */
 #ifndef NODEWARDEN_EVENTS_H
 #define NODEWARDEN_EVENTS_H
 
-#define NW_EXEC    1
-#define NW_FORK    2
-#define NW_EXIT    3
-#define NW_CONNECT 4
-#define NW_ACCEPT  5
-#define NW_CLOSE   6
-#define NW_CONNECT_VERDICT 7   /* an in-kernel connect rule matched (sys_enter_connect) */
+/* struct nw_event.kind; each is an agent.model.EventKind (CONNECT_VERDICT is a connect) */
+enum nw_kind {
+    NW_EXEC = 1,
+    NW_FORK = 2,
+    NW_EXIT = 3,
+    NW_CONNECT = 4,
+    NW_ACCEPT = 5,
+    NW_CLOSE = 6,
+    NW_CONNECT_VERDICT = 7,   /* an in-kernel connect rule matched (connect_guard.bpf.c) */
+};
 
+/* struct nw_event.state of a record an in-kernel rule matched */
+enum nw_verdict {
+    NW_VERDICT_WOULD_KILL = 1,
+    NW_VERDICT_KILLED = 2,
+};
+
+/* The kcfg array: one u64 bitmask of kernel rule slots each. */
+enum nw_kcfg_slot {
+    NW_KCFG_EXEC_ENFORCE = 0,     /* exec rule slots in enforce mode (others: would_kill) */
+    NW_KCFG_CONNECT_ENFORCE = 1,  /* connect rule slots in enforce mode */
+    NW_KCFG_CONNECT_NET = 2,      /* connect slots that need a destination network match */
+    NW_KCFG_CONNECT_PORT = 3,     /* connect slots that need a destination port match */
+    NW_KCFG_CONNECT_ALL = 4,      /* every connect slot (0: skip the lookups) */
+    NW_KCFG_SLOTS = 5,
+};
+
+#define NW_COMM_LEN 16
 #define NW_FILENAME_LEN 256
+#define NW_ADDR_LEN 16
 
 struct nw_event {
     u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
-    u32 kind;           /* NW_* */
+    u32 kind;           /* enum nw_kind */
     u32 pid;            /* tgid of the process concerned (the child for fork) */
     u32 ppid;           /* fork: the parent's tgid; otherwise 0 */
     u32 uid;
-    u32 fd;             /* accept: the returned fd; exec with a verdict: the kernel rule slot */
+    u32 fd;             /* accept: the returned fd; with a verdict: the kernel rule slot */
     u16 family;         /* AF_INET 2, AF_INET6 10 */
     u16 sport;          /* host byte order */
     u16 dport;
-    u16 state;          /* close: TCP state left; connect: state entered; exec: in-kernel
-                         * verdict (1 would_kill, 2 killed) */
-    u8 saddr[16];       /* IPv4 in the first 4 bytes */
-    u8 daddr[16];
-    char comm[16];
+    u16 state;          /* close: TCP state left; connect: state entered; exec and
+                         * connect verdict: enum nw_verdict */
+    u8 saddr[NW_ADDR_LEN];   /* IPv4 in the first 4 bytes */
+    u8 daddr[NW_ADDR_LEN];
+    char comm[NW_COMM_LEN];
     char filename[NW_FILENAME_LEN];   /* exec only */
 };
 

@@ -1,24 +1,31 @@
-"""The eBPF sensors through BCC: the only module that imports `bcc`.
+"""The BPF sensors' loader through BCC: the only module that imports `bcc`.
 
-`BpfSensor` compiles bpf/sensors.bpf.c, attaches its tracepoints and hands every decoded
-record to a callback. `check()` says, before anything is loaded, what is missing on this
-machine and how to fix it, so the agent can fall back to procfs scans with one clear
-message instead of a compiler traceback.
+Every BPF sensor is a `.bpf.c` file under bpf/ that includes `sensor.h` (the shared ring
+buffer, loss counter and record). `BpfProgram` compiles the files of the enabled sensors
+into ONE BCC module, so there is one compile, one ring buffer to poll and one loss count,
+and a sensor that is off has no program in the kernel. BCC attaches every
+`TRACEPOINT_PROBE` of what it compiles; a sensor with other programs (the cgroup connect
+guard) attaches them in its `start()`.
+
+`check()` says, before anything is loaded, what is missing on this machine and how to fix
+it, so the agent can fall back with one clear message instead of a compiler traceback.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
 import os
 import platform
-from collections.abc import Callable
+import re
+from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from agent.sources.kevents import RawEvent, decode
+from agent.model import EventKind
+from agent.sources.kevents import KcfgSlot, decode
+from agent.sources.sensor import OnRecord, SensorUnavailable
 
 log = logging.getLogger("nodewarden.bpf")
 
@@ -26,14 +33,8 @@ TRACEFS = "/sys/kernel/tracing"
 DEFAULT_RING_PAGES = 1024  # 4 MiB: ~12,000 events of headroom for a stalled consumer
 MAX_BATCH = 4096  # records per poll, so the agent's loop turns at least every few ms
 
-
-class BpfUnavailable(Exception):
-    """eBPF cannot run here; `reason` says what is missing, `fix` how to get it."""
-
-    def __init__(self, reason: str, fix: str) -> None:
-        super().__init__(f"{reason} ({fix})")
-        self.reason = reason
-        self.fix = fix
+# the compatibility name of what check() raises
+BpfUnavailable = SensorUnavailable
 
 
 def source_dir() -> Path:
@@ -41,12 +42,26 @@ def source_dir() -> Path:
     return Path(str(files("agent.bpf")))
 
 
-def program_text() -> str:
-    """The BPF program as BCC compiles it, header inlined: what `--print-bpf` shows."""
-    d = source_dir()
-    header = (d / "events.h").read_text()
-    body = (d / "sensors.bpf.c").read_text()
-    return body.replace('#include "events.h"', header)
+_LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"[ \t]*$', re.MULTILINE)
+
+
+def program_text(sources: Sequence[str], directory: Path | None = None) -> str:
+    """The BPF program of these sensor sources as BCC compiles it: each file in order, its
+    `#include "..."` of bpf/ files inlined once (what `--print-bpf` shows)."""
+    d = directory or source_dir()
+    seen: set[str] = set()
+
+    def inline(name: str) -> str:
+        if name in seen:
+            return ""
+        seen.add(name)
+        body = (d / name).read_text()
+        return _LOCAL_INCLUDE.sub(lambda m: inline(m.group(1)).rstrip("\n"), body)
+
+    parts = [f"/* nodewarden BPF program: {', '.join(sources)} (bpf/, composed by "
+             f"agent/sources/bpf.py) */\n"]
+    parts.extend(f"/* ---- {name} ---- */\n{inline(name)}" for name in sources)
+    return "\n".join(parts)
 
 
 def _tracefs_ready() -> bool:
@@ -61,67 +76,32 @@ def _mount_tracefs() -> None:
 
 
 def check() -> None:
-    """Raise BpfUnavailable naming the first thing eBPF lacks on this machine."""
+    """Raise SensorUnavailable naming the first thing eBPF lacks on this machine."""
     if os.geteuid() != 0:
-        raise BpfUnavailable("not running as root", "run as root, or in the DaemonSet with "
-                             "CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN")
+        raise SensorUnavailable("not running as root", "run as root, or in the DaemonSet with "
+                                "CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN")
     try:
         import bcc  # noqa: F401
     except ImportError:
-        raise BpfUnavailable("the bcc Python module is missing",
-                             "apt-get install python3-bpfcc, and use a venv made with "
-                             "--system-site-packages (scripts/setup.sh does both)") from None
+        raise SensorUnavailable("the bcc Python module is missing",
+                                "apt-get install python3-bpfcc, and use a venv made with "
+                                "--system-site-packages (scripts/setup.sh does both)") from None
     if not _tracefs_ready():
         try:
             _mount_tracefs()
         except OSError as e:
-            raise BpfUnavailable(f"tracefs is not mounted at {TRACEFS} and mounting it "
-                                 f"failed: {e.strerror}",
-                                 f"mount -t tracefs nodev {TRACEFS}") from None
+            raise SensorUnavailable(f"tracefs is not mounted at {TRACEFS} and mounting it "
+                                    f"failed: {e.strerror}",
+                                    f"mount -t tracefs nodev {TRACEFS}") from None
         if not _tracefs_ready():
-            raise BpfUnavailable("the kernel exposes no tracepoints",
-                                 "use a kernel built with CONFIG_FTRACE and tracepoints")
+            raise SensorUnavailable("the kernel exposes no tracepoints",
+                                    "use a kernel built with CONFIG_FTRACE and tracepoints")
         log.info("mounted tracefs at %s", TRACEFS)
     build = Path(f"/lib/modules/{platform.release()}/build")
     if not build.exists():
-        raise BpfUnavailable(f"kernel headers are missing ({build})",
-                             "apt-get install linux-headers-$(uname -r) or "
-                             "linux-headers-cloud-amd64 and link it there (scripts/setup.sh)")
-
-
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64": 280}
-_BPF_LINK_CREATE = 28
-
-
-def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
-    """BPF_LINK_CREATE (Linux >= 5.7 for cgroup programs): a link fd, or -errno.
-
-    BCC's attach_func uses BPF_PROG_ATTACH, whose attachment outlives the process; a link
-    is released with its last fd. The attr is the link_create member of union bpf_attr:
-    prog_fd, target_fd, attach_type, flags (u32 each), the rest zero."""
-    nr = _SYS_BPF.get(platform.machine())
-    if nr is None:
-        return -errno.ENOSYS
-    attr = (ctypes.c_uint32 * 16)(prog_fd, target_fd, attach_type, 0)
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_long(_BPF_LINK_CREATE), ctypes.byref(attr),
-                      ctypes.c_uint(ctypes.sizeof(attr)))
-    return int(fd) if fd >= 0 else -ctypes.get_errno()
-
-
-def cgroup2_root() -> str | None:
-    """The root of the cgroup v2 hierarchy (unified or hybrid mount), if there is one."""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as f:
-            for line in f:
-                parts = line.split(" - ")
-                if len(parts) == 2 and parts[1].startswith("cgroup2 "):
-                    fields = parts[0].split()
-                    if fields[3] == "/":
-                        return fields[4]
-    except OSError:
-        pass
-    return None
+        raise SensorUnavailable(f"kernel headers are missing ({build})",
+                                "apt-get install linux-headers-$(uname -r) or "
+                                "linux-headers-cloud-amd64 and link it there (scripts/setup.sh)")
 
 
 def kernel_has_ringbuf(release: str | None = None) -> bool:
@@ -133,28 +113,47 @@ def kernel_has_ringbuf(release: str | None = None) -> bool:
         return False
 
 
-class BpfSensor:
-    """Loaded sensors: call `poll()` in a loop; `lost()` counts records the kernel dropped."""
+def set_kcfg(kcfg: Any, slot: KcfgSlot, value: int) -> None:
+    """Write one entry of the kernel config array (`kcfg`, slots named in events.h)."""
+    kcfg[ctypes.c_int(int(slot))] = ctypes.c_ulonglong(value)
 
-    source = "bpf"   # the label of its losses in events_lost_total
 
-    def __init__(self, on_event: Callable[[RawEvent], None], ring_pages: int = DEFAULT_RING_PAGES,
-                 perf: bool | None = None) -> None:
+def _ring_epoll_fd(bpf: Any) -> int | None:
+    """The epoll descriptor of BCC's ring buffer (libbpf's ring_buffer__epoll_fd), so the
+    ring can be waited on beside other sensors' descriptors; None when unavailable."""
+    manager = getattr(bpf, "_ringbuf_manager", None)
+    if not manager:
+        return None
+    try:
+        fn = ctypes.CDLL("libbpf.so.1").ring_buffer__epoll_fd
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_int
+    fd = int(fn(manager))
+    return fd if fd >= 0 else None
+
+
+class BpfProgram:
+    """The enabled BPF sensors' sources compiled into one BCC module, with the one buffer
+    they all write to. Polling it delivers every decoded record to `on_record`."""
+
+    def __init__(self, sources: Sequence[str], on_record: OnRecord,
+                 ring_pages: int = DEFAULT_RING_PAGES, perf: bool | None = None) -> None:
         from bcc import BPF
 
         if perf is None:
             perf = not kernel_has_ringbuf()
         if ring_pages < 1 or ring_pages & (ring_pages - 1):
             raise ValueError("ring_pages must be a power of two")
-        self._on_event = on_event
+        self.sources = tuple(sources)
         self.perf = perf
-        cflags = [f"-I{source_dir()}", f"-DNW_RINGBUF_PAGES={ring_pages}", "-w"]
+        self._on_record = on_record
+        cflags = [f"-DNW_RINGBUF_PAGES={ring_pages}", "-w"]
         if perf:
             cflags.append("-DNW_PERF")
-
-        self._bpf = BPF(src_file=str(source_dir() / "sensors.bpf.c").encode(), cflags=cflags)
-        self._lost = self._bpf["lost"]
-        events = self._bpf["events"]
+        self.bpf = BPF(text=program_text(self.sources).encode(), cflags=cflags)
+        self._lost = self.bpf["lost"]
+        events = self.bpf["events"]
         if perf:
             # wakeup after a few records rather than each: the measured ceiling of a Python
             # consumer with wakeup_events=1 is ~100k/s
@@ -165,58 +164,16 @@ class BpfSensor:
         self._perf_lost_count = 0
         self._batch = 0
         self.errors = 0
-        self._guards: list[tuple[Any, int, Any]] = []
-        self._links: list[int] = []
-        self.connect_guard = self._attach_connect_guards()
+        self._fd = None if perf else _ring_epoll_fd(self.bpf)
 
-    def _attach_connect_guards(self) -> bool:
-        """Attach the connect4/connect6 programs to the root cgroup v2 (in-kernel connect
-        rules). Without cgroup v2 those rules stay in userspace."""
-        from bcc import BPF, BPFAttachType
+    def __getitem__(self, name: str) -> Any:
+        """A map of the program, by its name in the C source."""
+        return self.bpf[name]
 
-        root = cgroup2_root()
-        if root is None:
-            log.warning("no cgroup v2 hierarchy: connect rules are enforced in userspace only")
-            return False
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            for name, kind in (("nw_connect4", BPFAttachType.CGROUP_INET4_CONNECT),
-                               ("nw_connect6", BPFAttachType.CGROUP_INET6_CONNECT)):
-                fn = self._bpf.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=kind)
-                link = link_create(fn.fd, fd, int(kind))
-                if link >= 0:
-                    # a bpf_link lives as long as our fd: if the agent dies (SIGKILL, OOM,
-                    # an uninstall past its grace period) the kernel detaches the guard, so
-                    # no connect is refused on the node by an agent that is gone
-                    self._links.append(link)
-                else:
-                    log.warning("bpf_link unavailable (%s): the connect guard is attached "
-                                "with BPF_PROG_ATTACH and outlives a killed agent until the "
-                                "next start replaces it", os.strerror(-link))
-                    BPF.attach_func(fn, fd, kind)
-                    self._guards.append((fn, fd, kind))
-        except Exception as e:  # noqa: BLE001 - BCC raises bare Exception
-            log.warning("connect guard not attached (%s): connect rules stay in userspace", e)
-            self._detach_guards()
-            os.close(fd)
-            return False
-        if not self._guards:
-            os.close(fd)   # links hold the cgroup themselves
-        return True
-
-    def _detach_guards(self) -> None:
-        from bcc import BPF
-
-        for link in self._links:
-            os.close(link)   # closing the last fd of a bpf_link detaches its program
-        self._links.clear()
-
-        for fn, fd, kind in self._guards:
-            try:
-                BPF.detach_func(fn, fd, kind)
-            except Exception:  # noqa: BLE001, S110 - best effort at shutdown
-                pass
-        self._guards.clear()
+    def tracepoints(self) -> list[str]:
+        """The tracepoints attached, as category:name."""
+        return sorted(tp.decode() if isinstance(tp, bytes) else str(tp)
+                      for tp in self.bpf.tracepoint_fds)
 
     def _ring_cb(self, _ctx: object, data: int, size: int) -> int:
         self._deliver(data, size)
@@ -229,7 +186,7 @@ class BpfSensor:
     def _deliver(self, data: int, size: int) -> None:
         # ctypes would print and swallow an exception raised in a callback: log it as ours
         try:
-            self._on_event(decode(ctypes.string_at(data, size)))
+            self._on_record(decode(ctypes.string_at(data, size)))
         except Exception:
             self.errors += 1
             log.exception("error handling a kernel record (%d so far)", self.errors)
@@ -240,83 +197,65 @@ class BpfSensor:
     def _perf_lost(self, count: int) -> None:
         self._perf_lost_count += count
 
-    def set_kernel_rules(self, specs: list[tuple[set[str], set[str], bool]]) -> None:
-        """Load the in-kernel exec rules: one (names, paths, enforce) per slot, in order.
-        Replaces what was there, so a reload never leaves a stale name behind."""
-        names_t, paths_t, cfg = self._bpf["kexec_names"], self._bpf["kexec_paths"], self._bpf["kcfg"]
-        names: dict[bytes, int] = {}
-        paths: dict[bytes, int] = {}
-        enforce = 0
-        for slot, (ns, ps, enf) in enumerate(specs):
-            for n in ns:
-                names[n.encode()[:15]] = names.get(n.encode()[:15], 0) | (1 << slot)
-            for p in ps:
-                paths[p.encode()[:255]] = paths.get(p.encode()[:255], 0) | (1 << slot)
-            if enf:
-                enforce |= 1 << slot
-        # enforcement off while the maps change, so no half-written set can kill
-        cfg[ctypes.c_int(0)] = ctypes.c_ulonglong(0)
-        names_t.clear()
-        paths_t.clear()
-        for raw, mask in names.items():
-            k = names_t.Key()
-            k.comm = raw
-            names_t[k] = ctypes.c_ulonglong(mask)
-        for raw, mask in paths.items():
-            k = paths_t.Key()
-            k.path = raw
-            paths_t[k] = ctypes.c_ulonglong(mask)
-        cfg[ctypes.c_int(0)] = ctypes.c_ulonglong(enforce)
-
-    def set_kernel_connect_rules(self, specs: list[tuple[Any, bool]]) -> None:
-        """Load the in-kernel connect rules: one (KernelConnectSpec, enforce) per slot."""
-        net_t, ports_t, cfg = self._bpf["kconn_net"], self._bpf["kconn_ports"], self._bpf["kcfg"]
-        nets: dict[tuple[int, bytes], int] = {}
-        ports: dict[int, int] = {}
-        enforce = need_net = need_ports = everything = 0
-        for slot, (spec, enf) in enumerate(specs):
-            bit = 1 << slot
-            everything |= bit
-            for prefix in spec.cidrs:
-                nets[prefix] = nets.get(prefix, 0) | bit
-            for port in spec.ports:
-                ports[port] = ports.get(port, 0) | bit
-            if spec.need_net:
-                need_net |= bit
-            if spec.need_ports:
-                need_ports |= bit
-            if enf:
-                enforce |= bit
-        cfg[ctypes.c_int(4)] = ctypes.c_ulonglong(0)  # off while the maps change
-        net_t.clear()
-        ports_t.clear()
-        for (plen, addr), mask in nets.items():
-            k = net_t.Key()
-            k.prefixlen = plen
-            k.addr = (ctypes.c_ubyte * 16)(*addr)
-            net_t[k] = ctypes.c_ulonglong(mask)
-        for port, mask in ports.items():
-            ports_t[ports_t.Key(port)] = ctypes.c_ulonglong(mask)
-        for i, v in ((1, enforce), (2, need_net), (3, need_ports), (4, everything)):
-            cfg[ctypes.c_int(i)] = ctypes.c_ulonglong(v)
-
     def poll(self, timeout_ms: int) -> None:
         """Deliver pending records (at most MAX_BATCH) to the callback, waiting up to
         `timeout_ms` for one."""
         self._batch = 0
         if self.perf:
-            self._bpf.perf_buffer_poll(timeout=timeout_ms)
+            self.bpf.perf_buffer_poll(timeout=timeout_ms)
         else:
-            self._bpf.ring_buffer_poll(timeout_ms)
+            self.bpf.ring_buffer_poll(timeout_ms)
+
+    def fileno(self) -> int | None:
+        """The ring buffer's epoll descriptor (None with the perf buffer)."""
+        return self._fd
 
     def lost(self) -> int:
         """Records dropped since load (reserve failures counted in the kernel)."""
         return int(self._lost[0].value) + self._perf_lost_count
 
     def close(self) -> None:
-        """Detach every tracepoint and cgroup program and free the maps."""
-        fds = {fd for _, fd, _ in self._guards}
-        self._detach_guards()
-        for fd in fds:
-            os.close(fd)
-        self._bpf.cleanup()
+        """Detach every tracepoint and free the maps."""
+        self.bpf.cleanup()
+
+
+class BpfSensor:
+    """A sensor whose programs are a bpf/ source compiled into the shared `BpfProgram`.
+
+    Subclasses name their `source`; BCC attached its tracepoints when it compiled them.
+    `poll`, `fileno` and `lost` are the shared program's: one ring buffer serves them all."""
+
+    name: ClassVar[str]
+    title: ClassVar[str] = "eBPF sensor"
+    kinds: ClassVar[frozenset[EventKind]]
+    source: ClassVar[str]
+    fallback_for: ClassVar[str | None] = None
+
+    def __init__(self, program: BpfProgram) -> None:
+        self.program = program
+        self._up = False
+
+    @property
+    def up(self) -> bool:
+        """Whether its programs are attached."""
+        return self._up
+
+    def start(self) -> None:
+        """Its tracepoints are attached with the compile; subclasses attach the rest."""
+        self._up = True
+
+    def poll(self, timeout_ms: int) -> None:
+        """Poll the shared buffer."""
+        self.program.poll(timeout_ms)
+
+    def fileno(self) -> int | None:
+        """The shared buffer's descriptor."""
+        return self.program.fileno()
+
+    def lost(self) -> int:
+        """The shared buffer's losses."""
+        return self.program.lost()
+
+    def close(self) -> None:
+        """Marks it down; the program's owner detaches the tracepoints with the program."""
+        self._up = False

@@ -1,27 +1,81 @@
-"""Decoding the kernel's event records (bpf/events.h) into tuples (pure).
+"""The kernel's event records (bpf/events.h) in Python: their kinds, verdicts and config
+slots, and the decoder from bytes to tuples (pure).
 
-`struct.unpack_from` on the raw bytes: half the cost of a ctypes cast per event, which
-matters at tens of thousands of events per second on one core.
+Every number here mirrors an enum or #define of bpf/events.h, which is the one source of
+truth; tests/unit/test_bpf_contract.py parses the header and fails when they differ. The
+decoder uses `struct.unpack_from` on the raw bytes: half the cost of a ctypes cast per
+event, which matters at tens of thousands of events per second on one core.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+from enum import IntEnum
 from typing import NamedTuple
 
 from agent import text
+from agent.model import EventKind
 
-EXEC, FORK, EXIT, CONNECT, ACCEPT, CLOSE, CONNECT_VERDICT = 1, 2, 3, 4, 5, 6, 7
-KIND_NAMES = {EXEC: "exec", FORK: "fork", EXIT: "exit", CONNECT: "connect",
-              ACCEPT: "accept", CLOSE: "close", CONNECT_VERDICT: "connect"}
+
+class RecordKind(IntEnum):
+    """`enum nw_kind`: what a record reports (`NW_` + the member's name)."""
+
+    EXEC = 1
+    FORK = 2
+    EXIT = 3
+    CONNECT = 4
+    ACCEPT = 5
+    CLOSE = 6
+    CONNECT_VERDICT = 7
+
+
+# the event kind each record becomes (a connect verdict is a connect judged in the kernel)
+EVENT_KINDS: dict[RecordKind, EventKind] = {
+    RecordKind.EXEC: EventKind.EXEC, RecordKind.FORK: EventKind.FORK,
+    RecordKind.EXIT: EventKind.EXIT, RecordKind.CONNECT: EventKind.CONNECT,
+    RecordKind.ACCEPT: EventKind.ACCEPT, RecordKind.CLOSE: EventKind.CLOSE,
+    RecordKind.CONNECT_VERDICT: EventKind.CONNECT,
+}
+
+
+class Verdict(IntEnum):
+    """`enum nw_verdict`: the `state` of a record an in-kernel rule matched."""
+
+    WOULD_KILL = 1
+    KILLED = 2
+
+
+class KcfgSlot(IntEnum):
+    """`enum nw_kcfg_slot`: the kcfg array's entries, each a bitmask of rule slots."""
+
+    EXEC_ENFORCE = 0
+    CONNECT_ENFORCE = 1
+    CONNECT_NET = 2
+    CONNECT_PORT = 3
+    CONNECT_ALL = 4
+
+
+KCFG_SLOTS = len(KcfgSlot)
+COMM_LEN = 16        # NW_COMM_LEN: the kernel's comm, NUL included
+FILENAME_LEN = 256   # NW_FILENAME_LEN: an exec's path, NUL included
+ADDR_LEN = 16        # NW_ADDR_LEN: an IPv6 address (IPv4 in the first 4 bytes)
+
+# plain ints for the decoder and the observer's hot path
+EXEC, FORK, EXIT, CONNECT, ACCEPT, CLOSE, CONNECT_VERDICT = (int(k) for k in RecordKind)
+VERDICT_WOULD_KILL, VERDICT_KILLED = int(Verdict.WOULD_KILL), int(Verdict.KILLED)
 AF_INET, AF_INET6 = 2, 10
-VERDICT_WOULD_KILL, VERDICT_KILLED = 1, 2  # exec records: an in-kernel rule matched
 TCP_CLOSE = 7
 
-# struct nw_event: u64 ts; u32 kind, pid, ppid, uid, fd; u16 family, sport, dport, state;
-# u8 saddr[16], daddr[16]; char comm[16]; char filename[256]
-NW_EVENT_FORMAT = struct.Struct("<QIIIIIHHHH16s16s16s256s")
+# struct nw_event, field by field: u64 ts_ns; u32 kind, pid, ppid, uid, fd;
+# u16 family, sport, dport, state; u8 saddr[16], daddr[16]; char comm[16]; filename[256]
+RECORD_FIELDS: tuple[tuple[str, str], ...] = (
+    ("ts_ns", "Q"), ("kind", "I"), ("pid", "I"), ("ppid", "I"), ("uid", "I"), ("fd", "I"),
+    ("family", "H"), ("sport", "H"), ("dport", "H"), ("state", "H"),
+    ("saddr", f"{ADDR_LEN}s"), ("daddr", f"{ADDR_LEN}s"), ("comm", f"{COMM_LEN}s"),
+    ("filename", f"{FILENAME_LEN}s"),
+)
+NW_EVENT_FORMAT = struct.Struct("<" + "".join(code for _, code in RECORD_FIELDS))
 
 
 class RawEvent(NamedTuple):
@@ -58,13 +112,22 @@ def _addr(family: int, raw: bytes) -> str:
     return ""
 
 
+_WITH_ADDRESSES = frozenset((CONNECT, CLOSE, ACCEPT, CONNECT_VERDICT))
+
+
 def decode(data: bytes) -> RawEvent:
     """A RawEvent from the bytes the kernel sent. Raises struct.error on short input."""
     (ts, kind, pid, ppid, uid, fd, family, sport, dport, state, saddr, daddr, comm,
      filename) = NW_EVENT_FORMAT.unpack_from(data)
-    if kind in (CONNECT, CLOSE, ACCEPT, CONNECT_VERDICT):
+    if kind in _WITH_ADDRESSES:
         src, dst = _addr(family, saddr), _addr(family, daddr)
     else:
         src = dst = ""
     return RawEvent(ts, kind, pid, ppid, uid, fd, family, sport, dport, state, src, dst,
                     _cstr(comm), _cstr(filename) if kind == EXEC else "")
+
+
+def process_record(kind: RecordKind, ts_ns: int, pid: int, ppid: int = 0) -> RawEvent:
+    """A record of a process's life (exec, fork, exit) from a source that knows no more
+    than the pids, such as the netlink proc connector: the observer reads the rest."""
+    return RawEvent(ts_ns, int(kind), pid, ppid, 0, 0, 0, 0, 0, 0, "", "", "", "")

@@ -13,10 +13,11 @@ import os
 import select
 import socket
 import struct
-from collections.abc import Callable
+from typing import ClassVar
 
-from agent.sources import kevents
-from agent.sources.kevents import RawEvent
+from agent.model import EventKind
+from agent.sources.kevents import RawEvent, RecordKind, process_record
+from agent.sources.sensor import OnRecord, SensorUnavailable
 
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = 1
@@ -26,6 +27,8 @@ NLMSG_DONE = 3
 PROC_EVENT_FORK = 0x00000001
 PROC_EVENT_EXEC = 0x00000002
 PROC_EVENT_EXIT = 0x80000000
+
+MAX_DATAGRAMS = 4096   # per poll, so the agent's loop turns under any load
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _CN_MSG = struct.Struct("=IIIIHH")
@@ -53,56 +56,73 @@ def parse(datagram: bytes) -> list[RawEvent]:
     return out
 
 
-def _raw(kind: int, ts: int, pid: int, ppid: int = 0) -> RawEvent:
-    return RawEvent(ts, kind, pid, ppid, 0, 0, 0, 0, 0, 0, "", "", "", "")
-
-
 def _event(what: int, ts: int, buf: bytes, at: int) -> RawEvent | None:
     try:
         if what == PROC_EVENT_EXEC:
             pid, tgid = _PIDS.unpack_from(buf, at)
-            return _raw(kevents.EXEC, ts, tgid) if pid == tgid else None
+            return process_record(RecordKind.EXEC, ts, tgid) if pid == tgid else None
         if what == PROC_EVENT_FORK:
             _ppid, ptgid, cpid, ctgid = _FORK.unpack_from(buf, at)
-            return _raw(kevents.FORK, ts, ctgid, ptgid) if cpid == ctgid else None
+            return process_record(RecordKind.FORK, ts, ctgid, ptgid) if cpid == ctgid else None
         if what == PROC_EVENT_EXIT:
             pid, tgid = _PIDS.unpack_from(buf, at)
-            return _raw(kevents.EXIT, ts, tgid) if pid == tgid else None
+            return process_record(RecordKind.EXIT, ts, tgid) if pid == tgid else None
     except struct.error:
         return None
     return None
 
 
 class ProcConnector:
-    """A subscribed proc connector socket with the BpfSensor interface (poll, lost, close)."""
+    """The `proc_connector` sensor: a subscribed proc connector socket. It stands in for
+    the `exec` sensor when eBPF cannot run (it reports no TCP)."""
 
-    source = "proc_connector"   # the label of its losses in events_lost_total
+    name: ClassVar[str] = "proc_connector"
+    title: ClassVar[str] = "netlink proc connector (exec, fork, exit)"
+    kinds: ClassVar[frozenset[EventKind]] = frozenset(
+        {EventKind.EXEC, EventKind.FORK, EventKind.EXIT})
+    fallback_for: ClassVar[str | None] = "exec"
 
-    perf = False
-
-    def __init__(self, on_event: Callable[[RawEvent], None]) -> None:
-        self._on_event = on_event
+    def __init__(self, on_record: OnRecord) -> None:
+        self._on_record = on_record
         self._lost = 0
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+        self._sock: socket.socket | None = None
+
+    @property
+    def up(self) -> bool:
+        """Whether the socket is subscribed."""
+        return self._sock is not None
+
+    def start(self) -> None:
+        """Subscribe to the kernel's process events (root, or CAP_NET_ADMIN)."""
         try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-            self._sock.bind((os.getpid(), CN_IDX_PROC))
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+        except OSError as e:
+            raise SensorUnavailable(str(e.strerror), "a kernel with CONFIG_PROC_EVENTS") from None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            sock.bind((os.getpid(), CN_IDX_PROC))
             op = struct.pack("=I", PROC_CN_MCAST_LISTEN)
             cn = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(op), 0)
-            hdr = _NLMSGHDR.pack(_NLMSGHDR.size + len(cn) + len(op), NLMSG_DONE, 0, 0, os.getpid())
-            self._sock.send(hdr + cn + op)
-        except OSError:
-            self._sock.close()
-            raise
-        self._sock.setblocking(False)
+            hdr = _NLMSGHDR.pack(_NLMSGHDR.size + len(cn) + len(op), NLMSG_DONE, 0, 0,
+                                 os.getpid())
+            sock.send(hdr + cn + op)
+        except OSError as e:
+            sock.close()
+            raise SensorUnavailable(str(e.strerror), "run as root (CAP_NET_ADMIN)") from None
+        sock.setblocking(False)
+        self._sock = sock
 
     def poll(self, timeout_ms: int) -> None:
-        ready, _, _ = select.select([self._sock], [], [], timeout_ms / 1000)
+        """Deliver the datagrams waiting, after up to `timeout_ms` for the first."""
+        sock = self._sock
+        if sock is None:
+            return
+        ready, _, _ = select.select([sock], [], [], timeout_ms / 1000)
         if not ready:
             return
-        while True:
+        for _ in range(MAX_DATAGRAMS):
             try:
-                data = self._sock.recv(65536)
+                data = sock.recv(65536)
             except BlockingIOError:
                 return
             except OSError as e:
@@ -111,10 +131,18 @@ class ProcConnector:
                     continue
                 raise
             for ev in parse(data):
-                self._on_event(ev)
+                self._on_record(ev)
+
+    def fileno(self) -> int | None:
+        """The netlink socket."""
+        return self._sock.fileno() if self._sock is not None else None
 
     def lost(self) -> int:
+        """Overflows of the socket's buffer (each lost one or more events)."""
         return self._lost
 
     def close(self) -> None:
-        self._sock.close()
+        """Unsubscribe."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -152,15 +153,17 @@ time.sleep(2)
         conn, _ = listener.accept()
         assert client.stdout is not None
         cport = int(client.stdout.readline())
-        out = agent.recorded(lambda e: e["kind"] == "connect" and _conn(e, dport=lport, sport=cport))
+        out = agent.recorded(lambda e: e["kind"] == "connect"
+                             and _conn(e, dport=lport, sport=cport))
         assert out["process"]["pid"] == client.pid
         assert _conn(out, src="127.0.0.1", dst="127.0.0.1", direction="outbound", family="ipv4")
-        inbound = agent.recorded(lambda e: e["kind"] == "accept" and _conn(e, dport=lport, sport=cport))
+        inbound = agent.recorded(lambda e: e["kind"] == "accept"
+                                 and _conn(e, dport=lport, sport=cport))
         assert inbound["process"]["pid"] == os.getpid()
         assert _conn(inbound, direction="inbound", src="127.0.0.1")
         conn.close()
-        closed = agent.recorded(lambda e: e["kind"] == "close" and _conn(e, dport=lport, sport=cport,
-                                                                           direction="inbound"))
+        closed = agent.recorded(lambda e: e["kind"] == "close"
+                                and _conn(e, dport=lport, sport=cport, direction="inbound"))
         assert closed["process"]["pid"] == os.getpid()
         assert out["connection"]["netns"] == os.stat("/proc/self/ns/net").st_ino
     finally:
@@ -207,9 +210,11 @@ def test_connection_opened_before_start_is_in_startup_state(start_agent):
     cport = client.getsockname()[1]
     try:
         agent = start_agent()
-        out = agent.recorded(lambda e: e["kind"] == "connect" and _conn(e, sport=cport, dport=lport))
+        out = agent.recorded(lambda e: e["kind"] == "connect"
+                             and _conn(e, sport=cport, dport=lport))
         assert out["process"]["pid"] == os.getpid() and _conn(out, direction="outbound")
-        inbound = agent.recorded(lambda e: e["kind"] == "accept" and _conn(e, sport=cport, dport=lport))
+        inbound = agent.recorded(lambda e: e["kind"] == "accept"
+                                 and _conn(e, sport=cport, dport=lport))
         assert _conn(inbound, direction="inbound", src="127.0.0.1", dst="127.0.0.1")
         # the listener is known: a connection accepted after start is attributed too
         late = socket.create_connection(("127.0.0.1", lport))
@@ -225,7 +230,8 @@ def test_connection_opened_before_start_is_in_startup_state(start_agent):
         listener.close()
 
 
-def test_lost_events_trigger_a_reconciliation_scan_that_finds_what_was_dropped(start_agent, tmp_path):
+def test_lost_events_trigger_a_reconciliation_scan_that_finds_what_was_dropped(start_agent,
+                                                                               tmp_path):
     agent = start_agent("--ring-pages", "1")
     exe = tmp_path / "xmrig"
     shutil.copy("/bin/sleep", exe)
@@ -250,7 +256,8 @@ def test_lost_events_trigger_a_reconciliation_scan_that_finds_what_was_dropped(s
                     if line.startswith('nodewarden_events_lost_total{source="bpf"}')]
             scans = [line for line in text.splitlines()
                      if line.startswith('nodewarden_scans_total{reason="loss"}')]
-            if lost and float(lost[0].split()[-1]) > 0 and scans and float(scans[0].split()[-1]) >= 1:
+            if (lost and float(lost[0].split()[-1]) > 0
+                    and scans and float(scans[0].split()[-1]) >= 1):
                 break
             assert time.monotonic() < deadline, text
             time.sleep(0.1)
@@ -301,7 +308,8 @@ def test_reverse_shell_connect_is_reported_within_100ms(start_agent):
     subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
     listener = None
     try:
-        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "addr", "add", "10.200.0.1/32", "dev", "lo"]):
+        for cmd in (["ip", "link", "set", "lo", "up"],
+                    ["ip", "addr", "add", "10.200.0.1/32", "dev", "lo"]):
             subprocess.run(["ip", "netns", "exec", name, *cmd], check=True, timeout=30)
         listener = subprocess.Popen(
             ["ip", "netns", "exec", name, sys.executable, "-c",
@@ -328,8 +336,8 @@ def test_reverse_shell_connect_is_reported_within_100ms(start_agent):
         assert f["connection"]["dst"] == "10.200.0.1" and f["connection"]["dport"] == 4444
         assert f["connection"]["netns"] == os.stat(f"/run/netns/{name}").st_ino
         assert at - started < 0.100, f"connect to finding took {(at - started) * 1000:.1f} ms"
-        assert any(x["rule"] == "reverse-shell-dev-tcp" and x["source"] == "exec" for x in seen) or \
-            agent.finding(lambda f: f["rule"] == "reverse-shell-dev-tcp")
+        assert any(x["rule"] == "reverse-shell-dev-tcp" and x["source"] == "exec"
+                   for x in seen) or agent.finding(lambda f: f["rule"] == "reverse-shell-dev-tcp")
         shell.wait(timeout=10)
     finally:
         if listener is not None:
@@ -526,3 +534,61 @@ def test_connect_guard_dies_with_a_killed_agent(ebpf, tmp_path):
     ok = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
     listener.close()
     assert ok.returncode == 0, "the connect guard outlived the agent: " + ok.stderr
+
+
+def _kernel_handles(pid: int) -> Counter[str]:
+    """What the agent holds of the kernel's BPF, bpftool-free: one perf event per attached
+    tracepoint, one bpf-prog per program, one bpf_link per cgroup attachment."""
+    held: Counter[str] = Counter()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            held[os.readlink(f"/proc/{pid}/fd/{fd}")] += 1
+        except OSError:
+            continue
+    return held
+
+
+def test_with_only_the_exec_sensor_no_tcp_program_is_attached(start_agent, tmp_path):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("sensors: [exec]\n")
+    agent = start_agent("--config", str(cfg))
+    assert "ready: eBPF sensors (exec) and procfs scans" in agent.stderr[-1]
+    loaded = next(line for line in agent.stderr if "eBPF sensors loaded" in line)
+    assert "sched:sched_process_exec" in loaded and "task:task_newtask" in loaded
+    assert "inet_sock_set_state" not in loaded and "accept" not in loaded
+    held = _kernel_handles(agent.proc.pid)
+    # exec, fork and exit: three tracepoints and programs; no cgroup connect guard
+    assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf-prog"]) == (3, 3), held
+    assert held["anon_inode:bpf_link"] == 0, held
+    metrics = agent.metrics()
+    for sensor, up in (("exec", 1), ("tcp", 0), ("connect_guard", 0), ("proc_connector", 0)):
+        assert f'nodewarden_sensor_up{{sensor="{sensor}"}} {up}.0' in metrics, metrics
+    # a connection after start is not seen; an exec still is
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    lport = listener.getsockname()[1]
+    exe = tmp_path / "xmrig"
+    shutil.copy("/bin/sleep", exe)
+    try:
+        with socket.create_connection(("127.0.0.1", lport)):
+            listener.accept()[0].close()
+        miner = subprocess.Popen([str(exe), "5"])
+        try:
+            _, f = agent.finding(lambda f: f["process"]["pid"] == miner.pid)
+            assert f["source"] == "exec"
+        finally:
+            miner.kill()
+            miner.wait()
+    finally:
+        listener.close()
+    with pytest.raises(AssertionError, match="no such recorded event"):
+        agent.recorded(lambda e: _conn(e, dport=lport) or _conn(e, sport=lport), timeout=1)
+
+
+def test_every_sensor_is_attached_by_default(start_agent):
+    agent = start_agent()
+    assert "ready: eBPF sensors (exec, tcp, connect_guard) and procfs scans" in agent.stderr[-1]
+    held = _kernel_handles(agent.proc.pid)
+    # exec, fork, exit, the TCP state change, accept and accept4 in and out; two guards
+    assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf_link"]) == (8, 2), held

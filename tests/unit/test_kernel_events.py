@@ -48,15 +48,25 @@ def test_decode_rejects_short_records():
         decode(b"\0" * 10)
 
 
-TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0 100 0 0 10 0
-   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0 20 4 30 10 -1
-   2: garbage
-"""
-TCP6 = """  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000001000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 333 1 0 100 0 0 10 0
-   1: 0000000000000000FFFF00000100007F:1F90 0000000000000000FFFF00000100007F:C351 01 00000000:00000000 00:00000000 00000000     0        0 444 1 0 20 4 30 10 -1
-"""
+TCP = (
+    '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   '
+    'uid  timeout inode\n'
+    '   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     '
+    '0        0 111 1 0 100 0 0 10 0\n'
+    '   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     '
+    '0        0 222 1 0 20 4 30 10 -1\n'
+    '   2: garbage\n'
+)
+TCP6 = (
+    '  sl  local_address                         remote_address                      '
+    '  st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n'
+    '   0: 00000000000000000000000001000000:0016 '
+    '00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000 '
+    '    0        0 333 1 0 100 0 0 10 0\n'
+    '   1: 0000000000000000FFFF00000100007F:1F90 '
+    '0000000000000000FFFF00000100007F:C351 01 00000000:00000000 00:00000000 00000000 '
+    '    0        0 444 1 0 20 4 30 10 -1\n'
+)
 
 
 def test_parse_tcp_tables():
@@ -107,13 +117,15 @@ def test_connect_accept_close_attribution(observer):
     out = observer.handle(raw(record(kevents.CONNECT, pid, family=kevents.AF_INET, sport=40000,
                                      dport=3333, saddr="10.0.0.2", daddr="1.2.3.4")))
     assert out is not None and out.connection is not None
-    assert (out.connection.direction, out.connection.dport, out.connection.dst) == ("outbound", 3333, "1.2.3.4")
+    assert (out.connection.direction, out.connection.dport, out.connection.dst) == (
+        "outbound", 3333, "1.2.3.4")
     # accept resolved in the kernel: the socket's view, saddr local and daddr the peer
     acc = observer.handle(raw(record(kevents.ACCEPT, pid, fd=5, family=kevents.AF_INET,
                                      sport=8080, dport=50000, saddr="10.0.0.2", daddr="10.0.0.9")))
     assert acc is not None and acc.connection is not None
     c = acc.connection
-    assert (c.src, c.sport, c.dst, c.dport, c.direction) == ("10.0.0.9", 50000, "10.0.0.2", 8080, "inbound")
+    assert (c.src, c.sport, c.dst, c.dport, c.direction) == (
+        "10.0.0.9", 50000, "10.0.0.2", 8080, "inbound")
     # the close runs in softirq (pid 0): attributed to the accepting process
     cl = observer.handle(raw(record(kevents.CLOSE, 0, family=kevents.AF_INET, sport=8080,
                                     dport=50000, saddr="10.0.0.2", daddr="10.0.0.9")))
@@ -182,9 +194,11 @@ def test_caches_stay_bounded_over_many_events(tmp_path):
             pid = 100_000 + (base + i) % 50_000
             ts = (base + i) * 1000
             for data in (record(kevents.FORK, pid, ppid=1, ts=ts),
-                         record(kevents.EXEC, pid, comm=b"worker", filename=b"/usr/bin/worker", ts=ts),
-                         record(kevents.CONNECT, pid, family=kevents.AF_INET, sport=1024 + i % 60000,
-                                dport=443, saddr="10.0.0.2", daddr="10.9.9.9", ts=ts),
+                         record(kevents.EXEC, pid, comm=b"worker", filename=b"/usr/bin/worker",
+                                ts=ts),
+                         record(kevents.CONNECT, pid, family=kevents.AF_INET,
+                                sport=1024 + i % 60000, dport=443, saddr="10.0.0.2",
+                                daddr="10.9.9.9", ts=ts),
                          record(kevents.ACCEPT, pid, fd=3, family=kevents.AF_INET, sport=8080,
                                 dport=1024 + i % 60000, saddr="10.0.0.2", daddr="10.0.0.7", ts=ts),
                          record(kevents.CLOSE, pid, family=kevents.AF_INET, sport=1024 + i % 60000,
@@ -220,7 +234,8 @@ def test_exec_read_mid_exit_keeps_the_kernel_records_filename(tmp_path):
     obs = Observer(tree, NetState(str(root)))
     ev = obs.handle(raw(record(kevents.EXEC, 321, comm=b"xmrig", filename=b"/tmp/xmrig")))
     assert ev is not None
-    assert (ev.process.exe, ev.process.cmdline, ev.process.starttime) == ("/tmp/xmrig", ("/tmp/xmrig",), 777)
+    assert (ev.process.exe, ev.process.cmdline, ev.process.starttime) == (
+        "/tmp/xmrig", ("/tmp/xmrig",), 777)
 
 
 def _killed_exec(pid: int, comm: bytes, ts: int) -> RawEvent:

@@ -1,0 +1,242 @@
+"""The sensors that run: chosen by the config's `sensors:`, started once, polled together.
+
+`open_sensors` starts every enabled sensor that can load, in registry order: the BPF ones
+compiled into one program, then the others; a fallback (the netlink proc connector) only
+when the sensor it stands in for is not up. Each that cannot load says why, once. The
+agent's loop then calls `poll`, `lost`, and `load_kernel_rules` after every rules or
+config change.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+from collections.abc import Sequence
+from typing import Protocol
+
+from agent.config import Config
+from agent.engine.kernel import kernel_connect_rules, kernel_rules
+from agent.engine.ruleset import Rule
+from agent.errors import ConfigError
+from agent.metrics import Metrics
+from agent.model import EventKind
+from agent.sources import bpf
+from agent.sources.connect_guard import ConnectGuard
+from agent.sources.exec_sensor import ExecSensor
+from agent.sources.registry import SENSORS, SensorClass, selected
+from agent.sources.sensor import OnRecord, Sensor, SensorUnavailable
+
+log = logging.getLogger("nodewarden")
+
+
+class Reader(Protocol):
+    """What is polled: the shared BPF program, or a sensor with its own descriptor."""
+
+    def poll(self, timeout_ms: int) -> None:
+        """Deliver a bounded batch, waiting up to `timeout_ms`."""
+        ...
+
+    def fileno(self) -> int | None:
+        """A descriptor to wait on, if any."""
+        ...
+
+    def lost(self) -> int:
+        """Records lost so far."""
+        ...
+
+
+class SensorSet:
+    """The running sensors and what polls them. Empty when none could start (the agent
+    then runs on procfs scans alone)."""
+
+    def __init__(self, sensors: Sequence[Sensor], program: bpf.BpfProgram | None) -> None:
+        self.sensors = list(sensors)
+        self.program = program
+        # by their events_lost_total{source} label; BPF sensors share the program's buffer
+        self._readers: dict[str, Reader] = {}
+        if program is not None and any(isinstance(s, bpf.BpfSensor) for s in sensors):
+            self._readers["bpf"] = program
+        for s in sensors:
+            if not isinstance(s, bpf.BpfSensor):
+                self._readers[s.name] = s
+
+    @property
+    def names(self) -> list[str]:
+        """The running sensors' names, in registry order."""
+        return [s.name for s in self.sensors]
+
+    @property
+    def kinds(self) -> frozenset[EventKind]:
+        """Every event kind the running sensors report."""
+        return frozenset().union(*(s.kinds for s in self.sensors))
+
+    def __bool__(self) -> bool:
+        return bool(self.sensors)
+
+    def describe(self) -> str:
+        """What runs, for the "ready:" log line (procfs scans come with every set)."""
+        parts = []
+        bpf_names = [s.name for s in self.sensors if isinstance(s, bpf.BpfSensor)]
+        if bpf_names:
+            parts.append(f"eBPF sensors ({', '.join(bpf_names)})")
+        parts.extend(s.title for s in self.sensors if not isinstance(s, bpf.BpfSensor))
+        return " and ".join([*parts, "procfs scans"]) if parts else ""
+
+    def poll(self, timeout_ms: int) -> None:
+        """Deliver what every sensor has pending, waiting up to `timeout_ms` for any."""
+        readers = list(self._readers.values())
+        if len(readers) == 1:
+            readers[0].poll(timeout_ms)
+            return
+        fds: dict[int, Reader] = {}
+        for r in readers:
+            fd = r.fileno()
+            if fd is None:
+                # a reader without a descriptor waits itself: share the wait between them
+                for each in readers:
+                    each.poll(timeout_ms // len(readers) if each.fileno() is None else 0)
+                return
+            fds[fd] = r
+        ready, _, _ = select.select(list(fds), [], [], timeout_ms / 1000)
+        for fd in ready:
+            fds[fd].poll(0)
+
+    def lost(self) -> dict[str, int]:
+        """Records lost so far, by source (the events_lost_total label): bpf, proc_connector."""
+        return {source: r.lost() for source, r in self._readers.items()}
+
+    def _running(self, cls: type[ExecSensor] | type[ConnectGuard],
+                 ) -> ExecSensor | ConnectGuard | None:
+        return next((s for s in self.sensors if isinstance(s, cls)), None)
+
+    def load_kernel_rules(self, rules: Sequence[Rule], mode: str, protected_names: frozenset[str],
+                          in_kernel: bool = True) -> tuple[list[Rule], list[Rule]]:
+        """Put the rules the kernel can enforce into its maps, in their current modes:
+        (exec rules, connect rules), each by slot, for mapping a record's slot to its rule.
+        Protected names never enter the maps: the kernel does not ask before it kills.
+        Empty lists when no sensor enforces in the kernel; with `in_kernel` false
+        (kernel_enforcement: false) the maps are emptied and every rule stays in userspace."""
+        if not in_kernel:
+            rules = []
+        exec_rules: list[Rule] = []
+        conn_rules: list[Rule] = []
+        exec_sensor = self._running(ExecSensor)
+        if isinstance(exec_sensor, ExecSensor):
+            exec_rules = kernel_rules(rules)
+            slots = [(r.kernel.names - protected_names, r.kernel.paths,
+                      (r.mode or mode) == "enforce") for r in exec_rules]
+            exec_sensor.load_rules(slots)
+            enforcing = [r.id for r, (_, _, enf) in zip(exec_rules, slots, strict=True) if enf]
+            log.info("in-kernel exec rules: %d (%s); enforcing: %s", len(exec_rules),
+                     ", ".join(r.id for r in exec_rules) or "none",
+                     ", ".join(enforcing) or "none (audit)")
+        guard = self._running(ConnectGuard)
+        if isinstance(guard, ConnectGuard):
+            conn_rules = kernel_connect_rules(rules)
+            guard.load_rules([(r.kernel_connect, (r.mode or mode) == "enforce")
+                              for r in conn_rules])
+            if conn_rules:
+                log.info("in-kernel connect rules: %s", ", ".join(r.id for r in conn_rules))
+        return exec_rules, conn_rules
+
+    def close(self) -> None:
+        """Stop every sensor and detach every BPF program."""
+        for s in reversed(self.sensors):
+            s.close()
+        if self.program is not None:
+            self.program.close()
+        self.sensors.clear()
+
+
+def _load_program(wanted: Sequence[SensorClass], cfg: Config,
+                  on_record: OnRecord) -> tuple[bpf.BpfProgram | None, str]:
+    """The BPF program of the wanted BPF sensors, or None and why it did not load."""
+    sources = [s.source for s in wanted if issubclass(s, bpf.BpfSensor)]
+    if not sources:
+        return None, ""
+    if cfg.bpf == "off":
+        return None, "disabled in the configuration (bpf: off)"
+    try:
+        bpf.check()
+        transport = {"auto": None, "ring": False, "perf": True}[cfg.bpf_transport]
+        program = bpf.BpfProgram(sources, on_record, ring_pages=cfg.ring_buffer_pages,
+                                 perf=transport)
+    except SensorUnavailable as e:
+        why = f"{e.reason}; fix: {e.fix}"
+    except Exception as e:  # noqa: BLE001 - BCC raises bare Exception on compile errors
+        why = f"the BPF program failed to load ({e})"
+    else:
+        log.info("eBPF sensors loaded (%s buffer): %s", "perf" if program.perf else "ring",
+                 ", ".join(program.tracepoints()))
+        return program, ""
+    if cfg.bpf == "required":
+        raise ConfigError(f"eBPF is required (bpf: required) but unavailable: {why}")
+    return None, why
+
+
+def _start(cls: SensorClass, program: bpf.BpfProgram | None,
+           on_record: OnRecord) -> Sensor:
+    sensor: Sensor
+    if issubclass(cls, bpf.BpfSensor):
+        assert program is not None
+        sensor = cls(program)
+    else:
+        sensor = cls(on_record)
+    sensor.start()
+    return sensor
+
+
+def open_sensors(cfg: Config, on_record: OnRecord, metrics: Metrics,
+                 registry: Sequence[SensorClass] = SENSORS) -> SensorSet:
+    """Start the sensors `cfg.sensors` names that can run here; `on_record` gets every
+    record. Raises ConfigError when `bpf: required` and the BPF program cannot load."""
+    for cls in registry:
+        metrics.sensor_up.labels(sensor=cls.name).set(0)
+    wanted = selected(cfg.sensors, registry)
+    program, bpf_why = _load_program(wanted, cfg, on_record)
+    running: list[Sensor] = []
+    why: dict[str, str] = {}
+    for cls in wanted:
+        if cls.fallback_for and cls.fallback_for in (s.name for s in running):
+            continue   # what it stands in for runs
+        if issubclass(cls, bpf.BpfSensor) and program is None:
+            why[cls.name] = bpf_why
+            continue
+        try:
+            running.append(_start(cls, program, on_record))
+        except SensorUnavailable as e:
+            why[cls.name] = f"{e.reason}; fix: {e.fix}" if e.fix else e.reason
+            continue
+        metrics.sensor_up.labels(sensor=cls.name).set(1)
+    if program is not None and not any(isinstance(s, bpf.BpfSensor) for s in running):
+        program.close()
+        program = None
+    _say_why(running, why, bpf_why, cfg.scan_interval)
+    return SensorSet(running, program)
+
+
+def _say_why(running: Sequence[Sensor], why: dict[str, str], bpf_why: str,
+             interval: float) -> None:
+    """One warning per sensor that was asked for and does not run; the BPF sensors share
+    one, which also says what runs in their place."""
+    if bpf_why:
+        msg = f"eBPF sensors unavailable: {bpf_why}."
+        stand_ins = [s.title for s in running if s.fallback_for]
+        for name, reason in why.items():
+            if reason != bpf_why:
+                msg += f" The {name} sensor is unavailable too ({reason})."
+        if stand_ins:
+            msg += f" Using the {' and the '.join(stand_ins)} and procfs scans every {interval:g}s."
+        elif not running:
+            msg += (f" Running on procfs scans every {interval:g}s: processes that live shorter "
+                    "than that can be missed, and no TCP events are seen.")
+        log.warning("%s", msg)
+        return
+    for name, reason in why.items():
+        log.warning("sensor %s unavailable: %s", name, reason)
+
+
+def print_bpf(cfg: Config) -> str:
+    """The BPF program the sensors `cfg.sensors` enables compile into (`run --print-bpf`)."""
+    return bpf.program_text([s.source for s in selected(cfg.sensors)
+                             if issubclass(s, bpf.BpfSensor)])

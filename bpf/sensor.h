@@ -1,0 +1,102 @@
+/* What every BPF sensor includes: the record (events.h), the one ring buffer (or perf
+ * buffer with -DNW_PERF, on kernels before 5.8) all sensors share, the counter of records
+ * it could not take, reserve/submit, and the kernel config array userspace fills.
+ *
+ * agent/sources/bpf.py compiles this once with the .bpf.c files of the enabled sensors
+ * only, so a sensor that is off has no program in the kernel. A failed reserve is counted
+ * in `lost` so userspace can reconcile with a procfs scan; BCC does not report ring-buffer
+ * losses itself. */
+#ifndef NODEWARDEN_SENSOR_H
+#define NODEWARDEN_SENSOR_H
+
+#include <uapi/linux/ptrace.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/in6.h>
+#include "events.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+#ifndef IPPROTO_TCP
+#define IPPROTO_TCP 6
+#endif
+
+#ifdef NW_PERF
+BPF_PERF_OUTPUT(events);
+#else
+BPF_RINGBUF_OUTPUT(events, NW_RINGBUF_PAGES);
+#endif
+BPF_ARRAY(lost, u64, 1);
+BPF_ARRAY(kcfg, u64, NW_KCFG_SLOTS);
+
+static __always_inline void count_lost(void)
+{
+    int zero = 0;
+    u64 *n = lost.lookup(&zero);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
+
+#ifdef NW_PERF
+/* The perf path fills a per-CPU scratch record, then copies it out. */
+BPF_PERCPU_ARRAY(scratch, struct nw_event, 1);
+static __always_inline struct nw_event *reserve(void)
+{
+    int zero = 0;
+    struct nw_event *e = scratch.lookup(&zero);
+    if (e)
+        __builtin_memset(e, 0, sizeof(*e));
+    return e;
+}
+static __always_inline void submit(void *ctx, struct nw_event *e)
+{
+    if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
+        count_lost();
+}
+#else
+static __always_inline struct nw_event *reserve(void)
+{
+    struct nw_event *e = events.ringbuf_reserve(sizeof(struct nw_event));
+    if (!e) {
+        count_lost();
+        return 0;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    return e;
+}
+static __always_inline void submit(void *ctx, struct nw_event *e)
+{
+    events.ringbuf_submit(e, 0);
+}
+#endif
+
+static __always_inline void fill_task(struct nw_event *e, u32 kind)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    e->ts_ns = bpf_ktime_get_ns();
+    e->kind = kind;
+    e->pid = id >> 32;
+    e->uid = (u32)bpf_get_current_uid_gid();
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+}
+
+static __always_inline u64 cfg_get(int slot)
+{
+    u64 *v = kcfg.lookup(&slot);
+    return v ? *v : 0;
+}
+
+/* the kernel rule a bitmask of rule slots names: the first in file order */
+static __always_inline u32 lowest_slot(u64 mask)
+{
+#pragma unroll
+    for (u32 i = 0; i < 64; i++)
+        if (mask & (1ULL << i))
+            return i;
+    return 0;
+}
+
+#endif

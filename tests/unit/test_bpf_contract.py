@@ -1,0 +1,115 @@
+"""bpf/events.h is the one definition of the kernel's records: its kinds, verdicts, config
+slots and struct layout. These tests parse the header and hold the Python side to it, so
+a change on one side only fails here, not as garbled events at run time."""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import pytest
+
+from agent.engine import kernel
+from agent.model import EventKind
+from agent.sources import bpf, kevents
+from agent.sources.kevents import KcfgSlot, RecordKind, Verdict
+from agent.sources.registry import SENSORS
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+HEADER = (BPF_DIR / "events.h").read_text()
+C_TYPES = {"u64": "Q", "u32": "I", "u16": "H", "u8": "B", "char": "s"}
+
+
+def c_enum(name: str) -> dict[str, int]:
+    """NAME -> value of `enum name { ... }` (every member with an explicit value)."""
+    body = re.search(rf"enum {name}\s*{{(.*?)}};", HEADER, re.S)
+    assert body is not None, f"enum {name} is gone from events.h"
+    text = re.sub(r"/\*.*?\*/", "", body.group(1), flags=re.S)
+    members = dict(re.findall(r"(\w+)\s*=\s*(\d+)", text))
+    assert len(members) == text.count(",") + (0 if text.strip().endswith(",") else 1), \
+        f"every member of enum {name} needs an explicit value"
+    return {k: int(v) for k, v in members.items()}
+
+
+def c_defines() -> dict[str, int]:
+    return {k: int(v) for k, v in re.findall(r"#define (NW_\w+) (\d+)", HEADER)}
+
+
+def c_struct_fields() -> list[tuple[str, str]]:
+    """(name, struct code) of each field of struct nw_event, in order."""
+    body = re.search(r"struct nw_event\s*{(.*?)};", HEADER, re.S)
+    assert body is not None
+    text = re.sub(r"/\*.*?\*/", "", body.group(1), flags=re.S)
+    defines = c_defines()
+    out = []
+    for ctype, name, size in re.findall(r"(\w+)\s+(\w+)(?:\[(\w+)\])?;", text):
+        code = C_TYPES[ctype]
+        if size:
+            n = defines[size] if size in defines else int(size)
+            code = f"{n}s"
+        out.append((name, code))
+    return out
+
+
+def test_record_kinds_match_enum_nw_kind():
+    assert c_enum("nw_kind") == {f"NW_{k.name}": k.value for k in RecordKind}
+    # every record kind becomes one of the event kinds of agent.model
+    assert set(kevents.EVENT_KINDS) == set(RecordKind)
+    assert all(isinstance(v, EventKind) for v in kevents.EVENT_KINDS.values())
+
+
+def test_verdicts_and_config_slots_match_their_enums():
+    assert c_enum("nw_verdict") == {f"NW_VERDICT_{v.name}": v.value for v in Verdict}
+    slots = c_enum("nw_kcfg_slot")
+    assert slots.pop("NW_KCFG_SLOTS") == kevents.KCFG_SLOTS
+    assert slots == {f"NW_KCFG_{s.name}": s.value for s in KcfgSlot}
+    assert sorted(slots.values()) == list(range(kevents.KCFG_SLOTS))
+
+
+def test_record_layout_matches_struct_nw_event():
+    assert c_struct_fields() == list(kevents.RECORD_FIELDS)
+    defines = c_defines()
+    assert (defines["NW_COMM_LEN"], defines["NW_FILENAME_LEN"], defines["NW_ADDR_LEN"]) == (
+        kevents.COMM_LEN, kevents.FILENAME_LEN, kevents.ADDR_LEN)
+    # no padding between the fields (native alignment gives the same offsets), so the
+    # packed little-endian format reads each at its C offset
+    codes = "".join(c for _, c in c_struct_fields())
+    size = kevents.NW_EVENT_FORMAT.size
+    assert struct.calcsize("@" + codes) == struct.calcsize("<" + codes) == size == 340
+    # sizeof(struct nw_event): padded to its u64's alignment; the decoder ignores the tail
+    assert (size + 7) // 8 * 8 == 344
+
+
+def test_the_rule_compiler_cuts_names_and_paths_where_the_record_does():
+    """engine/kernel.py may not import sources/: its limits are held to the record here."""
+    assert kernel.COMM_LEN == kevents.COMM_LEN - 1
+    assert kernel.PATH_LEN == kevents.FILENAME_LEN - 1
+
+
+def _kinds_sent(source: str) -> set[EventKind]:
+    text = (BPF_DIR / source).read_text()
+    names = set(re.findall(r"fill_task\(\w+, NW_(\w+)\)", text))
+    names |= set(re.findall(r"->kind = NW_(\w+);", text))
+    return {kevents.EVENT_KINDS[RecordKind[n]] for n in names}
+
+
+@pytest.mark.parametrize("sensor", [s for s in SENSORS if issubclass(s, bpf.BpfSensor)],
+                         ids=lambda s: s.name)
+def test_each_bpf_sensor_declares_the_kinds_its_source_sends(sensor):
+    assert _kinds_sent(sensor.source) == sensor.kinds
+
+
+def test_no_magic_config_slot_in_the_c_sources():
+    for path in BPF_DIR.glob("*.bpf.c"):
+        assert not re.search(r"cfg_get\(\d", path.read_text()), path.name
+        assert "kcfg.lookup" not in path.read_text(), path.name
+
+
+def test_the_program_inlines_each_header_once_and_only_enabled_sources():
+    text = bpf.program_text(["exec.bpf.c", "tcp.bpf.c"], BPF_DIR)
+    assert text.count("struct nw_event {") == 1
+    assert text.count("BPF_RINGBUF_OUTPUT(events") == 1
+    assert '#include "' not in text
+    assert "sched_process_exec" in text and "inet_sock_set_state" in text
+    assert "nw_connect4" not in text
