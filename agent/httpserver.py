@@ -19,6 +19,7 @@ in a directory only the agent's user can write. With `token`, /metrics wants
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import os
@@ -128,9 +129,11 @@ class StatusServer:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def start(self) -> None:
+        """Serve from the daemon thread, so the main loop is never blocked by a client."""
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread, close every connection and remove our Unix socket, if any."""
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
@@ -268,15 +271,11 @@ class StatusServer:
         probe's SYN that met one was dropped, and waited a second for its retransmit)."""
         if self._conns.pop(conn.sock.fileno(), None) is None:
             return
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
         if abort:
-            try:
+            with contextlib.suppress(OSError):
                 conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-            except OSError:
-                pass
         conn.sock.close()
 
     # -- one exchange --------------------------------------------------------------------
@@ -367,10 +366,8 @@ class StatusServer:
             self._close(conn)
             return
         if conn.sent >= len(conn.out):
-            try:
+            with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
             self._close(conn)
 
 

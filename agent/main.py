@@ -9,6 +9,7 @@ from agent import signals
 
 
 def main() -> int:
+    """Record early signals first, then import and run the CLI (its imports are slow)."""
     signals.record_early()
     from agent.cli import main as cli_main
 

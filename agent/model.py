@@ -66,7 +66,8 @@ SEVERITIES = tuple(Severity)
 InstanceKey = tuple[int, int, int, int]
 
 
-def process_identity(pid: int, ppid: int, starttime: int, exe_dev: int = 0, exe_ino: int = 0) -> int:
+def process_identity(pid: int, ppid: int, starttime: int, exe_dev: int = 0,
+                     exe_ino: int = 0) -> int:
     """xxhash64 of (pid, ppid, starttime, exe device, exe inode).
 
     pid + starttime alone name a process instance; the executable's (dev, inode) makes a
@@ -128,6 +129,7 @@ class Process:
 
     @property
     def id_hex(self) -> str:
+        """The identity as 16 hex digits, as findings and recorded events show it."""
         return f"{self.id:016x}"
 
     @property
@@ -189,6 +191,7 @@ class Connection:
         self.dst_ip = _ip_int(self.dst)
 
     def to_json(self) -> dict[str, Any]:
+        """The connection as findings and recorded events show it (no derived integers)."""
         return {
             "src": self.src, "sport": self.sport, "dst": self.dst, "dport": self.dport,
             "family": self.family, "direction": self.direction, "netns": self.netns,
@@ -218,6 +221,7 @@ class Pod:
     labels: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """The pod as findings and recorded events show it (labels copied, not shared)."""
         return {"namespace": self.namespace, "name": self.name, "uid": self.uid,
                 "labels": dict(self.labels)}
 
@@ -247,7 +251,8 @@ class Event:
         return {
             "kind": self.kind,
             "time": self.time,
-            "process": dict(self.process.to_json(), ancestors=[_ancestor_json(a) for a in self.ancestors]),
+            "process": dict(self.process.to_json(),
+                            ancestors=[_ancestor_json(a) for a in self.ancestors]),
             "workspace": {"id": self.workspace} if self.workspace else None,
             "container": {"id": self.process.container_id} if self.process.container_id else None,
             "pod": self.pod.to_json() if self.pod else None,

@@ -150,7 +150,8 @@ def run(trials_user: int, trials_kernel: int) -> None:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials-user", type=int, default=200)
     ap.add_argument("--trials-kernel", type=int, default=1000)
     a = ap.parse_args()

@@ -42,6 +42,7 @@ and SIGTERM; every loop is bounded in time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import math
@@ -108,10 +109,8 @@ class Hogs:
 
     def stop(self) -> None:
         for p in self.procs:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             p.wait(timeout=10)
         self.procs.clear()
 
@@ -238,14 +237,15 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"nproc {m['nproc']}, kernel {m['kernel']}, Python {m['python']}, bcc {m['bcc']}; "
           f"consumer pinned to CPU {args.cpu}, execs from CPU {args.gen_cpu}; {args.execs} execs "
           f"of `xmrig 0.2` (a copy of /bin/sleep) {args.interval} ms apart; rule {RULE}.\n")
-    print("| variant | found (in-kernel verdict) | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | mean (ms) | "
-          "steal, CPU 0 / 1 (ms) |")
+    print("| variant | found (in-kernel verdict) | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) "
+          "| mean (ms) | steal, CPU 0 / 1 (ms) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, v in result["variants"].items():
         s = v["latency_ms"]
         st = v["steal_ms"]
-        print(f"| {name} | {v['found']}/{v['execs']} ({v['found_in_kernel']}) | {s['p50']:.3f} | {s['p90']:.3f} | "
-              f"{s['p99']:.3f} | {s['max']:.3f} | {s['mean']:.3f} | "
+        print(f"| {name} | {v['found']}/{v['execs']} ({v['found_in_kernel']}) "
+              f"| {s['p50']:.3f} | {s['p90']:.3f} | {s['p99']:.3f} | {s['max']:.3f} "
+              f"| {s['mean']:.3f} | "
               f"{st.get(args.cpu, 0):.0f} / {st.get(args.gen_cpu, 0):.0f} |")
     print("\n### where the time goes (ms: p50 / p99)\n")
     print("| variant | kernel -> callback | Observer.handle | Agent.handle (Judge.judge) |")

@@ -32,14 +32,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from kube_apiserver import FakeApiServer, pod
+# E402: run as a script, these import only after the sys.path lines above (the repo root for
+# `agent`, tests/integration for the fake API server)
+from kube_apiserver import FakeApiServer, pod  # noqa: E402
 
-from agent.enrich.pods import PodIndex
-from agent.kubeapi import connect
-from agent.model import Process
-from agent.sources.kubepods import PodWatcher
-from agent.sources.procfs import ProcFS
-from agent.sources.proctree import ProcessTree
+from agent.enrich.pods import PodIndex  # noqa: E402
+from agent.kubeapi import connect  # noqa: E402
+from agent.model import Process  # noqa: E402
+from agent.sources.kubepods import PodWatcher  # noqa: E402
+from agent.sources.procfs import ProcFS  # noqa: E402
+from agent.sources.proctree import ProcessTree  # noqa: E402
 
 
 def _cid(i: int, j: int) -> str:
@@ -119,7 +121,8 @@ def bench_watch(repeat: int, updates: int = 2000) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=11)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--cpu", type=int, default=0, help="pin to this CPU (-1: do not pin)")
@@ -133,7 +136,8 @@ def main() -> int:
         return 0
     for r in out["event"]:
         print(f"event, {r['pods']:>5} pods: {r['us_per_event_without']:.2f} us without pod, "
-              f"{r['us_per_event_with_pod']:.2f} us with (+{r['added_us']:.2f} us, {r['ratio']:.2f}x)")
+              f"{r['us_per_event_with_pod']:.2f} us with "
+              f"(+{r['added_us']:.2f} us, {r['ratio']:.2f}x)")
     w = out["watch"]
     print(f"watch: {w['us_per_watch_event']:.1f} us per applied watch event through the client; "
           f"json.loads alone {w['us_per_json_loads']:.1f} us ({w['ratio']:.1f}x)")

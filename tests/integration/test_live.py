@@ -49,8 +49,8 @@ def _findings(stdout: str) -> list[dict]:
 
 
 def test_scan_reports_workspace_miner_and_leaves_it_running(workspace_miner):
-    res = subprocess.run([*NODEWARDEN, "scan", "--format", "json"], check=False, capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run([*NODEWARDEN, "scan", "--format", "json"], check=False,
+                         capture_output=True, text=True, timeout=120)
     assert res.returncode == 1, res.stderr
     mine = [f for f in _findings(res.stdout) if f["process"]["pid"] == workspace_miner.pid]
     assert mine, res.stdout
@@ -67,10 +67,12 @@ def test_scan_reports_workspace_miner_and_leaves_it_running(workspace_miner):
 
 
 def test_scan_table_is_default(workspace_miner):
-    res = subprocess.run([*NODEWARDEN, "scan"], check=False, capture_output=True, text=True, timeout=120)
+    res = subprocess.run([*NODEWARDEN, "scan"], check=False, capture_output=True, text=True,
+                         timeout=120)
     assert res.returncode == 1
     assert res.stdout.splitlines()[0].startswith("SEVERITY")
-    assert any(str(workspace_miner.pid) in line and "ws-1" in line for line in res.stdout.splitlines())
+    assert any(str(workspace_miner.pid) in line and "ws-1" in line
+               for line in res.stdout.splitlines())
 
 
 def _free_port() -> int:
@@ -94,7 +96,8 @@ def test_run_prints_records_serves_metrics_and_stops_on_sigterm(workspace_miner,
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
                     metrics = r.read().decode()
-                if "nodewarden_processes " in metrics and 'nodewarden_rule_matches_total{' in metrics:
+                if ("nodewarden_processes " in metrics
+                        and 'nodewarden_rule_matches_total{' in metrics):
                     break
             except OSError:
                 pass
@@ -130,8 +133,8 @@ def test_scan_survives_processes_exiting_mid_scan():
     churn = subprocess.Popen(["/bin/sh", "-c", "for i in $(seq 400); do /bin/true & done; wait"])
     try:
         for _ in range(5):
-            res = subprocess.run([*NODEWARDEN, "scan", "--format", "json"], check=False, capture_output=True,
-                                 text=True, timeout=120)
+            res = subprocess.run([*NODEWARDEN, "scan", "--format", "json"], check=False,
+                                 capture_output=True, text=True, timeout=120)
             assert res.returncode in (0, 1), res.stderr
             assert "Traceback" not in res.stderr
     finally:

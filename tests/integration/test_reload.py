@@ -111,7 +111,8 @@ def test_reload_refuses_broken_rules_keeps_old_ones_and_follows_configmap_swaps(
         assert _get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
         assert _get(f"http://127.0.0.1:{port}/nope")[0] == 404
         metrics = _get(f"http://127.0.0.1:{port}/metrics")[1]
-        first_hash = next(line for line in metrics.splitlines() if line.startswith("nodewarden_ruleset_info{"))
+        first_hash = next(line for line in metrics.splitlines()
+                          if line.startswith("nodewarden_ruleset_info{"))
 
         # a broken update is refused; the old rules keep judging
         _swap(configmap, 2, "rules:\n  - id: alpha-rule\n    match: {proc.exe_nmae: alpha-tool}\n")

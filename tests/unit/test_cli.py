@@ -85,7 +85,8 @@ def test_rules_test_with_broken_file_exits_2(tmp_path):
 def test_replay_judges_recorded_events(rules, tmp_path):
     events = tmp_path / "events.jsonl"
     lines = [
-        {"kind": "exec", "time": 1.0, "process": {"pid": 10, "exe": "/tmp/xmrig", "cmdline": ["xmrig"]}},
+        {"kind": "exec", "time": 1.0,
+         "process": {"pid": 10, "exe": "/tmp/xmrig", "cmdline": ["xmrig"]}},
         {"kind": "exec", "time": 2.0, "process": {"pid": 11, "exe": "/bin/ls", "cmdline": ["ls"]}},
         {"kind": "connect", "time": 3.0, "process": {"pid": 12, "exe": "/usr/bin/curl"},
          "connection": {"src": "10.0.0.2", "sport": 5000, "dst": "1.2.3.4", "dport": 3333}},
@@ -121,11 +122,13 @@ def test_scan_of_fixture_tree_table_and_json(rules):
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["SEVERITY", "RULE", "OUTCOME"]
     assert "miner" in lines[1] and "would_kill" in lines[1]
-    code, out, _ = run("scan", "--rules", rules, "--proc-root", str(FIXTURE_PROC), "--format", "json")
+    code, out, _ = run("scan", "--rules", rules, "--proc-root", str(FIXTURE_PROC),
+                       "--format", "json")
     assert code == 1
     f = json.loads(out.splitlines()[0])
     assert set(f) >= {"time", "host", "rule", "severity", "tags", "source", "action", "mode",
-                      "outcome", "process", "workspace", "container", "pod", "connection", "message"}
+                      "outcome", "process", "workspace", "container", "pod", "connection",
+                      "message"}
     assert f["source"] == "scan" and f["mode"] == "audit"
 
 

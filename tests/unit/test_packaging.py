@@ -27,11 +27,14 @@ def test_wheel_carries_the_shipped_rules_and_the_entry_point(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     shipped = sorted(p.name for p in (REPO / "rules").glob("*.yaml"))
     assert shipped, "no shipped rules in rules/"
-    assert sorted(n.split("/")[-1] for n in names if n.startswith("agent/rules/") and n.endswith(".yaml")) == shipped
+    packaged = sorted(n.split("/")[-1] for n in names
+                      if n.startswith("agent/rules/") and n.endswith(".yaml"))
+    assert packaged == shipped
     assert "agent/rules/README.md" in names
     # every subpackage of agent/ is in the wheel (a missing one breaks non-editable installs,
     # such as the container image, while every test of an editable checkout still passes)
     for init in (REPO / "agent").glob("*/__init__.py"):
-        assert f"agent/{init.parent.name}/__init__.py" in names, f"agent.{init.parent.name} not packaged"
+        sub = init.parent.name
+        assert f"agent/{sub}/__init__.py" in names, f"agent.{sub} not packaged"
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "nodewarden = agent.main:main" in zipfile.ZipFile(wheel).read(entry).decode()
