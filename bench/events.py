@@ -69,6 +69,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import contextlib
+
 import common  # bench/common.py
 
 from agent.config import Config
@@ -156,10 +158,8 @@ class Generators:
     def kill(self) -> None:
         """SIGKILL every generator's process group, without waiting (signal-handler safe)."""
         for p in self.procs:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
     def start(self, argv: Sequence[str], cpu: int) -> subprocess.Popen[str]:
         def pin() -> None:
@@ -177,10 +177,8 @@ class Generators:
     def stop(self) -> None:
         for p in self.procs:
             if p.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         for p in self.procs:
             try:
                 p.wait(timeout=10)
@@ -188,10 +186,8 @@ class Generators:
                 p.kill()
                 p.wait()
             # the group may hold a child that outlived its generator (it has PDEATHSIG too)
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         self.procs.clear()
         if self in _LIVE:
             _LIVE.remove(self)
@@ -353,7 +349,8 @@ def run(consumer: Consumer, loadgen: str, mode: str, rate: float, secs: float,
         "generator_failures": sum(r.get("failures", 0) for r in reports),
         "ingested": records, "ingested_per_s": records / span,
         "judged": sum(judged.values()), "judged_per_s": sum(judged.values()) / span,
-        "by_kind_per_s": {EVENT_KINDS[RecordKind(k)]: n / span for k, n in enumerate(consumer.kinds) if n},
+        "by_kind_per_s": {EVENT_KINDS[RecordKind(k)]: n / span
+                          for k, n in enumerate(consumer.kinds) if n},
         "judged_by_kind_per_s": {k: n / span for k, n in judged.items()},
         "findings": consumer.findings,
         # this process (the consumer) only: user + system CPU over the run
@@ -395,7 +392,8 @@ def measure_mode(consumer: Consumer, loadgen: str, mode: str, args: argparse.Nam
                     f"CPU {c['consumer_cpu']:.0%}, {c['cpu_us_per_record']:.1f} us/record, "
                     f"{c['records_per_poll']:.1f} records/poll, lost {c['lost']}")
     top = run(consumer, loadgen, mode, 0, args.duration)
-    log(f"{mode} max: offered {top['offered_per_s']:,.0f}/s, ingested {top['ingested_per_s']:,.0f}/s, "
+    log(f"{mode} max: offered {top['offered_per_s']:,.0f}/s, "
+        f"ingested {top['ingested_per_s']:,.0f}/s, "
         f"judged {top['judged_per_s']:,.0f}/s, lost {top['lost']}, drain {top['drain_s']:.2f} s")
     out["max"] = top
     steps: list[dict[str, Any]] = []
@@ -422,7 +420,8 @@ def measure_mode(consumer: Consumer, loadgen: str, mode: str, args: argparse.Nam
             # not even the bottom of the range: try it, so the report says what happened there
             r = run(consumer, loadgen, mode, lo, args.step_duration)
             steps.append(r)
-            log(f"{mode} paced {lo:,.0f}/s: ingested {r['ingested_per_s']:,.0f}/s, lost {r['lost']}")
+            log(f"{mode} paced {lo:,.0f}/s: ingested {r['ingested_per_s']:,.0f}/s, "
+                f"lost {r['lost']}")
             best = r if kept_up(r) else None
     out["steps"] = steps
     out["zero_loss"] = best
@@ -565,16 +564,18 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     curves = {mode: r["curve"] for mode, r in result["modes"].items() if r.get("curve")}
     if curves:
         print("\n### the consumer's CPU per record against the rate (paced, no loss expected)\n")
-        print("| mode | consumer | paced (rec/s) | ingested (rec/s) | consumer CPU | CPU us/record | "
-              "records per poll | lost |")
+        print("| mode | consumer | paced (rec/s) | ingested (rec/s) | consumer CPU "
+              "| CPU us/record | records per poll | lost |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for mode, rows in curves.items():
             for x in rows:
-                print(f"| {mode} | {x['level']} | {x['target_rate']:,.0f} | {x['ingested_per_s']:,.0f} | "
+                print(f"| {mode} | {x['level']} | {x['target_rate']:,.0f} "
+                      f"| {x['ingested_per_s']:,.0f} | "
                       f"{x['consumer_cpu']:.0%} | {x['cpu_us_per_record']:.1f} | "
                       f"{x['records_per_poll']:.1f} | {x['lost']:,} |")
     print("\n### zero-loss rate and loss at double\n")
-    print("| mode | zero-loss ingested (rec/s) | judged (ev/s) | by kind (rec/s) | at double: offered | ingested | loss rate | how |")
+    print("| mode | zero-loss ingested (rec/s) | judged (ev/s) | by kind (rec/s) "
+          "| at double: offered | ingested | loss rate | how |")
     print("|---|---:|---:|---|---:|---:|---:|---|")
     for mode, r in result["modes"].items():
         z = r["zero_loss"]
@@ -582,7 +583,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
             print(f"| {mode} | none found | | | | | | |")
             continue
         d = r.get("double", {})
-        print(f"| {mode} | {z['ingested_per_s']:,.0f}{'' if r['consumer_kept_up'] else ' (paced)'} | "
+        paced = "" if r["consumer_kept_up"] else " (paced)"
+        print(f"| {mode} | {z['ingested_per_s']:,.0f}{paced} | "
               f"{z['judged_per_s']:,.0f} | {_kinds(z['by_kind_per_s'])} | "
               f"{d.get('offered_per_s', 0):,.0f} | {d.get('ingested_per_s', 0):,.0f} | "
               f"{d.get('loss_rate', 0):.2%} | {d.get('how', '')} |")
@@ -598,8 +600,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
         print("| | " + " | ".join(profiles) + " |")
         print("|---|" + "---:|" * len(profiles))
         for c in cats:
-            print(f"| {c} | " + " | ".join(f"{p['shares'].get(c, 0):.0%}" for p in profiles.values())
-                  + " |")
+            shares = " | ".join(f"{p['shares'].get(c, 0):.0%}" for p in profiles.values())
+            print(f"| {c} | {shares} |")
     for key, p in profiles.items():
         print(f"\n### cProfile of the consumer, {key} at full speed (by tottime)\n")
         print("```\n" + p["top"] + "\n```")
