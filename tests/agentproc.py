@@ -31,14 +31,19 @@ class RunningAgent:
 
     def __init__(self, tmp: Path, config: str = "", args: Sequence[str] = (),
                  env: dict | None = None, wait_ready: bool = True,
-                 preexec: Callable[[], None] | None = None) -> None:
+                 preexec: Callable[[], None] | None = None, record: bool = False) -> None:
         self.tmp = tmp
+        # with `record`: every judged event as JSON lines (--record), for `recorded`
+        self.record = tmp / "events.jsonl"
+        if record:
+            args = ["--record", str(self.record), *args]
         # the exit code the test expects at stop (2 for a refused start)
         self.expect_rc = 0
         self.port = free_port()
         cfg = tmp / "agent-config.yaml"
         cfg.write_text(config)
-        self.findings: queue.Queue[dict] = queue.Queue()
+        # (monotonic time it was read, finding)
+        self.findings: queue.Queue[tuple[float, dict]] = queue.Queue()
         self.all_findings: list[dict] = []
         self.bad_lines: list[bytes] = []
         self.stdout_raw: list[bytes] = []
@@ -65,7 +70,7 @@ class RunningAgent:
                 self.bad_lines.append(line)
                 continue
             self.all_findings.append(f)
-            self.findings.put(f)
+            self.findings.put((time.monotonic(), f))
 
     def _err(self) -> None:
         assert self.proc.stderr is not None
@@ -77,20 +82,42 @@ class RunningAgent:
 
     def finding(self, pred: Callable[[dict], bool], timeout: float = 10) -> dict:
         """The first finding (from now on) for which `pred` holds."""
+        return self.finding_at(pred, timeout)[1]
+
+    def finding_at(self, pred: Callable[[dict], bool], timeout: float = 10
+                   ) -> tuple[float, dict]:
+        """(monotonic time it was read, the finding): the first from now on that `pred`
+        takes."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError("no such finding; stderr:\n" + "".join(self.stderr[-30:]))
             try:
-                f = self.findings.get(timeout=min(left, 0.5))
+                at, f = self.findings.get(timeout=min(left, 0.5))
             except queue.Empty:
                 if self.proc.poll() is not None:
                     raise AssertionError(
                         "the agent died:\n" + "".join(self.stderr[-30:])) from None
                 continue
             if pred(f):
-                return f
+                return at, f
+
+    def recorded(self, pred: Callable[[dict], bool], timeout: float = 10) -> dict:
+        """The first recorded event (started with `record`) for which `pred` holds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.record.exists():
+                for line in self.record.read_text().splitlines():
+                    ev = json.loads(line)
+                    if pred(ev):
+                        return ev
+            time.sleep(0.05)
+        raise AssertionError("no such recorded event")
+
+    def metrics(self) -> str:
+        """The /metrics text."""
+        return self.get("/metrics")[1].decode()
 
     def get(self, path: str, timeout: float = 5) -> tuple[int, bytes]:
         try:

@@ -7,7 +7,6 @@ Under NODEWARDEN_REQUIRE_EBPF=1 (CI) a skip here is a failure (see conftest.py).
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import shutil
@@ -15,90 +14,24 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.agentproc import RunningAgent
+
 pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RunningAgent:
-    """`nodewarden run` with its findings, stderr and recording watched from threads."""
-
-    def __init__(self, tmp: Path, *extra: str) -> None:
-        self.record = tmp / "events.jsonl"
-        self.port = _free_port()
-        self.findings: queue.Queue[tuple[float, dict]] = queue.Queue()
-        self.stderr: list[str] = []
-        self.ready = threading.Event()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--format", "json", "--interval", "3600",
-             "--record", str(self.record), "--listen", f"127.0.0.1:{self.port}", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-        threading.Thread(target=self._out, daemon=True).start()
-        threading.Thread(target=self._err, daemon=True).start()
-        if not self.ready.wait(60):
-            self.stop()
-            raise AssertionError("agent not ready:\n" + "".join(self.stderr))
-        assert any("ready: eBPF sensors" in line for line in self.stderr), self.stderr
-
-    def _out(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.findings.put((time.monotonic(), json.loads(line)))
-
-    def _err(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr.append(line)
-            if "ready:" in line:
-                self.ready.set()
-
-    def finding(self, pred: Callable[[dict], bool], timeout: float = 10) -> tuple[float, dict]:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError("no such finding; stderr:\n" + "".join(self.stderr[-20:]))
-            at, f = self.findings.get(timeout=left)
-            if pred(f):
-                return at, f
-
-    def recorded(self, pred: Callable[[dict], bool], timeout: float = 10) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.record.exists():
-                for line in self.record.read_text().splitlines():
-                    ev = json.loads(line)
-                    if pred(ev):
-                        return ev
-            time.sleep(0.05)
-        raise AssertionError("no such recorded event")
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-            return r.read().decode()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+def _agent(tmp: Path, *extra: str) -> RunningAgent:
+    """`nodewarden run` with `extra` arguments, a recording, and no periodic scans to speak
+    of, once its eBPF sensors are ready."""
+    agent = RunningAgent(tmp, "", ["--interval", "3600", *extra], record=True)
+    assert any("ready: eBPF sensors" in line for line in agent.stderr), agent.stderr
+    return agent
 
 
 @pytest.fixture
@@ -106,7 +39,7 @@ def start_agent(ebpf, tmp_path: Path) -> Iterator[Callable[..., RunningAgent]]:
     agents: list[RunningAgent] = []
 
     def start(*extra: str) -> RunningAgent:
-        agents.append(RunningAgent(tmp_path, *extra))
+        agents.append(_agent(tmp_path, *extra))
         return agents[-1]
 
     yield start
@@ -127,7 +60,7 @@ def test_miner_exec_is_reported_within_100ms(start_agent, tmp_path):
     started = time.monotonic()
     miner = subprocess.Popen([str(exe), "5"])
     try:
-        at, f = agent.finding(lambda f: f["process"]["pid"] == miner.pid)
+        at, f = agent.finding_at(lambda f: f["process"]["pid"] == miner.pid)
         assert f["rule"] == "crypto-miner-exec" and f["source"] == "exec"
         assert f["process"]["exe"] == str(exe)
         assert at - started < 0.100, f"exec to finding took {(at - started) * 1000:.1f} ms"
@@ -247,7 +180,7 @@ def test_lost_events_trigger_a_reconciliation_scan_that_finds_what_was_dropped(s
     finally:
         os.kill(agent.proc.pid, signal.SIGCONT)
     try:
-        _, f = agent.finding(lambda f: miner is not None and f["process"]["pid"] == miner.pid)
+        _, f = agent.finding_at(lambda f: miner is not None and f["process"]["pid"] == miner.pid)
         assert f["rule"] == "crypto-miner-exec"
         deadline = time.monotonic() + 10
         while True:
@@ -285,7 +218,7 @@ def test_perf_buffer_transport_for_kernels_without_ring_buffers(start_agent, tmp
     shutil.copy("/bin/sleep", exe)
     miner = subprocess.Popen([str(exe), "5"])
     try:
-        _, f = agent.finding(lambda f: f["process"]["pid"] == miner.pid)
+        _, f = agent.finding_at(lambda f: f["process"]["pid"] == miner.pid)
         assert f["source"] == "exec"
     finally:
         miner.kill()
@@ -328,7 +261,7 @@ def test_reverse_shell_connect_is_reported_within_100ms(start_agent):
             return f["rule"] == "reverse-shell-shell-connect"
 
         try:
-            at, f = agent.finding(note)
+            at, f = agent.finding_at(note)
         except Exception:
             print(agent.record.read_text()[-3000:], seen)
             raise
@@ -376,7 +309,7 @@ def test_a_double_fork_with_a_cleared_environment_stays_in_its_workspace(start_a
     env = dict(os.environ, WORKSPACE_ID="ws-escape")
     subprocess.run([sys.executable, "-c", DOUBLE_FORK, str(exe)], env=env, check=True, timeout=30)
     try:
-        _, f = agent.finding(lambda f: f["process"]["exe"] == str(exe) and f["source"] == "exec")
+        _, f = agent.finding_at(lambda f: f["process"]["exe"] == str(exe) and f["source"] == "exec")
         assert f["process"]["ppid"] != os.getpid()
         assert f["workspace"] == {"id": "ws-escape"}, f
     finally:
@@ -421,7 +354,7 @@ def test_in_kernel_kill_before_the_first_instruction(start_agent, marker_binary,
             assert res.returncode == 0 and mark.exists()
     outcomes = []
     for _ in range(trials):
-        _, f = agent.finding(lambda f: f["rule"] == "marker-kill")
+        _, f = agent.finding_at(lambda f: f["rule"] == "marker-kill")
         outcomes.append((f["outcome"], f.get("reason")))
     expected = "killed" if mode == "enforce" else "would_kill"
     assert outcomes == [(expected, "in-kernel")] * trials
@@ -492,7 +425,7 @@ except OSError as e:
 time.sleep(5)
 """], stdout=subprocess.PIPE, text=True)
     try:
-        _, f = agent.finding(lambda f: f["rule"] == "pool-port-kill")
+        _, f = agent.finding_at(lambda f: f["rule"] == "pool-port-kill")
         assert f["source"] == "connect" and f["connection"]["dport"] == port
         assert f["process"]["pid"] == client.pid
         listener.settimeout(0.5)
@@ -509,7 +442,7 @@ time.sleep(5)
             assert client.poll() is None
             # reported once: the userspace path does not judge the same rule again
             with pytest.raises((AssertionError, queue.Empty)):
-                agent.finding(lambda f: f["rule"] == "pool-port-kill", timeout=1.0)
+                agent.finding_at(lambda f: f["rule"] == "pool-port-kill", timeout=1.0)
     finally:
         client.kill()
         client.wait()
@@ -520,7 +453,7 @@ def test_connect_guard_dies_with_a_killed_agent(ebpf, tmp_path):
     """The guard is a bpf_link held by the agent: SIGKILL (OOM, an uninstall past its grace
     period) detaches it, so a dead agent never goes on refusing the node's connects."""
     listener, port, args = _connect_rule(tmp_path, "enforce")
-    agent = RunningAgent(tmp_path, *args)
+    agent = _agent(tmp_path, *args)
     try:
         probe = [sys.executable, "-c",
                  f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"]
@@ -575,7 +508,7 @@ def test_with_only_the_exec_sensor_no_tcp_program_is_attached(start_agent, tmp_p
             listener.accept()[0].close()
         miner = subprocess.Popen([str(exe), "5"])
         try:
-            _, f = agent.finding(lambda f: f["process"]["pid"] == miner.pid)
+            _, f = agent.finding_at(lambda f: f["process"]["pid"] == miner.pid)
             assert f["source"] == "exec"
         finally:
             miner.kill()
