@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from agent import __version__, signals
 from agent.actions.kill import Enforcer
+from agent.codec import EventFormatError, read_events
 from agent.config import Config, load_config, read_metrics_token
 from agent.decide import Decision, Protection
 from agent.engine import loader, ruletest
@@ -36,7 +37,6 @@ from agent.sinks.findings import FindingWriter, finding
 from agent.sinks.outfile import open_output
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
-from agent.sources.recorded import EventFormatError, read_events
 from agent.text import json_line
 
 log = logging.getLogger("nodewarden")
@@ -390,11 +390,11 @@ def _run_agent(args: argparse.Namespace, cfg: Config, out: TextIO, err: TextIO) 
 def sync_kernel_rules(sensor: Any, agent: Agent, judge: Judge, protection: Protection) -> None:
     """Put the rules the kernel can enforce into its maps, in the current modes. Protected
     names never enter them: the kernel does not ask userspace before it kills."""
-    from agent.engine.kernel import kernel_connect_rules, kernel_rules
+    from agent.engine.kernel import exec_slots, kernel_connect_rules
 
-    rules = kernel_rules(judge.ruleset.rules)
-    specs = [(r.kernel.names - protection.names, r.kernel.paths,
-              (r.mode or judge.mode) == "enforce") for r in rules]
+    slots = exec_slots(judge.ruleset.rules, judge.mode, protection.names)
+    rules = [s.rule for s in slots]
+    specs = [(s.names, s.paths, s.enforce) for s in slots]
     sensor.set_kernel_rules(specs)
     agent.kernel_rules = rules
     if sensor.connect_guard:

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from agent.codec import event_from_json
 from agent.engine.ruleset import naive_evaluate
 from agent.errors import RuleError
-from agent.sources.recorded import event_from_json
 
 
 def ev(**obj: Any):

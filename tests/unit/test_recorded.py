@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
+from agent.codec import EventFormatError, event_from_json
 from agent.sinks.findings import iso_time
-from agent.sources.recorded import EventFormatError, event_from_json
 
 MINER = {"kind": "exec", "process": {"exe": "/tmp/xmrig", "cmdline": ["xmrig"]}}
 

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.engine import loader
-from agent.engine.loader import RULE_KEYS, TOP_KEYS
+from agent.engine.files import TOP_KEYS
+from agent.engine.rules import RULE_KEYS
 from agent.engine.schema import ALL_OPERATORS, FIELDS
 
 _settings = settings(max_examples=300, deadline=None,
