@@ -63,6 +63,36 @@ import pytest
      "override of 'r': 'match' cannot be overridden"),
     ("rules:\n  - id: r\n    match: {proc.name: x}\n    examples:\n      match:\n        - {process: {exe: 3}}\n",
      "bad.yaml:6: rule 'r': example event: 'exe' must be a string"),
+    # windows, messages, examples, kinds, overrides (each compiled by its own module)
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    window: {seconds: 5, threshold: 0}\n",
+     "bad.yaml:4: rule 'r': window 'threshold' must be a positive integer"),
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    window:\n      seconds: 5\n"
+     "      threshold: 2\n      by: [workspace.di]\n",
+     "bad.yaml:7: rule 'r': window 'by': unknown field 'workspace.di' (did you mean "
+     "'workspace.id'?)"),
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    window: {seconds: 5, threshold: 2, "
+     "distinct: conn.dprt}\n",
+     "window 'distinct': unknown field 'conn.dprt' (did you mean 'conn.dport'?)"),
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    window: {seconds: 5, treshold: 2}\n",
+     "bad.yaml:4: rule 'r': unknown window field 'treshold' (did you mean 'threshold'?)"),
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    message: 7\n",
+     "bad.yaml:4: rule 'r': 'message' must be a string"),
+    ("rules:\n  - id: r\n    on: exce\n    match: {proc.name: x}\n",
+     "bad.yaml:3: rule 'r': 'on' takes event kinds (exec, scan, connect, accept, close, exit), "
+     "not 'exce' (did you mean 'exec'?)"),
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    examples:\n      mtch: []\n",
+     "bad.yaml:5: rule 'r': unknown examples key 'mtch' (did you mean 'match'?)"),
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    examples:\n      match:\n"
+     "        - {repeat: {count: 0}}\n",
+     "bad.yaml:6: rule 'r': example event: 'repeat' count must be between 1 and 10000"),
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    examples:\n      match:\n"
+     "        - {repeat: {count: 2, increment: process.exe}, process: {exe: /x}}\n",
+     "example event: 'increment' process.exe must name an integer field"),
+    ("rules:\n  - {id: r, match: {proc.name: x}}\noverrides:\n  - {id: r, severity: severe}\n",
+     "bad.yaml:4: override of 'r': 'severity' must be one of info, low, medium, high, critical, "
+     "not 'severe'"),
+    ("rules:\n  - {id: r, match: {proc.name: x}}\noverrides:\n  - {severity: low}\n",
+     "bad.yaml:4: an override needs the 'id' of the rule it changes"),
 ])
 def test_problem_is_reported_with_file_line_and_fix(problems_in, text, expected):
     problems = problems_in(text)
