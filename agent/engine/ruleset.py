@@ -122,7 +122,8 @@ class RuleSet:
         self.digest = digest
         self.sources = list(sources)
         self._buckets: dict[str, _Bucket] = {}
-        for kind in {k for r in self.rules for k in r.kinds}:
+        # keyed by the kinds' text (exact str): the dict's fastest lookup for any event kind
+        for kind in {str(k) for r in self.rules for k in r.kinds}:
             self._buckets[kind] = self._bucket([r for r in self.rules if kind in r.kinds])
 
     @staticmethod

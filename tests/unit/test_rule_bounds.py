@@ -57,7 +57,9 @@ def test_a_list_over_the_limit_is_refused_at_its_line(tmp_path: Path) -> None:
 
 def test_lists_of_lists_cannot_multiply_without_end(tmp_path: Path) -> None:
     # 100 values, then 100 references to that list, then 100 to that: 10**6 values in 2 KB
-    refs = lambda name: "[" + ", ".join([f"${name}"] * 100) + "]"
+    def refs(name: str) -> str:
+        return "[" + ", ".join([f"${name}"] * 100) + "]"
+
     path = tmp_path / "nest.yaml"
     path.write_text("lists:\n  a: [" + ", ".join(f"v{i}" for i in range(100)) + "]\n"
                     f"  b: {refs('a')}\n  c: {refs('b')}\n" + RULE.format(rid="x", values="$c"))

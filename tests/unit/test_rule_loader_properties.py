@@ -25,7 +25,8 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
 structures = st.recursive(
     scalars,
     lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.one_of(words, st.text(max_size=8)), inner, max_size=5)),
+                            st.dictionaries(st.one_of(words, st.text(max_size=8)), inner,
+                                            max_size=5)),
     max_leaves=30,
 )
 
