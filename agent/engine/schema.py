@@ -238,7 +238,7 @@ def field(name: str) -> Field | None:
 
 
 def field_names() -> list[str]:
-    """Every field name a rule may use, for suggestions and `rules fields`."""
+    """Every field name a rule may use (for "did you mean" suggestions)."""
     return sorted(FIELDS) + [LABEL_PREFIX + "<key>"]
 
 
