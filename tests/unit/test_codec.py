@@ -4,6 +4,7 @@ reads and rule examples use. `replay` takes the time as a finding prints it, or 
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 from pathlib import Path
@@ -100,3 +101,14 @@ def test_a_bad_line_is_refused_naming_the_file_line_and_key(tmp_path: Path, line
     with pytest.raises(EventFormatError, match=f"^{events}:3: ") as e:
         next(got)
     assert why in str(e.value)
+
+
+def test_the_engine_reads_events_through_the_codec_not_through_sources() -> None:
+    """Rule examples are events in the recorded format; the engine needs no sensor for
+    them, so agent/engine/ imports nothing from agent/sources/."""
+    engine = Path(__file__).resolve().parents[2] / "agent" / "engine"
+    imports = {(f.name, node.module or "") for f in engine.glob("*.py")
+               for node in ast.walk(ast.parse(f.read_text()))
+               if isinstance(node, ast.ImportFrom)}
+    assert [i for i in imports if i[1].startswith("agent.sources")] == []
+    assert ("examples.py", "agent.codec") in imports
