@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from agent import __version__, signals
 from agent.actions.kill import Enforcer
+from agent.codec import event_line
 from agent.config import Config, read_metrics_token
 from agent.decide import Decision, Protection
 from agent.engine import loader
@@ -39,7 +40,6 @@ from agent.sources.netstate import NetState
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
 from agent.sources.sensorset import SensorSet, open_sensors
-from agent.text import json_line
 
 log = logging.getLogger("nodewarden")
 
@@ -185,7 +185,7 @@ class Runtime:
 
     def _record(self, ev: Event) -> None:
         assert self._record_file is not None
-        self._record_file.write(json_line(ev.to_json()) + "\n")
+        self._record_file.write(event_line(ev) + "\n")
 
     def _report(self, decisions: list[Decision]) -> None:
         findings = [finding(d, self.cfg.host) for d in decisions]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from agent.app import Overrides, Runtime, own_processes, rule_paths
+from agent.codec import EventFormatError, read_events
 from agent.config import Config, load_config
 from agent.decide import Decision, Protection
 from agent.engine import loader, ruletest
@@ -25,7 +26,6 @@ from agent.sinks.findings import FindingWriter, finding
 from agent.sinks.outfile import open_output
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
-from agent.sources.recorded import EventFormatError, read_events
 
 log = logging.getLogger("nodewarden")
 

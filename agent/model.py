@@ -62,6 +62,10 @@ class Severity(StrEnum):
 _SEVERITY_RANK = {s: i for i, s in enumerate(Severity)}
 SEVERITIES = tuple(Severity)
 
+# The bytes of a process name (comm) the kernel keeps: TASK_COMM_LEN 16 less the NUL. A
+# comm of 15 bytes may have been cut from a longer name.
+COMM_LEN = 15
+
 # (pid, starttime, exe device, exe inode): one process instance running one program
 InstanceKey = tuple[int, int, int, int]
 
@@ -247,19 +251,7 @@ class Event:
     kernel_verdict: tuple[int, bool] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The recorded-event format (`--record`, `replay`)."""
-        return {
-            "kind": self.kind,
-            "time": self.time,
-            "process": dict(self.process.to_json(),
-                            ancestors=[_ancestor_json(a) for a in self.ancestors]),
-            "workspace": {"id": self.workspace} if self.workspace else None,
-            "container": {"id": self.process.container_id} if self.process.container_id else None,
-            "pod": self.pod.to_json() if self.pod else None,
-            "connection": self.connection.to_json() if self.connection else None,
-        }
+        """The recorded-event format (`--record`, `replay`): agent.codec.event_to_json."""
+        from agent.codec import event_to_json  # the codec builds on these values
 
-
-def _ancestor_json(p: Process) -> dict[str, Any]:
-    return {"pid": p.pid, "comm": p.comm, "exe": p.exe, "cmdline": list(p.cmdline),
-            "cmdline_truncated": p.cmdline_truncated}
+        return event_to_json(self)

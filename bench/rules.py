@@ -53,12 +53,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # bench/common.py
 
+from agent.codec import event_from_json
 from agent.engine import loader
 from agent.engine.ruleset import Rule, RuleSet, naive_evaluate
 from agent.errors import RuleError
 from agent.model import Event
 from agent.pipeline import Judge
-from agent.sources.recorded import event_from_json
 
 EXEC_TARGET = 100_000
 INDEX_TARGET = 10.0

@@ -11,11 +11,20 @@ branches) and everything else keeps the userspace path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import ipaddress
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-COMM_LEN = 15
+from agent.model import COMM_LEN
+
+if TYPE_CHECKING:
+    from agent.engine.ruleset import Rule
+
+# resolves values and `$lists` to a flat list; returns a macro's condition node (or None)
+Expand = Callable[[Any], list[Any]]
+MacroNode = Callable[[str], Any]
+
 PATH_LEN = 255
 MAX_KERNEL_RULES = 64
 
@@ -30,7 +39,7 @@ class KernelExecSpec:
     paths: set[str] = field(default_factory=set)
 
 
-def exec_spec(match: Any, expand: Callable[[Any], list[Any]], macro: Callable[[str], Any],
+def exec_spec(match: Any, expand: Expand, macro: MacroNode,
               ) -> KernelExecSpec | None:
     """The kernel form of a rule's `match`, or None when it has any other test. `expand`
     resolves values and `$lists`; `macro` returns a macro's condition node."""
@@ -40,8 +49,8 @@ def exec_spec(match: Any, expand: Callable[[Any], list[Any]], macro: Callable[[s
     return spec if spec.names or spec.paths else None
 
 
-def _collect(node: Any, spec: KernelExecSpec, expand: Callable[[Any], list[Any]],
-             macro: Callable[[str], Any], stack: tuple[str, ...]) -> bool:
+def _collect(node: Any, spec: KernelExecSpec, expand: Expand,
+             macro: MacroNode, stack: tuple[str, ...]) -> bool:
     # only a single term per mapping: {any: [...]}, {macro: m} or {field: values}
     if not isinstance(node, dict) or len(node) != 1:
         return False
@@ -82,7 +91,7 @@ def _collect(node: Any, spec: KernelExecSpec, expand: Callable[[Any], list[Any]]
     return False
 
 
-def _values(spec: Any, expand: Callable[[Any], list[Any]]) -> list[Any] | None:
+def _values(spec: Any, expand: Expand) -> list[Any] | None:
     if isinstance(spec, dict):
         if len(spec) != 1:
             return None
@@ -91,11 +100,36 @@ def _values(spec: Any, expand: Callable[[Any], list[Any]]) -> list[Any] | None:
     return expand(spec)
 
 
-def kernel_rules(rules: Sequence[Any]) -> list[Any]:
+def kernel_rules(rules: Sequence[Rule]) -> list[Rule]:
     """The enabled rules the kernel will enforce, at most MAX_KERNEL_RULES (the first ones
     in file order; the rest stay in userspace)."""
     out = [r for r in rules if r.enabled and r.kernel is not None]
     return out[:MAX_KERNEL_RULES]
+
+
+@dataclass
+class ExecSlot:
+    """One slot of the kernel's exec rule maps: the rule, the names and paths that fire it
+    in the kernel, and whether the kernel kills (enforce) or only marks would_kill."""
+
+    rule: Rule
+    names: set[str]
+    paths: set[str]
+    enforce: bool
+
+
+def exec_slots(rules: Sequence[Rule], mode: str,
+               protected: Collection[str] = ()) -> list[ExecSlot]:
+    """What the kernel's exec maps hold for a rule set, slot by slot, in the agent's `mode`
+    (a rule's own mode wins). Protected names never enter them: the kernel does not ask
+    userspace before it kills, so it cannot tell a node daemon from a tenant's binary."""
+    out = []
+    for r in kernel_rules(rules):
+        spec = r.kernel
+        assert spec is not None  # kernel_rules keeps only rules with a kernel form
+        out.append(ExecSlot(r, spec.names - set(protected), set(spec.paths),
+                            (r.mode or mode) == "enforce"))
+    return out
 
 
 MAX_KERNEL_PORTS = 4096
@@ -111,12 +145,10 @@ class KernelConnectSpec:
     need_ports: bool = False
 
 
-def connect_spec(match: Any, expand: Callable[[Any], list[Any]], macro: Callable[[str], Any],
+def connect_spec(match: Any, expand: Expand, macro: MacroNode,
                  ) -> KernelConnectSpec | None:
     """The kernel form of a connect rule: a conjunction of `conn.dst` (cidr, equals, in),
     `conn.dport` (ports, equals, in) and `conn.direction: outbound`, nothing else."""
-    import ipaddress
-
     spec = KernelConnectSpec()
     terms = _conjunction(match, macro, ())
     if terms is None:
@@ -130,37 +162,48 @@ def connect_spec(match: Any, expand: Callable[[Any], list[Any]], macro: Callable
             (op, arg), = value.items()
         else:
             op, arg = "in", value
-        values = expand(arg)
         if key == "conn.dst" and op in ("cidr", "equals", "in"):
-            spec.need_net = True
-            for v in values:
-                try:
-                    net = ipaddress.ip_network(str(v), strict=False)
-                except ValueError:
-                    return None
-                if net.version == 4:
-                    mapped = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + net.network_address.packed)
-                    spec.cidrs.append((96 + net.prefixlen, mapped.packed))
-                else:
-                    spec.cidrs.append((net.prefixlen, net.network_address.packed))
+            ok = _add_networks(spec, expand(arg))
         elif key == "conn.dport" and op in ("ports", "equals", "in"):
-            spec.need_ports = True
-            for v in values:
-                if isinstance(v, int) and not isinstance(v, bool):
-                    spec.ports.add(v)
-                elif isinstance(v, str) and "-" in v:
-                    lo, hi = (int(x) for x in v.split("-"))
-                    spec.ports.update(range(lo, hi + 1))
-                else:
-                    return None
-            if len(spec.ports) > MAX_KERNEL_PORTS:
-                return None
+            ok = _add_ports(spec, expand(arg))
         else:
+            ok = False
+        if not ok:
             return None
     return spec if spec.need_net or spec.need_ports else None
 
 
-def _conjunction(node: Any, macro: Callable[[str], Any],
+def _add_networks(spec: KernelConnectSpec, values: list[Any]) -> bool:
+    """Add destination networks as the kernel's LPM trie keys (IPv4 mapped into IPv6)."""
+    spec.need_net = True
+    for v in values:
+        try:
+            net = ipaddress.ip_network(str(v), strict=False)
+        except ValueError:
+            return False
+        if net.version == 4:
+            mapped = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + net.network_address.packed)
+            spec.cidrs.append((96 + net.prefixlen, mapped.packed))
+        else:
+            spec.cidrs.append((net.prefixlen, net.network_address.packed))
+    return True
+
+
+def _add_ports(spec: KernelConnectSpec, values: list[Any]) -> bool:
+    """Add destination ports and `low-high` ranges; False past MAX_KERNEL_PORTS."""
+    spec.need_ports = True
+    for v in values:
+        if isinstance(v, int) and not isinstance(v, bool):
+            spec.ports.add(v)
+        elif isinstance(v, str) and "-" in v:
+            lo, hi = (int(x) for x in v.split("-"))
+            spec.ports.update(range(lo, hi + 1))
+        else:
+            return False
+    return len(spec.ports) <= MAX_KERNEL_PORTS
+
+
+def _conjunction(node: Any, macro: MacroNode,
                  stack: tuple[str, ...]) -> list[tuple[str, Any]] | None:
     """A condition as its list of (field, test) terms, if it is only an AND of field tests."""
     if not isinstance(node, dict) or not node:
@@ -189,6 +232,27 @@ def _conjunction(node: Any, macro: Callable[[str], Any],
     return out
 
 
-def kernel_connect_rules(rules: Sequence[Any]) -> list[Any]:
+def kernel_connect_rules(rules: Sequence[Rule]) -> list[Rule]:
+    """The enabled connect rules the kernel will refuse, at most MAX_KERNEL_RULES."""
     out = [r for r in rules if r.enabled and r.kernel_connect is not None]
     return out[:MAX_KERNEL_RULES]
+
+
+@dataclass
+class ConnectSlot:
+    """One slot of the kernel's connect rule maps: the rule, what it refuses, and whether
+    the kernel refuses the connect (enforce) or only reports it would have."""
+
+    rule: Rule
+    spec: KernelConnectSpec
+    enforce: bool
+
+
+def connect_slots(rules: Sequence[Rule], mode: str) -> list[ConnectSlot]:
+    """What the kernel's connect maps hold for a rule set, slot by slot, in `mode`."""
+    out = []
+    for r in kernel_connect_rules(rules):
+        spec = r.kernel_connect
+        assert spec is not None  # kernel_connect_rules keeps only rules with one
+        out.append(ConnectSlot(r, spec, (r.mode or mode) == "enforce"))
+    return out

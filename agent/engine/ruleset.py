@@ -9,13 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.engine.schema import EXE_DIR_INDEX
 from agent.engine.windows import Window
-from agent.model import Event
+from agent.model import Event, EventKind, Severity
+
+if TYPE_CHECKING:
+    from agent.engine.kernel import KernelConnectSpec, KernelExecSpec
 
 Predicate = Callable[[Event], bool]
+# index key (a Process attribute, or EXE_DIR_INDEX) -> values one of which an event must
+# have for a condition to hold; None when the index cannot rule anything out
+Requirement = dict[str, frozenset[str]] | None
 
 
 @dataclass(eq=False)
@@ -33,12 +39,12 @@ class Rule:
 
     id: str
     description: str
-    severity: str
+    severity: Severity
     action: str
     mode: str | None
     enabled: bool
     tags: tuple[str, ...]
-    kinds: tuple[str, ...]
+    kinds: tuple[EventKind, ...]
     predicate: Predicate
     exceptions: Predicate | None
     message: Callable[[Event], str]
@@ -46,13 +52,13 @@ class Rule:
     file: str
     line: int
     order: int
-    # field attribute -> values one of which the process must have for the rule to match
-    requirement: dict[str, frozenset[str]] | None = None
+    # what the rule index may use to skip this rule (see Requirement)
+    requirement: Requirement = None
     examples: list[Example] = field(default_factory=list)
-    # the kernel form (agent.engine.kernel.KernelExecSpec) when the BPF program can enforce it
-    kernel: Any = None
-    # the kernel form of a connect rule (agent.engine.kernel.KernelConnectSpec)
-    kernel_connect: Any = None
+    # the kernel form when the BPF program can enforce the rule at exec
+    kernel: KernelExecSpec | None = None
+    # the kernel form of a connect rule the cgroup connect programs can refuse
+    kernel_connect: KernelConnectSpec | None = None
 
     def fires(self, ev: Event) -> bool:
         """Whether this rule matches `ev` (updating its window, if it has one)."""
@@ -92,6 +98,7 @@ class _Bucket:
         self._unions: dict[tuple[int, ...], tuple[Rule, ...]] = {}
 
     def union(self, hits: list[tuple[Rule, ...]]) -> tuple[Rule, ...]:
+        """The rules of several index hits, in file order (cached)."""
         key = tuple(sorted({id(h) for h in hits}))
         found = self._unions.get(key)
         if found is None:
@@ -108,13 +115,15 @@ class _Bucket:
 class RuleSet:
     """Enabled rules compiled into per-kind buckets with indexes."""
 
-    def __init__(self, rules: Sequence[Rule], digest: str = "", sources: Sequence[str] = ()) -> None:
+    def __init__(self, rules: Sequence[Rule], digest: str = "",
+                 sources: Sequence[str] = ()) -> None:
         self.all_rules = list(rules)
         self.rules = [r for r in rules if r.enabled]
         self.digest = digest
         self.sources = list(sources)
         self._buckets: dict[str, _Bucket] = {}
-        for kind in {k for r in self.rules for k in r.kinds}:
+        # keyed by the kinds' text (exact str): the dict's fastest lookup for any event kind
+        for kind in {str(k) for r in self.rules for k in r.kinds}:
             self._buckets[kind] = self._bucket([r for r in self.rules if kind in r.kinds])
 
     @staticmethod
@@ -179,6 +188,7 @@ class RuleSet:
         return [Match(rule, ev, rule.message(ev)) for rule in self.candidates(ev) if rule.fires(ev)]
 
     def reset_windows(self) -> None:
+        """Forget the state of every window (a fresh start for `rules test`)."""
         for r in self.all_rules:
             if r.window is not None:
                 r.window.reset()
@@ -201,5 +211,6 @@ def naive_evaluate(rules: Sequence[Rule], ev: Event) -> list[Match]:
 
 
 def describe(rule: Rule) -> dict[str, Any]:
+    """A rule as `rules list --json` shows it."""
     return {"id": rule.id, "severity": rule.severity, "action": rule.action, "mode": rule.mode,
             "enabled": rule.enabled, "file": rule.file, "line": rule.line}

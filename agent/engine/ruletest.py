@@ -14,6 +14,8 @@ from agent.engine.ruleset import Rule, RuleSet
 
 @dataclass(frozen=True)
 class ExampleResult:
+    """One example of one rule, judged: what it should do and what it did."""
+
     rule: str
     file: str
     line: int
@@ -22,6 +24,7 @@ class ExampleResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the rule did what the example says it should."""
         return self.should_match == self.matched
 
     def __str__(self) -> str:

@@ -14,10 +14,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
-from agent.model import CONNECTION_KINDS as CONNECTION_KINDS  # re-exported for the loader
-from agent.model import PROCESS_KINDS as PROCESS_KINDS
-from agent.model import RULE_KINDS, Event, Process
-from agent.model import SEVERITIES as SEVERITIES
+from agent.model import COMM_LEN, RULE_KINDS, Event, Process
 
 STR, INT, PORT, IP, STRS, BOOL = "string", "integer", "port", "ip", "list of strings", "boolean"
 
@@ -31,13 +28,19 @@ KINDS = RULE_KINDS
 @dataclass(frozen=True)
 class Field:
     """A field a rule can test: its name, type, getter, and whether it is a list that
-    matches when any element matches."""
+    matches when any element matches.
+
+    `comm`: its value is a kernel comm, which the kernel cuts at COMM_LEN bytes, so names
+    compare on their first COMM_LEN bytes too. `index`: the Process attribute under which
+    the rule index (ruleset.py) looks up rules that test this field for equality, if any."""
 
     name: str
     type: str
     get: Getter
     many: bool = False
     help: str = ""
+    comm: bool = False
+    index: str | None = None
 
 
 # Process attributes exposed as proc.X, parent.X and ancestor.X: (field suffix, attribute, type)
@@ -57,8 +60,10 @@ _PROC_ATTRS: tuple[tuple[str, str, str, str], ...] = (
     ("ppid", "ppid", INT, "parent process id"),
 )
 
-
-COMM_LEN = 15
+# proc.X and parent.X the rule index can look up by value (the attribute is the index key)
+_INDEXED = frozenset({"name", "exe_name", "argv0"})
+# fields whose value is the kernel's comm (cut at COMM_LEN bytes)
+_COMM = "name"
 
 
 def whole_name(p: Process) -> str:
@@ -181,14 +186,19 @@ def _build_fields() -> dict[str, Field]:
     procs = [(suffix, _PROC_DERIVED.get(suffix) or attrgetter(attr), typ, help_)
              for suffix, attr, typ, help_ in _PROC_ATTRS]
     procs += [(suffix, _PROC_DERIVED[suffix], typ, help_) for suffix, typ, help_ in _PROC_EXTRA]
-    for suffix, attr, typ, help_ in procs:
+    attrs = {suffix: attr for suffix, attr, _, _ in _PROC_ATTRS}
+    for suffix, get, typ, help_ in procs:
         many = typ == STRS
-        f[f"proc.{suffix}"] = Field(f"proc.{suffix}", typ, _proc_getter(attr), many, help_)
-        f[f"parent.{suffix}"] = Field(f"parent.{suffix}", typ, _parent_getter(attr), many,
-                                      f"the parent's {suffix}")
+        comm = suffix == _COMM
+        index = attrs[suffix] if suffix in _INDEXED else None
+        f[f"proc.{suffix}"] = Field(f"proc.{suffix}", typ, _proc_getter(get), many, help_,
+                                    comm, index)
+        f[f"parent.{suffix}"] = Field(f"parent.{suffix}", typ, _parent_getter(get), many,
+                                      f"the parent's {suffix}", comm,
+                                      f"parent.{index}" if index else None)
         f[f"ancestor.{suffix}"] = Field(f"ancestor.{suffix}", STR if many else typ,
-                                        _ancestor_getter(attr, many), True,
-                                        f"any ancestor's {suffix}")
+                                        _ancestor_getter(get, many), True,
+                                        f"any ancestor's {suffix}", comm)
     f["kind"] = Field("kind", STR, lambda ev: ev.kind, help="event kind: " + ", ".join(KINDS))
     f["workspace.id"] = Field("workspace.id", STR, lambda ev: ev.workspace or None,
                               help="workspace id from the environ marker")
@@ -228,6 +238,7 @@ def field(name: str) -> Field | None:
 
 
 def field_names() -> list[str]:
+    """Every field name a rule may use (for "did you mean" suggestions)."""
     return sorted(FIELDS) + [LABEL_PREFIX + "<key>"]
 
 
@@ -242,12 +253,7 @@ OPERATORS: dict[str, tuple[str, ...]] = {
 }
 ALL_OPERATORS = sorted({op for ops in OPERATORS.values() for op in ops})
 
-# Fields whose equality the rule index can use, by index name: an event looks its values
-# up in a dict and only rules that could match run. `exe_dir` indexes `proc.exe` prefixes
-# that are whole directories ("/tmp/").
-INDEXED_FIELDS: dict[str, str] = {
-    "proc.name": "comm", "proc.exe_name": "exe_name", "proc.argv0": "argv0",
-    "parent.name": "parent.comm", "parent.exe_name": "parent.exe_name",
-    "parent.argv0": "parent.argv0",
-}
+# The rule index (Field.index) also keys `proc.exe` prefixes that are whole directories
+# ("/tmp/") under this name: an event looks its values up in a dict and only rules that
+# could match run.
 EXE_DIR_INDEX = "exe_dir"

@@ -1,4 +1,5 @@
-"""Thresholds over time: "more than N (distinct) values per key within S seconds".
+"""Thresholds over time: "more than N (distinct) values per key within S seconds", and the
+`window:` block of a rule that asks for one.
 
 State is bounded whatever the input: keys live in an LRU, and each key keeps at most
 threshold + 1 observations, which is all that is needed to know the threshold was passed.
@@ -13,6 +14,9 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from agent.engine import yamlsrc
+from agent.engine.problems import Problems, suggest
+from agent.engine.schema import Getter, field, field_names
 from agent.model import Event
 
 MAX_KEYS = 10_000
@@ -75,4 +79,43 @@ class Window:
         return None
 
     def reset(self) -> None:
+        """Forget every key (`rules test` runs each example on fresh windows)."""
         self._keys.clear()
+
+
+WINDOW_KEYS = ("seconds", "threshold", "by", "distinct")
+
+
+def compile_window(node: yamlsrc.Node, problems: Problems) -> Window | None:
+    """The Window of a rule's `window:` block, or None when it has none."""
+    if "window" not in node:
+        return None
+    w = node["window"]
+    line = node.line_of("window")
+    if not isinstance(w, yamlsrc.Node):
+        raise problems.fail(line, "'window' must be a mapping: {seconds: 10, threshold: 50, "
+                                  "distinct: conn.dport, by: [workspace.id]}")
+    for key in w:
+        if key not in WINDOW_KEYS:
+            raise problems.fail(w.line_of(key), f"unknown window field '{key}'"
+                                                f"{suggest(str(key), WINDOW_KEYS)}")
+    seconds = w.get("seconds")
+    threshold = w.get("threshold")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise problems.fail(w.line_of("seconds"), "window 'seconds' must be a positive number")
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+        raise problems.fail(w.line_of("threshold"),
+                            "window 'threshold' must be a positive integer")
+    by_raw = w.get("by", [])
+    by = [_getter(w, "by", name, problems) for name in
+          (by_raw if isinstance(by_raw, list) else [by_raw])]
+    distinct = _getter(w, "distinct", w["distinct"], problems) if "distinct" in w else None
+    return Window(float(seconds), threshold, by, distinct)
+
+
+def _getter(w: yamlsrc.Node, key: str, name: Any, problems: Problems) -> Getter:
+    f = field(str(name))
+    if f is None:
+        raise problems.fail(w.line_of(key), f"window '{key}': unknown field '{name}'"
+                                            f"{suggest(str(name), field_names())}")
+    return f.get

@@ -21,6 +21,7 @@ class Node(dict):
     key_lines: dict[Any, int]
 
     def line_of(self, key: Any) -> int:
+        """The line of `key`, or of the mapping itself when the key is absent."""
         return self.key_lines.get(key, self.line)
 
 
@@ -31,6 +32,7 @@ class Seq(list):
     item_lines: list[int]
 
     def line_of(self, index: int) -> int:
+        """The line of item `index`, or of the sequence itself past its end."""
         return self.item_lines[index] if index < len(self.item_lines) else self.line
 
 
@@ -86,7 +88,8 @@ def load(text: str) -> tuple[Any, list[tuple[int, Any]]]:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
-        raise YamlSyntaxError(line, f"{e.problem or e}" + (f" ({e.context})" if e.context else "")) from None
+        context = f" ({e.context})" if e.context else ""
+        raise YamlSyntaxError(line, f"{e.problem or e}{context}") from None
     except yaml.YAMLError as e:
         raise YamlSyntaxError(1, str(e)) from None
     finally:

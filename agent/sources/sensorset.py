@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from agent.config import Config
-from agent.engine.kernel import kernel_connect_rules, kernel_rules
+from agent.engine.kernel import connect_slots, exec_slots
 from agent.engine.ruleset import Rule
 from agent.errors import ConfigError
 from agent.metrics import Metrics
@@ -122,19 +122,18 @@ class SensorSet:
         conn_rules: list[Rule] = []
         exec_sensor = self._running(ExecSensor)
         if isinstance(exec_sensor, ExecSensor):
-            exec_rules = kernel_rules(rules)
-            slots = [(r.kernel.names - protected_names, r.kernel.paths,
-                      (r.mode or mode) == "enforce") for r in exec_rules]
-            exec_sensor.load_rules(slots)
-            enforcing = [r.id for r, (_, _, enf) in zip(exec_rules, slots, strict=True) if enf]
+            slots = exec_slots(rules, mode, protected_names)
+            exec_sensor.load_rules([(s.names, s.paths, s.enforce) for s in slots])
+            exec_rules = [s.rule for s in slots]
+            enforcing = [s.rule.id for s in slots if s.enforce]
             log.info("in-kernel exec rules: %d (%s); enforcing: %s", len(exec_rules),
                      ", ".join(r.id for r in exec_rules) or "none",
                      ", ".join(enforcing) or "none (audit)")
         guard = self._running(ConnectGuard)
         if isinstance(guard, ConnectGuard):
-            conn_rules = kernel_connect_rules(rules)
-            guard.load_rules([(r.kernel_connect, (r.mode or mode) == "enforce")
-                              for r in conn_rules])
+            conn = connect_slots(rules, mode)
+            guard.load_rules([(s.spec, s.enforce) for s in conn])
+            conn_rules = [s.rule for s in conn]
             if conn_rules:
                 log.info("in-kernel connect rules: %s", ", ".join(r.id for r in conn_rules))
         return exec_rules, conn_rules

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from agent.codec import event_from_json
 from agent.engine.kernel import exec_spec
 from agent.engine.schema import FIELDS, normalise
-from agent.sources.recorded import event_from_json
 
 
 def proc(**kw: Any):

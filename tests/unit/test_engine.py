@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from agent.codec import event_from_json
 from agent.engine.ruleset import naive_evaluate
 from agent.errors import RuleError
-from agent.sources.recorded import event_from_json
 
 
 def ev(**obj: Any):
@@ -36,9 +36,11 @@ rules:
 
 def test_miner_by_basename_not_by_substring(rules_from):
     rs = rules_from(MINER)
-    assert fired(rs, ev(process={"exe": "/tmp/xmrig", "cmdline": ["./xmrig", "-o", "x"]})) == ["miner"]
+    assert fired(rs, ev(process={"exe": "/tmp/xmrig",
+                                 "cmdline": ["./xmrig", "-o", "x"]})) == ["miner"]
     # the word appears in the command line, but the program is grep
-    assert fired(rs, ev(process={"exe": "/usr/bin/grep", "cmdline": ["grep", "-r", "xmrig", "/var/log"]})) == []
+    assert fired(rs, ev(process={"exe": "/usr/bin/grep",
+                                 "cmdline": ["grep", "-r", "xmrig", "/var/log"]})) == []
     # renamed binary: comm is the new name, exe_name too
     assert fired(rs, ev(process={"exe": "/usr/bin/minerd"})) == ["miner"]
 
@@ -93,16 +95,21 @@ rules:
     ({"proc.exe": {"prefix": "/tmp/"}}, {"exe": "/tmp/x"}, True),
     ({"proc.exe": {"prefix": "/tmp/"}}, {"exe": "/tmpfs/x"}, False),
     ({"proc.exe": {"suffix": [".sh", ".py"]}}, {"exe": "/a/b.py"}, True),
-    ({"proc.cmdline": {"contains": "| sh"}}, {"exe": "/bin/sh", "cmdline": "sh -c 'curl x | sh'"}, True),
+    ({"proc.cmdline": {"contains": "| sh"}},
+     {"exe": "/bin/sh", "cmdline": "sh -c 'curl x | sh'"}, True),
     ({"proc.exe_name": {"glob": "python3*"}}, {"exe": "/usr/bin/python3.11"}, True),
     ({"proc.exe_name": {"glob": "python3*"}}, {"exe": "/usr/bin/python2"}, False),
-    ({"proc.args": {"prefix": "stratum+tcp://"}}, {"exe": "/x/y", "cmdline": ["y", "-o", "stratum+tcp://p:3333"]}, True),
-    ({"proc.args": {"prefix": "stratum+tcp://"}}, {"exe": "/x/y", "cmdline": ["y", "see stratum+tcp://"]}, False),
+    ({"proc.args": {"prefix": "stratum+tcp://"}},
+     {"exe": "/x/y", "cmdline": ["y", "-o", "stratum+tcp://p:3333"]}, True),
+    ({"proc.args": {"prefix": "stratum+tcp://"}},
+     {"exe": "/x/y", "cmdline": ["y", "see stratum+tcp://"]}, False),
     ({"proc.uid": 0}, {"exe": "/x", "uid": 0}, True),
     ({"proc.uid": {"in": [0, 1000]}}, {"exe": "/x", "uid": 33}, False),
     ({"proc.argv0": "kworker"}, {"exe": "/x", "cmdline": ["/usr/bin/kworker", "a"]}, True),
-    ({"ancestor.name": "sshd"}, {"exe": "/x", "ancestors": [{"exe": "/bin/bash"}, {"exe": "/usr/sbin/sshd"}]}, True),
-    ({"parent.name": "sshd"}, {"exe": "/x", "ancestors": [{"exe": "/bin/bash"}, {"exe": "/usr/sbin/sshd"}]}, False),
+    ({"ancestor.name": "sshd"},
+     {"exe": "/x", "ancestors": [{"exe": "/bin/bash"}, {"exe": "/usr/sbin/sshd"}]}, True),
+    ({"parent.name": "sshd"},
+     {"exe": "/x", "ancestors": [{"exe": "/bin/bash"}, {"exe": "/usr/sbin/sshd"}]}, False),
     ({"parent.name": {"exists": False}}, {"exe": "/x"}, True),
     ({"workspace.id": {"exists": True}}, {"exe": "/x"}, False),
 ])
@@ -139,7 +146,8 @@ rules:
   - id: r
     match: {pod.namespace: team-a, pod.labels.app: {prefix: web}}
 """)
-    assert fired(rs, ev(process={"exe": "/x"}, pod={"namespace": "team-a", "labels": {"app": "web-1"}})) == ["r"]
+    assert fired(rs, ev(process={"exe": "/x"},
+                        pod={"namespace": "team-a", "labels": {"app": "web-1"}})) == ["r"]
     assert fired(rs, ev(process={"exe": "/x"}, pod={"namespace": "team-a", "labels": {}})) == []
     assert fired(rs, ev(process={"exe": "/x"})) == []
 
@@ -261,7 +269,8 @@ rules:
   - id: mine
     match: {parent.name: $miners}
 """)
-    assert fired(rs, ev(process={"exe": "/bin/sh", "ancestors": [{"exe": "/tmp/minerd"}]})) == ["mine"]
+    assert fired(rs, ev(process={"exe": "/bin/sh",
+                                 "ancestors": [{"exe": "/tmp/minerd"}]})) == ["mine"]
 
 
 def test_disabled_rule_does_not_fire(rules_from):
@@ -279,7 +288,8 @@ def test_regex_is_re2_linear_on_hostile_input(rules_from):
 
 def test_load_raises_with_all_problems(rules_from):
     with pytest.raises(RuleError) as exc:
-        rules_from("rules:\n  - {id: a, match: {proc.nam: x}}\n  - {id: b, match: {proc.exe: {regx: y}}}\n")
+        rules_from("rules:\n  - {id: a, match: {proc.nam: x}}\n"
+                   "  - {id: b, match: {proc.exe: {regx: y}}}\n")
     assert len(exc.value.problems) == 2
 
 

@@ -14,6 +14,8 @@ import pytest
 from agent.cli import main
 from agent.config import Config
 from agent.engine import loader
+from agent.engine.definitions import MAX_LIST_VALUES
+from agent.engine.files import MAX_RULE_FILE_BYTES
 from agent.engine.ruleset import RuleSet
 from agent.metrics import Metrics
 from agent.reload import Reloader
@@ -41,21 +43,23 @@ def test_a_file_over_one_mib_is_refused_at_its_first_line(tmp_path: Path) -> Non
     started = time.monotonic()
     code, out = check(path)
     assert code == 2
-    assert f"{path}:1: the file is larger than {loader.MAX_RULE_FILE_BYTES} bytes" in out
+    assert f"{path}:1: the file is larger than {MAX_RULE_FILE_BYTES} bytes" in out
     assert time.monotonic() - started < 2  # not parsed
 
 
 def test_a_list_over_the_limit_is_refused_at_its_line(tmp_path: Path) -> None:
-    path = _list_file(tmp_path / "long.yaml", loader.MAX_LIST_VALUES + 1)
+    path = _list_file(tmp_path / "long.yaml", MAX_LIST_VALUES + 1)
     code, out = check(path)
     assert code == 2
-    assert out.splitlines()[0] == (f"{path}:2: list 'xl0' has {loader.MAX_LIST_VALUES + 1} "
-                                   f"entries; the limit is {loader.MAX_LIST_VALUES}")
+    assert out.splitlines()[0] == (f"{path}:2: list 'xl0' has {MAX_LIST_VALUES + 1} "
+                                   f"entries; the limit is {MAX_LIST_VALUES}")
 
 
 def test_lists_of_lists_cannot_multiply_without_end(tmp_path: Path) -> None:
     # 100 values, then 100 references to that list, then 100 to that: 10**6 values in 2 KB
-    refs = lambda name: "[" + ", ".join([f"${name}"] * 100) + "]"
+    def refs(name: str) -> str:
+        return "[" + ", ".join([f"${name}"] * 100) + "]"
+
     path = tmp_path / "nest.yaml"
     path.write_text("lists:\n  a: [" + ", ".join(f"v{i}" for i in range(100)) + "]\n"
                     f"  b: {refs('a')}\n  c: {refs('b')}\n" + RULE.format(rid="x", values="$c"))
@@ -67,7 +71,7 @@ def test_lists_of_lists_cannot_multiply_without_end(tmp_path: Path) -> None:
 
 def test_the_shipped_rules_are_well_inside_the_bounds() -> None:
     for f in loader.rule_files([loader.bundled_rules_dir()]):
-        assert f.stat().st_size < loader.MAX_RULE_FILE_BYTES // 16, f
+        assert f.stat().st_size < MAX_RULE_FILE_BYTES // 16, f
     assert loader.check([loader.bundled_rules_dir()])[0] is not None
 
 

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.engine import loader
-from agent.engine.loader import RULE_KEYS, TOP_KEYS
+from agent.engine.files import TOP_KEYS
+from agent.engine.rules import RULE_KEYS
 from agent.engine.schema import ALL_OPERATORS, FIELDS
 
 _settings = settings(max_examples=300, deadline=None,
@@ -24,7 +25,8 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
 structures = st.recursive(
     scalars,
     lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.one_of(words, st.text(max_size=8)), inner, max_size=5)),
+                            st.dictionaries(st.one_of(words, st.text(max_size=8)), inner,
+                                            max_size=5)),
     max_leaves=30,
 )
 

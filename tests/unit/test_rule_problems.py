@@ -21,18 +21,21 @@ import pytest
     ("lists:\n  shells: [sh]\nrules:\n  - id: r\n    match: {proc.name: $shell}\n",
      "bad.yaml:5: rule 'r': unknown list '$shell' (did you mean 'shells'?)"),
     # unknown macro
-    ("macros:\n  in_ws: {workspace.id: {exists: true}}\nrules:\n  - id: r\n    match: {macro: in_wss}\n",
+    ("macros:\n  in_ws: {workspace.id: {exists: true}}\n"
+     "rules:\n  - id: r\n    match: {macro: in_wss}\n",
      "bad.yaml:5: rule 'r': unknown macro 'in_wss' (did you mean 'in_ws'?)"),
     # macro cycle
     ("macros:\n  a: {macro: b}\n  b: {macro: a}\nrules:\n  - id: r\n    match: {macro: a}\n",
      "macro cycle: a -> b -> a"),
     # wrong types
     ("rules:\n  - id: r\n    match: {conn.dport: {in: ['3333']}}\n",
-     "bad.yaml:3: rule 'r': conn.dport is port: 'in' needs integers, got '3333'; remove the quotes"),
+     "bad.yaml:3: rule 'r': conn.dport is port: 'in' needs integers, got '3333'; remove the "
+     "quotes"),
     ("rules:\n  - id: r\n    enabled: yes please\n    match: {proc.name: x}\n",
      "bad.yaml:3: rule 'r': 'enabled' must be true or false"),
     ("rules:\n  - id: r\n    severity: critcal\n    match: {proc.name: x}\n",
-     "bad.yaml:3: rule 'r': 'severity' must be one of info, low, medium, high, critical, not 'critcal' (did you mean 'critical'?)"),
+     "bad.yaml:3: rule 'r': 'severity' must be one of info, low, medium, high, critical, not "
+     "'critcal' (did you mean 'critical'?)"),
     ("rules:\n  - id: r\n    match: {proc.uid: {prefix: '0'}}\n",
      "bad.yaml:3: rule 'r': operator 'prefix' does not apply to proc.uid (integer)"),
     ("rules:\n  - id: r\n    match: {conn.dst: {cidr: 10.0.0.0/33}}\n",
@@ -56,13 +59,45 @@ import pytest
     ("rules:\n  - id: Bad Id\n    match: {proc.name: x}\n", "bad.yaml:2: rule needs an 'id'"),
     ("rules:\n  - id: r\n", "bad.yaml:2: rule 'r': rule has no 'match' condition"),
     ("rules:\n  - {id: r, match: {proc.name: x}}\n  - {id: r, match: {proc.name: y}}\n",
-     "bad.yaml:3: rule id 'r' is already defined at bad.yaml:2; to change a shipped rule use 'overrides'"),
+     "bad.yaml:3: rule id 'r' is already defined at bad.yaml:2; to change a shipped rule use "
+     "'overrides'"),
     ("rules:\n  - {id: r, match: {proc.name: x}}\noverrides:\n  - {id: q, severity: low}\n",
      "bad.yaml:4: override of unknown rule 'q'"),
     ("rules:\n  - {id: r, match: {proc.name: x}}\noverrides:\n  - {id: r, match: {}}\n",
      "override of 'r': 'match' cannot be overridden"),
-    ("rules:\n  - id: r\n    match: {proc.name: x}\n    examples:\n      match:\n        - {process: {exe: 3}}\n",
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    examples:\n      match:\n"
+     "        - {process: {exe: 3}}\n",
      "bad.yaml:6: rule 'r': example event: 'exe' must be a string"),
+    # windows, messages, examples, kinds, overrides (each compiled by its own module)
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    window: {seconds: 5, threshold: 0}\n",
+     "bad.yaml:4: rule 'r': window 'threshold' must be a positive integer"),
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    window:\n      seconds: 5\n"
+     "      threshold: 2\n      by: [workspace.di]\n",
+     "bad.yaml:7: rule 'r': window 'by': unknown field 'workspace.di' (did you mean "
+     "'workspace.id'?)"),
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    window: {seconds: 5, threshold: 2, "
+     "distinct: conn.dprt}\n",
+     "window 'distinct': unknown field 'conn.dprt' (did you mean 'conn.dport'?)"),
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    window: {seconds: 5, treshold: 2}\n",
+     "bad.yaml:4: rule 'r': unknown window field 'treshold' (did you mean 'threshold'?)"),
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    message: 7\n",
+     "bad.yaml:4: rule 'r': 'message' must be a string"),
+    ("rules:\n  - id: r\n    on: exce\n    match: {proc.name: x}\n",
+     "bad.yaml:3: rule 'r': 'on' takes event kinds (exec, scan, connect, accept, close, exit), "
+     "not 'exce' (did you mean 'exec'?)"),
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    examples:\n      mtch: []\n",
+     "bad.yaml:5: rule 'r': unknown examples key 'mtch' (did you mean 'match'?)"),
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    examples:\n      match:\n"
+     "        - {repeat: {count: 0}}\n",
+     "bad.yaml:6: rule 'r': example event: 'repeat' count must be between 1 and 10000"),
+    ("rules:\n  - id: r\n    match: {proc.name: x}\n    examples:\n      match:\n"
+     "        - {repeat: {count: 2, increment: process.exe}, process: {exe: /x}}\n",
+     "example event: 'increment' process.exe must name an integer field"),
+    ("rules:\n  - {id: r, match: {proc.name: x}}\noverrides:\n  - {id: r, severity: severe}\n",
+     "bad.yaml:4: override of 'r': 'severity' must be one of info, low, medium, high, critical, "
+     "not 'severe'"),
+    ("rules:\n  - {id: r, match: {proc.name: x}}\noverrides:\n  - {severity: low}\n",
+     "bad.yaml:4: an override needs the 'id' of the rule it changes"),
 ])
 def test_problem_is_reported_with_file_line_and_fix(problems_in, text, expected):
     problems = problems_in(text)
@@ -103,12 +138,14 @@ def test_empty_and_missing_paths(tmp_path):
     assert problems == [] and rs is not None and len(rs) == 0
     rs, problems = loader.check([str(tmp_path / "nope.yaml")])
     assert rs is None and "cannot read rule file" in str(problems[0])
-    rs, problems = loader.check([str(tmp_path / "sub")]) if (tmp_path / "sub").mkdir() is None else (None, [])
+    (tmp_path / "sub").mkdir()
+    rs, problems = loader.check([str(tmp_path / "sub")])
     assert rs is None and "no rule files" in str(problems[0])
 
 
 def test_broken_macro_is_reported_even_when_unused(problems_in):
-    problems = problems_in("macros:\n  unused: {proc.nmae: x}\nrules:\n  - {id: r, match: {proc.name: x}}\n")
+    problems = problems_in("macros:\n  unused: {proc.nmae: x}\n"
+                           "rules:\n  - {id: r, match: {proc.name: x}}\n")
     assert problems == [("bad.yaml:2: unknown field 'proc.nmae' (did you mean 'proc.name'?); "
                          "fields are listed in rules/README.md")]
 

@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
+from agent.codec import event_from_json
 from agent.engine import loader
-from agent.engine.kernel import COMM_LEN
 from agent.engine.ruleset import RuleSet
-from agent.model import Event
-from agent.sources.recorded import event_from_json
+from agent.model import COMM_LEN, Event
 
 WS = "ws-red"
 HOME = "/home/nwtenant"

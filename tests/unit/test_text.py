@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent import text
+from agent.codec import event_from_json, process_from_json
 from agent.decide import Decision, Protection, decide
 from agent.errors import RuleError
 from agent.metrics import Metrics
@@ -19,7 +20,6 @@ from agent.model import Event, Process
 from agent.pipeline import Agent
 from agent.sinks import findings, kubeevents, slack
 from agent.sources import kevents
-from agent.sources.recorded import event_from_json, process_from_json
 from tests.unit.test_kernel_events import record
 
 BAD = b"/tmp/bad\xff\xfedir/kw"

@@ -1,8 +1,13 @@
-"""Events from JSON: the recorded-event format (`--record`, `replay`) and rule examples.
+"""Events to and from JSON: the recorded-event format (`--record`, `replay`, rule examples).
 
-One parser serves both, so a rule example is exactly an event as the agent records it;
-examples may leave out what does not matter to the rule (comm defaults to the basename
-of exe, a string cmdline is split like a shell would).
+One codec serves all three, so a rule example is exactly an event as the agent records it
+and a recorded line replays as the event that was judged. Decoding is lenient where a
+person writes the event (an example may leave out what does not matter to the rule: comm
+defaults to the basename of exe, a string cmdline is split like a shell would) and strict
+about everything else (unknown keys, wrong types), naming the key at fault.
+
+Text that was not UTF-8 holds surrogate escapes (agent/text.py); `event_line` writes them
+as `\\udcNN` and `json.loads` gives them back, so the bytes round-trip exactly.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.engine.schema import KINDS
-from agent.model import Connection, Event, Pod, Process
+from agent.model import COMM_LEN, RULE_KINDS, Connection, Event, Pod, Process
+from agent.text import json_line
 
 _PROCESS_KEYS = {"pid", "ppid", "starttime", "id", "comm", "exe", "cmdline", "uid", "ancestors",
                  "container_id", "netns", "cmdline_truncated", "cmdline_cut_bytes"}
@@ -72,7 +77,8 @@ def process_from_json(obj: Any, container_id: str = "") -> Process:
         cmdline = tuple(raw_cmd)
     else:
         raise EventFormatError("'cmdline' must be a list of strings or a string")
-    default_comm = os.path.basename(exe) if exe else (os.path.basename(cmdline[0]) if cmdline else "")
+    named = exe or (cmdline[0] if cmdline else "")
+    default_comm = os.path.basename(named) if named else ""
     truncated = obj.get("cmdline_truncated", False)
     if not isinstance(truncated, bool):
         raise EventFormatError(f"'cmdline_truncated' must be true or false, not {truncated!r}")
@@ -81,7 +87,7 @@ def process_from_json(obj: Any, container_id: str = "") -> Process:
         pid=_int(obj, "pid", 4242),
         ppid=_int(obj, "ppid", 1),
         starttime=_int(obj, "starttime", 0),
-        comm=_str(obj, "comm", default_comm[:15]),
+        comm=_str(obj, "comm", default_comm[:COMM_LEN]),
         exe=exe,
         cmdline=cmdline,
         # a truncated example without the count: some bytes were cut
@@ -93,6 +99,7 @@ def process_from_json(obj: Any, container_id: str = "") -> Process:
 
 
 def connection_from_json(obj: Any) -> Connection:
+    """A Connection from its JSON form; the addresses must be IP addresses."""
     obj = _check_keys(obj, _CONN_KEYS, "connection")
     dst = _str(obj, "dst", "0.0.0.0")
     src = _str(obj, "src", "0.0.0.0")
@@ -106,7 +113,8 @@ def connection_from_json(obj: Any) -> Connection:
         raise EventFormatError(f"connection 'family' must be ipv4 or ipv6, not {family!r}")
     direction = _str(obj, "direction", "outbound")
     if direction not in ("outbound", "inbound"):
-        raise EventFormatError(f"connection 'direction' must be outbound or inbound, not {direction!r}")
+        raise EventFormatError(f"connection 'direction' must be outbound or inbound, not "
+                               f"{direction!r}")
     return Connection(src=src, sport=_int(obj, "sport", 0), dst=dst, dport=_int(obj, "dport", 0),
                       family=family, direction=direction, netns=_int(obj, "netns", 0))
 
@@ -128,12 +136,22 @@ def event_time(value: Any) -> float:
     return float(value)
 
 
+def pod_from_json(obj: Any) -> Pod:
+    """A Pod from its JSON form (namespace, name, uid, labels)."""
+    obj = _check_keys(obj, {"namespace", "name", "uid", "labels"}, "pod")
+    labels = obj.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise EventFormatError("pod 'labels' must be a mapping")
+    return Pod(namespace=_str(obj, "namespace", ""), name=_str(obj, "name", ""),
+               uid=_str(obj, "uid", ""), labels={str(k): str(v) for k, v in labels.items()})
+
+
 def event_from_json(obj: Any) -> Event:
     """An Event from the recorded-event format. Raises EventFormatError."""
     obj = _check_keys(obj, _EVENT_KEYS, "event")
     kind = _str(obj, "kind", "exec")
-    if kind not in KINDS:
-        raise EventFormatError(f"'kind' must be one of {', '.join(KINDS)}, not {kind!r}")
+    if kind not in RULE_KINDS:
+        raise EventFormatError(f"'kind' must be one of {', '.join(RULE_KINDS)}, not {kind!r}")
     t = event_time(obj.get("time", 0.0))
     container = obj.get("container") or {}
     cid = _str(_check_keys(container, {"id"}, "container"), "id", "")
@@ -145,17 +163,45 @@ def event_from_json(obj: Any) -> Event:
     ancestors = tuple(process_from_json(a) for a in ancestors_raw)
     ws = obj.get("workspace") or {}
     workspace = _str(_check_keys(ws, {"id"}, "workspace"), "id", "")
-    pod = None
-    if obj.get("pod"):
-        pobj2 = _check_keys(obj["pod"], {"namespace", "name", "uid", "labels"}, "pod")
-        labels = pobj2.get("labels") or {}
-        if not isinstance(labels, dict):
-            raise EventFormatError("pod 'labels' must be a mapping")
-        pod = Pod(namespace=_str(pobj2, "namespace", ""), name=_str(pobj2, "name", ""),
-                  uid=_str(pobj2, "uid", ""), labels={str(k): str(v) for k, v in labels.items()})
+    pod = pod_from_json(obj["pod"]) if obj.get("pod") else None
     conn = connection_from_json(obj["connection"]) if obj.get("connection") else None
     return Event(kind=kind, time=t, process=process, ancestors=ancestors,
                  workspace=workspace, pod=pod, connection=conn)
+
+
+def event_to_json(ev: Event) -> dict[str, Any]:
+    """The recorded-event format of `ev`: what `--record` writes and `event_from_json`
+    reads back. Ancestors carry only what rules test of them."""
+    return {
+        "kind": ev.kind,
+        "time": ev.time,
+        "process": dict(ev.process.to_json(),
+                        ancestors=[_ancestor_json(a) for a in ev.ancestors]),
+        "workspace": {"id": ev.workspace} if ev.workspace else None,
+        "container": {"id": ev.process.container_id} if ev.process.container_id else None,
+        "pod": ev.pod.to_json() if ev.pod else None,
+        "connection": ev.connection.to_json() if ev.connection else None,
+    }
+
+
+def _ancestor_json(p: Process) -> dict[str, Any]:
+    return {"pid": p.pid, "comm": p.comm, "exe": p.exe, "cmdline": list(p.cmdline),
+            "cmdline_truncated": p.cmdline_truncated}
+
+
+def event_line(ev: Event) -> str:
+    """One recorded event as one line of JSON (no newline), valid UTF-8 whatever bytes the
+    workload used: the line `--record` writes and `read_events` reads."""
+    return json_line(event_to_json(ev))
+
+
+def event_from_line(line: str) -> Event:
+    """The event of one recorded line. Raises EventFormatError (bad JSON included)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise EventFormatError(str(e)) from None
+    return event_from_json(obj)
 
 
 def read_events(path: str) -> Iterator[Event]:
@@ -165,7 +211,7 @@ def read_events(path: str) -> Iterator[Event]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-                yield event_from_json(obj)
-            except (json.JSONDecodeError, EventFormatError) as e:
+                ev = event_from_line(line)
+            except EventFormatError as e:
                 raise EventFormatError(f"{path}:{n}: {e}") from None
+            yield ev

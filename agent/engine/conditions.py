@@ -1,0 +1,260 @@
+"""Conditions to predicates: `all`, `any`, `not`, macros and field tests, and what the rule
+index may use.
+
+Each condition compiles, once, into a predicate `Event -> bool` and a requirement: the
+index keys (comm, exe basename, executable directory, ...) one of which an event must have
+for the condition to hold, or None when the index cannot rule anything out. Combinators
+are the innermost loop of the engine: short ones are unrolled lambdas, which cost a
+fraction of a generator passed to all()/any().
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from agent.engine import yamlsrc
+from agent.engine.definitions import Definitions
+from agent.engine.operators import Members, value_test
+from agent.engine.problems import Problems, Skip, suggest, type_name
+from agent.engine.ruleset import Predicate, Requirement
+from agent.engine.schema import EXE_DIR_INDEX, OPERATORS, Field, field, field_names
+from agent.model import COMM_LEN, Event
+
+COMBINATORS = ("all", "any", "not", "macro")
+
+Compiled = tuple[Predicate, Requirement]
+
+
+def _never(ev: Event) -> bool:
+    return False
+
+
+_BROKEN: Compiled = (_never, None)
+
+
+class ConditionCompiler:
+    """Compiles the conditions of one rule set; macros are compiled once and shared."""
+
+    def __init__(self, problems: Problems, defs: Definitions) -> None:
+        self.problems = problems
+        self.defs = defs
+        self._macros: dict[str, Compiled] = {}
+
+    def condition(self, node: Any, line: int, macro_stack: tuple[str, ...] = ()) -> Compiled:
+        """Compile a condition mapping: every key is a term, and the mapping is their AND."""
+        if not isinstance(node, yamlsrc.Node) or not node:
+            raise self.problems.fail(getattr(node, "line", line),
+                                     "a condition must be a non-empty mapping such as "
+                                     "{proc.name: {in: [xmrig]}} or {any: [...]}, not "
+                                     + type_name(node))
+        terms: list[Compiled] = []
+        skipped = False
+        for key, value in node.items():
+            try:
+                terms.append(self._term(str(key), value, node.line_of(key), macro_stack))
+            except Skip:
+                skipped = True
+        if skipped:
+            raise Skip()
+        return all_of(terms)
+
+    def conditions(self, block: yamlsrc.Seq, macro_stack: tuple[str, ...] = ()) -> list[Compiled]:
+        """Each condition of a list, every one reported before a Skip is raised."""
+        out: list[Compiled] = []
+        bad = False
+        for i, sub in enumerate(block):
+            try:
+                out.append(self.condition(sub, block.line_of(i), macro_stack))
+            except Skip:
+                bad = True
+        if bad:
+            raise Skip()
+        return out
+
+    def _term(self, key: str, value: Any, line: int, macro_stack: tuple[str, ...]) -> Compiled:
+        if key in ("all", "any"):
+            if not isinstance(value, yamlsrc.Seq) or not value:
+                raise self.problems.fail(line, f"'{key}' takes a non-empty list of conditions")
+            subs = self.conditions(value, macro_stack)
+            return all_of(subs) if key == "all" else any_of(subs)
+        if key == "not":
+            pred, _ = self.condition(value, line, macro_stack)
+            return (lambda ev: not pred(ev)), None
+        if key == "macro":
+            return self.macro(value, line, macro_stack)
+        fld = field(key)
+        if fld is None:
+            raise self.problems.fail(line, f"unknown field '{key}'"
+                                           f"{suggest(key, [*field_names(), *COMBINATORS])}; "
+                                           f"fields are listed in rules/README.md")
+        return self._field_test(fld, value, line)
+
+    def check_macros(self) -> None:
+        """Compile every macro once, so a broken macro is reported even if no rule uses it."""
+        for name, (_, _, line) in list(self.defs.macros.items()):
+            self.problems.rule_id = ""
+            try:
+                self.macro(name, line, ())
+            except Skip:
+                self._macros[name] = _BROKEN
+
+    def macro(self, name: Any, line: int, stack: tuple[str, ...]) -> Compiled:
+        """The compiled condition of macro `name` (compiled at its own file and line)."""
+        macros = self.defs.macros
+        if not isinstance(name, str):
+            raise self.problems.fail(line, "'macro' takes the name of a macro")
+        if name not in macros:
+            raise self.problems.fail(line, f"unknown macro '{name}'{suggest(name, macros)}; "
+                                           f"define it under 'macros:'")
+        if name in stack:
+            raise self.problems.fail(line, f"macro cycle: {' -> '.join((*stack, name))}; a "
+                                           f"macro cannot use itself")
+        cached = self._macros.get(name)
+        if cached is not None:
+            if cached is _BROKEN:
+                raise Skip()  # already reported where the macro is defined
+            return cached
+        node, mfile, mline = macros[name]
+        saved = self.problems.file
+        self.problems.file = mfile
+        try:
+            compiled = self.condition(node, mline, (*stack, name))
+        finally:
+            self.problems.file = saved
+        self._macros[name] = compiled
+        return compiled
+
+    def _field_test(self, fld: Field, spec: Any, line: int) -> Compiled:
+        if isinstance(spec, yamlsrc.Node):
+            if not spec:
+                raise self.problems.fail(line, f"'{fld.name}' needs an operator, e.g. "
+                                               f"{{equals: ...}}")
+            ops = list(spec.items())
+        elif isinstance(spec, list) or (isinstance(spec, str) and spec.startswith("$")):
+            ops = [("in", spec)]
+        else:
+            ops = [("equals", spec)]
+        valid = OPERATORS[fld.type]
+        terms: list[Compiled] = []
+        for op, arg in ops:
+            op = str(op)
+            if op not in valid:
+                raise self.problems.fail(line, f"operator '{op}' does not apply to {fld.name} "
+                                               f"({fld.type}){suggest(op, valid)}; use one of "
+                                               f"{', '.join(valid)}")
+            terms.append((self._predicate(fld, op, arg, line),
+                          self._requirement(fld, op, arg, line)))
+        return all_of(terms)
+
+    def _predicate(self, fld: Field, op: str, arg: Any, line: int) -> Predicate:
+        if op == "exists":
+            if not isinstance(arg, bool):
+                raise self.problems.fail(line, f"'exists' on {fld.name} takes true or false")
+            return _exists(fld, arg)
+        test = value_test(fld, op, self.defs.expand(arg, line), line, self.problems)
+        return _lift(fld, test)
+
+    def _requirement(self, fld: Field, op: str, arg: Any, line: int) -> Requirement:
+        """The index keys one of which an event must have for this test to pass, if any."""
+        if fld.name == "proc.exe" and op == "prefix":
+            dirs = [str(v) for v in self.defs.expand(arg, line)]
+            if dirs and all(d.startswith("/") and d.endswith("/") for d in dirs):
+                return {EXE_DIR_INDEX: frozenset(dirs)}
+            return None
+        if fld.index is None or op not in ("equals", "in"):
+            return None
+        values = self.defs.expand(arg, line)
+        if fld.comm:
+            values = [str(v)[:COMM_LEN] for v in values]
+        return {fld.index: frozenset(str(v) for v in values)}
+
+
+def _exists(fld: Field, want: bool) -> Predicate:
+    get = fld.get
+    return lambda ev: (get(ev) not in (None, "", (), [])) == want
+
+
+def _lift(fld: Field, test: Callable[[Any], bool]) -> Predicate:
+    """Turn a value test into an event predicate, handling missing values and lists."""
+    get = fld.get
+    if fld.many:
+        if isinstance(test, Members):
+            # equals/in on a list: a set intersection instead of a test per element
+            isdisjoint = test.isdisjoint
+            return lambda ev: (v := get(ev)) is not None and not isdisjoint(v)
+
+        def any_element(ev: Event) -> bool:
+            v = get(ev)
+            if v is None:
+                return False
+            for x in v:  # noqa: SIM110 (a generator costs more, per event)
+                if test(x):
+                    return True
+            return False
+
+        return any_element
+    return lambda ev: (v := get(ev)) is not None and test(v)
+
+
+def all_of(terms: Sequence[Compiled]) -> Compiled:
+    """The AND of compiled terms; it requires what its most selective term requires."""
+    preds = tuple(p for p, _ in terms)
+    reqs = [r for _, r in terms if r]
+    req = min(reqs, key=lambda r: sum(len(v) for v in r.values())) if reqs else None
+    return conjunction(preds), req
+
+
+def any_of(terms: Sequence[Compiled]) -> Compiled:
+    """The OR of compiled terms; it requires something only when every branch does."""
+    preds = tuple(p for p, _ in terms)
+    req: Requirement = None
+    if all(r for _, r in terms):
+        merged: dict[str, set[str]] = {}
+        for _, r in terms:
+            for attr, vals in (r or {}).items():
+                merged.setdefault(attr, set()).update(vals)
+        req = {a: frozenset(v) for a, v in merged.items()}
+    return disjunction(preds), req
+
+
+def conjunction(preds: Sequence[Predicate]) -> Predicate:
+    """All of `preds`, in order, stopping at the first false."""
+    if len(preds) == 1:
+        return preds[0]
+    if len(preds) == 2:
+        a, b = preds
+        return lambda ev: a(ev) and b(ev)
+    if len(preds) == 3:
+        a, b, c = preds
+        return lambda ev: a(ev) and b(ev) and c(ev)
+    ps = tuple(preds)
+
+    def every(ev: Event) -> bool:
+        for p in ps:  # noqa: SIM110 (a generator costs more, per event)
+            if not p(ev):
+                return False
+        return True
+
+    return every
+
+
+def disjunction(preds: Sequence[Predicate]) -> Predicate:
+    """Any of `preds`, in order, stopping at the first true."""
+    if len(preds) == 1:
+        return preds[0]
+    if len(preds) == 2:
+        a, b = preds
+        return lambda ev: a(ev) or b(ev)
+    if len(preds) == 3:
+        a, b, c = preds
+        return lambda ev: a(ev) or b(ev) or c(ev)
+    ps = tuple(preds)
+
+    def some(ev: Event) -> bool:
+        for p in ps:  # noqa: SIM110 (a generator costs more, per event)
+            if p(ev):
+                return True
+        return False
+
+    return some

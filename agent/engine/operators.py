@@ -1,0 +1,190 @@
+"""Operators: one operator and its values compiled into a test of one field value.
+
+`value_test` is called once per condition at load time; the test it returns runs on every
+event, so each is the cheapest form of its check (a frozenset's `__contains__`, a bound
+`str.startswith` over a tuple, one RE2 alternation). Values arrive expanded (`$lists`
+resolved); a wrong value is a problem at the condition's line.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import re2
+
+from agent.engine.problems import Problems
+from agent.engine.schema import BOOL, INT, IP, PORT, STR, Field
+from agent.model import COMM_LEN, _ip_int
+from agent.text import escape_surrogates
+
+ValueTest = Callable[[Any], bool]
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # errors are reported as rule problems, not on stderr
+_EQUALITY = ("equals", "in")
+# a port set this small is a frozenset lookup; larger ranges are compared as ranges
+_PORT_SET_MAX = 4096
+
+
+class Members(frozenset):  # type: ignore[type-arg]
+    """A set of values that is also the test `v in values`, so list fields can intersect
+    sets instead of testing element by element."""
+
+    __slots__ = ()
+    __call__ = frozenset.__contains__
+
+
+def value_test(fld: Field, op: str, values: list[Any], line: int,
+               problems: Problems) -> ValueTest:
+    """The test for `fld {op: values}` (any operator but `exists`)."""
+    name, typ = fld.name, fld.type
+    if not values:
+        raise problems.fail(line, f"'{op}' on {name} needs at least one value")
+    if typ == IP and op in _EQUALITY:
+        return frozenset(_ip(v, name, line, problems) for v in values).__contains__
+    if typ == BOOL:
+        if len(values) != 1 or not isinstance(values[0], bool):
+            raise problems.fail(line, f"{name} is a boolean: 'equals' takes true or false")
+        want = values[0]
+        return lambda v: v is want
+    if typ in (INT, PORT) and op in _EQUALITY:
+        return _integers(fld, op, values, line, problems)
+    if op == "ports":
+        return _port_ranges(values, name, line, problems)
+    if op == "cidr":
+        nets = [_cidr(v, name, line, problems) for v in values]
+        return lambda v: any((v & mask) == net for net, mask in nets)
+    return _string_test(fld, op, values, line, problems)
+
+
+def _integers(fld: Field, op: str, values: list[Any], line: int,
+              problems: Problems) -> ValueTest:
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise problems.fail(line, f"{fld.name} is {fld.type}: '{op}' needs integers, got "
+                                      f"{v!r}; remove the quotes")
+    if op == "equals" and len(values) > 1:
+        raise problems.fail(line, "'equals' takes one value; use 'in' for several")
+    return frozenset(values).__contains__
+
+
+def _contains_any(needles: tuple[str, ...]) -> ValueTest:
+    if len(needles) == 1:
+        needle = needles[0]
+        return lambda v: needle in v
+
+    def contains(v: str) -> bool:
+        for n in needles:  # noqa: SIM110 (a generator costs more, per event)
+            if n in v:
+                return True
+        return False
+
+    return contains
+
+
+def _string_test(fld: Field, op: str, values: list[Any], line: int,
+                 problems: Problems) -> ValueTest:
+    """Operators of string and list-of-string fields."""
+    if fld.comm and op in _EQUALITY:
+        # a name is whole when known (schema.whole_name); a 15-byte one may be a comm the
+        # kernel cut, so it also matches a longer value's first 15 bytes
+        values = [*values, *(v[:COMM_LEN] for v in values
+                             if isinstance(v, str) and len(v) > COMM_LEN)]
+    for v in values:
+        if not isinstance(v, str):
+            kind = "string" if fld.type == STR else "list of strings"
+            raise problems.fail(line, f"{fld.name} is a {kind}: '{op}' needs strings, got "
+                                      f"{v!r}; quote it")
+    if op in _EQUALITY:
+        if op == "equals" and len(values) > 1:
+            raise problems.fail(line, "'equals' takes one value; use 'in' for several")
+        return Members(values)
+    if op == "prefix":
+        t = tuple(values)
+        return lambda v: v.startswith(t)
+    if op == "suffix":
+        t = tuple(values)
+        return lambda v: v.endswith(t)
+    if op == "contains":
+        return _contains_any(tuple(values))
+    if op == "glob":
+        rx = re.compile("|".join(fnmatch.translate(g) for g in values))
+        return lambda v: rx.match(v) is not None
+    if op == "regex":
+        return _regex(values, fld.name, line, problems)
+    raise problems.fail(line, f"operator '{op}' is not supported")  # pragma: no cover
+
+
+def _regex(patterns: Sequence[str], name: str, line: int, problems: Problems) -> ValueTest:
+    # RE2: linear time whatever the pattern or the (attacker-controlled) cmdline.
+    for p in patterns:
+        try:
+            re2.compile(p, _RE2_OPTIONS)
+        except re2.error as e:
+            arg = e.args[0] if e.args else None
+            why = arg.decode(errors="replace") if isinstance(arg, bytes) else str(e)
+            raise problems.fail(line, f"bad regex {p!r} for {name}: {why}; RE2 syntax has no "
+                                      f"backreferences or lookaround") from None
+    rx = re2.compile("|".join(f"(?:{p})" for p in patterns), _RE2_OPTIONS)
+    search = rx.search
+
+    def test(v: str) -> bool:
+        try:
+            return search(v) is not None
+        except UnicodeEncodeError:
+            # bytes that were not UTF-8 (lone surrogates, agent/text.py): RE2 takes UTF-8,
+            # so it sees them as the `\udcNN` escapes the findings show
+            return search(escape_surrogates(v)) is not None
+
+    return test
+
+
+def _ip(v: Any, name: str, line: int, problems: Problems) -> int:
+    try:
+        addr = ipaddress.ip_address(str(v))
+    except ValueError:
+        raise problems.fail(line, f"{name}: {v!r} is not an IP address; use 'cidr' for "
+                                  f"networks") from None
+    return _ip_int(str(addr))
+
+
+def _cidr(v: Any, name: str, line: int, problems: Problems) -> tuple[int, int]:
+    try:
+        net = ipaddress.ip_network(str(v), strict=False)
+    except ValueError:
+        raise problems.fail(line, f"{name}: {v!r} is not a CIDR like 10.0.0.0/8 or "
+                                  f"fd00::/8") from None
+    if net.version == 4:
+        bits = 96 + net.prefixlen
+        base = 0xFFFF00000000 | int(net.network_address)
+    else:
+        bits = net.prefixlen
+        base = int(net.network_address)
+    mask = ((1 << 128) - 1) ^ ((1 << (128 - bits)) - 1)
+    return base & mask, mask
+
+
+def _port_ranges(values: Sequence[Any], name: str, line: int,
+                 problems: Problems) -> ValueTest:
+    ranges: list[tuple[int, int]] = []
+    for v in values:
+        lo: Any
+        hi: Any
+        if isinstance(v, int) and not isinstance(v, bool):
+            lo = hi = v
+        elif isinstance(v, str) and re.fullmatch(r"\d+-\d+", v):
+            lo, hi = (int(x) for x in v.split("-"))
+        else:
+            raise problems.fail(line, f"{name}: port range {v!r} must be a port or 'low-high'")
+        if not (0 <= lo <= hi <= 65535):
+            raise problems.fail(line, f"{name}: port range {v!r} is outside 0-65535 or "
+                                      f"reversed")
+        ranges.append((lo, hi))
+    if sum(hi - lo + 1 for lo, hi in ranges) <= _PORT_SET_MAX:
+        ports = frozenset(p for lo, hi in ranges for p in range(lo, hi + 1))
+        return ports.__contains__
+    return lambda p: any(lo <= p <= hi for lo, hi in ranges)
