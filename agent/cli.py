@@ -32,8 +32,9 @@ from agent.model import Event
 from agent.nodelock import NodeLock
 from agent.pipeline import Agent, Judge, scan_once
 from agent.reload import Reloader
-from agent.sinks.findings import FindingWriter, finding
+from agent.sinks.findings import Finding, FindingWriter
 from agent.sinks.outfile import open_output
+from agent.sinks.registry import Sinks
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
 from agent.sources.recorded import EventFormatError, read_events
@@ -123,7 +124,7 @@ def _load_rules(paths: Sequence[str] | None, err: TextIO) -> RuleSet | None:
 
 
 def _emit(decisions: Sequence[Decision], writer: FindingWriter, host: str) -> None:
-    writer.write([finding(d, host) for d in decisions])
+    writer.write([Finding.of(d, host) for d in decisions])
 
 
 def cmd_rules_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -276,7 +277,6 @@ def _run_agent(args: argparse.Namespace, cfg: Config, out: TextIO, err: TextIO) 
     metrics.set_ruleset(ruleset.digest, len(ruleset))
     metrics.sensor_up.labels(sensor="procfs").set(1)
     fmt = args.format or ("table" if out.isatty() else "json")
-    writer = FindingWriter(out, fmt)
     tree = ProcessTree(ProcFS(cfg.proc_root), cfg.workspace_markers)
     metrics.watch_cmdlines(tree.procfs.cmdlines)
     protection = _protection(cfg)
@@ -288,19 +288,11 @@ def _run_agent(args: argparse.Namespace, cfg: Config, out: TextIO, err: TextIO) 
         assert record_file is not None
         record_file.write(json_line(ev.to_json()) + "\n")
 
-    slack = _slack_sink(cfg, metrics)
     kube = _KubeParts(cfg, metrics, enforcer, tree)
-    file_writer = FindingWriter(findings_file, "json") if findings_file is not None else None
+    sinks = Sinks.open(cfg, metrics, out, fmt, findings_file, kube.kube)
 
     def report(decisions: list[Decision]) -> None:
-        findings = [finding(d, cfg.host) for d in decisions]
-        writer.write(findings)
-        if file_writer is not None:
-            file_writer.write(findings)
-        if slack is not None:
-            for f in findings:
-                slack.submit(f)
-        kube.submit(findings)
+        sinks.submit([Finding.of(d, cfg.host) for d in decisions])
 
     agent = Agent(tree, judge, report, metrics,
                   cfg.scan_interval, record if record_file is not None else None,
@@ -326,6 +318,7 @@ def _run_agent(args: argparse.Namespace, cfg: Config, out: TextIO, err: TextIO) 
         judge.protection = enforcer.protection = replace(protection, names=frozenset(new.protected))
         agent.scan_interval = new.scan_interval
         kube.reconfigure(new)
+        sinks.reconfigure(new)
         for sync in kernel_sync:
             sync()
 
@@ -374,8 +367,7 @@ def _run_agent(args: argparse.Namespace, cfg: Config, out: TextIO, err: TextIO) 
     finally:
         if sensor is not None:
             sensor.close()  # detaches every BPF program
-        if slack is not None:
-            slack.close(deadline=5.0)  # send what is queued, count the rest as dropped
+        sinks.close(deadline=5.0)  # send what is queued, count the rest as dropped
         kube.close()
         if server is not None:
             server.stop()
@@ -410,22 +402,20 @@ def sync_kernel_rules(sensor: Any, agent: Agent, judge: Judge, protection: Prote
 
 
 class _KubeParts:
-    """What the Kubernetes API gives the agent: pod enrichment, Events, pod deletion.
+    """What the Kubernetes API gives the agent: pod enrichment, pod deletion (Events are a
+    sink: agent/sinks/registry.py).
     Every part is None outside a cluster (the agent then runs without them)."""
 
     def __init__(self, cfg: Config, metrics: Metrics, enforcer: Enforcer,
                  tree: ProcessTree) -> None:
         from agent import kubeapi
         from agent.enrich.pods import PodIndex
-        from agent.sinks.kubeevents import PodEventSink
         from agent.sources.kubepods import PodWatcher
 
         self.metrics = metrics
         self.enforcer = enforcer
         self.kube = kubeapi.connect(cfg.kubernetes, cfg.kubeconfig, cfg.node_name)
         self.watcher: Any = None
-        self.events: Any = None
-        self.events_on = False
         self.deleter: Any = None
         if self.kube is None:
             if cfg.delete_pod:
@@ -433,36 +423,23 @@ class _KubeParts:
                             "action delete-pod kill the process only")
             return
         log.info("Kubernetes API: %s, node %s", self.kube.where, self.kube.node)
-        self.events = PodEventSink(self.kube.api, self.kube.node, metrics,
-                                   rate=cfg.kubernetes_event_rate_per_second,
-                                   dedupe_seconds=cfg.kubernetes_event_dedupe_seconds)
-        self.events_on = cfg.kubernetes_events
         self.reconfigure(cfg)
         index = PodIndex()
         self.watcher = PodWatcher(self.kube.api, self.kube.node, index, metrics)
         tree.pod_of = index.lookup
         self.watcher.start()
 
-    def submit(self, findings: list[dict[str, Any]]) -> None:
-        """Findings to pod Events, while kubernetes_events is on."""
-        if self.events is not None and self.events_on:
-            for f in findings:
-                self.events.submit(f)
-
     def reconfigure(self, cfg: Config) -> None:
-        """kubernetes_events and delete_pod follow the config, reloads included (the
-        chart's RBAC follows deletePod too). The connection settings need a restart."""
+        """delete_pod follows the config, reloads included (the chart's RBAC follows
+        deletePod too). The connection settings need a restart."""
         if self.kube is None:
             return
-        self.events_on = cfg.kubernetes_events
         if cfg.delete_pod and self.deleter is None:
             from agent.actions.pods import PodDeleter
 
-            self.deleter = PodDeleter(self.kube.api, self.metrics, cfg.delete_pod_grace_seconds,
-                                      cfg.delete_pod_protected_namespaces)
+            self.deleter = PodDeleter.open(self.kube, cfg, self.metrics)
         elif self.deleter is not None:
-            self.deleter.grace_seconds = cfg.delete_pod_grace_seconds
-            self.deleter.protected_namespaces = frozenset(cfg.delete_pod_protected_namespaces)
+            self.deleter.reconfigure(cfg)
         self.enforcer.pod_deleter = self.deleter if cfg.delete_pod else None
 
     def wait_synced(self, timeout: float = 10.0) -> None:
@@ -473,28 +450,8 @@ class _KubeParts:
     def close(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
-        if self.events is not None:
-            self.events.close(deadline=3.0)
         if self.deleter is not None:
             self.deleter.close(deadline=3.0)
-
-
-def _slack_sink(cfg: Config, metrics: Metrics) -> Any:
-    """The Slack sink when a webhook URL is configured (environment or Secret file)."""
-    from agent.sinks.slack import SlackSink, read_webhook_url
-
-    try:
-        url = read_webhook_url(cfg.slack_webhook_url_env, cfg.slack_webhook_url_file or None,
-                               dict(os.environ))
-    except OSError as e:
-        raise ConfigError(f"cannot read the Slack webhook URL file: {e.strerror}") from None
-    if url is None:
-        return None
-    log.info("Slack alerts on (severity >= %s); the webhook URL is not logged",
-             cfg.slack_min_severity)
-    return SlackSink(url, metrics, min_severity=cfg.slack_min_severity,
-                     dedupe_seconds=cfg.slack_dedupe_seconds, rate=cfg.slack_rate_per_second,
-                     queue_size=cfg.slack_queue_size)
 
 
 def _start_sensors(cfg: Config, tree: ProcessTree, agent: Agent,
