@@ -6,6 +6,7 @@ streamed watch, 410 Gone, Events, pod deletion. No API server is reachable here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -33,10 +34,12 @@ from agent.errors import ConfigError
 from agent.kubeapi import Kube, connect
 from agent.metrics import Metrics
 from agent.model import Event, Pod
+from agent.sinks.findings import Finding
 from agent.sinks.kubeevents import PodEventSink
 from agent.sources.kubepods import PodWatcher
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
+from tests.unit.sample_finding import sample
 
 pytestmark = pytest.mark.integration
 
@@ -259,10 +262,9 @@ def test_outside_a_cluster_the_agent_runs_without_pods_and_says_so(caplog):
 # -- Events -----------------------------------------------------------------------------------
 
 def _finding(outcome: str = "would_kill", rule: str = "crypto-miner-exec", uid: str = "uid-1",
-             name: str = "ws-1", pid: int = 4242) -> dict:
-    return {"rule": rule, "severity": "critical", "outcome": outcome, "mode": "audit",
-            "message": "known miner binary xmrig started", "process": {"pid": pid, "comm": "xmrig"},
-            "pod": {"namespace": "team-a", "name": name, "uid": uid, "labels": {}}}
+             name: str = "ws-1", pid: int = 4242, ns: str = "team-a") -> Finding:
+    return sample(rule, outcome=outcome, mode="audit", pid=pid, pod=Pod(ns, name, uid),
+                  message="known miner binary xmrig started")
 
 
 class Clock:
@@ -279,7 +281,7 @@ def test_each_finding_becomes_a_warning_event_on_its_pod_via_local_apiserver(ser
     sink.submit(_finding("killed"))
     sink.submit(_finding("would_kill", rule="reverse-shell"))
     sink.submit(_finding("reported", rule="curl-pipe-shell"))
-    sink.submit({**_finding(), "pod": None})     # not in a pod: no Event
+    sink.submit(dataclasses.replace(_finding(), pod=None))     # not in a pod: no Event
     server.wait_for(lambda: len(server.events) == 3)
     sink.close()
     reasons = {e["reason"]: e for e in server.events.values()}
@@ -338,7 +340,7 @@ def test_event_write_failures_retry_recreate_or_drop_via_local_apiserver(server,
     assert next(iter(server.events.values()))["count"] == 2
     # a namespace we may not write to: dropped and counted, not retried forever
     server.inject.append(("POST", "/api/v1/namespaces/locked/events", 403))
-    sink.submit({**_finding(uid="uid-x"), "pod": {"namespace": "locked", "name": "p", "uid": "uid-x"}})
+    sink.submit(_finding(uid="uid-x", ns="locked", name="p"))
     server.wait_for(lambda: m.alerts_dropped.labels(sink="kubernetes", reason="rejected")._value.get() == 1)
     sink.close()
     assert m.alerts_sent.labels(sink="kubernetes")._value.get() >= 2

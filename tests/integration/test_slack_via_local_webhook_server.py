@@ -15,7 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from agent.metrics import Metrics
-from agent.sinks.slack import SlackSink, TokenBucket, message
+from agent.model import Connection, Pod
+from agent.sinks.findings import Finding
+from agent.sinks.ratelimit import TokenBucket
+from agent.sinks.slack import SlackSink, message
+from tests.unit.sample_finding import sample
 
 pytestmark = pytest.mark.integration
 
@@ -71,13 +75,8 @@ def slack() -> Iterator[FakeSlack]:
 
 
 def finding(rule: str = "crypto-miner-exec", severity: str = "critical", ws: str = "ws-1",
-            exe: str = "/tmp/xmrig", pid: int = 4242) -> dict:
-    return {"time": "2026-11-23T10:00:00.000Z", "host": "node-1", "rule": rule,
-            "severity": severity, "tags": [], "source": "exec", "action": "kill", "mode": "enforce",
-            "outcome": "killed", "process": {"pid": pid, "comm": "xmrig", "exe": exe,
-                                            "cmdline": [exe, "-o", "pool:3333"]},
-            "workspace": {"id": ws}, "container": None, "pod": None,
-            "connection": None, "message": "known miner started"}
+            exe: str = "/tmp/xmrig", pid: int = 4242) -> Finding:
+    return sample(rule, severity, ws, exe, pid)
 
 
 def _sink(slack: FakeSlack, metrics: Metrics, **kw) -> SlackSink:
@@ -227,10 +226,8 @@ def test_token_bucket_paces_to_the_rate():
 
 
 def test_message_for_a_connection_and_a_pod():
-    f = finding()
-    f["pod"] = {"namespace": "team-a", "name": "ws-123", "uid": "u", "labels": {}}
-    f["connection"] = {"src": "10.0.0.5", "sport": 5, "dst": "1.2.3.4", "dport": 3333,
-                       "family": "ipv4", "direction": "outbound", "netns": 1}
+    f = sample(pod=Pod("team-a", "ws-123", "u"),
+               connection=Connection("10.0.0.5", 5, "1.2.3.4", 3333, netns=1))
     text = json.dumps(message(f))
     assert "pod `team-a/ws-123`" in text and "10.0.0.5:5 -> 1.2.3.4:3333" in text
 
@@ -281,10 +278,8 @@ def test_running_agent_posts_one_message_per_incident(slack, tmp_path):
 
 
 def test_workload_text_cannot_inject_mentions_or_links_into_the_message():
-    f = finding()
-    f["process"]["comm"] = "x<!channel>"
-    f["process"]["cmdline"] = ["sh", "-c", "echo <http://evil.example|click> & `id`"]
-    f["message"] = "miner <!here> started"
+    f = sample(comm="x<!channel>", cmdline=("sh", "-c", "echo <http://evil.example|click> & `id`"),
+               message="miner <!here> started")
     text = json.dumps(message(f))
     for bad in ("<!channel>", "<!here>", "<http://evil.example|click>"):
         assert bad not in text
