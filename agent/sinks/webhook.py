@@ -128,6 +128,9 @@ class WebhookConfig:
     queue_size: int = 1000
     timeout_seconds: float = 5.0
 
+    def __post_init__(self) -> None:
+        self.min_severity = Severity(self.min_severity)
+
     def validate(self) -> None:
         """Raise ConfigError for values the sink cannot work with."""
         if self.rate_per_second <= 0 or self.queue_size < 1 or self.timeout_seconds <= 0:
