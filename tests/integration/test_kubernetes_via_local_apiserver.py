@@ -82,7 +82,8 @@ def test_lists_then_watches_only_this_nodes_pods_via_local_apiserver(server, wat
     assert watcher.synced.wait(10)
     idx = watcher.index
     found = idx.lookup(CID)
-    assert found is not None and (found.namespace, found.name, found.uid) == ("team-a", "ws-1", "uid-1")
+    assert found is not None
+    assert (found.namespace, found.name, found.uid) == ("team-a", "ws-1", "uid-1")
     assert found.labels == {"team": "a"}
     assert idx.lookup(CID2) is None, "another node's pod must not be indexed"
     # a pod scheduled later, whose container id appears only in a later status update
@@ -110,7 +111,8 @@ def test_watch_resumes_from_the_last_resource_version_without_listing_again(serv
     server.end_watches()            # the server's watch timeout
     server.wait_for(lambda: len([r for r in server.requests_to("GET", "/api/v1/pods")
                                  if r["query"].get("watch") == "true"]) >= 2)
-    watches = [r for r in server.requests_to("GET", "/api/v1/pods") if r["query"].get("watch") == "true"]
+    watches = [r for r in server.requests_to("GET", "/api/v1/pods")
+               if r["query"].get("watch") == "true"]
     assert watches[1]["query"]["resourceVersion"] == seen
     assert watcher.lists == 1
 
@@ -341,7 +343,8 @@ def test_event_write_failures_retry_recreate_or_drop_via_local_apiserver(server,
     # a namespace we may not write to: dropped and counted, not retried forever
     server.inject.append(("POST", "/api/v1/namespaces/locked/events", 403))
     sink.submit(_finding(uid="uid-x", ns="locked", name="p"))
-    server.wait_for(lambda: m.alerts_dropped.labels(sink="kubernetes", reason="rejected")._value.get() == 1)
+    rejected = m.alerts_dropped.labels(sink="kubernetes", reason="rejected")
+    server.wait_for(lambda: rejected._value.get() == 1)
     sink.close()
     assert m.alerts_sent.labels(sink="kubernetes")._value.get() >= 2
 
@@ -389,7 +392,8 @@ def _enforcer() -> Enforcer:
     return Enforcer(fs, ProcessTree(fs), Protection())
 
 
-def test_delete_pod_kills_the_process_then_deletes_its_pod_by_uid_via_local_apiserver(server, kube, victim):
+def test_delete_pod_kills_the_process_then_deletes_its_pod_by_uid_via_local_apiserver(
+        server, kube, victim):
     server.put_pod(pod("team-a", "ws-1", "uid-1", NODE, {}, (CID,)))
     e = _enforcer()
     e.pod_deleter = PodDeleter(kube.api, Metrics())
@@ -408,7 +412,8 @@ def test_delete_pod_kills_the_process_then_deletes_its_pod_by_uid_via_local_apis
     e.pod_deleter.close()
 
 
-def test_delete_pod_never_deletes_a_replacement_pod_of_the_same_name_via_local_apiserver(server, kube):
+def test_delete_pod_never_deletes_a_replacement_pod_of_the_same_name_via_local_apiserver(
+        server, kube):
     server.put_pod(pod("team-a", "ws-1", "uid-NEW", NODE, {}, (CID,)))
     m = Metrics()
     deleter = PodDeleter(kube.api, m)
@@ -427,7 +432,8 @@ def test_a_failed_delete_is_tried_again_by_the_next_finding_via_local_apiserver(
     m = Metrics()
     deleter = PodDeleter(kube.api, m, attempts=3)
     assert "requested" in deleter.request(Pod("team-a", "ws-1", "uid-1"))
-    server.wait_for(lambda: m.actions.labels(action="delete-pod", outcome="failed")._value.get() == 1,
+    failed = m.actions.labels(action="delete-pod", outcome="failed")
+    server.wait_for(lambda: failed._value.get() == 1,
                     timeout=15)
     assert "requested" in deleter.request(Pod("team-a", "ws-1", "uid-1"))
     server.wait_for(lambda: server.deleted)

@@ -125,8 +125,8 @@ def _finding(rules_from, comm: str, exe: str, reason: str = "") -> findings.Find
     p = Process(pid=9, ppid=1, starttime=1, comm=comm, exe=exe, cmdline=(exe,))
     ev = Event("exec", 0.0, p, pod=None)
     [m] = rs.evaluate(ev)
-    return findings.Finding.of(Decision(m, "audit", "protected" if reason else "would_kill", reason),
-                            "node-1", now=0.0)
+    outcome = "protected" if reason else "would_kill"
+    return findings.Finding.of(Decision(m, "audit", outcome, reason), "node-1", now=0.0)
 
 
 def test_findings_table_and_a_non_utf8_stream(rules_from):
