@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol, TextIO
 
 from agent.config import Config
+from agent.errors import ConfigError
 from agent.kubeapi import Kube
 from agent.metrics import Metrics
 from agent.sinks.base import Sink
@@ -82,7 +83,7 @@ class Sinks:
             writers.append(FindingWriter(findings_file, "json"))
         sinks = cls(metrics, writers, kube)
         try:
-            sinks.reconfigure(cfg)
+            sinks._apply(cfg, strict=True)
         except BaseException:
             sinks.close(0.0)
             raise
@@ -99,27 +100,37 @@ class Sinks:
                 slot.sink.submit(f)
 
     def reconfigure(self, cfg: Config) -> None:
-        """Follow a (re)loaded config: a sink whose settings did not change keeps running
+        """Follow a reloaded config: a sink whose settings did not change keeps running
         with its state (dedupe windows, queue); one whose settings changed is closed and
-        reopened; one turned off is closed. Raises ConfigError, leaving the sinks that
-        opened so far in place."""
+        reopened; one turned off is closed. A sink that fails to reopen (its secret file
+        unreadable) is logged and the running one kept."""
+        self._apply(cfg, strict=False)
+
+    def _apply(self, cfg: Config, strict: bool) -> None:
         from agent.sinks.kubeevents import PodEventSink
         from agent.sinks.slack import open_slack
 
-        self._set("slack", _slack_settings(cfg), lambda: open_slack(cfg, self.metrics))
+        self._set("slack", _slack_settings(cfg), lambda: open_slack(cfg, self.metrics), strict)
         kube = self.kube
         if kube is not None:
             self._set("kubernetes", _event_settings(cfg),
-                      lambda: PodEventSink.open(kube, cfg, self.metrics))
+                      lambda: PodEventSink.open(kube, cfg, self.metrics), strict)
         self.events_on = cfg.kubernetes_events
         for name, section in sections(cfg):
-            self._set(name, section, functools.partial(section.open_sink, self.metrics))
+            self._set(name, section, functools.partial(section.open_sink, self.metrics), strict)
 
-    def _set(self, name: str, settings: Any, open_: Callable[[], Sink | None]) -> None:
+    def _set(self, name: str, settings: Any, open_: Callable[[], Sink | None],
+             strict: bool = True) -> None:
         old = self.slots.get(name)
         if old is not None and old.settings == settings:
             return
-        sink = open_()
+        try:
+            sink = open_()
+        except ConfigError as e:
+            if strict:
+                raise
+            log.error("%s not reopened, the running one stays: %s", name, e)
+            return
         self.slots[name] = _Slot(settings, sink)
         if old is not None and old.sink is not None:
             log.info("%s settings changed: reopened", name)

@@ -139,15 +139,20 @@ class WebhookConfig:
         if self.hmac_key_file and not self.url_file:
             raise ConfigError("webhook: hmac_key_file is set but url_file is not")
 
-    def open_sink(self, metrics: Metrics) -> WebhookSink | None:
-        """The sink this section asks for, or None when it is off. Raises ConfigError."""
-        if not self.url_file:
-            return None
+    def _secrets(self) -> tuple[str, bytes | None]:
+        """(the URL, the HMAC key or None) from their files. Raises ConfigError."""
         url = _read_secret(self.url_file, "url_file").decode("utf-8", "replace")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"webhook.url_file {self.url_file}: the file must hold an "
                               "http:// or https:// URL")
         key = _read_secret(self.hmac_key_file, "hmac_key_file") if self.hmac_key_file else None
+        return url, key
+
+    def open_sink(self, metrics: Metrics) -> WebhookSink | None:
+        """The sink this section asks for, or None when it is off. Raises ConfigError."""
+        if not self.url_file:
+            return None
+        url, key = self._secrets()
         log.info("webhook on (severity >= %s, %s); the URL is not logged",
                  self.min_severity.value, "signed" if key else "unsigned")
         return WebhookSink(url, metrics, key, self.min_severity, rate=self.rate_per_second,

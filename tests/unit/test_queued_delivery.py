@@ -276,3 +276,19 @@ def test_submit_never_waits_on_a_stalled_sink():
     assert time.monotonic() - t0 < 0.5
     release.set()
     sinks.close(1.0)
+
+
+def test_a_reload_whose_sink_cannot_open_keeps_the_running_one(tmp_path, caplog):
+    from agent.errors import ConfigError
+
+    cfg = Config(webhook=WebhookConfig(url_file=_url_file(tmp_path)))
+    sinks = Sinks.open(cfg, Metrics(), io.StringIO(), "json", None, None)
+    running = sinks.slots["webhook"].sink
+    missing = str(tmp_path / "missing")
+    sinks.reconfigure(Config(webhook=WebhookConfig(url_file=missing)))
+    assert sinks.slots["webhook"].sink is running and not running.closing
+    assert "webhook not reopened" in caplog.text and "cannot read it" in caplog.text
+    with pytest.raises(ConfigError, match="cannot read it"):
+        Sinks.open(Config(webhook=WebhookConfig(url_file=missing)), Metrics(), io.StringIO(),
+                   "json", None, None)
+    sinks.close(0.5)
