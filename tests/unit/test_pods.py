@@ -138,14 +138,16 @@ def test_events_of_a_process_in_a_pod_carry_the_pod():
     assert tree.event("scan", procs[1], 0.0).pod is None
 
 
-KIND_INSIDE = f"0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod{POD_}.slice/cri-containerd-{CID}.scope\n"
+KIND_INSIDE = (f"0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod{POD_}.slice/"
+               f"cri-containerd-{CID}.scope\n")
 FORGED = (f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_}.slice/"
           f"cri-containerd-{CID}.scope/{'c' * 64}/pod11111111-2222-3333-4444-555555555555\n")
 
 
 def test_only_the_kubelets_pod_cgroup_names_the_pod():
     assert pod_uid_from_cgroup(KIND_INSIDE) == POD
-    assert pod_uid_from_cgroup(f"0::/../../kubepods-besteffort.slice/kubepods-besteffort-pod{POD_}.slice/x\n") == POD
+    assert pod_uid_from_cgroup(f"0::/../../kubepods-besteffort.slice/"
+                               f"kubepods-besteffort-pod{POD_}.slice/x\n") == POD
     # a container that makes its own sub-cgroup named after another pod: its own pod counts
     assert pod_uid_from_cgroup(FORGED) == POD
     assert pod_uid_from_cgroup("0::/system.slice/docker-x.scope/kubepods/pod" + POD + "/x\n") == ""
@@ -162,4 +164,5 @@ def test_a_forged_nested_cgroup_never_resolves_to_another_tenants_pod(clock):
     forged_cid = FORGED.replace("c" * 64, CID2)
     cid, uid = cgroup_identity(forged_cid)
     assert cid == CID2
-    assert idx.lookup(cid, uid).name == "ci-runner", "the kubelet's pod uid wins over a container id"
+    assert idx.lookup(cid, uid).name == "ci-runner", \
+        "the kubelet's pod uid wins over a container id"
