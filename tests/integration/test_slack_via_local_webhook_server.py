@@ -10,9 +10,9 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from scripted_http import ScriptedHTTP
 
 from agent.metrics import Metrics
 from agent.model import Connection, Pod
@@ -24,54 +24,27 @@ from tests.unit.sample_finding import sample
 pytestmark = pytest.mark.integration
 
 
-class FakeSlack:
-    """Answers each POST with the next scripted (status, headers, delay) and keeps bodies."""
+class FakeSlack(ScriptedHTTP):
+    """Slack's incoming webhook: "ok" on 200, Slack's error texts otherwise."""
 
     def __init__(self) -> None:
-        self.script: list[tuple[int, dict[str, str], float]] = []
-        self.received: list[dict] = []
-        self.times: list[float] = []
-        self.release = threading.Event()
-        self.release.set()
-        outer = self
+        super().__init__("/services/T000/B000/XXXXSECRET",
+                         {200: b"ok", 429: b"rate_limited", 500: b"internal_error"})
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.release.wait(30)
-                status, headers, delay = outer.script.pop(0) if outer.script else (200, {}, 0.0)
-                time.sleep(delay)
-                if status == 200:
-                    outer.received.append(json.loads(body))
-                    outer.times.append(time.monotonic())
-                text = {200: b"ok", 429: b"rate_limited", 500: b"internal_error"}.get(status, b"no")
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(text)))
-                self.end_headers()
-                self.wfile.write(text)
+    @property
+    def received(self) -> list[dict]:
+        return [json.loads(p.body) for p in self.posts]
 
-            def log_message(self, *_a: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T000/B000/XXXXSECRET"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait_for(self, n: int, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < n:
-            assert time.monotonic() < deadline, f"got {len(self.received)} of {n} messages"
-            time.sleep(0.02)
+    @property
+    def times(self) -> list[float]:
+        return [p.at for p in self.posts]
 
 
 @pytest.fixture
 def slack() -> Iterator[FakeSlack]:
     s = FakeSlack()
     yield s
-    s.release.set()
-    s.server.shutdown()
+    s.stop()
 
 
 def finding(rule: str = "crypto-miner-exec", severity: str = "critical", ws: str = "ws-1",

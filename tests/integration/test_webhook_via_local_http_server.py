@@ -8,13 +8,12 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from scripted_http import ScriptedHTTP
 
 from agent.config import load_config
 from agent.errors import ConfigError
@@ -27,61 +26,28 @@ pytestmark = pytest.mark.integration
 KEY = b"0123456789abcdef-shared-key"
 
 
-class Receiver:
-    """Answers each POST with the next scripted (status, headers, delay); keeps what came."""
-
-    def __init__(self) -> None:
-        self.script: list[tuple[int, dict[str, str], float]] = []
-        self.received: list[tuple[bytes, dict[str, str], float]] = []
-        self.attempts: list[float] = []
-        self.release = threading.Event()
-        self.release.set()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.attempts.append(time.monotonic())
-                outer.release.wait(30)
-                status, headers, delay = outer.script.pop(0) if outer.script else (200, {}, 0.0)
-                time.sleep(delay)
-                if status == 200:
-                    outer.received.append((body, dict(self.headers.items()), time.monotonic()))
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *_a: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/TOKEN-SECRET-42"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait_for(self, n: int, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < n:
-            assert time.monotonic() < deadline, f"got {len(self.received)} of {n} requests"
-            time.sleep(0.02)
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
+def receiver() -> Iterator[ScriptedHTTP]:
+    r = ScriptedHTTP("/hook/TOKEN-SECRET-42")
     yield r
-    r.release.set()
-    r.server.shutdown()
+    r.stop()
 
 
-def _sink(r: Receiver, m: Metrics, **kw: object) -> WebhookSink:
+def _sink(r: ScriptedHTTP, m: Metrics, **kw: object) -> WebhookSink:
     opts: dict = {"rate": 100.0, "burst": 100.0, "backoff": 0.05, **kw}
     return WebhookSink(r.url, m, **opts)
 
 
 def _n(m: Metrics, name: str, **labels: str) -> float:
     return m.registry.get_sample_value(name, labels) or 0.0
+
+
+def _dropped(m: Metrics, reason: str, n: float = 1, timeout: float = 10) -> None:
+    """Until `n` findings were dropped for `reason`."""
+    deadline = time.monotonic() + timeout
+    while _n(m, "nodewarden_alerts_dropped_total", sink="webhook", reason=reason) < n:
+        assert time.monotonic() < deadline, f"no drop for {reason}"
+        time.sleep(0.02)
 
 
 def test_the_finding_json_is_posted_and_its_signature_verifies(receiver):
@@ -91,7 +57,7 @@ def test_the_finding_json_is_posted_and_its_signature_verifies(receiver):
     sink.submit(f)
     receiver.wait_for(1)
     sink.close(5)
-    body, headers, _ = receiver.received[0]
+    body, headers = receiver.posts[0].body, receiver.posts[0].headers
     assert json.loads(body) == f.to_json(), "the body is the finding's JSON form, unchanged"
     assert headers["Content-Type"] == "application/json"
     # what a receiver does: HMAC-SHA256 over the raw body with the shared key
@@ -109,8 +75,8 @@ def test_unsigned_without_a_key_and_below_min_severity_not_sent(receiver):
     sink.submit(sample(severity="high", rule="r2"))
     receiver.wait_for(1)
     sink.close(5)
-    assert len(receiver.received) == 1
-    body, headers, _ = receiver.received[0]
+    assert len(receiver.posts) == 1
+    body, headers = receiver.posts[0].body, receiver.posts[0].headers
     assert json.loads(body)["rule"] == "r2" and SIGNATURE_HEADER not in headers
 
 
@@ -131,10 +97,7 @@ def test_5xx_backs_off_exponentially_then_gives_up_counted(receiver):
     receiver.script = [(500, {}, 0.0)] * 4
     sink = _sink(receiver, m, backoff=0.2, max_attempts=4)
     sink.submit(sample())
-    deadline = time.monotonic() + 10
-    while _n(m, "nodewarden_alerts_dropped_total", sink="webhook", reason="failed") < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    _dropped(m, "failed")
     sink.close(1)
     gaps = [b - a for a, b in zip(receiver.attempts, receiver.attempts[1:], strict=False)]
     assert len(receiver.attempts) == 4
@@ -147,10 +110,7 @@ def test_a_4xx_is_dropped_as_rejected_not_retried(receiver):
     receiver.script = [(400, {}, 0.0)]
     sink = _sink(receiver, m)
     sink.submit(sample())
-    deadline = time.monotonic() + 10
-    while _n(m, "nodewarden_alerts_dropped_total", sink="webhook", reason="rejected") < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    _dropped(m, "rejected")
     sink.close(1)
     assert len(receiver.attempts) == 1
 
@@ -181,7 +141,7 @@ def test_close_delivers_what_is_queued_within_the_deadline(receiver):
         sink.submit(sample(pid=i))
     sink.close(deadline=5.0)
     assert _n(m, "nodewarden_alerts_sent_total", sink="webhook") == 5
-    assert len(receiver.received) == 5
+    assert len(receiver.posts) == 5
 
 
 def test_the_url_and_key_are_never_logged(receiver, tmp_path, caplog):
@@ -196,14 +156,11 @@ def test_the_url_and_key_are_never_logged(receiver, tmp_path, caplog):
     assert sink is not None
     sink.backoff = 0.05
     sink.submit(sample())
-    deadline = time.monotonic() + 10
-    while _n(m, "nodewarden_alerts_dropped_total", sink="webhook", reason="rejected") < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    _dropped(m, "rejected")
     sink.submit(sample(rule="second"))
     receiver.wait_for(1)
     sink.close(5)
-    assert len(receiver.received) == 1, "the redirect was not followed"
+    assert len(receiver.posts) == 1, "the redirect was not followed"
     for secret in ("TOKEN-SECRET-42", "127.0.0.1", KEY.decode()):
         assert secret not in caplog.text and secret not in repr(sink)
 
