@@ -133,6 +133,7 @@ class QueuedDelivery(Generic[T]):
         self._inflight: _Job[T] | None = None
         self._abandoned = False         # the in-flight item was counted by close()
         self._paused_until = 0.0        # a Retry-After: nothing is sent before this (clock)
+        self._idled = time.monotonic()  # when idle() last ran
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
         self._thread.start()
 
@@ -205,9 +206,9 @@ class QueuedDelivery(Generic[T]):
             self._settle(job, result)
 
     def _next(self) -> tuple[_Job[T] | None, bool]:
-        """(the next due job, False); (None, True) after a second idle; (None, False): exit."""
+        """(the next due job, False); (None, True) when idle() is due (once a second while
+        nothing is); (None, False): exit."""
         with self._cond:
-            waited = False
             while not self._stop:
                 now = self.clock()
                 due = max(self._jobs[0].due, self._paused_until) if self._jobs else None
@@ -217,10 +218,10 @@ class QueuedDelivery(Generic[T]):
                     job = heapq.heappop(self._jobs)
                     self._inflight = job
                     return job, False
-                if waited and due is None:
+                if time.monotonic() - self._idled >= 1.0:
+                    self._idled = time.monotonic()
                     return None, True
                 self._cond.wait(1.0 if due is None else min(1.0, due - now))
-                waited = True
             return None, False
 
     def _late(self, seconds: float) -> bool:
