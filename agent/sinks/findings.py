@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from agent.decide import Decision
-from agent.model import Connection, Pod, Process, Severity
+from agent.model import Connection, EventKind, Pod, Process, Severity
 from agent.text import human, json_line
 
 
@@ -35,7 +35,7 @@ class Finding:
     rule: str
     severity: Severity
     tags: tuple[str, ...]
-    source: str                 # the event kind (agent.model.EventKind)
+    source: EventKind           # the kind of event that matched
     action: str
     mode: str
     outcome: str
@@ -54,7 +54,8 @@ class Finding:
         ev = m.event
         rule = m.rule
         return cls(time=_time.time() if now is None else now, host=host, rule=rule.id,
-                   severity=Severity(rule.severity), tags=tuple(rule.tags), source=ev.kind,
+                   severity=Severity(rule.severity), tags=tuple(rule.tags),
+                   source=EventKind(ev.kind),
                    action=rule.action, mode=decision.mode, outcome=decision.outcome,
                    process=ev.process, message=m.message, ancestors=ev.ancestors,
                    workspace=ev.workspace, pod=ev.pod, connection=ev.connection,
@@ -88,7 +89,7 @@ class Finding:
             "rule": self.rule,
             "severity": self.severity.value,
             "tags": list(self.tags),
-            "source": str(self.source),
+            "source": self.source.value,
             "action": self.action,
             "mode": self.mode,
             "outcome": self.outcome,

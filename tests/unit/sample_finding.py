@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.model import Connection, Pod, Process, Severity
+from agent.model import Connection, EventKind, Pod, Process, Severity
 from agent.sinks.findings import Finding
 
 WHEN = 1_795_428_000.0  # 2026-11-23T10:00:00Z
@@ -18,6 +18,7 @@ def sample(rule: str = "crypto-miner-exec", severity: str = "critical", ws: str 
                 cmdline=(exe, "-o", "pool:3333") if cmdline is None else cmdline,
                 uid=1000, container_id=container)
     return Finding(time=WHEN, host="node-1", rule=rule, severity=Severity(severity),
-                   tags=("T1496",), source="exec", action="kill", mode=mode, outcome=outcome,
+                   tags=("T1496",), source=EventKind.EXEC, action="kill", mode=mode,
+                   outcome=outcome,
                    process=p, message=message, ancestors=(Process(4200, 1, 1, "bash"),),
                    workspace=ws, pod=pod, connection=connection)
