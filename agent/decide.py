@@ -83,4 +83,5 @@ def decide(match: Match, global_mode: str, protection: Protection, can_act: bool
 
 def decide_all(matches: Collection[Match], global_mode: str, protection: Protection,
                can_act: bool = True) -> list[Decision]:
+    """`decide` for each match, in order."""
     return [decide(m, global_mode, protection, can_act) for m in matches]

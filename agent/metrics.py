@@ -30,7 +30,8 @@ class Metrics:
                                ["action", "outcome"], registry=r)
         self.scan_duration = Histogram("nodewarden_scan_duration_seconds",
                                        "Duration of a full procfs scan", registry=r,
-                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                                2.5, 5))
         self.alerts_sent = Counter("nodewarden_alerts_sent_total", "Alerts delivered", ["sink"],
                                    registry=r)
         self.alerts_dropped = Counter("nodewarden_alerts_dropped_total",
@@ -68,6 +69,7 @@ class Metrics:
         self.registry.register(_CmdlineCollector(budget))
 
     def set_ruleset(self, digest: str, count: int) -> None:
+        """The rule set that runs: its hash (one labelled series) and its rule count."""
         self.ruleset_info.clear()
         self.ruleset_info.labels(hash=digest).set(1)
         self.rules_loaded.set(count)

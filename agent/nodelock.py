@@ -65,6 +65,7 @@ class NodeLock:
         return cls(fd, path)
 
     def release(self) -> None:
+        """Drop the lock (idempotent); the next agent may start."""
         if self.fd >= 0:
             os.close(self.fd)  # closing the only fd of the open file drops the flock
             self.fd = -1

@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from cachetools import LRUCache
 
 from agent.decide import Decision, Protection, decide
-from agent.engine.ruleset import Match, RuleSet
+from agent.engine.ruleset import Match, Rule, RuleSet
 from agent.fdlimit import Bursts
 from agent.metrics import Metrics
 from agent.model import Event, InstanceKey, Process
@@ -54,6 +54,13 @@ class Judge:
         self.seen: LRUCache[InstanceKey, bool] = LRUCache(maxsize=cache_size)
         # labelled counter children, looked up once per kind rather than once per event
         self._event_counters: dict[str, Any] = {}
+
+    def use(self, ruleset: RuleSet, mode: str, protection: Protection) -> None:
+        """Judge by these rules, in this global mode, sparing these processes (from the next
+        event on; at start and on every reload)."""
+        self.ruleset = ruleset
+        self.mode = mode
+        self.protection = protection
 
     def judged(self, p: Process) -> bool:
         """Whether this process, running this program, was judged already. A hit refreshes
@@ -117,7 +124,8 @@ class Agent:
     def __init__(self, tree: ProcessTree, judge: Judge, report: Callable[[list[Decision]], None],
                  metrics: Metrics, scan_interval: float,
                  record: Callable[[Event], None] | None = None,
-                 act: Callable[[Decision], Decision] | None = None) -> None:
+                 act: Callable[[Decision], Decision] | None = None,
+                 ticks: Sequence[Callable[[], None]] = ()) -> None:
         self.tree = tree
         self.judge = judge
         self.report = report
@@ -126,10 +134,11 @@ class Agent:
         self.record = record
         self.act = act
         self.scans = 0
-        self.ticks: list[Callable[[], None]] = []
+        # called on every turn of the loop, in order (signals first, then reloads)
+        self.ticks = tuple(ticks)
         # the rules the kernel enforces, by slot (records carry the slot of a verdict)
-        self.kernel_rules: list[Any] = []
-        self.kernel_connect_rules: list[Any] = []
+        self.kernel_rules: list[Rule] = []
+        self.kernel_connect_rules: list[Rule] = []
         # monotonic time of the loop's last turn (/healthz) and whether start-up is done
         self.heartbeat = time.monotonic()
         self.ready = False
@@ -137,6 +146,15 @@ class Agent:
         # per burst; an event dropped for one asks for a scan, like an event the kernel lost
         self.bursts = Bursts(metrics)
         self._rescan = False
+
+    def set_scan_interval(self, seconds: float) -> None:
+        """Scan procfs every `seconds` (from the next scan on)."""
+        self.scan_interval = seconds
+
+    def use_kernel_rules(self, exec_rules: Sequence[Rule], connect_rules: Sequence[Rule]) -> None:
+        """The rules now in the kernel's maps, by slot: a record's verdict names its slot."""
+        self.kernel_rules = list(exec_rules)
+        self.kernel_connect_rules = list(connect_rules)
 
     def failed(self, where: str, e: OSError) -> None:
         """A step failed on an OS error (EMFILE, ENFILE, ...): count it and carry on. A
@@ -161,7 +179,7 @@ class Agent:
         if decisions:
             self._finish(decisions)
 
-    def _kernel_decision(self, ev: Event, rule: Any, killed: bool) -> None:
+    def _kernel_decision(self, ev: Event, rule: Rule, killed: bool) -> None:
         """A record the BPF program already judged: report its verdict; unless the process
         was killed, the other rules judge the exec too (not this rule a second time)."""
         mode = rule.mode or self.judge.mode

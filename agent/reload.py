@@ -47,7 +47,8 @@ class Reloader:
 
     def __init__(self, config_path: str | None, cfg: Config, rule_paths: Sequence[str],
                  apply_rules: Callable[[RuleSet], None], apply_config: Callable[[Config], None],
-                 metrics: Metrics, every: float = 1.0) -> None:
+                 metrics: Metrics, every: float = 1.0,
+                 effective: Callable[[Config], Config] = lambda c: c) -> None:
         self.config_path = config_path
         self.cfg = cfg
         self.rule_paths = list(rule_paths)
@@ -55,6 +56,8 @@ class Reloader:
         self.apply_config = apply_config
         self.metrics = metrics
         self.every = every
+        # the config as it runs: the file's, with the command line's overrides laid over it
+        self.effective = effective
         self._requested = threading.Event()
         self._bursts = Bursts(metrics)
         self._next = 0.0
@@ -65,6 +68,7 @@ class Reloader:
         self._recompile = ""
 
     def request(self) -> None:
+        """Check every file on the next tick, changed or not (SIGHUP)."""
         self._requested.set()
 
     def _config_fingerprint(self) -> Fingerprint:
@@ -108,7 +112,7 @@ class Reloader:
         if self.config_path is None:
             return
         try:
-            cfg = load_config(self.config_path)
+            cfg = self.effective(load_config(self.config_path))
         except ConfigError as e:
             _raise_if_starved(str(e))
             self.metrics.reload_failures.labels(what="config").inc()

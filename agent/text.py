@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 # Lone surrogates, whatever made them (surrogateescape, or a `\ud800` in JSON input).
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -43,7 +42,7 @@ def escape_surrogates(text: str) -> str:
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def json_line(obj: Any, ascii_only: bool = False) -> str:
+def json_line(obj: object, ascii_only: bool = False) -> str:
     """One JSON object on one line, valid UTF-8 whatever bytes the workload used.
     `ascii_only` escapes all non-ASCII (for a stream whose encoding is not UTF-8)."""
     line = json.dumps(obj, separators=(",", ":"), ensure_ascii=ascii_only)

@@ -71,7 +71,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # bench/common.py
 
-from agent.cli import sync_kernel_rules
+from agent.app import sync_kernel_rules
 from agent.decide import Protection
 from agent.engine import loader
 from agent.metrics import Metrics
@@ -249,7 +249,8 @@ class Consumer:
         agent = self.agent = Agent(tree, judge, report, metrics, 3600.0)
         # the in-kernel exec (and connect) rules, loaded as the agent does by default
         # (kernel_enforcement: true); /bin/true and loopback connects match none of them
-        sync_kernel_rules(self.sensor, agent, judge, judge.protection)
+        agent.use_kernel_rules(*sync_kernel_rules(
+            self.sensor, judge.ruleset.rules, judge.mode, judge.protection.names))
         observer = Observer(tree, NetState())
         handle = observer.handle
         agent_handle = agent.handle
@@ -472,7 +473,7 @@ _CATEGORIES = (
     ("ipaddress.py", "", "IP text -> int (Connection.__post_init__ -> ipaddress)"),
     ("agent/model.py", "_ip_int", "IP text -> int (Connection.__post_init__ -> ipaddress)"),
     ("agent/sources/proctree.py", "ancestors", "ProcessTree.ancestors (per event)"),
-    ("agent/sources/procfs.py", "", "procfs reads (ProcFS.read, environ)"),
+    ("agent/sources/procfs/", "", "procfs reads (ProcFS.read, environ)"),
     ("agent/enrich/workspace.py", "", "procfs reads (ProcFS.read, environ)"),
     ("~", "<built-in method posix.", "procfs reads (ProcFS.read, environ)"),
     ("agent/engine/", "", "rules (RuleSet.evaluate)"),

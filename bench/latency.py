@@ -67,7 +67,7 @@ from events import (  # bench/events.py
     steal_ms,
 )
 
-from agent.cli import sync_kernel_rules
+from agent.app import sync_kernel_rules
 from agent.decide import Decision, Protection
 from agent.engine import loader
 from agent.metrics import Metrics
@@ -139,7 +139,8 @@ class LatencyConsumer:
         if kernel_rules:
             # as the agent with kernel_enforcement: true (its default): the exec record
             # carries the BPF program's verdict and Agent.handle reports it (would_kill)
-            sync_kernel_rules(self.sensor, self.agent, judge, judge.protection)
+            self.agent.use_kernel_rules(*sync_kernel_rules(
+                self.sensor, judge.ruleset.rules, judge.mode, judge.protection.names))
         else:
             # as with kernel_enforcement: false, or any rule the kernel cannot express: the
             # finding comes from Judge.judge

@@ -51,10 +51,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # bench/common.py
 import psutil
 
-from agent.enrich.containers import cgroup_identity
 from agent.errors import AccessDenied, ProcessGone
 from agent.model import Process
-from agent.sources.procfs import ProcFS, parse_cmdline, parse_stat
+from agent.sources.procfs import ProcFS, parse_cgroup, parse_cmdline, parse_stat
 from agent.sources.proctree import ProcessTree
 
 PSUTIL_ATTRS = ["pid", "ppid", "create_time", "name", "exe", "cmdline", "uids"]
@@ -353,7 +352,7 @@ def breakdown(rounds: int = 5) -> dict[str, float]:
     py_steps: dict[str, Callable[[], Any]] = {
         "parse_stat": lambda: [parse_stat(b) for b in stat_bytes],
         "parse_cmdline": lambda: [parse_cmdline(b) for b in cmd_bytes],
-        "cgroup_identity (cached)": lambda: [cgroup_identity(t) for t in cg_text],
+        "parse_cgroup (cached)": lambda: [parse_cgroup(t) for t in cg_text],
         "Process() (derived fields, xxhash id)": lambda: [
             Process(pid=i, ppid=1, starttime=i, comm="sleep", exe="/usr/bin/sleep",
                     cmdline=("sleep", "600")) for i in range(len(dfds))],

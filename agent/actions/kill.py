@@ -8,7 +8,12 @@ with ESRCH. Either way the outcome is `gone`, and nothing else was hit.
 A workspace is stopped before it is killed (SIGSTOP through each pidfd, re-scanning for
 children forked meanwhile), so no process escapes by forking during the kill. A container
 with its own cgroup v2 is killed through `cgroup.kill`; on cgroup v1, its processes are
-stopped and killed one by one.
+stopped and killed one by one (its cgroups read through agent.sources.procfs, found on the
+host through agent.actions.cgroup).
+
+The Enforcer's dependencies are passed in, the OS edges included (the pidfd opener and
+signal sender, the procfs and cgroup roots), and a reload changes what it protects and
+whether pods are deleted through one call, `reconfigure`.
 
 Out of file descriptors (EMFILE, ENFILE: no pidfd can be opened), a kill fails with that
 reason, counted in `nodewarden_fd_exhausted_total{where="kill"}`; the processes of a
@@ -21,23 +26,24 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from typing import Protocol
 
+from agent.actions.cgroup import CgroupFS, usable_v1
 from agent.decide import Decision, Protection
 from agent.errors import AccessDenied, ProcessGone
 from agent.fdlimit import exhausted
 from agent.metrics import Metrics
-from agent.model import Event
-from agent.sources.procfs import ProcFS
+from agent.model import Event, EventKind, Pod, Process
+from agent.sources.procfs import Cgroup, ProcFS
 from agent.sources.proctree import ProcessTree
 from agent.text import human
 
 log = logging.getLogger("nodewarden.actions")
 
 Sender = Callable[[int, int], None]  # (pidfd, signal)
+Opener = Callable[[int], int]  # pid -> pidfd; ProcessLookupError when there is no such pid
 MAX_STOP_ROUNDS = 20
 
 
@@ -45,26 +51,70 @@ def _pidfd_send(pidfd: int, sig: int) -> None:
     signal.pidfd_send_signal(pidfd, sig)
 
 
+def _pidfd_open(pid: int) -> int:
+    return os.pidfd_open(pid)
+
+
+class PodDeleterLike(Protocol):
+    """What the enforcer needs of a pod deleter (agent.actions.pods.PodDeleter)."""
+
+    def request(self, pod: Pod) -> str:
+        """Ask for the deletion of `pod`; returns what the finding should say about it."""
+        ...
+
+
 @dataclass(frozen=True)
 class Outcome:
-    outcome: str  # killed, gone, protected, failed
+    """What a kill did: `outcome` is killed, gone, protected or failed (the finding's
+    `outcome`); `detail` becomes the finding's `reason`."""
+
+    outcome: str
     detail: str = ""
 
 
-class Enforcer:
-    """Executes `kill` decisions: the signal sender and procfs root are injectable."""
+class _Stops:
+    """Processes stopped through their pidfds, to be killed together (or, out of file
+    descriptors, at least those): a workspace or a v1 container."""
 
-    def __init__(self, procfs: ProcFS, tree: ProcessTree, protection: Protection,
-                 send: Sender = _pidfd_send, cgroup_root: str = "/sys/fs/cgroup",
+    def __init__(self) -> None:
+        self.fds: dict[tuple[int, int], int] = {}
+        self.starved: OSError | None = None
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+
+
+class Enforcer:
+    """Executes `kill` decisions, never on a protected process or a recycled pid."""
+
+    # every dependency comes through __init__ and changes only through `reconfigure`
+    __slots__ = ("_metrics", "_open_pidfd", "_pod_deleter", "_protection", "_send", "cgroups",
+                 "procfs", "tree")
+
+    def __init__(self, procfs: ProcFS, tree: ProcessTree, protection: Protection, *,
+                 pod_deleter: PodDeleterLike | None = None, send: Sender = _pidfd_send,
+                 open_pidfd: Opener = _pidfd_open, cgroup_root: str = "/sys/fs/cgroup",
                  metrics: Metrics | None = None) -> None:
         self.procfs = procfs
-        self.metrics = metrics
         self.tree = tree
-        self.protection = protection
-        self.send = send
-        self.cgroup_root = cgroup_root
-        # set when `delete_pod: true` and the API server is reachable (an actions.pods.PodDeleter)
-        self.pod_deleter: Any = None
+        self.cgroups = CgroupFS(cgroup_root)
+        self._protection = protection
+        # set when `delete_pod: true` and the API server is reachable
+        self._pod_deleter = pod_deleter
+        self._send = send
+        self._open_pidfd = open_pidfd
+        self._metrics = metrics
+
+    @property
+    def protection(self) -> Protection:
+        """What the enforcer refuses to signal (as of the last reconfigure)."""
+        return self._protection
+
+    def reconfigure(self, protection: Protection, pod_deleter: PodDeleterLike | None) -> None:
+        """A config reload: what is protected, and the pod deleter (None: delete_pod off)."""
+        self._protection = protection
+        self._pod_deleter = pod_deleter
 
     def carry_out(self, d: Decision) -> Decision:
         """The decision with its final outcome (only `kill` decisions change)."""
@@ -72,16 +122,12 @@ class Enforcer:
             return d
         ev = d.match.event
         action = d.match.rule.action
+        # `decide` refused these already; the code that signals checks once more
+        why = self._protection.reason(ev)
+        if why:
+            return replace(d, outcome="protected", reason=why)
         try:
-            if action == "kill-workspace" and ev.workspace:
-                res = self.kill_workspace(ev.workspace)
-            elif action == "kill-container" and ev.process.container_id:
-                res = self.kill_container(ev)
-            else:
-                res = self.kill(ev.process.pid, ev.process.starttime)
-                if action == "delete-pod":
-                    res = Outcome(res.outcome, "; ".join(
-                        x for x in (res.detail, self._delete_pod(ev)) if x))
+            res = self._act(action, ev)
         except OSError as e:
             res = Outcome("failed", self._os_error(e, "nothing was signalled"))
         if res.outcome == "failed":
@@ -89,11 +135,22 @@ class Enforcer:
                       d.match.rule.id, human(res.detail))
         return replace(d, outcome=res.outcome, reason=res.detail or d.reason)
 
+    def _act(self, action: str, ev: Event) -> Outcome:
+        if action == "kill-workspace" and ev.workspace:
+            return self.kill_workspace(ev.workspace)
+        if action == "kill-container" and ev.process.container_id:
+            return self.kill_container(ev)
+        res = self.kill(ev.process.pid, ev.process.starttime)
+        if action == "delete-pod":
+            res = Outcome(res.outcome, "; ".join(x for x in (res.detail, self._delete_pod(ev))
+                                                 if x))
+        return res
+
     def _os_error(self, e: OSError, what_happened: str) -> str:
         """The reason of a kill that failed on `e` (and the count, when out of descriptors)."""
         if exhausted(e):
-            if self.metrics is not None:
-                self.metrics.fd_exhausted.labels(where="kill").inc()
+            if self._metrics is not None:
+                self._metrics.fd_exhausted.labels(where="kill").inc()
             return f"out of file descriptors (EMFILE/ENFILE); {what_happened}"
         return f"{type(e).__name__}: {e.strerror}; {what_happened}"
 
@@ -101,9 +158,12 @@ class Enforcer:
         """After the process: its pod, when `delete_pod` is on and the process has one."""
         if ev.pod is None:
             return "not in a known pod: process killed only"
-        if self.pod_deleter is None:
+        if self._pod_deleter is None:
             return "delete_pod is off in the config: process killed, pod left running"
-        return str(self.pod_deleter.request(ev.pod))
+        return self._pod_deleter.request(ev.pod)
+
+    def _protected(self, p: Process, workspace: str = "") -> str:
+        return self._protection.reason(Event(EventKind.SCAN, 0.0, p, workspace=workspace))
 
     # -- one process ----------------------------------------------------------------------
 
@@ -111,7 +171,7 @@ class Enforcer:
         """A pidfd for the process `pid` that started at `starttime`, or None if that
         process no longer exists (exited, or the pid now names another process)."""
         try:
-            fd = os.pidfd_open(pid)
+            fd = self._open_pidfd(pid)
         except ProcessLookupError:
             return None
         try:
@@ -125,7 +185,7 @@ class Enforcer:
 
     def _signal(self, fd: int, sig: int) -> bool:
         try:
-            self.send(fd, sig)
+            self._send(fd, sig)
             return True
         except ProcessLookupError:
             return False
@@ -142,171 +202,117 @@ class Enforcer:
         finally:
             os.close(fd)
 
-    # -- a workspace ----------------------------------------------------------------------
+    # -- stop, then kill: a workspace, or a container on cgroup v1 ------------------------
+
+    def _stop(self, stops: _Stops, p: Process) -> bool:
+        """SIGSTOP `p` through a checked pidfd kept in `stops`; True when it was stopped.
+        Out of descriptors, `stops.starved` says so and nothing more is stopped."""
+        try:
+            fd = self._open_checked(p.pid, p.starttime)
+        except OSError as e:  # out of descriptors: kill what is stopped
+            stops.starved = e
+            return False
+        if fd is None:
+            return False
+        if self._signal(fd, signal.SIGSTOP):
+            stops.fds[(p.pid, p.starttime)] = fd
+            return True
+        os.close(fd)
+        return False
+
+    def _kill_stopped(self, stops: _Stops, what: str) -> Outcome:
+        """SIGKILL every stopped process; the outcome of the whole."""
+        killed = sum(1 for fd in stops.fds.values() if self._signal(fd, signal.SIGKILL))
+        if stops.starved is not None:
+            return Outcome("failed", self._os_error(
+                stops.starved, f"{killed} processes of {what} killed, others not"))
+        if killed == 0:
+            return Outcome("gone")
+        return Outcome("killed", f"{killed} processes of {what}")
+
+    def _workspace_round(self, stops: _Stops, workspace: str, protected: list[str]) -> int:
+        """Stop the processes of `workspace` not stopped yet; how many were."""
+        new = 0
+        for p in list(self.tree.procs.values()):
+            if (p.pid, p.starttime) in stops.fds or self.tree.workspace_of(p.pid) != workspace:
+                continue
+            why = self._protected(p)
+            if why:
+                if f"{p.pid} ({why})" not in protected:
+                    protected.append(f"{p.pid} ({why})")
+                continue
+            new += self._stop(stops, p)
+            if stops.starved is not None:
+                break
+        return new
 
     def kill_workspace(self, workspace: str) -> Outcome:
         """Stop every process of the workspace (again until no new one appears), then kill
         them all. Protected processes inside it are left alone and named."""
-        stopped: dict[tuple[int, int], int] = {}
+        stops = _Stops()
         protected: list[str] = []
-        starved: OSError | None = None
         try:
             for _ in range(MAX_STOP_ROUNDS):
                 try:
                     self.tree.scan()
                 except OSError as e:  # out of descriptors: kill what is stopped
-                    starved = e
+                    stops.starved = e
                     break
-                new = 0
-                for p in list(self.tree.procs.values()):
-                    key = (p.pid, p.starttime)
-                    if key in stopped or self.tree.workspace_of(p.pid) != workspace:
-                        continue
-                    why = self.protection.reason(Event("scan", 0.0, p))
-                    if why:
-                        if f"{p.pid} ({why})" not in protected:
-                            protected.append(f"{p.pid} ({why})")
-                        continue
-                    try:
-                        fd = self._open_checked(p.pid, p.starttime)
-                    except OSError as e:  # out of descriptors: kill what is stopped
-                        starved = e
-                        break
-                    if fd is None:
-                        continue
-                    if self._signal(fd, signal.SIGSTOP):
-                        stopped[key] = fd
-                        new += 1
-                    else:
-                        os.close(fd)
-                if new == 0 or starved is not None:
+                if self._workspace_round(stops, workspace, protected) == 0:
                     break
-            killed = sum(1 for fd in stopped.values() if self._signal(fd, signal.SIGKILL))
+                if stops.starved is not None:
+                    break
+            res = self._kill_stopped(stops, f"workspace {workspace}")
         finally:
-            for fd in stopped.values():
-                os.close(fd)
+            stops.close()
         if protected:
             log.warning("kill-workspace %s: left protected processes alone: %s",
                         human(workspace), human(", ".join(protected)))
-        if starved is not None:
-            return Outcome("failed", self._os_error(
-                starved, f"{killed} processes of workspace {workspace} killed, others not"))
-        if killed == 0:
+        if res.outcome == "gone":
             return Outcome("gone", f"no process of workspace {workspace} left")
-        return Outcome("killed", f"{killed} processes of workspace {workspace}")
+        return res
 
     # -- a container ----------------------------------------------------------------------
 
     def kill_container(self, ev: Event) -> Outcome:
-        """cgroup.kill of the container's own cgroup v2; otherwise its v1 processes."""
+        """cgroup.kill of the container's own cgroup v2; otherwise its v1 processes;
+        otherwise (no cgroup of its own) the process alone, never a shared cgroup."""
         cid = ev.process.container_id
         pid = ev.process.pid
-        v2, v1 = self._cgroup_paths(pid)
-        if v2 and cid in v2:
-            d = self._host_dir(Path(self._v2_mount()), v2, pid)
-            if d is not None and (d / "cgroup.kill").exists():
-                (d / "cgroup.kill").write_text("1")
+        try:
+            # no container id: no cgroup is the container's ("" is in every path)
+            cg = self.procfs.cgroup(pid) if cid else Cgroup()
+        except (ProcessGone, AccessDenied):
+            cg = Cgroup()
+        if cg.v2 and cid in cg.v2:
+            kill_file = self.cgroups.kill_file(cg.v2, pid)
+            if kill_file is not None:
+                kill_file.write_text("1")
                 return Outcome("killed", f"container {cid[:12]} (cgroup.kill)")
-        for path in v1:
-            if cid in path:
-                pids = self._v1_procs(path, pid)
+        for controllers, path in cg.v1:
+            if usable_v1(controllers) and cid in path:
+                pids = self.cgroups.v1_procs(controllers, path, pid)
                 if pids:
                     return self._kill_pids(pids, f"container {cid[:12]}")
-        # no cgroup of its own: the process alone, never a shared cgroup
         res = self.kill(ev.process.pid, ev.process.starttime)
         return Outcome(res.outcome, "the container has no cgroup of its own; killed the process")
 
-    def _kill_pids(self, pids: list[int], what: str) -> Outcome:
-        fds = []
-        starved: OSError | None = None
+    def _kill_pids(self, pids: Iterable[int], what: str) -> Outcome:
+        """Stop each unprotected process of `pids`, then kill them all."""
+        stops = _Stops()
         try:
             for pid in pids:
                 try:
-                    st = self.procfs.stat(pid)
-                    p = self.tree.procs.get(pid)
-                    if p is not None and self.protection.reason(Event("scan", 0.0, p)):
-                        continue
-                    fd = self._open_checked(pid, st.starttime)
+                    p = self.procfs.read(pid)
                 except (ProcessGone, AccessDenied):
                     continue
                 except OSError as e:  # out of descriptors: kill what is stopped
-                    starved = e
+                    stops.starved = e
                     break
-                if fd is not None and self._signal(fd, signal.SIGSTOP):
-                    fds.append(fd)
-                elif fd is not None:
-                    os.close(fd)
-            killed = sum(1 for fd in fds if self._signal(fd, signal.SIGKILL))
+                if not self._protected(p):
+                    self._stop(stops, p)
+                if stops.starved is not None:
+                    break
+            return self._kill_stopped(stops, what)
         finally:
-            for fd in fds:
-                os.close(fd)
-        if starved is not None:
-            return Outcome("failed", self._os_error(
-                starved, f"{killed} processes of {what} killed, others not"))
-        return Outcome("killed", f"{killed} processes of {what}") if killed else Outcome("gone")
-
-    def _cgroup_paths(self, pid: int) -> tuple[str, list[str]]:
-        try:
-            text = Path(f"{self.procfs.root}/{pid}/cgroup").read_text()
-        except OSError:
-            return "", []
-        v2, v1 = "", []
-        for line in text.splitlines():
-            parts = line.split(":", 2)
-            if len(parts) != 3:
-                continue
-            if parts[0] == "0" and parts[1] == "":
-                v2 = parts[2]
-            elif parts[1] in ("pids", "freezer", "memory", "name=systemd") or "pids" in parts[1]:
-                v1.append(f"{parts[1].removeprefix('name=')}:{parts[2]}")
-        return v2, v1
-
-    def _v2_mount(self) -> str:
-        unified = Path(self.cgroup_root) / "unified"
-        return str(unified) if (unified / "cgroup.procs").exists() else self.cgroup_root
-
-    def _v1_procs(self, controller_path: str, pid: int) -> list[int]:
-        controller, _, path = controller_path.partition(":")
-        d = self._host_dir(Path(self.cgroup_root) / controller, path, pid)
-        try:
-            text = (d / "cgroup.procs").read_text() if d is not None else ""
-        except OSError:
-            return []
-        return [int(x) for x in text.split() if x.isdigit()]
-
-    @staticmethod
-    def _host_dir(mount: Path, path: str, pid: int, max_dirs: int = 20000) -> Path | None:
-        """The directory of cgroup `path` (as /proc/PID/cgroup shows it to the agent) under
-        the host hierarchy mounted at `mount`.
-
-        In a pod the agent usually has a cgroup namespace of its own, so other containers'
-        paths read relative to it, as `/../../kubepods-besteffort.slice/...`. How far up
-        the namespace root sits is not visible, so the path below the `..`s is searched
-        for (breadth first, bounded), and a candidate counts only if `pid` is in it: a
-        container kill never lands on a cgroup the process is not in."""
-        parts = [p for p in path.split("/") if p]
-        ups = 0
-        while parts and parts[0] == "..":
-            parts.pop(0)
-            ups += 1
-        rel = Path(*parts) if parts else Path()
-        if ups == 0:
-            return mount / rel
-        frontier, seen = [mount], 0
-        while frontier and seen < max_dirs:
-            nxt: list[Path] = []
-            for base in frontier:
-                cand = base / rel
-                try:
-                    if str(pid) in (cand / "cgroup.procs").read_text().split():
-                        return cand
-                except OSError:
-                    pass
-                try:
-                    subdirs = [e for e in os.scandir(base) if e.is_dir(follow_symlinks=False)]
-                except OSError:
-                    continue
-                seen += len(subdirs)
-                nxt.extend(Path(e.path) for e in subdirs)
-            frontier = nxt
-        return None
+            stops.close()

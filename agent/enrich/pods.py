@@ -48,7 +48,8 @@ def pod_from(obj: dict[str, Any]) -> Pod:
     labels = meta.get("labels") or {}
     return Pod(namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
                uid=str(meta.get("uid", "")),
-               labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {})
+               labels=({str(k): str(v) for k, v in labels.items()}
+                       if isinstance(labels, dict) else {}))
 
 
 class PodIndex:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-DEFAULT_MARKERS: tuple[str, ...] = ("NODEWARDEN_WORKSPACE_ID", "WORKSPACE_ID", "GITPOD_WORKSPACE_ID")
+DEFAULT_MARKERS: tuple[str, ...] = ("NODEWARDEN_WORKSPACE_ID", "WORKSPACE_ID",
+                                    "GITPOD_WORKSPACE_ID")
 
 # A workspace id is an identifier, not free text: bound it so a hostile environ cannot
 # inflate findings, logs or metric cardinality.

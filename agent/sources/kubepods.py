@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from agent.enrich.pods import PodIndex
 from agent.kubeapi import TIMEOUTS, status_of
@@ -33,10 +33,23 @@ WATCH_SECONDS = 300       # the server ends each watch after this; we then watch
 MAX_BACKOFF = 30.0
 
 
+class PodsAPI(Protocol):
+    """The call of the Kubernetes CoreV1Api the watcher makes (listed, or streamed by a
+    watch); its answers are raw JSON, so they stay `Any`."""
+
+    def list_pod_for_all_namespaces(self, **kwargs: Any) -> Any:
+        """List (or, through a Watch, stream) pods across namespaces."""
+        ...
+
+
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
 class PodWatcher:
     """Keeps `index` equal to the API server's view of this node's pods, in a thread."""
 
-    def __init__(self, api: Any, node: str, index: PodIndex, metrics: Metrics | None = None,
+    def __init__(self, api: PodsAPI, node: str, index: PodIndex, metrics: Metrics | None = None,
                  watch_seconds: int = WATCH_SECONDS, sleep: Callable[[float], bool] | None = None
                  ) -> None:
         self.api = api
@@ -49,25 +62,30 @@ class PodWatcher:
         self.synced = threading.Event()   # set after the first successful list
         self._stop = threading.Event()
         self._sleep = sleep or self._stop.wait
-        self._watch: Any = None
+        self._watch: _Stoppable | None = None
         self._thread: threading.Thread | None = None
         self._denied_logged = False
 
     @property
     def selector(self) -> str:
+        """The field selector of this node's pods."""
         return f"spec.nodeName={self.node}"
 
     def start(self) -> None:
+        """Run the list-and-watch loop in a daemon thread."""
         self._thread = threading.Thread(target=self.run, name="pod-watcher", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """End the loop, and the watch under way at once."""
         self._stop.set()
         w = self._watch
         if w is not None:
             w.stop()  # shuts the streaming socket down, so the thread ends now
 
     def run(self) -> None:
+        """The thread's loop: list, watch, watch again, until `stop`; every failure is
+        retried after a back-off, so the thread never dies."""
         backoff = 1.0
         gone_streak = 0
         while not self._stop.is_set():
@@ -85,39 +103,41 @@ class PodWatcher:
                 # a watch that ends at once with nothing in it (a proxy, an API server
                 # going down) is a failure: back off, as client-go does, instead of spinning
                 self._count("watch_empty")
-                if self._sleep(backoff):
-                    break
-                backoff = min(backoff * 2, MAX_BACKOFF)
             except Exception as e:  # noqa: BLE001 - every failure is retried; the thread must not die
                 if self._stop.is_set():
                     break
-                status = status_of(e)
-                if status == 410:
-                    log.info("pod watch: resourceVersion %s expired (410 Gone), listing again",
-                             self.resource_version)
-                    self.resource_version = ""
-                    self._count("relist_gone")
+                if status_of(e) == 410:
+                    self._expired()
                     gone_streak += 1
                     # a server that answers 410 to a fresh list's version too must not be
                     # hammered with lists: back off from the second one in a row
                     if gone_streak < 2:
                         continue
-                    if self._sleep(backoff):
-                        break
-                    backoff = min(backoff * 2, MAX_BACKOFF)
-                    continue
-                self._up(False)
-                self._count(f"http_{status}" if status else "error")
-                if status in (401, 403):
-                    if not self._denied_logged:
-                        log.error("pod watch refused (%d): the ServiceAccount needs pods get, "
-                                  "list and watch (see charts/nodewarden RBAC)", status)
-                        self._denied_logged = True
                 else:
-                    log.warning("pod watch failed (%s), retrying in %.0fs", _describe(e), backoff)
-                if self._sleep(backoff):
-                    break
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                    self._failed(e, backoff)
+            if self._sleep(backoff):
+                break
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _expired(self) -> None:
+        """410 Gone: the version fell out of the server's window; list again."""
+        log.info("pod watch: resourceVersion %s expired (410 Gone), listing again",
+                 self.resource_version)
+        self.resource_version = ""
+        self._count("relist_gone")
+
+    def _failed(self, e: Exception, backoff: float) -> None:
+        """Any other failure: said once per kind (a refusal once for good), counted."""
+        status = status_of(e)
+        self._up(False)
+        self._count(f"http_{status}" if status else "error")
+        if status in (401, 403):
+            if not self._denied_logged:
+                log.error("pod watch refused (%d): the ServiceAccount needs pods get, "
+                          "list and watch (see charts/nodewarden RBAC)", status)
+                self._denied_logged = True
+        else:
+            log.warning("pod watch failed (%s), retrying in %.0fs", _describe(e), backoff)
 
     def list(self) -> None:
         """One full list of this node's pods into the index.

@@ -20,6 +20,9 @@ from agent.sources.procfs import ProcFS
 
 MAX_ANCESTORS = 64
 
+# (container id, pod uid) -> the pod of a process (agent.enrich.pods.PodIndex.lookup)
+PodLookup = Callable[[str, str], Pod | None]
+
 # A process's workspace as last read, and the program it was read for (exe dev, inode): an
 # empty answer holds only while the program is the same. (An exec of the same binary with
 # only a new environment is seen by its exec event, not by a scan.)
@@ -33,7 +36,8 @@ def _known(ws: str, p: Process) -> _Known:
 class ProcessTree:
     """Processes by pid, with workspace membership and ancestry for enrichment."""
 
-    def __init__(self, procfs: ProcFS, markers: Sequence[str] = DEFAULT_MARKERS) -> None:
+    def __init__(self, procfs: ProcFS, markers: Sequence[str] = DEFAULT_MARKERS,
+                 pod_of: PodLookup | None = None) -> None:
         self.procfs = procfs
         self.markers = tuple(markers)
         self.procs: dict[int, Process] = {}
@@ -46,7 +50,7 @@ class ProcessTree:
         # a double fork that clears its environment before its exec stays in the workspace
         self._forked: LRUCache[int, str] = LRUCache(maxsize=65536)
         # (container id, pod uid) -> the pod, when the Kubernetes enrichment runs
-        self.pod_of: Callable[[str, str], Pod | None] | None = None
+        self.pod_of = pod_of
 
     def scan(self) -> list[Process]:
         """Read every process from procfs and replace the tree with what is there now.
@@ -128,6 +132,7 @@ class ProcessTree:
         return p
 
     def workspace_of(self, pid: int) -> str:
+        """The workspace id of `pid`, "" when it is in none (or unknown)."""
         return self._workspace.get(pid, "")
 
     def ancestors(self, pid: int) -> tuple[Process, ...]:

@@ -106,7 +106,8 @@ def test_kill_workspace_stops_a_forking_subtree_and_leaves_the_rest(enforcer):
 NODEWARDEN = [sys.executable, "-m", "agent"]
 
 
-def _run_agent(tmp_path: Path, config: str, victim_name: str = "xmrig") -> tuple[subprocess.Popen, dict, str]:
+def _run_agent(tmp_path: Path, config: str, victim_name: str = "xmrig",
+               ) -> tuple[subprocess.Popen, dict, str]:
     """Start `nodewarden run` with `config`, exec a miner-named sleep, return it, its finding
     and the agent's stderr."""
     cfg = tmp_path / "config.yaml"
@@ -231,33 +232,3 @@ def test_kill_container_kills_every_process_of_its_cgroup(enforcer, base, how):
         bystander.kill()
         bystander.wait()
         _cleanup(d, procs)
-
-
-def test_kill_container_finds_the_host_cgroup_from_inside_a_cgroup_namespace(tmp_path):
-    """In a pod the agent has its own cgroup namespace: /proc/PID/cgroup of another
-    container reads `/../../kubepods-besteffort.slice/...`. The container's cgroup is found
-    in the host hierarchy (and must hold the pid) before cgroup.kill is written."""
-    cid = "ab" * 32
-    pid = 4242
-    rel = f"kubepods-besteffort.slice/kubepods-besteffort-podx.slice/cri-containerd-{cid}.scope"
-    host = tmp_path / "cgroup" / "kubepods.slice" / rel
-    host.mkdir(parents=True)
-    (host / "cgroup.procs").write_text(f"{pid}\n")
-    (host / "cgroup.kill").write_text("0")
-    decoy = tmp_path / "cgroup" / "other.slice" / rel       # the same suffix, not our pid
-    decoy.mkdir(parents=True)
-    (decoy / "cgroup.procs").write_text("1\n")
-    (decoy / "cgroup.kill").write_text("0")
-    (tmp_path / "cgroup" / "cgroup.procs").write_text("")
-    proc = tmp_path / "proc" / str(pid)
-    proc.mkdir(parents=True)
-    (proc / "cgroup").write_text(f"0::/../../{rel}\n")
-    fs = ProcFS(str(tmp_path / "proc"))
-    e = Enforcer(fs, ProcessTree(fs), Protection(), cgroup_root=str(tmp_path / "cgroup"))
-    from agent.model import Event, Process
-
-    ev = Event("exec", 0.0, Process(pid=pid, ppid=1, starttime=1, comm="x", container_id=cid))
-    out = e.kill_container(ev)
-    assert out.outcome == "killed" and "cgroup.kill" in out.detail
-    assert (host / "cgroup.kill").read_text() == "1"
-    assert (decoy / "cgroup.kill").read_text() == "0"

@@ -387,16 +387,16 @@ def victim() -> Iterator[subprocess.Popen]:
     p.wait()
 
 
-def _enforcer() -> Enforcer:
+def _enforcer(deleter: PodDeleter | None = None) -> Enforcer:
     fs = ProcFS()
-    return Enforcer(fs, ProcessTree(fs), Protection())
+    return Enforcer(fs, ProcessTree(fs), Protection(), pod_deleter=deleter)
 
 
 def test_delete_pod_kills_the_process_then_deletes_its_pod_by_uid_via_local_apiserver(
         server, kube, victim):
     server.put_pod(pod("team-a", "ws-1", "uid-1", NODE, {}, (CID,)))
-    e = _enforcer()
-    e.pod_deleter = PodDeleter(kube.api, Metrics())
+    deleter = PodDeleter(kube.api, Metrics())
+    e = _enforcer(deleter)
     st = ProcFS().read(victim.pid).starttime
     d = e.carry_out(_decision(victim.pid, st, Pod("team-a", "ws-1", "uid-1")))
     assert d.outcome == "killed" and "pod team-a/ws-1 deletion requested" in d.reason
@@ -409,7 +409,7 @@ def test_delete_pod_kills_the_process_then_deletes_its_pod_by_uid_via_local_apis
     # 1 s, not 0: a 0 would force the object away before the kubelet stopped the containers
     assert body["gracePeriodSeconds"] == 1
     assert "deletionTimestamp" in server.pods[("team-a", "ws-1")]["metadata"]
-    e.pod_deleter.close()
+    deleter.close()
 
 
 def test_delete_pod_never_deletes_a_replacement_pod_of_the_same_name_via_local_apiserver(

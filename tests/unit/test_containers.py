@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.enrich.containers import container_id_from_cgroup
+from agent.sources.procfs import Cgroup, container_id_from_cgroup, parse_cgroup
 
 A = "59de2a815200d473ab0a078bdcee0b8bc80aca90c1df285f4ecfdbca5566c2cd"
 B = "d8909a4e1b423fe77fef16afc7c75b201ad1c9f557c0e571225e927b7a338a9c"
@@ -100,3 +100,28 @@ CASES = [
 def test_container_id_from_cgroup(text, want):
     assert container_id_from_cgroup(text) == want
 
+
+
+V1_PATHS = tuple((c, f"/docker/{A}") for c in V1_CONTROLLERS)
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    pytest.param(f"0::/system.slice/docker-{A}.scope\n",
+                 Cgroup(v2=f"/system.slice/docker-{A}.scope", container_id=A), id="v2"),
+    pytest.param(v1(f"/docker/{A}"), Cgroup(v2="/", v1=V1_PATHS, container_id=A),
+                 id="hybrid: every v1 hierarchy in file order, name= kept, and the v2 root"),
+    pytest.param(f"0::/kubepods/besteffort/pod{POD}/{B}\n",
+                 Cgroup(v2=f"/kubepods/besteffort/pod{POD}/{B}", container_id=B, pod_uid=POD),
+                 id="kubelet"),
+    pytest.param(f"0::/../../kubepods-pod{POD_}.slice/cri-containerd-{B}.scope\n",
+                 Cgroup(v2=f"/../../kubepods-pod{POD_}.slice/cri-containerd-{B}.scope",
+                        container_id=B, pod_uid=POD),
+                 id="seen from a cgroup namespace: the path as written"),
+    pytest.param("0::/init.scope\n0::/later.scope\n", Cgroup(v2="/later.scope"),
+                 id="the last unified line"),
+    pytest.param("garbage\n3:cpu\n2:cpuset:/a:b\n", Cgroup(v1=(("cpuset", "/a:b"),)),
+                 id="malformed lines skipped, a colon in a path kept"),
+    pytest.param("", Cgroup(), id="empty"),
+])
+def test_parse_cgroup(text, want):
+    assert parse_cgroup(text) == want

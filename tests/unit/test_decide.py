@@ -11,7 +11,8 @@ from agent.model import Event, Process
 
 def _match(rules_from, action: str = "kill", mode: str | None = None, **proc) -> Match:
     mode_line = f"\n    mode: {mode}" if mode else ""
-    rs = rules_from(f"rules:\n  - id: r\n    action: {action}{mode_line}\n    match: {{proc.pid: {{exists: true}}}}\n")
+    rs = rules_from(f"rules:\n  - id: r\n    action: {action}{mode_line}\n"
+                    "    match: {proc.pid: {exists: true}}\n")
     p = Process(**{"pid": 4242, "ppid": 100, "starttime": 1, "comm": "xmrig", **proc})
     ev = Event("exec", 0.0, p)
     [m] = rs.evaluate(ev)

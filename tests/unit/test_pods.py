@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 from test_containers import CASES, POD, POD_
 
-from agent.enrich.containers import cgroup_identity, pod_uid_from_cgroup
 from agent.enrich.pods import PodIndex, container_ids, pod_from
-from agent.sources.procfs import ProcFS
+from agent.sources.procfs import ProcFS, parse_cgroup, pod_uid_from_cgroup
 from agent.sources.proctree import ProcessTree
 
 CID = "a" * 64
@@ -123,15 +122,15 @@ def test_pod_uid_from_every_kubelet_cgroup_shape(name, text, cid):
         # node's kubelet (an agent inside the kind node sees /kubelet.slice/... and resolves)
         want = ""
     assert pod_uid_from_cgroup(text) == want
-    assert cgroup_identity(text) == (cid, want)
+    cg = parse_cgroup(text)
+    assert (cg.container_id, cg.pod_uid) == (cid, want)
 
 
 def test_events_of_a_process_in_a_pod_carry_the_pod():
-    tree = ProcessTree(ProcFS(str(FIXTURES)))
     idx = PodIndex()
     idx.upsert({"metadata": {"namespace": "ci", "name": "runner-7", "uid": POD},
                 "status": {}})  # the pod is known; its container ids are not yet
-    tree.pod_of = idx.lookup
+    tree = ProcessTree(ProcFS(str(FIXTURES)), pod_of=idx.lookup)
     procs = {p.pid: p for p in tree.scan()}
     ev = tree.event("scan", procs[2101], 0.0)
     assert ev.pod is not None and (ev.pod.namespace, ev.pod.name) == ("ci", "runner-7")
@@ -146,8 +145,8 @@ FORGED = (f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{P
 
 def test_only_the_kubelets_pod_cgroup_names_the_pod():
     assert pod_uid_from_cgroup(KIND_INSIDE) == POD
-    assert pod_uid_from_cgroup(f"0::/../../kubepods-besteffort.slice/"
-                               f"kubepods-besteffort-pod{POD_}.slice/x\n") == POD
+    in_namespace = f"0::/../../kubepods-besteffort.slice/kubepods-besteffort-pod{POD_}.slice/x\n"
+    assert pod_uid_from_cgroup(in_namespace) == POD
     # a container that makes its own sub-cgroup named after another pod: its own pod counts
     assert pod_uid_from_cgroup(FORGED) == POD
     assert pod_uid_from_cgroup("0::/system.slice/docker-x.scope/kubepods/pod" + POD + "/x\n") == ""
@@ -158,11 +157,12 @@ def test_a_forged_nested_cgroup_never_resolves_to_another_tenants_pod(clock):
     idx = PodIndex(clock=clock)
     idx.upsert(pod_obj(uid=POD, name="ci-runner", ns="tenant-a", containers=(CID,)))
     idx.upsert(pod_obj(uid=victim_uid, name="payments", ns="tenant-b", containers=(CID2,)))
-    cid, uid = cgroup_identity(FORGED)
+    cg = parse_cgroup(FORGED)
+    cid, uid = cg.container_id, cg.pod_uid
     assert idx.lookup(cid, uid).name == "ci-runner"
     # nor by naming the victim's container id below its own cgroup
     forged_cid = FORGED.replace("c" * 64, CID2)
-    cid, uid = cgroup_identity(forged_cid)
+    cg = parse_cgroup(forged_cid)
+    cid, uid = cg.container_id, cg.pod_uid
     assert cid == CID2
-    assert idx.lookup(cid, uid).name == "ci-runner", \
-        "the kubelet's pod uid wins over a container id"
+    assert idx.lookup(cid, uid).name == "ci-runner", "the kubelet's pod uid wins over a cid"

@@ -333,7 +333,8 @@ def test_workspace_membership_survives_reparenting(tmp_path):
     def proc(pid: int, ppid: int, comm: str, environ: bytes) -> None:
         d = root / str(pid)
         d.mkdir(parents=True)
-        fields = [str(pid), f"({comm})", "S", str(ppid)] + ["0"] * 17 + [str(1000 + pid)] + ["0"] * 30
+        fields = ([str(pid), f"({comm})", "S", str(ppid)] + ["0"] * 17 + [str(1000 + pid)]
+                  + ["0"] * 30)
         (d / "stat").write_text(" ".join(fields) + "\n")
         (d / "cmdline").write_bytes(comm.encode() + b"\0")
         (d / "environ").write_bytes(environ)

@@ -17,12 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.enrich.containers import container_id_from_cgroup
 from agent.enrich.workspace import DEFAULT_MARKERS, MAX_WORKSPACE_ID, find_marker
 from agent.errors import ProcessGone
 from agent.model import Process
 from agent.sources.procfs import (
     ProcFS,
+    container_id_from_cgroup,
     parse_cmdline,
     parse_netns,
     parse_stat,

@@ -1,4 +1,4 @@
-"""Reading processes from procfs: pure parsers over bytes, and a reader with a root.
+"""Reading processes from a procfs root: the only code that opens /proc/PID files.
 
 The reader opens /proc/PID once as a directory and reads every file relative to that
 descriptor: if the process exits and its pid is reused mid-read, reads through the old
@@ -10,16 +10,23 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from agent.enrich.containers import cgroup_identity
 from agent.enrich.workspace import find_marker
 from agent.errors import EXHAUSTED, AccessDenied, FdExhausted, ProcessGone
 from agent.model import Process
 from agent.sources.cmdline import CmdlineBudget, RawCmdline, read_cmdline
+from agent.sources.procfs.cgroup import Cgroup, parse_cgroup
+from agent.sources.procfs.parse import (
+    PF_KTHREAD,
+    Stat,
+    parse_cmdline,
+    parse_netns,
+    parse_stat,
+    parse_status_uid,
+)
 from agent.text import decode
 
-PF_KTHREAD = 0x00200000
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # ENOTDIR: a numeric entry that is not a pid directory (never in a real procfs)
 _GONE = (errno.ESRCH, errno.ENOENT, errno.ENOTDIR)
@@ -28,79 +35,8 @@ _GONE = (errno.ESRCH, errno.ENOENT, errno.ENOTDIR)
 # controlled and can be many MiB; past these limits the text is truncated, never a crash.
 # A command line keeps its head and its tail (agent/sources/cmdline.py).
 ENVIRON_LIMIT = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Stat:
-    """The fields of /proc/PID/stat a scan needs."""
-
-    pid: int
-    comm: str
-    state: str
-    ppid: int
-    flags: int
-    starttime: int
-
-
-def parse_stat(data: bytes) -> Stat:
-    """Parse /proc/PID/stat. The comm may hold spaces and parentheses (`a) (b`), so it
-    is everything between the first `(` and the *last* `)`; fields are split after it.
-
-    Raises ValueError on text that is not a stat line.
-    """
-    lpar = data.find(b"(")
-    rpar = data.rfind(b")")
-    if lpar < 0 or rpar < lpar:
-        raise ValueError("no (comm) in stat")
-    pid = int(data[:lpar])
-    comm = decode(data[lpar + 1 : rpar])
-    rest = data[rpar + 2 :].split()
-    # rest[0] is field 3 (state); field N is rest[N - 3]
-    if len(rest) < 20:
-        raise ValueError("stat line too short")
-    return Stat(
-        pid=pid,
-        comm=comm,
-        state=rest[0].decode("ascii", "replace"),
-        ppid=int(rest[1]),
-        flags=int(rest[6]),
-        starttime=int(rest[19]),
-    )
-
-
-def parse_cmdline(data: bytes) -> tuple[str, ...]:
-    """NUL-separated argv. A trailing NUL is the normal terminator; a process that rewrote
-    its argv (setproctitle) may leave one space-joined string, which stays one argument.
-    Bytes that are not UTF-8 decode reversibly (agent/text.py). Raises nothing: any bytes
-    are some argv."""
-    # Some programs pad a rewritten argv with NULs; trailing empties are padding, not args.
-    data = data.rstrip(b"\0")
-    if not data:
-        return ()
-    return tuple(decode(a) for a in data.split(b"\0"))
-
-
-def parse_netns(link: str) -> int:
-    """The inode of a namespace link like `net:[4026531840]`, 0 when unparseable."""
-    lb = link.find("[")
-    if lb < 0 or not link.endswith("]"):
-        return 0
-    try:
-        return int(link[lb + 1 : -1])
-    except ValueError:
-        return 0
-
-
-def parse_status_uid(data: bytes) -> int:
-    """The effective uid from /proc/PID/status (`Uid: real effective saved fs`)."""
-    at = data.find(b"\nUid:")
-    if at < 0:
-        raise ValueError("no Uid line")
-    end = data.find(b"\n", at + 5)
-    fields = data[at + 5 : end if end >= 0 else len(data)].split()
-    if len(fields) < 2:
-        raise ValueError("Uid line has no effective uid")
-    return int(fields[1])
+# /proc/PID/cgroup: one line per hierarchy, a few hundred bytes on any real host
+CGROUP_LIMIT = 65536
 
 
 def _open_file(name: str, dfd: int) -> int:
@@ -200,6 +136,15 @@ class ProcFS:
         finally:
             os.close(dfd)
 
+    def cgroup(self, pid: int) -> Cgroup:
+        """The cgroups of the process as /proc/PID/cgroup names them (relative to the
+        reader's cgroup namespace). Raises ProcessGone or AccessDenied like `stat`."""
+        dfd = self._open(pid)
+        try:
+            return parse_cgroup(decode(self._must(pid, dfd, "cgroup", CGROUP_LIMIT)))
+        finally:
+            os.close(dfd)
+
     def read(self, pid: int) -> Process:
         """Everything a rule may need about one process. Raises ProcessGone when it exited
         before its stat could be read; later files missing or denied degrade to empty."""
@@ -222,8 +167,7 @@ class ProcFS:
             head, tail = self.cmdlines.allowance()
             raw = self._cmdline(dfd, head, tail)
             exe, dev, ino = self._exe(pid, dfd)
-            container_id, pod_uid = cgroup_identity(
-                decode(self._may(pid, dfd, "cgroup", 65536)))
+            cg = parse_cgroup(decode(self._may(pid, dfd, "cgroup", CGROUP_LIMIT)))
             p = Process(
                 pid=st.pid,
                 ppid=st.ppid,
@@ -236,8 +180,8 @@ class ProcFS:
                 state=st.state,
                 exe_dev=dev,
                 exe_ino=ino,
-                container_id=container_id,
-                pod_uid=pod_uid,
+                container_id=cg.container_id,
+                pod_uid=cg.pod_uid,
                 netns=parse_netns(self._link(pid, dfd, "ns/net")),
             )
             self.cmdlines.hold(p, raw)

@@ -1,7 +1,11 @@
-"""Container id from the text of /proc/PID/cgroup (pure).
+"""The text of /proc/PID/cgroup (pure): the process's cgroup paths, container id, pod uid.
 
-Covers the shapes the container runtimes leave there, for both cgroup drivers and both
-cgroup versions, e.g.::
+One parser for every reader: the process reader takes the container id and pod uid from
+it, the container kill (agent/actions/kill.py) the v2 path and the v1 controller paths.
+Each line is `hierarchy-id:controllers:path`; the unified (v2) hierarchy is `0::path`.
+
+Container ids cover the shapes the container runtimes leave there, for both cgroup drivers
+and both cgroup versions, e.g.::
 
     0::/system.slice/docker-<64 hex>.scope                                 docker, systemd, v2
     0::/docker/<64 hex>                                                    docker, cgroupfs, v2
@@ -20,22 +24,52 @@ pod starts, so it resolves a pod even when the container id is not yet in the po
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 
 _PREFIXES = ("docker-", "cri-containerd-", "crio-", "libpod-", "containerd-")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _QOS = ("burstable", "besteffort", "guaranteed")
-_POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})"
-                      r"(?:\.slice)?$")
+_POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}"
+                      r"[-_][0-9a-f]{12})(?:\.slice)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Cgroup:
+    """What /proc/PID/cgroup says about one process; "" and () for what is absent."""
+
+    # the path in the unified (v2) hierarchy, e.g. /system.slice/docker-<id>.scope
+    v2: str = ""
+    # (controllers, path) of each v1 hierarchy in file order, e.g. ("name=systemd", "/x")
+    v1: tuple[tuple[str, str], ...] = ()
+    container_id: str = ""
+    pod_uid: str = ""
+
+
+def _lines(text: str) -> list[tuple[str, str, str]]:
+    """(hierarchy id, controllers, path) of each well-formed line."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            out.append((parts[0], parts[1], parts[2]))
+    return out
 
 
 @lru_cache(maxsize=4096)
-def cgroup_identity(text: str) -> tuple[str, str]:
-    """(container id, pod uid) of a process from its cgroup text; "" for what is absent.
+def parse_cgroup(text: str) -> Cgroup:
+    """Parse the text of /proc/PID/cgroup.
 
     Cached: the processes of a host share a few distinct cgroup texts, and parsing one
     costs about as much as reading it."""
-    return container_id_from_cgroup(text), pod_uid_from_cgroup(text)
+    v2 = ""
+    v1 = []
+    for hid, controllers, path in _lines(text):
+        if hid == "0" and controllers == "":
+            v2 = path
+        else:
+            v1.append((controllers, path))
+    return Cgroup(v2, tuple(v1), container_id_from_cgroup(text), pod_uid_from_cgroup(text))
 
 
 def pod_uid_from_cgroup(text: str) -> str:
@@ -64,14 +98,11 @@ def container_id_from_cgroup(text: str) -> str:
     """The container id of a process, or "" when it runs in no container."""
     v2 = ""
     v1 = ""
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        found = _id_from_path(parts[2])
+    for hid, controllers, path in _lines(text):
+        found = _id_from_path(path)
         if not found:
             continue
-        if parts[0] == "0" and parts[1] == "":
+        if hid == "0" and controllers == "":
             v2 = found
         elif not v1:
             v1 = found

@@ -1,0 +1,41 @@
+"""Procfs: the one owner of reading /proc and of parsing what is read there.
+
+- parse.py   pure parsers over bytes: stat, cmdline, namespace links, status
+- cgroup.py  pure parser of /proc/PID/cgroup: v2 path, v1 paths, container id, pod uid
+- reader.py  ProcFS(root): opens /proc/PID once and reads its files relative to it
+
+Everything else (the process tree, the enforcer, the sensors) reads processes through
+`ProcFS` and cgroup text through `parse_cgroup`, never by opening /proc itself.
+"""
+
+from agent.sources.procfs.cgroup import (
+    Cgroup,
+    container_id_from_cgroup,
+    parse_cgroup,
+    pod_uid_from_cgroup,
+)
+from agent.sources.procfs.parse import (
+    PF_KTHREAD,
+    Stat,
+    parse_cmdline,
+    parse_netns,
+    parse_stat,
+    parse_status_uid,
+)
+from agent.sources.procfs.reader import CGROUP_LIMIT, ENVIRON_LIMIT, ProcFS
+
+__all__ = [
+    "CGROUP_LIMIT",
+    "ENVIRON_LIMIT",
+    "PF_KTHREAD",
+    "Cgroup",
+    "ProcFS",
+    "Stat",
+    "container_id_from_cgroup",
+    "parse_cgroup",
+    "parse_cmdline",
+    "parse_netns",
+    "parse_stat",
+    "parse_status_uid",
+    "pod_uid_from_cgroup",
+]

@@ -1,0 +1,86 @@
+"""Pure parsers over the bytes of /proc/PID files: stat, cmdline, ns links, status.
+
+Values in, values out, no I/O (psutil's `_pslinux` keeps the same split): the reader
+(reader.py) opens and reads, these only interpret, so each is table-tested on bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.text import decode
+
+PF_KTHREAD = 0x00200000
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """The fields of /proc/PID/stat a scan needs."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    flags: int
+    starttime: int
+
+
+def parse_stat(data: bytes) -> Stat:
+    """Parse /proc/PID/stat. The comm may hold spaces and parentheses (`a) (b`), so it
+    is everything between the first `(` and the *last* `)`; fields are split after it.
+
+    Raises ValueError on text that is not a stat line.
+    """
+    lpar = data.find(b"(")
+    rpar = data.rfind(b")")
+    if lpar < 0 or rpar < lpar:
+        raise ValueError("no (comm) in stat")
+    pid = int(data[:lpar])
+    comm = decode(data[lpar + 1 : rpar])
+    rest = data[rpar + 2 :].split()
+    # rest[0] is field 3 (state); field N is rest[N - 3]
+    if len(rest) < 20:
+        raise ValueError("stat line too short")
+    return Stat(
+        pid=pid,
+        comm=comm,
+        state=rest[0].decode("ascii", "replace"),
+        ppid=int(rest[1]),
+        flags=int(rest[6]),
+        starttime=int(rest[19]),
+    )
+
+
+def parse_cmdline(data: bytes) -> tuple[str, ...]:
+    """NUL-separated argv. A trailing NUL is the normal terminator; a process that rewrote
+    its argv (setproctitle) may leave one space-joined string, which stays one argument.
+    Bytes that are not UTF-8 decode reversibly (agent/text.py). Raises nothing: any bytes
+    are some argv."""
+    # Some programs pad a rewritten argv with NULs; trailing empties are padding, not args.
+    data = data.rstrip(b"\0")
+    if not data:
+        return ()
+    return tuple(decode(a) for a in data.split(b"\0"))
+
+
+def parse_netns(link: str) -> int:
+    """The inode of a namespace link like `net:[4026531840]`, 0 when unparseable."""
+    lb = link.find("[")
+    if lb < 0 or not link.endswith("]"):
+        return 0
+    try:
+        return int(link[lb + 1 : -1])
+    except ValueError:
+        return 0
+
+
+def parse_status_uid(data: bytes) -> int:
+    """The effective uid from /proc/PID/status (`Uid: real effective saved fs`)."""
+    at = data.find(b"\nUid:")
+    if at < 0:
+        raise ValueError("no Uid line")
+    end = data.find(b"\n", at + 5)
+    fields = data[at + 5 : end if end >= 0 else len(data)].split()
+    if len(fields) < 2:
+        raise ValueError("Uid line has no effective uid")
+    return int(fields[1])
