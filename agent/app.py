@@ -34,7 +34,8 @@ from agent.model import Event, Process
 from agent.observer import Observer
 from agent.pipeline import Agent, Judge
 from agent.reload import Reloader
-from agent.sinks.findings import FindingWriter, finding
+from agent.sinks.findings import Finding
+from agent.sinks.registry import Sinks
 from agent.sources.kevents import RawEvent
 from agent.sources.netstate import NetState
 from agent.sources.procfs import ProcFS
@@ -130,8 +131,12 @@ class Runtime:
         self.stop = threading.Event()
         self._record_file = record
         procfs = ProcFS(cfg.proc_root)
-        self.slack = _slack_sink(cfg, metrics)  # first: a refused secret file starts nothing
         self.kube = _KubeParts(cfg, metrics)
+        try:  # stdout, findings_file, Slack, pod Events, webhook ... (agent/sinks/registry.py)
+            self.sinks = Sinks.open(cfg, metrics, out, fmt, findings_file, self.kube.kube)
+        except ConfigError:  # a refused secret file: stop what started
+            self.kube.close()
+            raise
         self.tree = ProcessTree(procfs, cfg.workspace_markers, pod_of=self.kube.pod_of)
         metrics.watch_cmdlines(procfs.cmdlines)
         self._own = Protection.of(own_processes(cfg.proc_root), cfg.protected)
@@ -139,9 +144,6 @@ class Runtime:
                            can_act=True)
         self.enforcer = Enforcer(procfs, ProcessTree(procfs, cfg.workspace_markers),
                                  self._own, metrics=metrics)
-        self.writers = [FindingWriter(out, fmt)]
-        if findings_file is not None:
-            self.writers.append(FindingWriter(findings_file, "json"))
         self.reloader = Reloader(config_path, cfg, rule_paths(cfg), apply_rules=self._new_rules,
                                  apply_config=self._new_config, metrics=metrics,
                                  effective=overrides.apply)
@@ -160,6 +162,7 @@ class Runtime:
         protection = replace(self._own, names=frozenset(cfg.protected))
         self.judge.use(ruleset, cfg.mode, protection)
         self.enforcer.reconfigure(protection, self.kube.reconfigure(cfg))
+        self.sinks.reconfigure(cfg)
         self.agent.set_scan_interval(cfg.scan_interval)
         self.cfg, self.ruleset = cfg, ruleset
         self.metrics.set_ruleset(ruleset.digest, len(ruleset))
@@ -188,13 +191,7 @@ class Runtime:
         self._record_file.write(event_line(ev) + "\n")
 
     def _report(self, decisions: list[Decision]) -> None:
-        findings = [finding(d, self.cfg.host) for d in decisions]
-        for w in self.writers:
-            w.write(findings)
-        if self.slack is not None:
-            for f in findings:
-                self.slack.submit(f)
-        self.kube.submit(findings)
+        self.sinks.submit([Finding.of(d, self.cfg.host) for d in decisions])
 
     def _act_on_signals(self) -> None:
         """The handlers agent.main installed only write signals down (a handler that took a
@@ -253,28 +250,25 @@ class Runtime:
         if self.sensors is not None:
             self.sensors.close()  # detaches every BPF program
             self.sensors = None
-        if self.slack is not None:
-            self.slack.close(deadline=5.0)  # send what is queued, count the rest as dropped
+        self.sinks.close(deadline=5.0)  # send what is queued, count the rest as dropped
         self.kube.close()
         if self.server is not None:
             self.server.stop()
 
 
 class _KubeParts:
-    """What the Kubernetes API gives the agent: pod enrichment, Events, pod deletion.
+    """What the Kubernetes API gives the agent: pod enrichment, pod deletion (its Events
+    are a sink: agent/sinks/registry.py).
     Every part is None outside a cluster (the agent then runs without them)."""
 
     def __init__(self, cfg: Config, metrics: Metrics) -> None:
         from agent import kubeapi
         from agent.enrich.pods import PodIndex
-        from agent.sinks.kubeevents import PodEventSink
         from agent.sources.kubepods import PodWatcher
 
         self.metrics = metrics
         self.kube = kubeapi.connect(cfg.kubernetes, cfg.kubeconfig, cfg.node_name)
         self.watcher: Any = None
-        self.events: Any = None
-        self.events_on = False
         self.deleter: Any = None
         self.pod_of: Any = None
         if self.kube is None:
@@ -283,36 +277,23 @@ class _KubeParts:
                             "action delete-pod kill the process only")
             return
         log.info("Kubernetes API: %s, node %s", self.kube.where, self.kube.node)
-        self.events = PodEventSink(self.kube.api, self.kube.node, metrics,
-                                   rate=cfg.kubernetes_event_rate_per_second,
-                                   dedupe_seconds=cfg.kubernetes_event_dedupe_seconds)
-        self.events_on = cfg.kubernetes_events
         index = PodIndex()
         self.pod_of = index.lookup
         self.watcher = PodWatcher(self.kube.api, self.kube.node, index, metrics)
         self.watcher.start()
 
-    def submit(self, findings: list[dict[str, Any]]) -> None:
-        """Findings to pod Events, while kubernetes_events is on."""
-        if self.events is not None and self.events_on:
-            for f in findings:
-                self.events.submit(f)
-
     def reconfigure(self, cfg: Config) -> Any:
-        """kubernetes_events and delete_pod follow the config, reloads included (the
-        chart's RBAC follows deletePod too). The connection settings need a restart.
+        """delete_pod follows the config, reloads included (the chart's RBAC follows
+        deletePod too). The connection settings need a restart.
         Returns the pod deleter the enforcer is to use (None: delete-pod kills only)."""
         if self.kube is None:
             return None
-        self.events_on = cfg.kubernetes_events
         if cfg.delete_pod and self.deleter is None:
             from agent.actions.pods import PodDeleter
 
-            self.deleter = PodDeleter(self.kube.api, self.metrics, cfg.delete_pod_grace_seconds,
-                                      cfg.delete_pod_protected_namespaces)
+            self.deleter = PodDeleter.open(self.kube, cfg, self.metrics)
         elif self.deleter is not None:
-            self.deleter.grace_seconds = cfg.delete_pod_grace_seconds
-            self.deleter.protected_namespaces = frozenset(cfg.delete_pod_protected_namespaces)
+            self.deleter.reconfigure(cfg)
         return self.deleter if cfg.delete_pod else None
 
     def wait_synced(self, timeout: float = 10.0) -> None:
@@ -321,31 +302,11 @@ class _KubeParts:
             log.warning("the pod list is not done after %.0fs; starting without it", timeout)
 
     def close(self) -> None:
-        """Stop the pod watch; send what Events and deletions are queued, within 3 s each."""
+        """Stop the pod watch; send what deletions are queued, within 3 s."""
         if self.watcher is not None:
             self.watcher.stop()
-        if self.events is not None:
-            self.events.close(deadline=3.0)
         if self.deleter is not None:
             self.deleter.close(deadline=3.0)
-
-
-def _slack_sink(cfg: Config, metrics: Metrics) -> Any:
-    """The Slack sink when a webhook URL is configured (environment or Secret file)."""
-    from agent.sinks.slack import SlackSink, read_webhook_url
-
-    try:
-        url = read_webhook_url(cfg.slack_webhook_url_env, cfg.slack_webhook_url_file or None,
-                               dict(os.environ))
-    except OSError as e:
-        raise ConfigError(f"cannot read the Slack webhook URL file: {e.strerror}") from None
-    if url is None:
-        return None
-    log.info("Slack alerts on (severity >= %s); the webhook URL is not logged",
-             cfg.slack_min_severity)
-    return SlackSink(url, metrics, min_severity=cfg.slack_min_severity,
-                     dedupe_seconds=cfg.slack_dedupe_seconds, rate=cfg.slack_rate_per_second,
-                     queue_size=cfg.slack_queue_size)
 
 
 def _open_sensors(cfg: Config, tree: ProcessTree, agent: Agent,

@@ -22,7 +22,7 @@ from agent.errors import RuleError
 from agent.fdlimit import raise_nofile_limit
 from agent.nodelock import NodeLock
 from agent.pipeline import Judge, scan_once
-from agent.sinks.findings import FindingWriter, finding
+from agent.sinks.findings import Finding, FindingWriter
 from agent.sinks.outfile import open_output
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
@@ -47,7 +47,7 @@ def _paths(paths: Sequence[str] | None) -> list[str]:
 
 
 def _emit(decisions: Sequence[Decision], writer: FindingWriter, host: str) -> None:
-    writer.write([finding(d, host) for d in decisions])
+    writer.write([Finding.of(d, host) for d in decisions])
 
 
 def rules_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

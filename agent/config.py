@@ -14,15 +14,36 @@ import os
 import re
 import socket
 import stat
-from dataclasses import dataclass, field, fields
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from typing import Any, Protocol, get_args, get_origin, get_type_hints, runtime_checkable
 
 from agent.decide import DEFAULT_PROTECTED
 from agent.engine import yamlsrc
 from agent.enrich.workspace import DEFAULT_MARKERS
 from agent.errors import ConfigError
+from agent.model import Severity
 from agent.nodelock import default_lock_file
+from agent.sinks.webhook import WebhookConfig
 from agent.sources.registry import SENSOR_NAMES, sensors_problem
+
+
+@runtime_checkable
+class _Section(Protocol):
+    """A nested section of the config (e.g. `webhook:`): a dataclass that checks itself."""
+
+    def validate(self) -> None:
+        """Raise ConfigError for values that cannot work."""
+
+
+# (key, allowed values, how the error says them)
+_CHOICES = (
+    ("mode", ("audit", "enforce"), "'audit' or 'enforce'"),
+    ("bpf", ("auto", "off", "required"), "auto, off or required"),
+    ("bpf_transport", ("auto", "ring", "perf"), "auto, ring or perf"),
+    ("kubernetes", ("auto", "off", "required"), "auto, off or required"),
+)
 
 
 def _default_host() -> str:
@@ -53,7 +74,7 @@ class Config:
     # Slack: the webhook URL is a secret, read from this variable or file, never from here
     slack_webhook_url_env: str = "NODEWARDEN_SLACK_WEBHOOK_URL"
     slack_webhook_url_file: str = ""
-    slack_min_severity: str = "high"
+    slack_min_severity: Severity = Severity.HIGH
     slack_dedupe_seconds: float = 300.0
     slack_rate_per_second: float = 1.0
     slack_queue_size: int = 1000
@@ -73,45 +94,24 @@ class Config:
     # who may read /metrics on a host install (see _validate_metrics_access)
     metrics_token_file: str = ""     # /metrics wants `Authorization: Bearer <this file>`
     metrics_socket_group: str = ""   # with `listen: unix:PATH`: the socket is 0660, this group
+    # sink sections: a nested mapping each; the section's type opens its sink
+    # (agent/sinks/registry.py finds them), so a new sink adds one field here
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
 
     def validate(self) -> None:
-        if self.mode not in ("audit", "enforce"):
-            raise ConfigError(f"mode must be 'audit' or 'enforce', not {self.mode!r}")
+        """Raise ConfigError, naming the key and the fix, for a value the agent cannot use."""
+        for key, allowed, wording in _CHOICES:
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ConfigError(f"{key} must be {wording}, not {value!r}")
         if not self.workspace_markers or not all(
                 isinstance(m, str) and m and "=" not in m for m in self.workspace_markers):
             raise ConfigError("workspace_markers must be a non-empty list of variable names "
                               "(without '='), e.g. [WORKSPACE_ID]")
-        for f in fields(self):
-            value = getattr(self, f.name)
-            # YAML's .nan and .inf are floats: a NaN compares false to everything, so a NaN
-            # interval passed every check and stopped the periodic scans
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{f.name} must be a finite number, not {value}")
-        if self.scan_interval <= 0:
-            raise ConfigError("scan_interval must be a positive number of seconds")
-        if self.bpf not in ("auto", "off", "required"):
-            raise ConfigError(f"bpf must be auto, off or required, not {self.bpf!r}")
+        _check_finite(self)
+        self._validate_numbers()
         if sensors_problem(self.sensors):
             raise ConfigError(f"sensors: {sensors_problem(self.sensors)}")
-        if self.bpf_transport not in ("auto", "ring", "perf"):
-            raise ConfigError(f"bpf_transport must be auto, ring or perf, not {self.bpf_transport!r}")
-        if self.slack_min_severity not in ("info", "low", "medium", "high", "critical"):
-            raise ConfigError("slack_min_severity must be one of info, low, medium, high, critical")
-        if self.slack_rate_per_second <= 0 or self.slack_queue_size < 1 or self.slack_dedupe_seconds < 0:
-            raise ConfigError("slack_rate_per_second and slack_queue_size must be positive, "
-                              "slack_dedupe_seconds not negative")
-        if self.kubernetes not in ("auto", "off", "required"):
-            raise ConfigError(f"kubernetes must be auto, off or required, not {self.kubernetes!r}")
-        if self.kubernetes_event_rate_per_second <= 0 or self.kubernetes_event_dedupe_seconds < 0:
-            raise ConfigError("kubernetes_event_rate_per_second must be positive, "
-                              "kubernetes_event_dedupe_seconds not negative")
-        if self.delete_pod_grace_seconds < 0:
-            raise ConfigError("delete_pod_grace_seconds must not be negative")
-        pages = self.ring_buffer_pages
-        if pages < 1 or pages & (pages - 1):
-            raise ConfigError(f"ring_buffer_pages must be a power of two, not {pages}")
-        if self.process_cache_size < 1024:
-            raise ConfigError("process_cache_size must be at least 1024")
         if not self.lock_file:
             raise ConfigError("lock_file must be the path of the agent's lock, e.g. "
                               "/run/nodewarden/agent.lock")
@@ -122,6 +122,30 @@ class Config:
                                   f"unix:/run/nodewarden/metrics.sock (or off), "
                                   f"not {self.listen!r}: {problem}")
         self._validate_metrics_access()
+        for f in fields(self):
+            section = getattr(self, f.name)
+            if is_dataclass(section) and isinstance(section, _Section):
+                section.validate()
+
+    def _validate_numbers(self) -> None:
+        if not MIN_SCAN_INTERVAL <= self.scan_interval <= MAX_SCAN_INTERVAL:
+            # a scan every nanosecond is a busy loop; one every 1e300 s is none at all
+            raise ConfigError(f"scan_interval must be from {MIN_SCAN_INTERVAL} to "
+                              f"{MAX_SCAN_INTERVAL:.0f} seconds, not {self.scan_interval:g}")
+        if (self.slack_rate_per_second <= 0 or self.slack_queue_size < 1
+                or self.slack_dedupe_seconds < 0):
+            raise ConfigError("slack_rate_per_second and slack_queue_size must be positive, "
+                              "slack_dedupe_seconds not negative")
+        if self.kubernetes_event_rate_per_second <= 0 or self.kubernetes_event_dedupe_seconds < 0:
+            raise ConfigError("kubernetes_event_rate_per_second must be positive, "
+                              "kubernetes_event_dedupe_seconds not negative")
+        if self.delete_pod_grace_seconds < 0:
+            raise ConfigError("delete_pod_grace_seconds must not be negative")
+        pages = self.ring_buffer_pages
+        if pages < 1 or pages & (pages - 1):
+            raise ConfigError(f"ring_buffer_pages must be a power of two, not {pages}")
+        if self.process_cache_size < 1024:
+            raise ConfigError("process_cache_size must be at least 1024")
 
     # -- who may read /metrics (issue 13): a Unix socket, a bearer token -----------------
 
@@ -168,23 +192,9 @@ def listen_problem(listen: str) -> str:
     return ""
 
 
-_TYPES: dict[str, type | tuple[type, ...]] = {
-    "mode": str, "rules": list, "proc_root": str, "listen": str, "host": str,
-    "workspace_markers": list, "protected": list, "scan_interval": (int, float),
-    "process_cache_size": int, "bpf": str, "ring_buffer_pages": int,
-    "bpf_transport": str, "findings_file": str, "kernel_enforcement": bool, "slack_webhook_url_env": str, "slack_webhook_url_file": str,
-    "slack_min_severity": str, "slack_dedupe_seconds": (int, float),
-    "slack_rate_per_second": (int, float), "slack_queue_size": int,
-    "kubernetes": str, "kubeconfig": str, "node_name": str, "kubernetes_events": bool,
-    "kubernetes_event_rate_per_second": (int, float),
-    "kubernetes_event_dedupe_seconds": (int, float), "delete_pod": bool,
-    "delete_pod_grace_seconds": int, "delete_pod_protected_namespaces": list,
-    "lock_file": str,
-}
-
-_TYPES.update({"metrics_token_file": str, "metrics_socket_group": str, "sensors": list})
-
 UNIX_PREFIX = "unix:"
+MIN_SCAN_INTERVAL = 0.05
+MAX_SCAN_INTERVAL = 86400.0
 UNIX_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
 
 
@@ -246,20 +256,7 @@ def load_config(path: str | None) -> Config:
         return cfg
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of settings")
-    names = [f.name for f in fields(Config)]
-    for key, value in data.items():
-        line = data.line_of(key) if isinstance(data, yamlsrc.Node) else 0
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{path}:{line}: unknown setting '{key}'{hint}; settings are "
-                              f"{', '.join(names)}")
-        want = _TYPES[key]
-        if key == "listen" and value is False:
-            value = "off"  # YAML 1.1 reads an unquoted `off` as false
-        if (isinstance(value, bool) and want is not bool) or not isinstance(value, want):
-            raise ConfigError(f"{path}:{line}: '{key}' has the wrong type ({value!r})")
-        setattr(cfg, key, list(value) if isinstance(value, list) else value)
+    _apply(cfg, data, path)
     try:
         cfg.validate()
     except ConfigError as e:
@@ -268,4 +265,84 @@ def load_config(path: str | None) -> Config:
 
 
 def as_dict(cfg: Config) -> dict[str, Any]:
+    """Every setting by key (sections as their dataclass)."""
     return {f.name: getattr(cfg, f.name) for f in fields(Config)}
+
+
+def _check_finite(obj: Any, prefix: str = "") -> None:
+    """YAML's .nan and .inf are floats: a NaN compares false to everything, so a NaN
+    interval passed every check and stopped the periodic scans."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{f.name} must be a finite number, not {value}")
+        if is_dataclass(value):
+            _check_finite(value, f"{prefix}{f.name}.")
+
+
+# Keys that moved: the old key (dotted inside a section) -> where it lives now. A config
+# that still says the old key is refused with an error naming the new one.
+MOVED: dict[str, str] = {}
+
+
+def _apply(target: Any, data: Mapping[Any, Any], path: str, prefix: str = "") -> None:
+    """Set the fields of the dataclass `target` from `data`, typed by its annotations."""
+    hints = get_type_hints(type(target))
+    names = [f.name for f in fields(target)]
+    for key, value in data.items():
+        line = data.line_of(key) if isinstance(data, yamlsrc.Node) else 0
+        where = f"{path}:{line}"
+        full = f"{prefix}{key}"
+        if full in MOVED:
+            raise ConfigError(f"{where}: '{full}' has moved: it is '{MOVED[full]}' now")
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown setting '{full}'{hint}; settings are "
+                              f"{', '.join(prefix + n for n in names)}")
+        setattr(target, key, _typed(hints[key], value, full, where, path))
+
+
+def _typed(want: Any, value: Any, key: str, where: str, path: str) -> Any:
+    """`value` as the type `want` (an annotation), or a ConfigError naming `key`."""
+    if key == "listen" and value is False:
+        return "off"  # YAML 1.1 reads an unquoted `off` as false
+    if is_dataclass(want) and isinstance(want, type):
+        if value is None:
+            return want()
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: '{key}' must be a mapping of settings, not {value!r}")
+        section = want()
+        _apply(section, value, path, f"{key}.")
+        return section
+    if isinstance(want, type) and issubclass(want, Enum):
+        allowed = [m.value for m in want]
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: '{key}' must be one of {', '.join(map(str, allowed))}, "
+                              f"not {value!r}{hint}")
+        return want(value)
+    if get_origin(want) is list:
+        (item,) = get_args(want)
+        if isinstance(value, list) and all(_is(item, v) for v in value):
+            return list(value)
+        raise ConfigError(f"{where}: '{key}' has the wrong type ({value!r}): it must be a list "
+                          f"of {_NAMES.get(item, item.__name__)}")
+    if _is(want, value):
+        return float(value) if want is float else value
+    raise ConfigError(f"{where}: '{key}' has the wrong type ({value!r}): it must be "
+                      f"{_NAMES.get(want, str(want))}")
+
+
+_NAMES: dict[Any, str] = {str: "text", int: "a whole number", float: "a number",
+                          bool: "true or false"}
+
+
+def _is(want: Any, value: Any) -> bool:
+    """Whether `value` (from YAML) is of the plain type `want`; a bool is no number."""
+    if isinstance(value, bool):
+        return want is bool
+    if want is float:
+        return isinstance(value, int | float)
+    return isinstance(want, type) and isinstance(value, want)

@@ -29,7 +29,8 @@ class Kube:
     where: str        # "in-cluster" or the kubeconfig path, for the log
 
 
-def connect(mode: str, kubeconfig: str, node: str, env: dict[str, str] | None = None) -> Kube | None:
+def connect(mode: str, kubeconfig: str, node: str,
+            env: dict[str, str] | None = None) -> Kube | None:
     """The API connection `mode` (auto, off, required) asks for, or None.
 
     auto: in a cluster (KUBERNETES_SERVICE_HOST set) or with a kubeconfig given, connect;

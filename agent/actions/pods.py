@@ -15,39 +15,50 @@ agent's loop, which has already stopped the threat by killing the process.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cachetools import TTLCache
 
-from agent.kubeapi import TIMEOUTS, status_of
+from agent.kubeapi import TIMEOUTS, Kube, status_of
 from agent.metrics import Metrics
 from agent.model import Pod
+from agent.sinks.base import QueuedDelivery, Result
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 log = logging.getLogger("nodewarden.actions")
 
 
-class PodDeleter:
+class PodDeleter(QueuedDelivery[Pod]):
     """Deletes pods, each at most once, with a uid precondition, from its own thread."""
 
     def __init__(self, api: Any, metrics: Metrics | None = None, grace_seconds: int = 1,
                  protected_namespaces: Collection[str] = ("kube-system",),
-                 queue_size: int = 256, attempts: int = 3) -> None:
+                 queue_size: int = 256, attempts: int = 3, rate: float = 10.0,
+                 burst: float = 20.0) -> None:
         self.api = api
-        self.metrics = metrics
         self.grace_seconds = grace_seconds
         self.protected_namespaces = frozenset(protected_namespaces)
-        self.attempts = attempts
         # uids deleted or being deleted: a pod is asked to go once (a failure may be retried
         # by the next finding); bounded, and forgotten after an hour
         self._requested: TTLCache[str, bool] = TTLCache(maxsize=4096, ttl=3600)
         self._lock = threading.Lock()
-        self._queue: queue.Queue[Pod | None] = queue.Queue(maxsize=queue_size)
-        self._thread = threading.Thread(target=self._run, name="pod-deleter", daemon=True)
-        self._thread.start()
+        super().__init__("delete-pod", metrics, rate=rate, burst=burst, queue_size=queue_size,
+                         max_attempts=attempts, backoff=1.0)
+
+    @classmethod
+    def open(cls, kube: Kube, cfg: Config, metrics: Metrics | None) -> PodDeleter:
+        """The deleter the config asks for (`delete_pod_*` keys) on this API connection."""
+        return cls(kube.api, metrics, cfg.delete_pod_grace_seconds,
+                   cfg.delete_pod_protected_namespaces)
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Follow a reloaded config's grace period and protected namespaces."""
+        self.grace_seconds = cfg.delete_pod_grace_seconds
+        self.protected_namespaces = frozenset(cfg.delete_pod_protected_namespaces)
 
     def request(self, pod: Pod) -> str:
         """Queue the deletion of `pod`; returns what the finding should say about it."""
@@ -57,61 +68,50 @@ class PodDeleter:
         with self._lock:
             if pod.uid in self._requested:
                 return f"pod {where} deletion already requested"
-            try:
-                self._queue.put_nowait(pod)
-            except queue.Full:
-                self._count("failed")
-                return f"pod {where} not deleted: too many deletions pending"
             self._requested[pod.uid] = True
+        if not self.enqueue(pod):
+            with self._lock:
+                self._requested.pop(pod.uid, None)
+            return f"pod {where} not deleted: too many deletions pending"
         return f"pod {where} deletion requested"
 
-    def _run(self) -> None:
-        while True:
-            pod = self._queue.get()
-            if pod is None:
-                return
-            outcome = self._delete(pod)
-            if outcome == "failed":
-                with self._lock:
-                    self._requested.pop(pod.uid, None)   # the next finding tries again
-            self._count(outcome)
-            self._queue.task_done()
-
-    def _delete(self, pod: Pod) -> str:
+    def deliver(self, item: Pod, timeout: float) -> Result:
+        """DELETE the pod with a uid precondition; gone (404) and replaced (409) are done."""
+        pod = item
         where = f"{pod.namespace}/{pod.name}"
         body = {"gracePeriodSeconds": self.grace_seconds, "preconditions": {"uid": pod.uid}}
-        for attempt in range(1, self.attempts + 1):
-            try:
-                self.api.delete_namespaced_pod(pod.name, pod.namespace, body=body,
-                                               _request_timeout=TIMEOUTS)
-                log.warning("deleted pod %s (uid %s)", where, pod.uid)
-                return "deleted"
-            except Exception as e:  # noqa: BLE001 - the client raises several kinds
-                status = status_of(e)
-            if status == 404:
-                log.info("pod %s was already gone", where)
-                return "gone"
-            if status == 409:
-                log.warning("pod %s was not deleted: it is another pod now (uid changed)", where)
-                return "gone"
-            if status in (401, 403):
-                log.error("deleting pod %s refused (HTTP %d): the ServiceAccount needs pods "
-                          "delete (chart value deletePod: true)", where, status)
-                return "failed"
-            log.warning("deleting pod %s failed (%s), attempt %d/%d", where,
-                        f"HTTP {status}" if status else "no answer", attempt, self.attempts)
-            if attempt < self.attempts:
-                time.sleep(attempt)
-        return "failed"
-
-    def _count(self, outcome: str) -> None:
-        if self.metrics is not None:
-            self.metrics.actions.labels(action="delete-pod", outcome=outcome).inc()
-
-    def close(self, deadline: float = 5.0) -> None:
-        """Let queued deletions finish for up to `deadline` seconds."""
         try:
-            self._queue.put(None, timeout=deadline)
-        except queue.Full:
-            return
-        self._thread.join(timeout=deadline)
+            self.api.delete_namespaced_pod(pod.name, pod.namespace, body=body,
+                                           _request_timeout=(min(TIMEOUTS[0], timeout),
+                                                             min(TIMEOUTS[1], timeout)))
+            log.warning("deleted pod %s (uid %s)", where, pod.uid)
+            return Result.done("deleted")
+        except Exception as e:  # noqa: BLE001 - the client raises several kinds
+            status = status_of(e)
+        if status == 404:
+            log.info("pod %s was already gone", where)
+            return Result.done("gone")
+        if status == 409:
+            log.warning("pod %s was not deleted: it is another pod now (uid changed)", where)
+            return Result.done("gone")
+        if status in (401, 403):
+            log.error("deleting pod %s refused (HTTP %d): the ServiceAccount needs pods "
+                      "delete (chart value deletePod: true)", where, status)
+            return Result.drop("failed")
+        return Result.retry(f"deleting pod {where}: " +
+                            (f"HTTP {status}" if status else "no answer"))
+
+    def count_done(self, item: Pod, label: str) -> None:
+        """actions_total{action="delete-pod", outcome="deleted"|"gone"}."""
+        if self.metrics is not None:
+            self.metrics.actions.labels(action="delete-pod", outcome=label).inc()
+
+    def count_dropped(self, reason: str, n: int = 1) -> None:
+        """A deletion not done is a failed action, whatever the reason."""
+        if self.metrics is not None:
+            self.metrics.actions.labels(action="delete-pod", outcome="failed").inc(n)
+
+    def gave_up(self, item: Pod, reason: str) -> None:
+        """The next finding about this pod tries again."""
+        with self._lock:
+            self._requested.pop(item.uid, None)

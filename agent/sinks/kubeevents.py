@@ -6,10 +6,10 @@ A flood of findings must not become a flood of API requests, so:
   and `lastTimestamp`, the way the kubelet aggregates its own Events.
 - Repeats are coalesced: an Event is PATCHed at most once per `patch_interval`, with
   whatever count it has reached by then.
-- All writes share a token bucket (`rate` per second, `burst`), in a worker thread;
-  `submit()` never blocks the detection path.
-- 429, 5xx and network errors back off exponentially; an Event given up on, or a finding
-  refused because `max_series` Events are open, is counted in
+- All writes share a token bucket (`rate` per second, `burst`), in the worker thread of
+  agent/sinks/base.py; `submit()` never blocks the detection path.
+- 429 (as its Retry-After says), 5xx and network errors back off exponentially; an Event
+  given up on, or a finding refused because `max_series` Events are open, is counted in
   `alerts_dropped_total{sink="kubernetes",reason}`.
 
 Events are readable by whoever can read Events in the pod's namespace (usually the
@@ -26,14 +26,19 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from agent.kubeapi import TIMEOUTS, status_of
+from agent.kubeapi import TIMEOUTS, Kube, status_of
 from agent.metrics import Metrics
-from agent.sinks.ratelimit import TokenBucket
+from agent.model import Pod
+from agent.sinks.base import QueuedDelivery, Result, retry_after
+from agent.sinks.findings import Finding
 from agent.text import human
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 log = logging.getLogger("nodewarden.kubernetes")
 
@@ -50,23 +55,16 @@ MESSAGE_LIMIT = 1024                    # what the API server keeps of a message
 
 
 def reason_of(outcome: str) -> str:
+    """The Event's reason for a finding's outcome."""
     return REASONS.get(outcome, "NodewardenDetected")
 
 
-def event_message(f: dict[str, Any]) -> str:
+def event_message(f: Finding) -> str:
     """What `kubectl describe pod` shows: rule, outcome, process, and the rule's message."""
-    p = f["process"]
-    text = (f"[{f['severity']}] {f['rule']}: {f['outcome']} ({f['mode']}), pid {p['pid']} "
-            f"{human(p['comm'])}: {human(f['message'][:MESSAGE_LIMIT])}")
+    p = f.process
+    text = (f"[{f.severity.value}] {f.rule}: {f.outcome} ({f.mode}), pid {p.pid} "
+            f"{human(p.comm)}: {human(f.message[:MESSAGE_LIMIT])}")
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
-
-
-def _kept(f: dict[str, Any]) -> dict[str, Any]:
-    """What a series keeps of a finding for its Event: not the command line, which could be
-    held for `dedupe_seconds` in each of `max_series` series."""
-    p = f["process"]
-    return {**f, "process": {"pid": p["pid"], "comm": p["comm"]},
-            "message": f["message"][:MESSAGE_LIMIT]}
 
 
 def event_name(pod_name: str, key: tuple[str, str, str], opened: float) -> str:
@@ -76,22 +74,22 @@ def event_name(pod_name: str, key: tuple[str, str, str], opened: float) -> str:
 
 
 def rfc3339(t: float) -> str:
+    """`t` (Unix seconds) as an Event timestamp."""
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def event_body(f: dict[str, Any], name: str, count: int, first: float, last: float,
+def event_body(f: Finding, pod: Pod, name: str, count: int, first: float, last: float,
                node: str) -> dict[str, Any]:
     """A core/v1 Warning Event about the finding's pod."""
-    pod = f["pod"]
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"name": name, "namespace": pod["namespace"],
+        "metadata": {"name": name, "namespace": pod.namespace,
                      "labels": {"app.kubernetes.io/managed-by": COMPONENT}},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": pod["namespace"],
-                           "name": pod["name"], "uid": pod["uid"]},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": pod.namespace,
+                           "name": pod.name, "uid": pod.uid},
         "type": "Warning",
-        "reason": reason_of(f["outcome"]),
+        "reason": reason_of(f.outcome),
         "message": event_message(f),
         "count": count,
         "firstTimestamp": rfc3339(first),
@@ -100,23 +98,34 @@ def event_body(f: dict[str, Any], name: str, count: int, first: float, last: flo
     }
 
 
+def event_patch(f: Finding, count: int, last: float) -> list[dict[str, Any]]:
+    """A JSON patch of a series' Event: explicit about the three fields it changes, whatever
+    content type the client version would pick for a merge patch."""
+    return [{"op": "replace", "path": "/count", "value": count},
+            {"op": "replace", "path": "/lastTimestamp", "value": rfc3339(last)},
+            {"op": "replace", "path": "/message", "value": event_message(f)}]
+
+
+SeriesKey = tuple[str, str, str]    # (pod uid, rule, reason)
+
+
 @dataclass
 class _Series:
     """One Event object: the findings of one (pod, rule, reason) within the window."""
 
     name: str
-    finding: dict[str, Any]     # the latest
+    pod: Pod
+    finding: Finding            # the latest, slimmed
     opened: float               # monotonic
     first: float                # wall clock
     last: float
     count: int = 0
     sent: int = 0               # the count the API server has
     created: bool = False
-    next_send: float = 0.0
-    attempts: int = 0
+    next_send: float = 0.0      # no PATCH before this (monotonic)
 
 
-class PodEventSink:
+class PodEventSink(QueuedDelivery[SeriesKey]):
     """Writes findings about pods as Warning Events, from its own thread."""
 
     def __init__(self, api: Any, node: str, metrics: Metrics, rate: float = 2.0,
@@ -126,31 +135,25 @@ class PodEventSink:
                  wall: Callable[[], float] = time.time) -> None:
         self.api = api
         self.node = node
-        self.metrics = metrics
-        self.bucket = TokenBucket(rate, burst, clock)
         self.dedupe_seconds = dedupe_seconds
         self.patch_interval = patch_interval
         self.max_series = max_series
-        self.max_attempts = max_attempts
-        self.clock = clock
         self.wall = wall
-        self._series: OrderedDict[tuple[str, str, str], _Series] = OrderedDict()
-        self._dirty: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._series: OrderedDict[SeriesKey, _Series] = OrderedDict()
+        self._dirty: set[SeriesKey] = set()     # queued or being written
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kube-events", daemon=True)
-        self._thread.start()
+        super().__init__("kubernetes", metrics, rate=rate, burst=burst, queue_size=max_series,
+                         max_attempts=max_attempts, backoff=2.0, clock=clock)
 
     # -- producer side (the agent's loop) --------------------------------------------------
 
-    def submit(self, f: dict[str, Any]) -> None:
+    def submit(self, finding: Finding) -> None:
         """Take one finding; those without a pod are not this sink's."""
-        pod = f.get("pod")
-        if not pod or not pod.get("uid") or not pod.get("namespace") or self._closing.is_set():
+        pod = finding.pod
+        if pod is None or not pod.uid or not pod.namespace or self.closing:
             return
-        key = (pod["uid"], f["rule"], reason_of(f["outcome"]))
-        f = _kept(f)
+        key = (pod.uid, finding.rule, reason_of(finding.outcome))
+        f = finding.slim(MESSAGE_LIMIT)
         now, wall = self.clock(), self.wall()
         with self._lock:
             s = self._series.get(key)
@@ -158,16 +161,21 @@ class PodEventSink:
             # until then repeats keep counting on it, so nothing is lost at the rollover
             if s is None or (now - s.opened >= self.dedupe_seconds and key not in self._dirty):
                 if s is None and not self._make_room():
-                    self._drop("queue_full")
+                    self.count_dropped("queue_full")
                     return
-                s = _Series(event_name(pod["name"], key, wall), f, now, wall, wall)
+                s = _Series(event_name(pod.name, key, wall), pod, f, now, wall, wall)
                 self._series[key] = s
                 self._series.move_to_end(key)
             s.count += 1
             s.last = wall
             s.finding = f
-            self._dirty[key] = None
-        self._wake.set()
+            if key in self._dirty:
+                return
+            self._dirty.add(key)
+            delay = max(0.0, s.next_send - now)
+        if not self.enqueue(key, delay):
+            with self._lock:
+                self._dirty.discard(key)
 
     def _make_room(self) -> bool:
         """Forget the oldest series with nothing left to send; False if all are pending."""
@@ -179,141 +187,80 @@ class PodEventSink:
                 return True
         return False
 
-    def _drop(self, reason: str) -> None:
-        self.metrics.alerts_dropped.labels(sink="kubernetes", reason=reason).inc()
+    def idle(self) -> None:
+        """Forget series whose window has passed and that have nothing left to send."""
+        now = self.clock()
+        with self._lock:
+            for key in [k for k, s in self._series.items()
+                        if now - s.opened >= self.dedupe_seconds and k not in self._dirty]:
+                del self._series[key]
 
     # -- consumer side ---------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._closing.is_set():
-            self._wake.wait(0.5)
-            self._wake.clear()
-            self.flush()
-
-    def _timeouts(self, until: float | None) -> tuple[float, float]:
-        """Request timeouts: the usual ones, or at shutdown what is left of the deadline."""
-        if until is None:
-            return TIMEOUTS
-        left = max(0.1, until - self.clock())
-        return (min(TIMEOUTS[0], left), min(TIMEOUTS[1], left))
-
-    def flush(self, until: float | None = None) -> bool:
-        """Send every Event whose time has come; True when nothing is left to send."""
-        while True:
-            now = self.clock()
-            with self._lock:
-                due = [k for k in self._dirty if self._series[k].next_send <= now]
-                self._expire(now)
-            if not due:
-                with self._lock:
-                    return not self._dirty
-            for key in due:
-                if until is None and self._closing.is_set():
-                    return False                  # close() takes over, with its deadline
-                if until is not None and self.clock() >= until:
-                    return False
-                wait = self.bucket.take()
-                while wait > 0:
-                    if not self._pause(wait, until):
-                        return False
-                    wait = self.bucket.take()
-                self._send(key, self._timeouts(until))
-
-    def _pause(self, seconds: float, until: float | None) -> bool:
-        """Wait for a token: in the worker until closing, at shutdown until the deadline."""
-        if until is None:
-            return not self._closing.wait(seconds)
-        if self.clock() + seconds > until:
-            return False
-        time.sleep(seconds)
-        return True
-
-    def _expire(self, now: float) -> None:
-        """Forget series whose window has passed and that have nothing left to send."""
-        for key in [k for k, s in self._series.items()
-                    if now - s.opened >= self.dedupe_seconds and k not in self._dirty]:
-            del self._series[key]
-
-    def _send(self, key: tuple[str, str, str], timeouts: tuple[float, float] = TIMEOUTS) -> None:
+    def deliver(self, item: SeriesKey, timeout: float) -> Result:
+        """Create the series' Event, or PATCH its count; a 409 or 404 changes which."""
         with self._lock:
-            s = self._series.get(key)
-            if s is None or key not in self._dirty:
-                return
-            count, last, f, created = s.count, s.last, s.finding, s.created
-        ns = f["pod"]["namespace"]
+            s = self._series.get(item)
+            if s is None:
+                self._dirty.discard(item)
+                return Result.done("nothing")
+            count, last, f, created, name = s.count, s.last, s.finding, s.created, s.name
+        ns = s.pod.namespace
+        timeouts = (min(TIMEOUTS[0], timeout), min(TIMEOUTS[1], timeout))
         try:
             if not created:
                 self.api.create_namespaced_event(
-                    ns, event_body(f, s.name, count, s.first, last, self.node),
+                    ns, event_body(f, s.pod, name, count, s.first, last, self.node),
                     _request_timeout=timeouts)
             else:
-                # a JSON patch: explicit about the three fields it changes, whatever
-                # content type the client version would pick for a merge patch
-                self.api.patch_namespaced_event(
-                    s.name, ns, [{"op": "replace", "path": "/count", "value": count},
-                                 {"op": "replace", "path": "/lastTimestamp", "value": rfc3339(last)},
-                                 {"op": "replace", "path": "/message", "value": event_message(f)}],
-                    _request_timeout=timeouts)
-            outcome = "sent"
+                self.api.patch_namespaced_event(name, ns, event_patch(f, count, last),
+                                                _request_timeout=timeouts)
         except Exception as e:  # noqa: BLE001 - the client raises several kinds; none may stop us
-            outcome = self._failed(s, e, created)
+            return self._failed(s, e, created)
         with self._lock:
-            if outcome == "sent":
-                s.created, s.sent, s.attempts = True, count, 0
-                s.next_send = self.clock() + self.patch_interval
-                if s.count == count and self._series.get(key) is s:
-                    self._dirty.pop(key, None)
-            elif outcome == "retry":
-                s.attempts += 1
-                s.next_send = self.clock() + min(60.0, 2.0 ** s.attempts)
-            elif outcome == "again":
-                s.next_send = 0.0
-            else:
-                self._dirty.pop(key, None)
-                self._series.pop(key, None)
-        if outcome == "sent":
-            self.metrics.alerts_sent.labels(sink="kubernetes").inc()
-        elif outcome in ("failed", "rejected"):
-            self._drop(outcome)
+            s.created, s.sent = True, count
+            s.next_send = self.clock() + self.patch_interval
+            more = s.count != count and self._series.get(item) is s
+            if not more:
+                self._dirty.discard(item)
+        if more and not self.enqueue(item, self.patch_interval):
+            with self._lock:
+                self._dirty.discard(item)
+        return Result.done()
 
-    def _failed(self, s: _Series, e: BaseException, created: bool) -> str:
+    def count_done(self, item: SeriesKey, label: str) -> None:
+        """Count Event writes (not the no-ops of a forgotten series)."""
+        if label == "sent":
+            super().count_done(item, label)
+
+    def gave_up(self, item: SeriesKey, reason: str) -> None:
+        """Forget a series given up on: the next finding starts a new Event."""
+        with self._lock:
+            self._dirty.discard(item)
+            if reason != "shutdown":
+                self._series.pop(item, None)
+
+    def _failed(self, s: _Series, e: BaseException, created: bool) -> Result:
         status = status_of(e)
+        where = f"{s.pod.namespace}/{s.pod.name}"
         if status == 409 and not created:        # it exists (we restarted): count on it
             s.created = True
-            return "again"
+            return Result.again()
         if status == 404 and created:            # expired (Events live an hour): a new one
             s.created = False
-            s.name = event_name(s.finding["pod"]["name"], ("", s.name, ""), self.wall())
-            return "again"
+            s.name = event_name(s.pod.name, ("", s.name, ""), self.wall())
+            return Result.again()
         if status in (400, 401, 403, 404, 422):  # forbidden, namespace gone, invalid
-            log.error("the API server refused an Event for pod %s/%s (HTTP %d)%s",
-                      s.finding["pod"]["namespace"], s.finding["pod"]["name"], status,
+            log.error("the API server refused an Event for pod %s (HTTP %d)%s", where, status,
                       ": the ServiceAccount needs events create and patch"
                       if status in (401, 403) else "")
-            return "rejected"
-        if s.attempts + 1 >= self.max_attempts:
-            log.error("giving up on an Event for pod %s/%s after %d attempts",
-                      s.finding["pod"]["namespace"], s.finding["pod"]["name"], s.attempts + 1)
-            return "failed"
-        log.warning("writing an Event failed (%s), retrying",
-                    f"HTTP {status}" if status else type(e).__name__)
-        return "retry"
+            return Result.drop("rejected")
+        why = f"HTTP {status}" if status else type(e).__name__
+        return Result.retry(f"an Event for pod {where}: {why}",
+                            retry_after(getattr(e, "headers", None)) if status == 429 else None)
 
-    def close(self, deadline: float = 5.0) -> None:
-        """Send what is pending until `deadline` seconds from now; count the rest."""
-        end = self.clock() + deadline
-        self._closing.set()
-        self._wake.set()
-        self._thread.join(timeout=deadline)
-        if not self._thread.is_alive():
-            # the worker stopped between requests: send what is left, within the deadline
-            # (no retries: a failure now stays pending and is counted below)
-            self.flush(until=end)
-        with self._lock:
-            left = len(self._dirty)
-            self._dirty.clear()
-        for _ in range(left):
-            self._drop("shutdown")
-        if left:
-            log.warning("shutdown: %d Kubernetes Event write(s) not done (counted as dropped)",
-                        left)
+    @classmethod
+    def open(cls, kube: Kube, cfg: Config, metrics: Metrics) -> PodEventSink:
+        """The Event writer the config's `kubernetes_event_*` keys ask for."""
+        return cls(kube.api, kube.node, metrics, rate=cfg.kubernetes_event_rate_per_second,
+                   dedupe_seconds=cfg.kubernetes_event_dedupe_seconds)

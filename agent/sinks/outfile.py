@@ -1,4 +1,5 @@
-"""The agent's own files (findings_file, --record, the node lock), opened so a tenant cannot aim them.
+"""The agent's own files (findings_file, --record, the node lock), opened so a tenant cannot
+aim them.
 
 The agent runs as root and is often told to write in a directory others can write (/tmp, a
 shared volume). Opened naively (`open(path, "a")`), a tenant's symlink there makes root create

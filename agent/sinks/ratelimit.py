@@ -9,7 +9,8 @@ from collections.abc import Callable
 class TokenBucket:
     """`rate` tokens per second, at most `burst` saved up; `take()` says how long until one."""
 
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, burst: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
         self.burst = burst
         self.clock = clock

@@ -659,3 +659,30 @@ def test_every_value_is_documented_in_values_yaml_and_the_readme():
         if not isinstance(value, (dict, list)) or not value:
             assert yaml.safe_load(default.replace("`", "")) == value, \
                 f"README says {row} defaults to {default}, values.yaml says {value!r}"
+
+
+def test_webhook_url_and_key_come_only_from_the_users_secret():
+    docs = render(*NONDEFAULT_VALUES)
+    cfg = config(docs)
+    assert cfg["webhook"] == {"url_file": "/etc/nodewarden/webhook/url",
+                              "hmac_key_file": "/etc/nodewarden/webhook/hmac-key",
+                              "min_severity": "high", "rate_per_second": 2}
+    pod = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    vol = next(v for v in pod["volumes"] if v["name"] == "webhook")
+    assert vol["secret"]["secretName"] == "team-siem"
+    assert vol["secret"]["items"] == [{"key": "endpoint", "path": "url"},
+                                      {"key": "signing-key", "path": "hmac-key"}]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "webhook")
+    assert mount["mountPath"] == "/etc/nodewarden/webhook" and mount["readOnly"]
+    assert not [d for d in docs if d["kind"] == "Secret" and "webhook" in d["metadata"]["name"]]
+    default = render()
+    assert "webhook" not in config(default)
+    assert not [v for v in one(default, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
+                if v["name"] == "webhook"]
+
+
+def test_webhook_needs_a_secret_and_its_chart_set_keys_are_refused():
+    p = helm("template", RELEASE, str(CHART), "--set", "webhook.enabled=true", check=False)
+    assert p.returncode != 0 and "webhook.enabled needs webhook.existingSecret" in p.stderr
+    p = helm("template", RELEASE, str(CHART), "--set", "config.webhook.url_file=/x", check=False)
+    assert p.returncode != 0 and "config.webhook.url_file is set by the chart" in p.stderr

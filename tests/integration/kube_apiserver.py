@@ -39,8 +39,9 @@ def pod(ns: str, name: str, uid: str, node: str, labels: dict[str, str] | None =
         "kind": "Pod", "apiVersion": "v1",
         "metadata": {"name": name, "namespace": ns, "uid": uid, "labels": labels or {},
                      "resourceVersion": "0"},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox",
-                                                   "env": [{"name": "SECRET", "value": "s3cr3t"}]}]},
+        "spec": {"nodeName": node,
+                 "containers": [{"name": "c", "image": "busybox",
+                                 "env": [{"name": "SECRET", "value": "s3cr3t"}]}]},
         "status": {"phase": "Running", "containerStatuses": statuses(containers, "c"),
                    "initContainerStatuses": statuses(init, "init"),
                    "ephemeralContainerStatuses": statuses(ephemeral, "debug")},
@@ -161,7 +162,8 @@ class FakeApiServer:
 
     def requests_to(self, method: str, prefix: str) -> list[dict[str, Any]]:
         with self.cond:
-            return [r for r in self.requests if r["method"] == method and r["path"].startswith(prefix)]
+            return [r for r in self.requests
+                    if r["method"] == method and r["path"].startswith(prefix)]
 
     # -- protocol --------------------------------------------------------------------------
 
@@ -172,8 +174,10 @@ class FakeApiServer:
         body = json.loads(h.rfile.read(length)) if length else None
         with self.cond:
             self.requests.append({"method": method, "path": url.path, "query": query,
-                                  "headers": {k.lower(): v for k, v in h.headers.items()}, "body": body, "at": time.monotonic()})
-            injected = next((x for x in self.inject if x[0] == method and url.path.startswith(x[1])), None)
+                                  "headers": {k.lower(): v for k, v in h.headers.items()},
+                                  "body": body, "at": time.monotonic()})
+            injected = next((x for x in self.inject
+                             if x[0] == method and url.path.startswith(x[1])), None)
             if injected:
                 self.inject.remove(injected)
         if h.headers.get("Authorization") != f"Bearer {self.token}":
@@ -249,12 +253,14 @@ class FakeApiServer:
             while True:
                 with self.cond:
                     pending = self._pending(since, query)
-                    if not pending and (sent_bookmark or query.get("allowWatchBookmarks") != "true"):
+                    bookmarks = query.get("allowWatchBookmarks") == "true"
+                    if not pending and (sent_bookmark or not bookmarks):
                         self.cond.wait(max(0.0, min(0.2, end - time.monotonic())))
                         pending = self._pending(since, query)
                     if since and since < self.compacted_below and not pending:
                         # compacted while this watch was open: the real server ends it so
-                        chunk({"type": "ERROR", "object": _status(410, "Expired", "too old resource version")})
+                        chunk({"type": "ERROR",
+                               "object": _status(410, "Expired", "too old resource version")})
                         return
                     rv_now = max([since] + [rv for rv, _, _ in pending]) if self.held else self.rv
                     over = generation != self.watch_generation or time.monotonic() >= end
@@ -274,7 +280,8 @@ class FakeApiServer:
             with self.cond:
                 self.open_watches -= 1
             try:
-                chunk(None)      # the end of the stream; the connection stays open, as the API server's does
+                # the end of the stream; the connection stays open, as the API server's does
+                chunk(None)
             except OSError:
                 h.close_connection = True
 
@@ -297,7 +304,8 @@ class FakeApiServer:
             if method == "PATCH":
                 ev = self.events.get((ns, name))
                 if ev is None:
-                    return self._send(h, 404, _status(404, "NotFound", f'events "{name}" not found'))
+                    return self._send(h, 404,
+                                      _status(404, "NotFound", f'events "{name}" not found'))
                 ctype = h.headers.get("Content-Type", "")
                 assert ctype.startswith("application/json-patch+json"), ctype
                 for op in body:
@@ -325,7 +333,8 @@ class FakeApiServer:
             else:
                 # graceful: marked, and removed by the kubelet once its containers stopped
                 # (there is no kubelet here: the pod stays, terminating)
-                obj["metadata"]["deletionTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                obj["metadata"]["deletionTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                     time.gmtime())
                 obj["metadata"]["deletionGracePeriodSeconds"] = 30 if grace is None else grace
                 self._record("MODIFIED", obj)
         self._send(h, 200, obj)

@@ -6,6 +6,7 @@ streamed watch, 410 Gone, Events, pod deletion. No API server is reachable here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -33,10 +34,12 @@ from agent.errors import ConfigError
 from agent.kubeapi import Kube, connect
 from agent.metrics import Metrics
 from agent.model import Event, Pod
+from agent.sinks.findings import Finding
 from agent.sinks.kubeevents import PodEventSink
 from agent.sources.kubepods import PodWatcher
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
+from tests.unit.sample_finding import sample
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +82,8 @@ def test_lists_then_watches_only_this_nodes_pods_via_local_apiserver(server, wat
     assert watcher.synced.wait(10)
     idx = watcher.index
     found = idx.lookup(CID)
-    assert found is not None and (found.namespace, found.name, found.uid) == ("team-a", "ws-1", "uid-1")
+    assert found is not None
+    assert (found.namespace, found.name, found.uid) == ("team-a", "ws-1", "uid-1")
     assert found.labels == {"team": "a"}
     assert idx.lookup(CID2) is None, "another node's pod must not be indexed"
     # a pod scheduled later, whose container id appears only in a later status update
@@ -107,7 +111,8 @@ def test_watch_resumes_from_the_last_resource_version_without_listing_again(serv
     server.end_watches()            # the server's watch timeout
     server.wait_for(lambda: len([r for r in server.requests_to("GET", "/api/v1/pods")
                                  if r["query"].get("watch") == "true"]) >= 2)
-    watches = [r for r in server.requests_to("GET", "/api/v1/pods") if r["query"].get("watch") == "true"]
+    watches = [r for r in server.requests_to("GET", "/api/v1/pods")
+               if r["query"].get("watch") == "true"]
     assert watches[1]["query"]["resourceVersion"] == seen
     assert watcher.lists == 1
 
@@ -259,10 +264,9 @@ def test_outside_a_cluster_the_agent_runs_without_pods_and_says_so(caplog):
 # -- Events -----------------------------------------------------------------------------------
 
 def _finding(outcome: str = "would_kill", rule: str = "crypto-miner-exec", uid: str = "uid-1",
-             name: str = "ws-1", pid: int = 4242) -> dict:
-    return {"rule": rule, "severity": "critical", "outcome": outcome, "mode": "audit",
-            "message": "known miner binary xmrig started", "process": {"pid": pid, "comm": "xmrig"},
-            "pod": {"namespace": "team-a", "name": name, "uid": uid, "labels": {}}}
+             name: str = "ws-1", pid: int = 4242, ns: str = "team-a") -> Finding:
+    return sample(rule, outcome=outcome, mode="audit", pid=pid, pod=Pod(ns, name, uid),
+                  message="known miner binary xmrig started")
 
 
 class Clock:
@@ -279,7 +283,7 @@ def test_each_finding_becomes_a_warning_event_on_its_pod_via_local_apiserver(ser
     sink.submit(_finding("killed"))
     sink.submit(_finding("would_kill", rule="reverse-shell"))
     sink.submit(_finding("reported", rule="curl-pipe-shell"))
-    sink.submit({**_finding(), "pod": None})     # not in a pod: no Event
+    sink.submit(dataclasses.replace(_finding(), pod=None))     # not in a pod: no Event
     server.wait_for(lambda: len(server.events) == 3)
     sink.close()
     reasons = {e["reason"]: e for e in server.events.values()}
@@ -338,8 +342,9 @@ def test_event_write_failures_retry_recreate_or_drop_via_local_apiserver(server,
     assert next(iter(server.events.values()))["count"] == 2
     # a namespace we may not write to: dropped and counted, not retried forever
     server.inject.append(("POST", "/api/v1/namespaces/locked/events", 403))
-    sink.submit({**_finding(uid="uid-x"), "pod": {"namespace": "locked", "name": "p", "uid": "uid-x"}})
-    server.wait_for(lambda: m.alerts_dropped.labels(sink="kubernetes", reason="rejected")._value.get() == 1)
+    sink.submit(_finding(uid="uid-x", ns="locked", name="p"))
+    rejected = m.alerts_dropped.labels(sink="kubernetes", reason="rejected")
+    server.wait_for(lambda: rejected._value.get() == 1)
     sink.close()
     assert m.alerts_sent.labels(sink="kubernetes")._value.get() >= 2
 
@@ -387,7 +392,8 @@ def _enforcer(deleter: PodDeleter | None = None) -> Enforcer:
     return Enforcer(fs, ProcessTree(fs), Protection(), pod_deleter=deleter)
 
 
-def test_delete_pod_kills_the_process_then_deletes_its_pod_by_uid_via_local_apiserver(server, kube, victim):
+def test_delete_pod_kills_the_process_then_deletes_its_pod_by_uid_via_local_apiserver(
+        server, kube, victim):
     server.put_pod(pod("team-a", "ws-1", "uid-1", NODE, {}, (CID,)))
     deleter = PodDeleter(kube.api, Metrics())
     e = _enforcer(deleter)
@@ -406,7 +412,8 @@ def test_delete_pod_kills_the_process_then_deletes_its_pod_by_uid_via_local_apis
     deleter.close()
 
 
-def test_delete_pod_never_deletes_a_replacement_pod_of_the_same_name_via_local_apiserver(server, kube):
+def test_delete_pod_never_deletes_a_replacement_pod_of_the_same_name_via_local_apiserver(
+        server, kube):
     server.put_pod(pod("team-a", "ws-1", "uid-NEW", NODE, {}, (CID,)))
     m = Metrics()
     deleter = PodDeleter(kube.api, m)
@@ -425,7 +432,8 @@ def test_a_failed_delete_is_tried_again_by_the_next_finding_via_local_apiserver(
     m = Metrics()
     deleter = PodDeleter(kube.api, m, attempts=3)
     assert "requested" in deleter.request(Pod("team-a", "ws-1", "uid-1"))
-    server.wait_for(lambda: m.actions.labels(action="delete-pod", outcome="failed")._value.get() == 1,
+    failed = m.actions.labels(action="delete-pod", outcome="failed")
+    server.wait_for(lambda: failed._value.get() == 1,
                     timeout=15)
     assert "requested" in deleter.request(Pod("team-a", "ws-1", "uid-1"))
     server.wait_for(lambda: server.deleted)

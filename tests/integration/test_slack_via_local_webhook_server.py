@@ -10,74 +10,46 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from scripted_http import ScriptedHTTP
 
 from agent.metrics import Metrics
-from agent.sinks.slack import SlackSink, TokenBucket, message
+from agent.model import Connection, Pod
+from agent.sinks.findings import Finding
+from agent.sinks.ratelimit import TokenBucket
+from agent.sinks.slack import SlackSink, message
+from tests.unit.sample_finding import sample
 
 pytestmark = pytest.mark.integration
 
 
-class FakeSlack:
-    """Answers each POST with the next scripted (status, headers, delay) and keeps bodies."""
+class FakeSlack(ScriptedHTTP):
+    """Slack's incoming webhook: "ok" on 200, Slack's error texts otherwise."""
 
     def __init__(self) -> None:
-        self.script: list[tuple[int, dict[str, str], float]] = []
-        self.received: list[dict] = []
-        self.times: list[float] = []
-        self.release = threading.Event()
-        self.release.set()
-        outer = self
+        super().__init__("/services/T000/B000/XXXXSECRET",
+                         {200: b"ok", 429: b"rate_limited", 500: b"internal_error"})
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.release.wait(30)
-                status, headers, delay = outer.script.pop(0) if outer.script else (200, {}, 0.0)
-                time.sleep(delay)
-                if status == 200:
-                    outer.received.append(json.loads(body))
-                    outer.times.append(time.monotonic())
-                text = {200: b"ok", 429: b"rate_limited", 500: b"internal_error"}.get(status, b"no")
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(text)))
-                self.end_headers()
-                self.wfile.write(text)
+    @property
+    def received(self) -> list[dict]:
+        return [json.loads(p.body) for p in self.posts]
 
-            def log_message(self, *_a: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T000/B000/XXXXSECRET"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait_for(self, n: int, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < n:
-            assert time.monotonic() < deadline, f"got {len(self.received)} of {n} messages"
-            time.sleep(0.02)
+    @property
+    def times(self) -> list[float]:
+        return [p.at for p in self.posts]
 
 
 @pytest.fixture
 def slack() -> Iterator[FakeSlack]:
     s = FakeSlack()
     yield s
-    s.release.set()
-    s.server.shutdown()
+    s.stop()
 
 
 def finding(rule: str = "crypto-miner-exec", severity: str = "critical", ws: str = "ws-1",
-            exe: str = "/tmp/xmrig", pid: int = 4242) -> dict:
-    return {"time": "2026-11-23T10:00:00.000Z", "host": "node-1", "rule": rule,
-            "severity": severity, "tags": [], "source": "exec", "action": "kill", "mode": "enforce",
-            "outcome": "killed", "process": {"pid": pid, "comm": "xmrig", "exe": exe,
-                                            "cmdline": [exe, "-o", "pool:3333"]},
-            "workspace": {"id": ws}, "container": None, "pod": None,
-            "connection": None, "message": "known miner started"}
+            exe: str = "/tmp/xmrig", pid: int = 4242) -> Finding:
+    return sample(rule, severity, ws, exe, pid)
 
 
 def _sink(slack: FakeSlack, metrics: Metrics, **kw) -> SlackSink:
@@ -227,10 +199,8 @@ def test_token_bucket_paces_to_the_rate():
 
 
 def test_message_for_a_connection_and_a_pod():
-    f = finding()
-    f["pod"] = {"namespace": "team-a", "name": "ws-123", "uid": "u", "labels": {}}
-    f["connection"] = {"src": "10.0.0.5", "sport": 5, "dst": "1.2.3.4", "dport": 3333,
-                       "family": "ipv4", "direction": "outbound", "netns": 1}
+    f = sample(pod=Pod("team-a", "ws-123", "u"),
+               connection=Connection("10.0.0.5", 5, "1.2.3.4", 3333, netns=1))
     text = json.dumps(message(f))
     assert "pod `team-a/ws-123`" in text and "10.0.0.5:5 -> 1.2.3.4:3333" in text
 
@@ -281,10 +251,8 @@ def test_running_agent_posts_one_message_per_incident(slack, tmp_path):
 
 
 def test_workload_text_cannot_inject_mentions_or_links_into_the_message():
-    f = finding()
-    f["process"]["comm"] = "x<!channel>"
-    f["process"]["cmdline"] = ["sh", "-c", "echo <http://evil.example|click> & `id`"]
-    f["message"] = "miner <!here> started"
+    f = sample(comm="x<!channel>", cmdline=("sh", "-c", "echo <http://evil.example|click> & `id`"),
+               message="miner <!here> started")
     text = json.dumps(message(f))
     for bad in ("<!channel>", "<!here>", "<http://evil.example|click>"):
         assert bad not in text

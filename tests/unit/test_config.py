@@ -87,3 +87,102 @@ def test_an_unquoted_listen_off_turns_the_endpoint_off(tmp_path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("listen: off\n")
     assert load_config(str(f)).listen == "off"
+
+
+# -- types from the annotations, nested sections, moved keys ------------------------------------
+
+def _load(tmp_path: Path, text: str):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return load_config(str(p)), str(p)
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    from agent.errors import ConfigError
+
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(str(p))
+    return str(e.value).replace(str(p), "c.yaml")
+
+
+def test_a_config_of_every_default_loads_back_to_the_defaults(tmp_path: Path) -> None:
+    import dataclasses
+
+    import yaml
+
+    from agent.config import Config, as_dict
+
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {k: plain(x) for k, x in dataclasses.asdict(v).items()}
+        return str(v) if isinstance(v, str) else v
+
+    text = yaml.safe_dump({k: plain(v) for k, v in as_dict(Config()).items()})
+    cfg, _ = _load(tmp_path, text)
+    assert cfg == Config(), "every key's type comes from its annotation, sections included"
+
+
+def test_numbers_severities_and_sections_are_typed(tmp_path: Path) -> None:
+    from agent.model import Severity
+
+    cfg, _ = _load(tmp_path, "scan_interval: 3\nslack_min_severity: critical\n"
+                             "webhook:\n  url_file: /run/secrets/url\n  min_severity: low\n"
+                             "  rate_per_second: 2\n")
+    assert cfg.scan_interval == 3.0 and isinstance(cfg.scan_interval, float)
+    assert cfg.slack_min_severity is Severity.CRITICAL
+    assert cfg.webhook.url_file == "/run/secrets/url"
+    assert cfg.webhook.min_severity is Severity.LOW and cfg.webhook.rate_per_second == 2.0
+    assert cfg.webhook.queue_size == 1000, "what the section does not say keeps its default"
+    empty, _ = _load(tmp_path, "webhook:\n")
+    assert empty.webhook.url_file == ""
+
+
+@pytest.mark.parametrize("text,message", [
+    ("mode: audit\nwebhook:\n  url_fle: /x\n",
+     "c.yaml:3: unknown setting 'webhook.url_fle' (did you mean 'webhook.url_file'?)"),
+    ("webhook:\n  min_severity: hihg\n",
+     "c.yaml:2: 'webhook.min_severity' must be one of info, low, medium, high, critical, "
+     "not 'hihg' (did you mean 'high'?)"),
+    ("slack_min_severity: urgent\n",
+     "c.yaml:1: 'slack_min_severity' must be one of info, low, medium, high, critical, "
+     "not 'urgent'"),
+    ("webhook:\n  queue_size: many\n",
+     "c.yaml:2: 'webhook.queue_size' has the wrong type ('many'): it must be a whole number"),
+    ("webhook: https://hooks.example/x\n",
+     "c.yaml:1: 'webhook' must be a mapping of settings, not 'https://hooks.example/x'"),
+    ("protected: [sshd, 3]\n",
+     "c.yaml:1: 'protected' has the wrong type (['sshd', 3]): it must be a list of text"),
+    ("scan_interval: yes\n",
+     "c.yaml:1: 'scan_interval' has the wrong type (True): it must be a number"),
+    ("kubernetes_events: 'no'\n",
+     "c.yaml:1: 'kubernetes_events' has the wrong type ('no'): it must be true or false"),
+    ("webhook:\n  rate_per_second: 0\n  url_file: /x\n",
+     "c.yaml: webhook: rate_per_second, queue_size and timeout_seconds must be positive"),
+    ("webhook:\n  timeout_seconds: .nan\n",
+     "c.yaml: webhook.timeout_seconds must be a finite number, not nan"),
+])
+def test_config_errors_name_file_line_key_and_fix(tmp_path: Path, text: str,
+                                                   message: str) -> None:
+    assert _error(tmp_path, text).startswith(message)
+
+
+def test_a_key_that_moved_names_its_new_place(tmp_path: Path, monkeypatch) -> None:
+    from agent import config
+
+    monkeypatch.setitem(config.MOVED, "webhook_url_file", "webhook.url_file")
+    monkeypatch.setitem(config.MOVED, "webhook.min_level", "webhook.min_severity")
+    assert _error(tmp_path, "mode: audit\nwebhook_url_file: /x\n") == \
+        "c.yaml:2: 'webhook_url_file' has moved: it is 'webhook.url_file' now"
+    assert _error(tmp_path, "webhook:\n  min_level: high\n") == \
+        "c.yaml:2: 'webhook.min_level' has moved: it is 'webhook.min_severity' now"
+
+
+def test_no_key_is_listed_as_moved_that_still_exists() -> None:
+    import dataclasses
+
+    from agent.config import MOVED, Config
+
+    keys = {f.name for f in dataclasses.fields(Config)}
+    assert not keys & set(MOVED), "a moved key cannot also be a setting"

@@ -3,6 +3,7 @@ every exit that writes such text (findings, table, logs, Slack, Events, records,
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -16,7 +17,7 @@ from agent.codec import event_from_json, process_from_json
 from agent.decide import Decision, Protection, decide
 from agent.errors import RuleError
 from agent.metrics import Metrics
-from agent.model import Event, Process
+from agent.model import Event, Pod, Process
 from agent.pipeline import Agent
 from agent.sinks import findings, kubeevents, slack
 from agent.sources import kevents
@@ -118,14 +119,14 @@ def test_the_truncated_field_is_a_boolean(rules_from):
 
 # -- the exits ------------------------------------------------------------------------------
 
-def _finding(rules_from, comm: str, exe: str, reason: str = "") -> dict:
+def _finding(rules_from, comm: str, exe: str, reason: str = "") -> findings.Finding:
     rs = rules_from("rules:\n  - id: r\n    severity: high\n    action: kill\n"
                     "    match: {proc.exe: {prefix: [/tmp/]}}\n    message: 'ran {proc.exe}'\n")
     p = Process(pid=9, ppid=1, starttime=1, comm=comm, exe=exe, cmdline=(exe,))
     ev = Event("exec", 0.0, p, pod=None)
     [m] = rs.evaluate(ev)
-    return findings.finding(Decision(m, "audit", "protected" if reason else "would_kill", reason),
-                            "node-1", now=0.0)
+    outcome = "protected" if reason else "would_kill"
+    return findings.Finding.of(Decision(m, "audit", outcome, reason), "node-1", now=0.0)
 
 
 def test_findings_table_and_a_non_utf8_stream(rules_from):
@@ -142,7 +143,7 @@ def test_findings_table_and_a_non_utf8_stream(rules_from):
 
 def test_slack_and_event_messages_are_one_line_of_escaped_text(rules_from):
     f = _finding(rules_from, "k\nw", text.decode(BAD))
-    f["pod"] = {"namespace": "ns", "name": "p", "uid": "u"}
+    f = dataclasses.replace(f, pod=Pod("ns", "p", "u"))
     msg = json.dumps(slack.message(f))
     assert "\\\\udcff" in msg and "k\\\\nw" in msg
     event = kubeevents.event_message(f)

@@ -46,6 +46,11 @@ app.kubernetes.io/part-of: nodewarden
 {{- end }}
 
 {{/* The Secret holding the Slack webhook URL, and its key. */}}
+{{/* The Secret of the webhook's URL (and HMAC key): always the user's own. */}}
+{{- define "nodewarden.webhookSecretName" -}}
+{{- required "webhook.enabled needs webhook.existingSecret (a Secret holding the URL)" .Values.webhook.existingSecret }}
+{{- end }}
+
 {{- define "nodewarden.slackSecretName" -}}
 {{- default (printf "%s-slack" (include "nodewarden.fullname" .)) .Values.slack.existingSecret }}
 {{- end }}
@@ -84,6 +89,20 @@ never in it, only the path of the file the Secret is mounted as.
 {{- if or (hasKey $managed $key) (eq $key "slack_webhook_url_file") }}
 {{- fail (printf "config.%s is set by the chart; use the chart's own value for it (see values.yaml)" $key) }}
 {{- end }}
+{{- end }}
+{{- if hasKey .Values.config "webhook" }}
+{{- range $key := list "url_file" "hmac_key_file" "min_severity" }}
+{{- if hasKey $.Values.config.webhook $key }}
+{{- fail (printf "config.webhook.%s is set by the chart; use the chart's webhook values (see values.yaml)" $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if .Values.webhook.enabled }}
+{{- $hook := dict "url_file" "/etc/nodewarden/webhook/url" "min_severity" .Values.webhook.minSeverity }}
+{{- if .Values.webhook.hmacKeyKey }}
+{{- $_ := set $hook "hmac_key_file" "/etc/nodewarden/webhook/hmac-key" }}
+{{- end }}
+{{- $_ := set $managed "webhook" $hook }}
 {{- end }}
 {{- toYaml (merge $managed (deepCopy .Values.config)) }}
 {{- end }}
