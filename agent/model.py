@@ -249,9 +249,4 @@ class Event:
     ktime_ns: int = 0
     # an in-kernel rule's verdict on this exec: (kernel rule slot, killed) or None
     kernel_verdict: tuple[int, bool] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The recorded-event format (`--record`, `replay`): agent.codec.event_to_json."""
-        from agent.codec import event_to_json  # the codec builds on these values
-
-        return event_to_json(self)
+    # its JSON form (`--record`, `replay`) is agent.codec.event_to_json

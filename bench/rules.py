@@ -53,7 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # bench/common.py
 
-from agent.codec import event_from_json
+from agent.codec import event_from_json, event_to_json
 from agent.engine import loader
 from agent.engine.ruleset import Rule, RuleSet, naive_evaluate
 from agent.errors import RuleError
@@ -305,7 +305,7 @@ def check_agreement(rs: RuleSet, events: Sequence[Event]) -> tuple[int, int]:
     rs.reset_windows()
     for ev, a, b in zip(events, indexed, naive, strict=True):  # both built from `events`
         if a != b:
-            raise AssertionError(f"index and naive disagree on {ev.to_json()}: {a} vs {b}")
+            raise AssertionError(f"index and naive disagree on {event_to_json(ev)}: {a} vs {b}")
     return sum(1 for a in indexed if a), sum(len(a) for a in indexed)
 
 

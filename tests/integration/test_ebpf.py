@@ -53,6 +53,19 @@ def _conn(ev: dict, **want: object) -> bool:
     return all(c.get(k) == v for k, v in want.items())
 
 
+def _miner_is_seen_at_exec(agent: RunningAgent, tmp: Path) -> None:
+    """A miner-named program started now gets its finding from its exec record."""
+    exe = tmp / "xmrig"
+    shutil.copy("/bin/sleep", exe)
+    miner = subprocess.Popen([str(exe), "5"])
+    try:
+        f = agent.finding(lambda f: f["process"]["pid"] == miner.pid)
+        assert f["source"] == "exec"
+    finally:
+        miner.kill()
+        miner.wait()
+
+
 def test_miner_exec_is_reported_within_100ms(start_agent, tmp_path):
     agent = start_agent()
     exe = tmp_path / "xmrig"
@@ -214,15 +227,7 @@ def test_perf_buffer_transport_for_kernels_without_ring_buffers(start_agent, tmp
     cfg.write_text("bpf_transport: perf\n")
     agent = start_agent("--config", str(cfg))
     assert any("eBPF sensors loaded (perf buffer)" in line for line in agent.stderr)
-    exe = tmp_path / "xmrig"
-    shutil.copy("/bin/sleep", exe)
-    miner = subprocess.Popen([str(exe), "5"])
-    try:
-        _, f = agent.finding_at(lambda f: f["process"]["pid"] == miner.pid)
-        assert f["source"] == "exec"
-    finally:
-        miner.kill()
-        miner.wait()
+    _miner_is_seen_at_exec(agent, tmp_path)
 
 
 def test_kernel_version_picks_the_transport():
@@ -501,18 +506,10 @@ def test_with_only_the_exec_sensor_no_tcp_program_is_attached(start_agent, tmp_p
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     lport = listener.getsockname()[1]
-    exe = tmp_path / "xmrig"
-    shutil.copy("/bin/sleep", exe)
     try:
         with socket.create_connection(("127.0.0.1", lport)):
             listener.accept()[0].close()
-        miner = subprocess.Popen([str(exe), "5"])
-        try:
-            _, f = agent.finding_at(lambda f: f["process"]["pid"] == miner.pid)
-            assert f["source"] == "exec"
-        finally:
-            miner.kill()
-            miner.wait()
+        _miner_is_seen_at_exec(agent, tmp_path)
     finally:
         listener.close()
     with pytest.raises(AssertionError, match="no such recorded event"):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.codec import event_to_json
 from agent.errors import AccessDenied
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import MAX_ANCESTORS, ProcessTree
@@ -292,7 +293,7 @@ def test_event_carries_workspace_and_ancestors(root):
     assert (ev.kind, ev.time, ev.process) == ("exec", 12.5, p)
     assert ev.workspace == "ws-fixture"
     assert [a.pid for a in ev.ancestors] == [1400, 1302, 1201, 410, 1]
-    js = ev.to_json()
+    js = event_to_json(ev)
     assert js["workspace"] == {"id": "ws-fixture"}
     assert [a["pid"] for a in js["process"]["ancestors"]] == [1400, 1302, 1201, 410, 1]
     assert js["process"]["ancestors"][0]["exe"] == "/tmp/xmrig"
@@ -303,7 +304,7 @@ def test_event_outside_a_workspace(root):
     tree.scan()
     ev = tree.event("scan", tree.procs[2001], 1.0)
     assert ev.workspace == ""
-    js = ev.to_json()
+    js = event_to_json(ev)
     assert js["workspace"] is None
     docker_id = "59de2a815200d473ab0a078bdcee0b8bc80aca90c1df285f4ecfdbca5566c2cd"
     assert js["container"] == {"id": docker_id}
@@ -313,7 +314,7 @@ def test_no_environ_value_but_the_workspace_id_reaches_event_output(root):
     tree = ProcessTree(ProcFS(str(root)))
     tree.scan()
     tree.scan()  # the cached path too
-    out = json.dumps([tree.event(kind, p, 1.0).to_json()
+    out = json.dumps([event_to_json(tree.event(kind, p, 1.0))
                       for p in tree.procs.values() for kind in ("scan", "exec", "exit")])
     for canary in CANARIES:
         assert canary not in out, canary

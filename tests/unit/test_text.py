@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent import text
-from agent.codec import event_from_json, process_from_json
+from agent.codec import event_from_json, event_to_json, process_from_json
 from agent.decide import Decision, Protection, decide
 from agent.errors import RuleError
 from agent.metrics import Metrics
@@ -75,7 +75,7 @@ def test_kernel_record_names_decode_reversibly():
 def test_a_recorded_event_round_trips_bytes_and_the_cut():
     p = Process(pid=7, ppid=1, starttime=5, comm=text.decode(b"k\xff"), exe=text.decode(BAD),
                 cmdline=(text.decode(BAD), "x"), cmdline_cut=1234)
-    ev = event_from_json(json.loads(text.json_line(Event("exec", 1.0, p, (p,)).to_json())))
+    ev = event_from_json(json.loads(text.json_line(event_to_json(Event("exec", 1.0, p, (p,))))))
     again = ev.process
     assert ev.ancestors[0].cmdline_truncated and text.encode(ev.ancestors[0].exe) == BAD
     assert (text.encode(again.exe), text.encode(again.comm)) == (BAD, b"k\xff")
