@@ -7,6 +7,7 @@ Under NODEWARDEN_REQUIRE_EBPF=1 (CI) a skip here is a failure (see conftest.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
@@ -51,6 +52,23 @@ def start_agent(ebpf, tmp_path: Path) -> Iterator[Callable[..., RunningAgent]]:
 def _conn(ev: dict, **want: object) -> bool:
     c = ev.get("connection") or {}
     return all(c.get(k) == v for k, v in want.items())
+
+
+def _freeze(pid: int, timeout: float = 5) -> None:
+    """SIGSTOP `pid` and wait until every thread of it is stopped: the signal takes effect
+    asynchronously, and a consumer still running drains what the test means to overflow."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                states.append(stat.rpartition(")")[2].split()[0])
+        if states and all(st in ("T", "t") for st in states):
+            return
+        assert time.monotonic() < deadline, f"agent threads not stopped: {states}"
+        time.sleep(0.01)
 
 
 def _miner_is_seen_at_exec(agent: RunningAgent, tmp: Path) -> None:
@@ -182,7 +200,7 @@ def test_lost_events_trigger_a_reconciliation_scan_that_finds_what_was_dropped(s
     exe = tmp_path / "xmrig"
     shutil.copy("/bin/sleep", exe)
     # freeze the consumer so the one-page ring buffer overflows
-    os.kill(agent.proc.pid, signal.SIGSTOP)
+    _freeze(agent.proc.pid)
     miner = None
     try:
         subprocess.run(["/bin/sh", "-c", "for i in $(seq 200); do /bin/true; done"],
@@ -373,7 +391,7 @@ def test_in_kernel_kill_holds_when_the_ring_buffer_is_full(start_agent, marker_b
     cfg = tmp_path / "config.yaml"
     cfg.write_text("mode: enforce\n")
     agent = start_agent("--config", str(cfg), "--rules", str(rules), "--ring-pages", "1")
-    os.kill(agent.proc.pid, signal.SIGSTOP)     # nobody drains the one-page buffer
+    _freeze(agent.proc.pid)     # nobody drains the one-page buffer
     try:
         subprocess.run(["/bin/sh", "-c", "for i in $(seq 200); do /bin/true; done"],
                        check=True, timeout=60)
