@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from agent import __version__, signals
 from agent.actions.kill import Enforcer
@@ -41,6 +41,11 @@ from agent.sources.netstate import NetState
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
 from agent.sources.sensorset import SensorSet, open_sensors
+
+if TYPE_CHECKING:  # the Kubernetes parts are imported only when a cluster is there
+    from agent.actions.pods import PodDeleter
+    from agent.sources.kubepods import PodWatcher
+    from agent.sources.proctree import PodLookup
 
 log = logging.getLogger("nodewarden")
 
@@ -268,9 +273,9 @@ class _KubeParts:
 
         self.metrics = metrics
         self.kube = kubeapi.connect(cfg.kubernetes, cfg.kubeconfig, cfg.node_name)
-        self.watcher: Any = None
-        self.deleter: Any = None
-        self.pod_of: Any = None
+        self.watcher: PodWatcher | None = None
+        self.deleter: PodDeleter | None = None
+        self.pod_of: PodLookup | None = None
         if self.kube is None:
             if cfg.delete_pod:
                 log.warning("delete_pod is on but there is no Kubernetes API: rules with "
@@ -282,7 +287,7 @@ class _KubeParts:
         self.watcher = PodWatcher(self.kube.api, self.kube.node, index, metrics)
         self.watcher.start()
 
-    def reconfigure(self, cfg: Config) -> Any:
+    def reconfigure(self, cfg: Config) -> PodDeleter | None:
         """delete_pod follows the config, reloads included (the chart's RBAC follows
         deletePod too). The connection settings need a restart.
         Returns the pod deleter the enforcer is to use (None: delete-pod kills only)."""
