@@ -242,6 +242,7 @@ class Runtime:
                 return 0
             self.sensors, observer = _open_sensors(cfg, self.tree, self.agent, self.metrics)
             self.apply(cfg, self.ruleset)
+            self.sensors.release_compiler_memory()
             running = self.sensors.describe() or f"procfs scans every {cfg.scan_interval:g}s"
             self.agent.run(self.stop, self.sensors if self.sensors else None, observer,
                            lambda: log.info("ready: %s", running))

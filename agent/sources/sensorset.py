@@ -138,6 +138,11 @@ class SensorSet:
                 log.info("in-kernel connect rules: %s", ", ".join(r.id for r in conn_rules))
         return exec_rules, conn_rules
 
+    def release_compiler_memory(self) -> int:
+        """Once every sensor is attached and its maps filled: give back the memory the BPF
+        compiler held (nothing recompiles while the agent runs). Bytes released."""
+        return bpf.release_compiler_memory() if self.program is not None else 0
+
     def close(self) -> None:
         """Stop every sensor and detach every BPF program."""
         for s in reversed(self.sensors):

@@ -540,3 +540,12 @@ def test_every_sensor_is_attached_by_default(start_agent):
     held = _kernel_handles(agent.proc.pid)
     # exec, fork, exit, the TCP state change, accept and accept4 in and out; two guards
     assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf_link"]) == (8, 2), held
+
+
+def test_the_compilers_memory_is_given_back_once_ready(start_agent):
+    """LLVM and clang are needed only to compile: at ready their memory is released, and
+    the agent's resident memory is exported."""
+    agent = start_agent()
+    released = next(line for line in agent.stderr if "the BPF compiler held" in line)
+    assert float(released.split("released ")[1].split(" MB")[0]) > 0, released
+    assert "process_resident_memory_bytes" in agent.metrics()

@@ -17,6 +17,7 @@ from agent.engine import loader
 from agent.errors import ConfigError
 from agent.metrics import Metrics
 from agent.model import EventKind
+from agent.sources import bpf
 from agent.sources.bpf import BpfSensor
 from agent.sources.connect_guard import ConnectGuard, cgroup2_root, connect_masks
 from agent.sources.exec_sensor import ExecSensor, exec_masks
@@ -295,8 +296,6 @@ def test_bpf_sensors_that_cannot_load_say_so_once_with_what_stands_in(caplog):
 
 
 def test_bpf_required_refuses_to_start_without_the_program(monkeypatch):
-    from agent.sources import bpf
-
     def missing() -> None:
         raise SensorUnavailable("the bcc Python module is missing", "install it")
 
@@ -370,3 +369,13 @@ def test_cgroup2_root_reads_mountinfo(tmp_path):
     info.write_text("30 25 0:26 /sub /mnt/x rw - cgroup2 cgroup2 rw\n")
     assert cgroup2_root(str(info)) is None
     assert cgroup2_root(str(tmp_path / "missing")) is None
+
+
+def test_releasing_the_compilers_memory_survives_odd_maps(tmp_path):
+    """What /proc/self/maps names is only a hint: a range that is not mapped (here, a made-up
+    one) or an unreadable file costs nothing and breaks nothing."""
+    maps = tmp_path / "maps"
+    maps.write_text("7f0000000000-7f0000001000 r-xp 00000000 08:01 1 "
+                    "/usr/lib/x86_64-linux-gnu/libLLVM-14.so.1\nnot a line\n")
+    assert bpf.release_compiler_memory(str(maps)) >= 0
+    assert bpf.release_compiler_memory(str(tmp_path / "missing")) >= 0
