@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import struct
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -204,7 +205,19 @@ class Connection:
 
 def _ip_int(addr: str) -> int:
     """An address as an integer for CIDR checks; IPv4 in the IPv4-mapped IPv6 space so one
-    integer comparison serves both families. Unparseable addresses map to -1 (never in a CIDR)."""
+    integer comparison serves both families. Unparseable addresses map to -1 (never in a CIDR).
+
+    inet_pton first (C, ~0.2 us): `ipaddress` cost 4-5 us per address, a quarter of the CPU
+    a TCP event took. What it refuses (scoped IPv6 like fe80::1%eth0) goes to `ipaddress`."""
+    try:
+        return 0xFFFF00000000 | int.from_bytes(socket.inet_pton(socket.AF_INET, addr), "big")
+    except OSError:
+        pass
+    try:
+        # an IPv4-mapped address is already 0xFFFF00000000 | the IPv4 address
+        return int.from_bytes(socket.inet_pton(socket.AF_INET6, addr), "big")
+    except OSError:
+        pass
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:

@@ -168,8 +168,9 @@ class Agent:
         # per burst; an event dropped for one asks for a scan, like an event the kernel lost
         self.bursts = Bursts(metrics)
         self._rescan = False
-        # records the sensors lost, by source, as last seen; a loss scan owed, and when the
-        # next one may run
+        # records the sensors lost since they loaded, by source, as last counted (from 0: a
+        # loss between loading and the loop's first turn is counted too); a loss scan owed,
+        # and when the next one may run
         self._lost_seen: dict[str, int] = {}
         self._loss_pending = False
         self._next_loss_scan = 0.0
@@ -281,7 +282,6 @@ class Agent:
         if on_ready is not None:
             on_ready()
         next_scan = time.monotonic() + (self.scan_interval if scanned else RETRY_GAP)
-        self._lost_seen = sensor.lost() if sensor is not None else {}
         while not stop.is_set():
             self.heartbeat = time.monotonic()
             self._tick()
