@@ -258,7 +258,8 @@ class Event:
     workspace: str = ""
     pod: Pod | None = None
     connection: Connection | None = None
-    # CLOCK_MONOTONIC ns when the kernel saw it (eBPF events; 0 otherwise): for latency
+    # CLOCK_MONOTONIC ns when the kernel saw it (eBPF events: for latency), when the scan
+    # began reading (scan events: an exec record older than that was seen by the scan), or 0
     ktime_ns: int = 0
     # an in-kernel rule's verdict on this exec: (kernel rule slot, killed) or None
     kernel_verdict: tuple[int, bool] | None = None

@@ -73,7 +73,7 @@ class Judge:
         self.protection = protection or Protection()
         self.metrics = metrics
         self.can_act = can_act
-        self.seen: LRUCache[InstanceKey, bool] = LRUCache(maxsize=cache_size)
+        self.seen: LRUCache[InstanceKey, int] = LRUCache(maxsize=cache_size)
         # labelled counter children, looked up once per kind rather than once per event
         self._event_counters: dict[str, Counter] = {}
 
@@ -94,11 +94,20 @@ class Judge:
         already judged. Every exec is judged: a re-exec of the same binary with new
         arguments (`exec bash -c ...`) keeps pid, starttime and executable, so its identity,
         but it is a new program."""
-        if ev.kind == "scan" and self.judged(ev.process):
-            return []
+        kind = ev.kind
+        if kind == "scan":
+            if self.judged(ev.process):
+                return []
+        elif kind == "exec" and ev.ktime_ns:
+            read_at = self.seen.get(ev.process.instance_key)
+            if read_at and ev.ktime_ns < read_at:
+                # a scan that began reading after this exec judged this program already
+                # (its record came late, behind the scan): one finding, not two
+                return []
         matches = self.ruleset.evaluate(ev)
-        if ev.kind in _PER_PROCESS:
-            self.seen[ev.process.instance_key] = True
+        if kind in _PER_PROCESS:
+            # when a scan began reading it (CLOCK_MONOTONIC ns), 0 for an exec
+            self.seen[ev.process.instance_key] = ev.ktime_ns if kind == "scan" else 0
         m = self.metrics
         if m is not None:
             counter = self._event_counters.get(ev.kind)
@@ -123,6 +132,7 @@ def scan_once(tree: ProcessTree, judge: Judge, metrics: Metrics | None = None,
     parent reaps it, and was reported then); a process whose main thread exited while
     others run on is not a zombie (procfs reads it through a live thread)."""
     started = time.monotonic()
+    started_ns = time.monotonic_ns()  # an exec the kernel saw before this, the scan sees
     procs = tree.scan()
     now = clock()
     out: list[Decision] = []
@@ -130,6 +140,7 @@ def scan_once(tree: ProcessTree, judge: Judge, metrics: Metrics | None = None,
         if p.state in _DEAD or judge.judged(p):
             continue  # skip building the event, not only judging it
         ev = tree.event("scan", p, now)
+        ev.ktime_ns = started_ns
         out.extend(judge.judge(ev))
         if on_event is not None:
             on_event(ev)
@@ -226,8 +237,8 @@ class Agent:
             # and as a scan may read it until it is a zombie: with its executable, then
             # without (gone with its memory at exit)
             p = ev.process
-            self.judge.seen[p.instance_key] = True
-            self.judge.seen[(p.pid, p.starttime, 0, 0)] = True
+            self.judge.seen[p.instance_key] = 0
+            self.judge.seen[(p.pid, p.starttime, 0, 0)] = 0
         self.metrics.rule_matches.labels(rule=rule.id, severity=rule.severity, mode=mode).inc()
         self._finish([first, *others])
 

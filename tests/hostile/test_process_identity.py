@@ -283,7 +283,7 @@ def test_a_reparented_process_is_reported_once(
     _after_scans(agent, 3)
     os.kill(pid, signal.SIGKILL)
     mine = [g for g in agent.all_findings if g["process"]["pid"] == pid]
-    assert len(mine) == 1, mine
+    assert len(mine) == 1, [(g["source"], g["process"]) for g in mine]
 
 
 ZOMBIE_PARENT = """

@@ -86,11 +86,12 @@ def test_command_line_interval_rules_and_dry_run_outlive_a_config_reload(tmp_pat
         agent.wait_log("config reloaded", after=mark)
         agent.wait_log("rules reloaded after SIGHUP", after=mark)
 
-        # --interval: periodic scans go on every 0.3 s, not every 60 s
+        # --interval: periodic scans go on every 0.3 s, not every 60 s (at most one could
+        # fall in this window at 60 s; at 0.3 s a loaded machine still makes several)
         before = agent.metric('nodewarden_scans_total{reason="periodic"}')
-        time.sleep(3)
+        time.sleep(4)
         scans = agent.metric('nodewarden_scans_total{reason="periodic"}') - before
-        assert scans >= 5, f"{scans} periodic scans in 3 s after the reload"
+        assert scans >= 3, f"{scans} periodic scans in 4 s after the reload"
 
         # --rules: the command line's rules judge, not the config's; --dry-run: nothing dies
         for name in ("beta-tool", "alpha-tool"):
