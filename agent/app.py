@@ -147,6 +147,8 @@ class Runtime:
         self._own = Protection.of(own_processes(cfg.proc_root), cfg.protected)
         self.judge = Judge(ruleset, cfg.mode, self._own, metrics, cfg.process_cache_size,
                            can_act=True)
+        metrics.watch_caches({"judged": lambda: self.judge.seen,
+                              "processes": lambda: self.tree.procs})
         self.enforcer = Enforcer(procfs, ProcessTree(procfs, cfg.workspace_markers),
                                  self._own, metrics=metrics)
         self.reloader = Reloader(config_path, cfg, rule_paths(cfg), apply_rules=self._new_rules,
@@ -320,6 +322,7 @@ def _open_sensors(cfg: Config, tree: ProcessTree, agent: Agent,
     """The sensors `cfg.sensors` enables that can run here, their records turned into
     Events by an Observer and handed to the agent."""
     observer = Observer(tree, NetState(cfg.proc_root))
+    metrics.watch_caches(observer.caches())
 
     def on_record(raw: RawEvent) -> None:
         try:

@@ -6,7 +6,7 @@ outcomes. Never a pid, a cmdline or an error text.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sized
 
 from prometheus_client import (
     CollectorRegistry,
@@ -72,10 +72,20 @@ class Metrics:
                                    ["reason"], registry=r)
         for sensor in ("procfs", "exec", "tcp", "proc_connector"):
             self.sensor_up.labels(sensor=sensor).set(0)
+        self._caches: _CacheCollector | None = None
 
     def watch_cmdlines(self, budget: CmdlineBudget) -> None:
         """Export the command-line budget (held bytes, limit, command lines cut)."""
         self.registry.register(_CmdlineCollector(budget))
+
+    def watch_caches(self, caches: Mapping[str, Callable[[], Sized]]) -> None:
+        """Export how full each bounded cache is (entries, and capacity where it has one),
+        read when scraped: memory that stays flat under load is memory whose caches stop
+        at their capacity. Each cache is given as a function that returns it."""
+        if self._caches is None:
+            self._caches = _CacheCollector()
+            self.registry.register(self._caches)
+        self._caches.caches.update(caches)
 
     def set_ruleset(self, digest: str, count: int) -> None:
         """The rule set that runs: its hash (one labelled series) and its rule count."""
@@ -102,3 +112,25 @@ class _CmdlineCollector:
         for reason, n in sorted(b.cut.items()):
             cut.add_metric([reason], n)
         yield cut
+
+
+class _CacheCollector:
+    """Cache sizes as metrics, read when scraped."""
+
+    def __init__(self) -> None:
+        self.caches: dict[str, Callable[[], Sized]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        entries = GaugeMetricFamily("nodewarden_cache_entries", "Entries held, by cache",
+                                    labels=["cache"])
+        capacity = GaugeMetricFamily("nodewarden_cache_capacity",
+                                     "The most entries a cache holds, by cache",
+                                     labels=["cache"])
+        for name, get in sorted(self.caches.items()):
+            cache = get()
+            entries.add_metric([name], len(cache))
+            maxsize = getattr(cache, "maxsize", None)
+            if maxsize is not None:
+                capacity.add_metric([name], maxsize)
+        yield entries
+        yield capacity

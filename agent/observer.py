@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 
 from cachetools import LRUCache
 
@@ -48,6 +48,11 @@ class Observer:
             kevents.CONNECT: self._connect, kevents.CONNECT_VERDICT: self._connect_verdict,
             kevents.ACCEPT: self._accept, kevents.CLOSE: self._close,
         }
+
+    def caches(self) -> dict[str, Callable[[], Sized]]:
+        """Its bounded caches by name (for the cache metrics)."""
+        return {"observer_parents": lambda: self._parent_of,
+                "observer_accepted": lambda: self._accepted}
 
     def handle(self, raw: RawEvent) -> Event | None:
         """The Event for one kernel record, or None when there is nothing to judge."""
