@@ -253,11 +253,11 @@ class Agent:
         """A reconciliation pass: every process not yet judged is judged now, acted on, and
         only then reported and recorded."""
         judged: list[Event] = []
-        decisions = scan_once(self.tree, self.judge, self.metrics,
-                              on_event=judged.append if self.record is not None else None)
-        self.scans += 1
-        self.metrics.scans.labels(reason=reason).inc()
         try:
+            decisions = scan_once(self.tree, self.judge, self.metrics,
+                                  on_event=judged.append if self.record is not None else None)
+            self.scans += 1
+            self.metrics.scans.labels(reason=reason).inc()
             if decisions:
                 self._finish(decisions)
         finally:
