@@ -33,6 +33,7 @@ from agent.metrics import Metrics
 from agent.model import Event, Process
 from agent.observer import Observer
 from agent.pipeline import Agent, Judge
+from agent.realtime import Realtime
 from agent.reload import Reloader
 from agent.sinks.findings import Finding
 from agent.sinks.registry import Sinks
@@ -160,6 +161,7 @@ class Runtime:
                            ticks=(self._act_on_signals, self.reloader.tick))
         self.server = self._status_server(cfg)
         self.sensors: SensorSet | None = None
+        self.realtime = Realtime()  # `apply` runs on the event thread: start and reloads
 
     # -- settings: the one place they reach the parts ------------------------------------
 
@@ -171,6 +173,7 @@ class Runtime:
         self.enforcer.reconfigure(protection, self.kube.reconfigure(cfg))
         self.sinks.reconfigure(cfg)
         self.agent.set_scan_interval(cfg.scan_interval)
+        self.realtime.use(cfg.realtime)
         self.cfg, self.ruleset = cfg, ruleset
         self.metrics.set_ruleset(ruleset.digest, len(ruleset))
         self._sync_kernel(protection)

@@ -71,6 +71,9 @@ class Config:
     # one agent per node: `run` holds this lock (the chart mounts its directory from the host)
     lock_file: str = field(default_factory=default_lock_file)
     kernel_enforcement: bool = True  # rules of names/paths enforced in the BPF program
+    # the event thread in SCHED_FIFO (agent/realtime.py; needs CAP_SYS_NICE), so a CPU hog
+    # of equal priority cannot delay a kill by its time slice
+    realtime: bool = False
     # Slack: the webhook URL is a secret, read from this variable or file, never from here
     slack_webhook_url_env: str = "NODEWARDEN_SLACK_WEBHOOK_URL"
     slack_webhook_url_file: str = ""

@@ -203,9 +203,17 @@ class Agent:
             self._rescan = True
 
     def handle(self, ev: Event) -> None:
-        """Judge one event from a sensor, act on it, and report what happened."""
-        if self.record is not None:
-            self.record(ev)
+        """Judge one event from a sensor, act on it, and report what happened. Nothing is
+        written before the signal is sent: the --record line comes last (written even when
+        judging fails, as it always was), findings and their log lines after acting."""
+        try:
+            self._judge_and_act(ev)
+        finally:
+            if self.record is not None:
+                self.record(ev)
+
+    def _judge_and_act(self, ev: Event) -> None:
+        """`handle` without the record: the kernel's verdict, or the rules' decisions."""
         verdict = ev.kernel_verdict
         rules = self.kernel_connect_rules if ev.kind == "connect" else self.kernel_rules
         if verdict is not None and verdict[0] < len(rules):
@@ -254,16 +262,26 @@ class Agent:
         return True
 
     def scan(self, reason: str) -> None:
-        """A reconciliation pass: every process not yet judged is judged now."""
-        decisions = scan_once(self.tree, self.judge, self.metrics, on_event=self.record)
-        self.scans += 1
-        self.metrics.scans.labels(reason=reason).inc()
-        if decisions:
-            self._finish(decisions)
+        """A reconciliation pass: every process not yet judged is judged now, acted on, and
+        only then reported and recorded."""
+        judged: list[Event] = []
+        try:
+            decisions = scan_once(self.tree, self.judge, self.metrics,
+                                  on_event=judged.append if self.record is not None else None)
+            self.scans += 1
+            self.metrics.scans.labels(reason=reason).inc()
+            if decisions:
+                self._finish(decisions)
+        finally:
+            if self.record is not None:
+                for ev in judged:
+                    self.record(ev)
 
     def _finish(self, decisions: list[Decision]) -> None:
         """Carry out kills (the enforcer turns `kill` into killed, gone or failed), count
-        and report every decision, whatever its outcome."""
+        and report every decision, whatever its outcome. Every signal is sent before the
+        first line (log, finding, sink) is written: a write can block (a full pipe, a slow
+        disk) and must not delay a kill."""
         done = [self.act(d) if self.act is not None else d for d in decisions]
         for d in done:
             self.metrics.actions.labels(action=d.match.rule.action, outcome=d.outcome).inc()

@@ -11,6 +11,10 @@ bpf_ktime_get_ns (CLOCK_MONOTONIC) against the moment the parent's waitpid retur
 whose first act is to create a marker file: the marker must never appear.
 Needs root and eBPF. Targets: userspace exec-to-kill p99 <= 10 ms; in-kernel: no marker
 in 1,000 trials.
+
+This is the agent's path in-process, pinned; the same measure through the real
+`nodewarden run` (a subprocess, `realtime` off and on, against another source tree) is
+bench/run_latency.py.
 """
 
 from __future__ import annotations

@@ -32,6 +32,10 @@ report callback (Agent.handle still runs Judge.judge for the other rules first).
 
 Target: p99 <= 5 ms, and every exec found.
 
+This is the agent's path in-process, pinned; the same measure through the real
+`nodewarden run` (a subprocess, `realtime` off and on, against another source tree) is
+bench/run_latency.py.
+
     .venv/bin/python bench/latency.py [--execs 200] [--interval 15] [--fifo] [--kernel-rules]
                                       [--json]
 

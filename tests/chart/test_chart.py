@@ -40,7 +40,7 @@ NONDEFAULT_VALUES = ("-f", str(NONDEFAULT))
 VALUE_SETS = {"default": (), "nondefault": NONDEFAULT_VALUES, "slack-url": WITH_SLACK_URL}
 # the list, plus DAC_READ_SEARCH (SECURITY.md: environ and fd of other users)
 LEAST_PRIVILEGE_CAPS = {"BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH", "KILL",
-                        "SYS_RESOURCE"}
+                        "SYS_RESOURCE", "SYS_NICE"}
 
 Doc = dict[str, Any]
 
@@ -298,6 +298,12 @@ def test_config_loads_with_the_agents_loader(values, tmp_path):
     assert cfg.delete_pod is rendered["delete_pod"]
     assert cfg.kubernetes_events is rendered["kubernetes_events"]
     assert cfg.slack_webhook_url_file == rendered.get("slack_webhook_url_file", "")
+    assert cfg.realtime is True
+
+
+def test_the_chart_turns_realtime_on_and_config_can_turn_it_off():
+    assert config(render())["realtime"] is True
+    assert config(render("--set", "config.realtime=false"))["realtime"] is False
 
 
 def test_config_and_rules_are_mounted_as_directories_for_hot_reload():

@@ -104,5 +104,11 @@ never in it, only the path of the file the Secret is mounted as.
 {{- end }}
 {{- $_ := set $managed "webhook" $hook }}
 {{- end }}
-{{- toYaml (merge $managed (deepCopy .Values.config)) }}
+{{- /* defaults the chart chooses and `config` may change: realtime needs CAP_SYS_NICE, which
+     the container has in both securityContext modes */}}
+{{- $config := merge $managed (deepCopy .Values.config) }}
+{{- if not (hasKey $config "realtime") }}
+{{- $_ := set $config "realtime" true }}
+{{- end }}
+{{- toYaml $config }}
 {{- end }}
