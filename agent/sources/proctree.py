@@ -16,7 +16,7 @@ from cachetools import LRUCache
 from agent.enrich.workspace import DEFAULT_MARKERS
 from agent.errors import AccessDenied, ProcessGone
 from agent.model import Event, Pod, Process
-from agent.sources.procfs import ProcFS
+from agent.sources.procfs import Known, ProcFS
 
 MAX_ANCESTORS = 64
 
@@ -41,6 +41,9 @@ class ProcessTree:
         self.procfs = procfs
         self.markers = tuple(markers)
         self.procs: dict[int, Process] = {}
+        # pid -> the process as the last scan read it: a rescan reads only the stat of these
+        # while they run the same program (ProcFS.refresh)
+        self._read: dict[int, Known] = {}
         self._workspace: dict[int, str] = {}
         # (pid, starttime) -> workspace id and the program it was read for: membership
         # sticks when a process is reparented (a double fork does not leave a workspace)
@@ -55,12 +58,17 @@ class ProcessTree:
     def scan(self) -> list[Process]:
         """Read every process from procfs and replace the tree with what is there now.
         Processes that vanish or deny access mid-scan are skipped, never fatal."""
-        found: dict[int, Process] = {}
-        for pid in self.procfs.pids():
+        fs = self.procfs
+        last = self._read
+        read: dict[int, Known] = {}
+        for pid in fs.pids():
+            prev = last.get(pid)
             try:
-                found[pid] = self.procfs.read(pid)
+                read[pid] = fs.read_known(pid) if prev is None else fs.refresh(pid, prev)
             except (ProcessGone, AccessDenied):
                 continue
+        self._read = read
+        found = {pid: k.process for pid, k in read.items()}
         self.procs = found
         self._resolve_workspaces()
         return list(found.values())
@@ -119,12 +127,14 @@ class ProcessTree:
         if not ws:
             ws = self._own_workspace(p, execed=True)
         self.procs[p.pid] = p
+        self._read.pop(p.pid, None)  # the next scan reads what this exec runs in full
         self._workspace[p.pid] = ws
         self._known[key] = _known(ws, p)
 
     def remove(self, pid: int) -> Process | None:
         """Forget an exited process; returns what was known of it."""
         p = self.procs.pop(pid, None)
+        self._read.pop(pid, None)
         self._workspace.pop(pid, None)
         self._forked.pop(pid, None)
         if p is not None:

@@ -51,6 +51,30 @@ def parse_stat(data: bytes) -> Stat:
     )
 
 
+def parse_stat_program(data: bytes) -> tuple[bytes, list[bytes]]:
+    """The state of a process, and what /proc/PID/stat says about the program it runs as
+    raw fields to compare (the program key):
+    comm, ppid, starttime and the addresses an exec sets anew (start/end of code, start of
+    stack, of data, of the heap, of argv and of the environment; fields 26-28 and 45-51).
+    Counters and the state are left out: they change while the program stays the same.
+
+    With address-space randomisation every exec moves these; without it (setarch -R) an
+    exec of another binary of the same layout could keep them, which is why a rescan also
+    compares the executable's inode (reader.py `ProcFS.refresh`). Fields the kernel hides
+    from a reader without ptrace rights read as 0 and compare equal. Raises ValueError on
+    text that is not a stat line.
+    """
+    lpar = data.find(b"(")
+    rpar = data.rfind(b")")
+    if lpar < 0 or rpar < lpar:
+        raise ValueError("no (comm) in stat")
+    rest = data[rpar + 2 :].split()
+    if len(rest) < 20:
+        raise ValueError("stat line too short")
+    # rest[0] is field 3 (state); field N is rest[N - 3]
+    return rest[0], [data[lpar + 1 : rpar], rest[1], rest[19], *rest[23:26], *rest[42:49]]
+
+
 def parse_cmdline(data: bytes) -> tuple[str, ...]:
     """NUL-separated argv. A trailing NUL is the normal terminator; a process that rewrote
     its argv (setproctitle) may leave one space-joined string, which stays one argument.
