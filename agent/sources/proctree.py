@@ -9,16 +9,20 @@ replaces the environment: a launcher without the marker may exec into a workspac
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Sequence
 
 from cachetools import LRUCache
 
 from agent.enrich.workspace import DEFAULT_MARKERS
-from agent.errors import AccessDenied, ProcessGone
+from agent.errors import AccessDenied, NodewardenError, ProcessGone
 from agent.model import Event, Pod, Process
 from agent.sources.procfs import Known, ProcFS
 
 MAX_ANCESTORS = 64
+
+log = logging.getLogger("nodewarden")
 
 # (container id, pod uid) -> the pod of a process (agent.enrich.pods.PodIndex.lookup)
 PodLookup = Callable[[str, str], Pod | None]
@@ -31,6 +35,25 @@ _Known = tuple[str, int, int]
 
 def _known(ws: str, p: Process) -> _Known:
     return (ws, p.exe_dev, p.exe_ino)
+
+
+def own_processes(proc_root: str) -> list[Process]:
+    """The agent and its ancestors (its shell, container runtime) as they are now: protected
+    as (pid, start time, executable), so a recycled pid or an ancestor that execs another
+    program later is not; an ancestor that has exited protects nothing."""
+    own: list[Process] = []
+    pid = os.getpid()
+    try:
+        procfs = ProcFS(proc_root if os.path.isdir(proc_root) else "/proc")
+        for _ in range(MAX_ANCESTORS):
+            if pid <= 1:
+                break
+            p = procfs.read(pid)
+            own.append(p)
+            pid = p.ppid
+    except (OSError, NodewardenError):
+        log.debug("could not read the agent's ancestry past pid %d", pid)
+    return own
 
 
 class ProcessTree:
