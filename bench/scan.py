@@ -6,7 +6,8 @@ Measured, interleaved in every repetition so that machine drift hits all of them
   procfs.read      ProcFS.read over every pid (the raw reader: stat, cmdline, exe, cgroup, netns)
   tree first scan  ProcessTree.scan() on a fresh tree: the above plus workspace resolution,
                    which reads environ of every process not already inside a known workspace
-  tree rescan      ProcessTree.scan() again on the same tree (environ answers cached)
+  tree rescan      ProcessTree.scan() again on the same tree: /proc/PID/stat and a stat of
+                   /proc/PID/exe of every process it knows (ProcFS.refresh), environ cached
   psutil           psutil.process_iter(['pid','ppid','create_time','name','exe','cmdline','uids']),
                    warm (its pid -> Process cache filled) and cold (cache cleared first);
                    psutil reads stat, cmdline, exe and status, but no cgroup, netns or environ
