@@ -24,6 +24,7 @@ from agent.sources.procfs.parse import (
     parse_cmdline,
     parse_netns,
     parse_stat,
+    parse_stat_and_program,
     parse_stat_program,
     parse_status_uid,
 )
@@ -200,8 +201,7 @@ class ProcFS:
         try:
             data = self._must(pid, dfd, "stat", 4096)
             try:
-                st = parse_stat(data)
-                program = parse_stat_program(data)[1]
+                st, program = parse_stat_and_program(data)
             except ValueError:
                 raise ProcessGone(pid) from None
             if st.flags & PF_KTHREAD:
