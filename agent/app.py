@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import threading
 import time
@@ -27,10 +26,10 @@ from agent.config import Config, read_metrics_token
 from agent.decide import Decision, Protection
 from agent.engine import loader
 from agent.engine.ruleset import RuleSet
-from agent.errors import ConfigError, NodewardenError
+from agent.errors import ConfigError
 from agent.httpserver import StatusServer
 from agent.metrics import Metrics
-from agent.model import Event, Process
+from agent.model import Event
 from agent.observer import Observer
 from agent.pipeline import Agent, Judge
 from agent.realtime import Realtime
@@ -40,7 +39,7 @@ from agent.sinks.registry import Sinks
 from agent.sources.kevents import RawEvent
 from agent.sources.netstate import NetState
 from agent.sources.procfs import ProcFS
-from agent.sources.proctree import ProcessTree
+from agent.sources.proctree import ProcessTree, own_processes
 from agent.sources.sensorset import SensorSet, open_sensors
 
 if TYPE_CHECKING:  # the Kubernetes parts are imported only when a cluster is there
@@ -95,25 +94,6 @@ class Overrides:
         out = replace(cfg, **changes)
         out.validate()
         return out
-
-
-def own_processes(proc_root: str) -> list[Process]:
-    """The agent and its ancestors (its shell, container runtime) as they are now: protected
-    as (pid, start time, executable), so a recycled pid or an ancestor that execs another
-    program later is not; an ancestor that has exited protects nothing."""
-    own: list[Process] = []
-    pid = os.getpid()
-    try:
-        procfs = ProcFS(proc_root if os.path.isdir(proc_root) else "/proc")
-        for _ in range(64):
-            if pid <= 1:
-                break
-            p = procfs.read(pid)
-            own.append(p)
-            pid = p.ppid
-    except (OSError, NodewardenError):
-        log.debug("could not read the agent's ancestry past pid %d", pid)
-    return own
 
 
 def rule_paths(cfg: Config) -> list[str]:

@@ -15,9 +15,12 @@ import logging
 import resource
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from agent.errors import EXHAUSTED
-from agent.metrics import Metrics
+
+if TYPE_CHECKING:
+    from agent.metrics import Metrics
 
 log = logging.getLogger("nodewarden")
 

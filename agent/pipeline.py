@@ -11,18 +11,21 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cachetools import LRUCache
-from prometheus_client import Counter
 
 from agent.decide import Decision, Protection, decide
 from agent.engine.ruleset import Match, Rule, RuleSet
 from agent.fdlimit import Bursts
-from agent.metrics import Metrics
 from agent.model import Event, InstanceKey, Process
 from agent.sources.proctree import ProcessTree
 from agent.text import human
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from agent.metrics import Metrics
 
 log = logging.getLogger("nodewarden")
 

@@ -6,11 +6,19 @@ Measured, interleaved in every repetition so that machine drift hits all of them
   procfs.read      ProcFS.read over every pid (the raw reader: stat, cmdline, exe, cgroup, netns)
   tree first scan  ProcessTree.scan() on a fresh tree: the above plus workspace resolution,
                    which reads environ of every process not already inside a known workspace
-  tree rescan      ProcessTree.scan() again on the same tree (environ answers cached)
+  tree rescan      ProcessTree.scan() again on the same tree: /proc/PID/stat and a stat of
+                   /proc/PID/exe of every process it knows (ProcFS.refresh), environ cached
   psutil           psutil.process_iter(['pid','ppid','create_time','name','exe','cmdline','uids']),
                    warm (its pid -> Process cache filled) and cold (cache cleared first);
                    psutil reads stat, cmdline, exe and status, but no cgroup, netns or environ
   ps               `ps -eo pid,ppid,lstart,args`, the whole run as a subprocess
+  C walk 4 files   bench/procwalk.c (built here with cc -O2): opens every /proc/PID and reads
+                   stat, cmdline, environ and the exe link, its own clock around the walk only
+                   (the reference of the rescan: issue 10, target 7)
+  C walk, same files   the files the first scan reads, by the same rules: stat, cmdline,
+                   exe link and stat through it, fstat of the directory, status of root-owned
+                   processes, cgroup, ns/net, and environ of the pids the first scan read it of
+                   (the reference of the first scan)
 
 at the live process count, then again with --extra idle processes the benchmark starts
 itself: half of them in workspaces (a `sleep` root with WORKSPACE_ID in its environ and
@@ -42,6 +50,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -190,6 +199,54 @@ class Sleepers:
 
 # -- the measured methods -----------------------------------------------------------------
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+WALK4 = ["stat", "cmdline", "environ", "exe"]
+WALK_FIRST = ["stat", "cmdline", "exe", "exe.stat", "dir.fstat", "status.root", "cgroup",
+              "ns/net", "environ"]
+
+
+def build_walk(tmp: str) -> str | None:
+    """bench/procwalk.c compiled into `tmp`; None without a C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    out = os.path.join(tmp, "procwalk")
+    subprocess.run([cc, "-O2", "-o", out, os.path.join(HERE, "procwalk.c")], check=True)
+    return out
+
+
+def c_walk(binary: str, files: list[str], environ_pids: str | None = None
+           ) -> Callable[[], tuple[int, float]]:
+    """One walk by the C program: (processes, seconds by its own clock)."""
+    argv = [binary, "1"] + (["--environ-pids", environ_pids] if environ_pids else []) + files
+
+    def run() -> tuple[int, float]:
+        out = subprocess.run(argv, stdout=subprocess.PIPE, check=True).stdout.split()
+        return int(out[0]), int(out[1]) / 1e9
+    return run
+
+
+class EnvironSpy(ProcFS):
+    """Records the pids whose environ a scan reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.environ_pids: list[int] = []
+
+    def environ_marker(self, pid: int, markers: Any) -> tuple[str, str] | None:
+        self.environ_pids.append(pid)
+        return super().environ_marker(pid, markers)
+
+
+def environ_pid_file(tmp: str) -> str:
+    """The pids a first scan reads environ of, now, in a file for the C walk."""
+    spy = EnvironSpy()
+    ProcessTree(spy).scan()
+    path = os.path.join(tmp, "environ-pids")
+    with open(path, "w") as f:
+        f.write("".join(f"{pid}\n" for pid in spy.environ_pids))
+    return path
+
 def read_all(fs: ProcFS) -> int:
     n = 0
     for pid in fs.pids():
@@ -219,21 +276,28 @@ def ps_scan() -> int:
     return out.count(b"\n") - 1  # the header line
 
 
-def timed(fn: Callable[[], int]) -> tuple[float, int]:
-    """(microseconds per process, processes seen) of one call."""
+def timed(fn: Callable[[], int | tuple[int, float]]) -> tuple[float, int]:
+    """(microseconds per process, processes seen) of one call; a call that returns
+    (processes, seconds) times itself (the C walk, without its process start)."""
     gc.collect()
     t0 = time.perf_counter()
-    n = fn()
+    got = fn()
     dt = time.perf_counter() - t0
+    n = got if isinstance(got, int) else got[0]
+    if not isinstance(got, int):
+        dt = got[1]
     if n <= 0:
         raise RuntimeError(f"{fn} saw no processes")
     return dt * 1e6 / n, n
 
 
-METHODS = ("procfs.read", "tree first scan", "tree rescan", "psutil", "psutil cold", "ps")
+METHODS = ("procfs.read", "tree first scan", "tree rescan", "psutil", "psutil cold", "ps",
+           "C walk 4 files", "C walk, same files")
+OURS = ("procfs.read", "tree first scan", "tree rescan")
+REFS = ("psutil", "psutil cold", "ps", "C walk 4 files", "C walk, same files")
 
 
-def run_phase(repeat: int) -> dict[str, Any]:
+def run_phase(repeat: int, walk: str | None, tmp: str) -> dict[str, Any]:
     fs = ProcFS()
     warm_tree = ProcessTree(fs)
     warm_tree.scan()
@@ -254,7 +318,7 @@ def run_phase(repeat: int) -> dict[str, Any]:
         rescan_reads.append(warm_tree.environ_reads - before)
         return n
 
-    fns: dict[str, Callable[[], int]] = {
+    fns: dict[str, Callable[[], int | tuple[int, float]]] = {
         "procfs.read": lambda: read_all(fs),
         "tree first scan": fresh,
         "tree rescan": rescan,
@@ -262,6 +326,9 @@ def run_phase(repeat: int) -> dict[str, Any]:
         "psutil": psutil_scan,  # after the cold run, so its cache is warm
         "ps": ps_scan,
     }
+    if walk is not None:
+        fns["C walk 4 files"] = c_walk(walk, WALK4)
+        fns["C walk, same files"] = c_walk(walk, WALK_FIRST, environ_pid_file(tmp))
     samples: dict[str, list[float]] = {k: [] for k in fns}
     counts: dict[str, list[int]] = {k: [] for k in fns}
     for _ in range(repeat):
@@ -270,8 +337,8 @@ def run_phase(repeat: int) -> dict[str, Any]:
             samples[name].append(us)
             counts[name].append(n)
     ratios = {}
-    for ours in ("procfs.read", "tree first scan", "tree rescan"):
-        for ref in ("psutil", "psutil cold", "ps"):
+    for ours in OURS:
+        for ref in (r for r in REFS if r in fns):
             ratios[f"{ours} / {ref}"] = statistics.median(
                 a / b for a, b in zip(samples[ours], samples[ref], strict=True))  # one per pass
     return {
@@ -399,26 +466,63 @@ def table(label: str, ph: dict[str, Any]) -> str:
     us = ph["us_per_process"]
     lo, hi = ph["us_per_process_min"], ph["us_per_process_max"]
     r = ph["ratios"]
+    refs = [ref for ref in REFS if ref in us]
     lines = [(f"### {label}: {ph['processes']:.0f} processes "
               f"(environ reads: first scan {ph['environ_reads_first_scan']:.0f}, "
               f"rescan {ph['environ_reads_rescan']:.0f})"),
              "",
-             "| method | us/process (median) | min-max | / psutil | / psutil cold | / ps |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for m in METHODS:
-        if m in ("procfs.read", "tree first scan", "tree rescan"):
-            rel = (f"{r[f'{m} / psutil']:.2f} | {r[f'{m} / psutil cold']:.2f} | "
-                   f"{r[f'{m} / ps']:.2f}")
+             "| method | us/process (median) | min-max | " + " | ".join(f"/ {x}" for x in refs)
+             + " |",
+             "|---|---:|---:|" + "---:|" * len(refs)]
+    for m in (m for m in METHODS if m in us):
+        if m in OURS:
+            rel = " | ".join(f"{r[f'{m} / {ref}']:.2f}" for ref in refs)
         else:
-            rel = "| |"
+            rel = " | ".join("" for _ in refs)
         lines.append(f"| {m} | {us[m]:.1f} | {lo[m]:.1f}-{hi[m]:.1f} | {rel} |")
     return "\n".join(lines)
 
 
 def verdict(ph: dict[str, Any]) -> dict[str, bool]:
     r = ph["ratios"]
-    return {"first scan <= psutil": r["tree first scan / psutil"] <= 1.0,
-            "rescan <= psutil": r["tree rescan / psutil"] <= 1.0}
+    out = {"first scan <= psutil": r["tree first scan / psutil"] <= 1.0,
+           "rescan <= psutil": r["tree rescan / psutil"] <= 1.0}
+    if "tree rescan / C walk 4 files" in r:
+        out["rescan <= 1.0x C walk of stat+cmdline+environ+exe"] = (
+            r["tree rescan / C walk 4 files"] <= 1.0)
+        out["first scan <= 1.3x C walk of the same files"] = (
+            r["tree first scan / C walk, same files"] <= 1.3)
+    return out
+
+
+def startup(rounds: int, tmp: str) -> dict[str, Any]:
+    """`nodewarden scan --proc-root EMPTY` against `python -c pass`, whole processes run in
+    turn (one warm-up each): median wall seconds and the median of the pairwise ratios."""
+    empty = os.path.join(tmp, "empty-proc")
+    os.makedirs(empty, exist_ok=True)
+    repo = os.path.dirname(HERE)
+    ours = [sys.executable, "-m", "agent", "scan", "--proc-root", empty]
+    ref = [sys.executable, "-c", "pass"]
+
+    def once(argv: list[str]) -> float:
+        t0 = time.perf_counter()
+        done = subprocess.run(argv, cwd=repo, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, check=False)
+        dt = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise RuntimeError(f"{argv} exited {done.returncode}")
+        return dt
+
+    once(ours)
+    once(ref)
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(once(ours))
+        b.append(once(ref))
+    return {"rounds": rounds, "scan_empty_s": statistics.median(a),
+            "python_pass_s": statistics.median(b),
+            "scan_empty_min_max": [min(a), max(a)], "python_pass_min_max": [min(b), max(b)],
+            "ratio": statistics.median(x / y for x, y in zip(a, b, strict=True))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", type=int, default=2000, help="idle processes to add (default 2000)")
     ap.add_argument("--repeat", type=int, default=15, help="repetitions per phase (default 15)")
     ap.add_argument("--cpu", type=int, default=0, help="pin to this CPU (-1: do not pin)")
+    ap.add_argument("--startup-rounds", type=int, default=30,
+                    help="runs of each command in the start-up comparison (0: skip)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     ap.add_argument("--profile", action="store_true",
                     help="always print cProfile excerpts (printed anyway when a target is missed)")
@@ -443,8 +549,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
 
+    tmp = tempfile.mkdtemp(prefix="nodewarden-scan-bench-")
+    try:
+        return _run(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, tmp: str) -> int:  # noqa: C901
+    walk = build_walk(tmp)
+    if walk is None:
+        print("warning: no C compiler; the C walk is left out", file=sys.stderr)
     result: dict[str, Any] = {"machine": machine(), "repeat": args.repeat, "phases": {}}
-    result["phases"]["live"] = run_phase(args.repeat)
+    result["phases"]["live"] = run_phase(args.repeat, walk, tmp)
     sleepers = Sleepers(args.extra)
     extra_label = f"live + {args.extra} idle"
     try:
@@ -455,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             result["extra"] = {"plain_root_sleeps": sleepers.plain,
                                "workspaces": sleepers.workspaces,
                                "processes_in_workspaces": sleepers.in_workspaces}
-            result["phases"][extra_label] = run_phase(args.repeat)
+            result["phases"][extra_label] = run_phase(args.repeat, walk, tmp)
         big = result["phases"][extra_label if args.extra else "live"]
         missed = not all(verdict(big).values())
         result["breakdown_us_per_process"] = breakdown()
@@ -469,6 +586,10 @@ def main(argv: list[str] | None = None) -> int:
         sleepers.stop()
 
     result["targets"] = {label: verdict(ph) for label, ph in result["phases"].items()}
+    if args.startup_rounds:
+        result["startup"] = startup(args.startup_rounds, tmp)
+        result["targets"]["start-up"] = {"scan on an empty procfs <= 2.5x python -c pass":
+                                         result["startup"]["ratio"] <= 2.5}
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
@@ -486,7 +607,17 @@ def main(argv: list[str] | None = None) -> int:
     for label, ph in result["phases"].items():
         print(table(label, ph))
         print()
-    print("### targets (tree scan <= psutil per process)\n")
+    if "startup" in result:
+        st = result["startup"]
+        print(f"### start-up, {st['rounds']} runs of each in turn (wall, median)\n")
+        print(f"- `nodewarden scan --proc-root EMPTY`: {st['scan_empty_s'] * 1e3:.1f} ms "
+              f"(min-max {st['scan_empty_min_max'][0] * 1e3:.1f}-"
+              f"{st['scan_empty_min_max'][1] * 1e3:.1f})")
+        print(f"- `python -c pass`: {st['python_pass_s'] * 1e3:.1f} ms "
+              f"(min-max {st['python_pass_min_max'][0] * 1e3:.1f}-"
+              f"{st['python_pass_min_max'][1] * 1e3:.1f})")
+        print(f"- ratio (median of pairs): {st['ratio']:.2f}x\n")
+    print("### targets\n")
     for label, v in result["targets"].items():
         for k, ok in v.items():
             print(f"- {label}: {k}: {'MET' if ok else 'MISSED'}")

@@ -28,10 +28,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from agent.metrics import Metrics
 from agent.sinks.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
+    from agent.metrics import Metrics
     from agent.sinks.findings import Finding
 
 log = logging.getLogger("nodewarden.sinks")

@@ -22,17 +22,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.errors import ConfigError
-from agent.metrics import Metrics
 from agent.model import Severity
 from agent.sinks.base import QueuedDelivery, Result, retry_after
 from agent.sinks.findings import Finding
 from agent.text import json_line
+
+if TYPE_CHECKING:
+    import urllib.request
+
+    from agent.metrics import Metrics
 
 log = logging.getLogger("nodewarden.webhook")
 
@@ -49,12 +52,18 @@ def body_of(finding: Finding) -> bytes:
     return json_line(finding.to_json()).encode("utf-8")
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Refuse redirects (the 3xx is then an error the sink drops as rejected)."""
+def _opener() -> urllib.request.OpenerDirector:
+    """An opener that refuses redirects (the 3xx is then an error the sink drops as
+    rejected). urllib is imported here, by the sink that uses it: `nodewarden scan` reads
+    this module for its config section only and starts without HTTP."""
+    import urllib.request
 
-    def redirect_request(self, *_args: object, **_kwargs: object) -> None:
-        """Never follow."""
-        return None
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *_args: object, **_kwargs: object) -> None:
+            """Never follow."""
+            return None
+
+    return urllib.request.build_opener(NoRedirect())
 
 
 class WebhookSink(QueuedDelivery[bytes]):
@@ -68,7 +77,7 @@ class WebhookSink(QueuedDelivery[bytes]):
         self._key = key
         self.min_severity = Severity(min_severity)
         self.timeout = timeout
-        self._opener = urllib.request.build_opener(_NoRedirect())
+        self._opener = _opener()
         super().__init__("webhook", metrics, rate=rate, burst=burst, queue_size=queue_size,
                          max_attempts=max_attempts, backoff=backoff)
 
@@ -82,6 +91,9 @@ class WebhookSink(QueuedDelivery[bytes]):
 
     def deliver(self, item: bytes, timeout: float) -> Result:
         """One POST; 2xx is sent, 429 and 5xx and network errors retried, the rest dropped."""
+        import urllib.error
+        import urllib.request
+
         headers = {"Content-Type": "application/json", "User-Agent": f"nodewarden/{__version__}"}
         if self._key is not None:
             headers[SIGNATURE_HEADER] = signature(self._key, item)

@@ -9,16 +9,20 @@ replaces the environment: a launcher without the marker may exec into a workspac
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Sequence
 
 from cachetools import LRUCache
 
 from agent.enrich.workspace import DEFAULT_MARKERS
-from agent.errors import AccessDenied, ProcessGone
+from agent.errors import AccessDenied, NodewardenError, ProcessGone
 from agent.model import Event, Pod, Process
-from agent.sources.procfs import ProcFS
+from agent.sources.procfs import Known, ProcFS
 
 MAX_ANCESTORS = 64
+
+log = logging.getLogger("nodewarden")
 
 # (container id, pod uid) -> the pod of a process (agent.enrich.pods.PodIndex.lookup)
 PodLookup = Callable[[str, str], Pod | None]
@@ -33,6 +37,25 @@ def _known(ws: str, p: Process) -> _Known:
     return (ws, p.exe_dev, p.exe_ino)
 
 
+def own_processes(proc_root: str) -> list[Process]:
+    """The agent and its ancestors (its shell, container runtime) as they are now: protected
+    as (pid, start time, executable), so a recycled pid or an ancestor that execs another
+    program later is not; an ancestor that has exited protects nothing."""
+    own: list[Process] = []
+    pid = os.getpid()
+    try:
+        procfs = ProcFS(proc_root if os.path.isdir(proc_root) else "/proc")
+        for _ in range(MAX_ANCESTORS):
+            if pid <= 1:
+                break
+            p = procfs.read(pid)
+            own.append(p)
+            pid = p.ppid
+    except (OSError, NodewardenError):
+        log.debug("could not read the agent's ancestry past pid %d", pid)
+    return own
+
+
 class ProcessTree:
     """Processes by pid, with workspace membership and ancestry for enrichment."""
 
@@ -41,6 +64,9 @@ class ProcessTree:
         self.procfs = procfs
         self.markers = tuple(markers)
         self.procs: dict[int, Process] = {}
+        # pid -> the process as the last scan read it: a rescan reads only the stat of these
+        # while they run the same program (ProcFS.refresh)
+        self._read: dict[int, Known] = {}
         self._workspace: dict[int, str] = {}
         # (pid, starttime) -> workspace id and the program it was read for: membership
         # sticks when a process is reparented (a double fork does not leave a workspace)
@@ -55,12 +81,17 @@ class ProcessTree:
     def scan(self) -> list[Process]:
         """Read every process from procfs and replace the tree with what is there now.
         Processes that vanish or deny access mid-scan are skipped, never fatal."""
-        found: dict[int, Process] = {}
-        for pid in self.procfs.pids():
+        fs = self.procfs
+        last = self._read
+        read: dict[int, Known] = {}
+        for pid in fs.pids():
+            prev = last.get(pid)
             try:
-                found[pid] = self.procfs.read(pid)
+                read[pid] = fs.read_known(pid) if prev is None else fs.refresh(pid, prev)
             except (ProcessGone, AccessDenied):
                 continue
+        self._read = read
+        found = {pid: k.process for pid, k in read.items()}
         self.procs = found
         self._resolve_workspaces()
         return list(found.values())
@@ -119,12 +150,14 @@ class ProcessTree:
         if not ws:
             ws = self._own_workspace(p, execed=True)
         self.procs[p.pid] = p
+        self._read.pop(p.pid, None)  # the next scan reads what this exec runs in full
         self._workspace[p.pid] = ws
         self._known[key] = _known(ws, p)
 
     def remove(self, pid: int) -> Process | None:
         """Forget an exited process; returns what was known of it."""
         p = self.procs.pop(pid, None)
+        self._read.pop(pid, None)
         self._workspace.pop(pid, None)
         self._forked.pop(pid, None)
         if p is not None:

@@ -183,10 +183,10 @@ def test_exited_process_disappears_on_next_scan(root):
 
 def test_process_vanishing_between_pids_and_read_is_skipped(root):
     class Racy(ProcFS):
-        def read(self, pid):
+        def read_known(self, pid):
             if pid == 123:
                 shutil.rmtree(f"{self.root}/{pid}")
-            return super().read(pid)
+            return super().read_known(pid)
 
     procfs = Racy(str(root))
     assert 123 in procfs.pids()
@@ -198,10 +198,10 @@ def test_process_vanishing_between_pids_and_read_is_skipped(root):
 
 def test_workspace_root_vanishing_mid_scan_does_not_break_the_scan(root):
     class Racy(ProcFS):
-        def read(self, pid):
+        def read_known(self, pid):
             if pid == 1302:
                 shutil.rmtree(f"{self.root}/{pid}")
-            return super().read(pid)
+            return super().read_known(pid)
 
     tree = ProcessTree(Racy(str(root)))
     procs = tree.scan()
@@ -211,10 +211,10 @@ def test_workspace_root_vanishing_mid_scan_does_not_break_the_scan(root):
 
 def test_access_denied_mid_scan_is_skipped(root):
     class Denied(ProcFS):
-        def read(self, pid):
+        def read_known(self, pid):
             if pid == 410:
                 raise AccessDenied(pid, "stat")
-            return super().read(pid)
+            return super().read_known(pid)
 
     tree = ProcessTree(Denied(str(root)))
     tree.scan()

@@ -20,15 +20,17 @@ from agent.sources.procfs.parse import (
     parse_cmdline,
     parse_netns,
     parse_stat,
+    parse_stat_program,
     parse_status_uid,
 )
-from agent.sources.procfs.reader import CGROUP_LIMIT, ENVIRON_LIMIT, ProcFS
+from agent.sources.procfs.reader import CGROUP_LIMIT, ENVIRON_LIMIT, Known, ProcFS
 
 __all__ = [
     "CGROUP_LIMIT",
     "ENVIRON_LIMIT",
     "PF_KTHREAD",
     "Cgroup",
+    "Known",
     "ProcFS",
     "Stat",
     "container_id_from_cgroup",
@@ -36,6 +38,7 @@ __all__ = [
     "parse_cmdline",
     "parse_netns",
     "parse_stat",
+    "parse_stat_program",
     "parse_status_uid",
     "pod_uid_from_cgroup",
 ]

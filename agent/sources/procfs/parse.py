@@ -25,30 +25,66 @@ class Stat:
     starttime: int
 
 
+def _split_stat(data: bytes) -> tuple[bytes, list[bytes]]:
+    """(comm, fields from field 3 on) of a stat line. The comm may hold spaces and
+    parentheses (`a) (b`), so it is everything between the first `(` and the *last* `)`."""
+    lpar = data.find(b"(")
+    rpar = data.rfind(b")")
+    if lpar < 0 or rpar < lpar:
+        raise ValueError("no (comm) in stat")
+    rest = data[rpar + 2 :].split()
+    # rest[0] is field 3 (state); field N is rest[N - 3]
+    if len(rest) < 20:
+        raise ValueError("stat line too short")
+    return data[lpar + 1 : rpar], rest
+
+
+def _stat(data: bytes, comm: bytes, rest: list[bytes]) -> Stat:
+    return Stat(
+        pid=int(data[: data.find(b"(")]),
+        comm=decode(comm),
+        state=rest[0].decode("ascii", "replace"),
+        ppid=int(rest[1]),
+        flags=int(rest[6]),
+        starttime=int(rest[19]),
+    )
+
+
+def _program(comm: bytes, rest: list[bytes]) -> list[bytes]:
+    return [comm, rest[1], rest[19], *rest[23:26], *rest[42:49]]
+
+
 def parse_stat(data: bytes) -> Stat:
     """Parse /proc/PID/stat. The comm may hold spaces and parentheses (`a) (b`), so it
     is everything between the first `(` and the *last* `)`; fields are split after it.
 
     Raises ValueError on text that is not a stat line.
     """
-    lpar = data.find(b"(")
-    rpar = data.rfind(b")")
-    if lpar < 0 or rpar < lpar:
-        raise ValueError("no (comm) in stat")
-    pid = int(data[:lpar])
-    comm = decode(data[lpar + 1 : rpar])
-    rest = data[rpar + 2 :].split()
-    # rest[0] is field 3 (state); field N is rest[N - 3]
-    if len(rest) < 20:
-        raise ValueError("stat line too short")
-    return Stat(
-        pid=pid,
-        comm=comm,
-        state=rest[0].decode("ascii", "replace"),
-        ppid=int(rest[1]),
-        flags=int(rest[6]),
-        starttime=int(rest[19]),
-    )
+    comm, rest = _split_stat(data)
+    return _stat(data, comm, rest)
+
+
+def parse_stat_program(data: bytes) -> tuple[bytes, list[bytes]]:
+    """The state of a process, and what /proc/PID/stat says about the program it runs as
+    raw fields to compare (the program key): comm, ppid, starttime and the addresses an
+    exec sets anew (start/end of code, start of stack, of data, of the heap, of argv and of
+    the environment; fields 26-28 and 45-51). Counters and the state are left out of the
+    key: they change while the program stays the same.
+
+    With address-space randomisation every exec moves these; without it (setarch -R) an
+    exec of another binary of the same layout could keep them, which is why a rescan also
+    compares the executable's inode (reader.py `ProcFS.refresh`). Fields the kernel hides
+    from a reader without ptrace rights read as 0 and compare equal. Raises ValueError on
+    text that is not a stat line.
+    """
+    comm, rest = _split_stat(data)
+    return rest[0], _program(comm, rest)
+
+
+def parse_stat_and_program(data: bytes) -> tuple[Stat, list[bytes]]:
+    """`parse_stat` and the program key of `parse_stat_program`, from one split."""
+    comm, rest = _split_stat(data)
+    return _stat(data, comm, rest), _program(comm, rest)
 
 
 def parse_cmdline(data: bytes) -> tuple[str, ...]:

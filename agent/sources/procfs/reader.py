@@ -11,6 +11,7 @@ import errno
 import os
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import NamedTuple
 
 from agent.enrich.workspace import find_marker
 from agent.errors import EXHAUSTED, AccessDenied, FdExhausted, ProcessGone
@@ -23,6 +24,8 @@ from agent.sources.procfs.parse import (
     parse_cmdline,
     parse_netns,
     parse_stat,
+    parse_stat_and_program,
+    parse_stat_program,
     parse_status_uid,
 )
 from agent.text import decode
@@ -93,6 +96,14 @@ def _live_task(pid: int, dfd: int) -> tuple[int, str] | None:
         os.close(tfd)
 
 
+class Known(NamedTuple):
+    """A process as last read, and the program key its stat had then (parse_stat_program):
+    what `ProcFS.refresh` compares to tell whether it must read the process again."""
+
+    process: Process
+    program: list[bytes]
+
+
 class ProcFS:
     """A procfs tree at `root` (the host's /proc, a container's view, or a test fixture)."""
 
@@ -148,15 +159,55 @@ class ProcFS:
     def read(self, pid: int) -> Process:
         """Everything a rule may need about one process. Raises ProcessGone when it exited
         before its stat could be read; later files missing or denied degrade to empty."""
+        return self.read_known(pid).process
+
+    def refresh(self, pid: int, known: Known) -> Known:
+        """`pid` again, from its stat alone while it is the process `known` describes,
+        running the same program: same start time, parent, comm, code and stack addresses
+        (an exec moves them) and executable inode (a cheap stat through /proc/PID/exe: an
+        exec without address randomisation). Anything else, and a zombie leader whose
+        threads may run on, is read in full. Counters and the state (R/S/D) stay as first
+        read, and so do the uid, cgroup and netns: a scan judges a program once."""
+        try:
+            fd = os.open(f"{self.root}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return self.read_known(pid)  # the same errors, told the same way
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        finally:
+            os.close(fd)
+        try:
+            state, program = parse_stat_program(data)
+        except ValueError:
+            return self.read_known(pid)
+        p = known.process
+        if state in (b"Z", b"X") or program != known.program:
+            return self.read_known(pid)
+        if not p.kthread:
+            try:
+                st = os.stat(f"{self.root}/{pid}/exe")
+                exe = (st.st_dev, st.st_ino)
+            except OSError:
+                exe = (0, 0)
+            if exe != (p.exe_dev, p.exe_ino):
+                return self.read_known(pid)
+        return known
+
+    def read_known(self, pid: int) -> Known:
+        """`read`, with the program key of the stat it read (for `refresh`)."""
         dfd = self._open(pid)
         try:
+            data = self._must(pid, dfd, "stat", 4096)
             try:
-                st = parse_stat(self._must(pid, dfd, "stat", 4096))
+                st, program = parse_stat_and_program(data)
             except ValueError:
                 raise ProcessGone(pid) from None
             if st.flags & PF_KTHREAD:
-                return Process(pid=st.pid, ppid=st.ppid, starttime=st.starttime, comm=st.comm,
-                               uid=0, state=st.state, kthread=True)
+                return Known(Process(pid=st.pid, ppid=st.ppid, starttime=st.starttime,
+                                     comm=st.comm, uid=0, state=st.state, kthread=True),
+                             program)
             if st.state == "Z":
                 # the leader exited (pthread_exit) and took its cmdline and exe along, but
                 # its threads may run on: read the process through one of them
@@ -185,7 +236,7 @@ class ProcFS:
                 netns=parse_netns(self._link(pid, dfd, "ns/net")),
             )
             self.cmdlines.hold(p, raw)
-            return p
+            return Known(p, program)
         finally:
             os.close(dfd)
 
