@@ -12,7 +12,6 @@ as `\\udcNN` and `json.loads` gives them back, so the bytes round-trip exactly.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import os
@@ -20,6 +19,8 @@ import shlex
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
 
 from agent.model import COMM_LEN, RULE_KINDS, Connection, Event, Pod, Process
 from agent.text import json_line
@@ -103,11 +104,12 @@ def connection_from_json(obj: Any) -> Connection:
     obj = _check_keys(obj, _CONN_KEYS, "connection")
     dst = _str(obj, "dst", "0.0.0.0")
     src = _str(obj, "src", "0.0.0.0")
-    for key, addr in (("src", src), ("dst", dst)):
-        try:
-            ipaddress.ip_address(addr)
-        except ValueError:
-            raise EventFormatError(f"connection '{key}' {addr!r} is not an IP address") from None
+    # the Connection parses each address once (to its integer, -1 when it is none): that
+    # parse is the check, so an address is never parsed twice
+    conn = Connection(src=src, sport=0, dst=dst, dport=0)
+    for key, addr, ip in (("src", src, conn.src_ip), ("dst", dst, conn.dst_ip)):
+        if ip == -1:
+            raise EventFormatError(f"connection '{key}' {addr!r} is not an IP address")
     family = _str(obj, "family", "ipv6" if ":" in dst else "ipv4")
     if family not in ("ipv4", "ipv6"):
         raise EventFormatError(f"connection 'family' must be ipv4 or ipv6, not {family!r}")
@@ -115,8 +117,9 @@ def connection_from_json(obj: Any) -> Connection:
     if direction not in ("outbound", "inbound"):
         raise EventFormatError(f"connection 'direction' must be outbound or inbound, not "
                                f"{direction!r}")
-    return Connection(src=src, sport=_int(obj, "sport", 0), dst=dst, dport=_int(obj, "dport", 0),
-                      family=family, direction=direction, netns=_int(obj, "netns", 0))
+    conn.sport, conn.dport = _int(obj, "sport", 0), _int(obj, "dport", 0)
+    conn.family, conn.direction, conn.netns = family, direction, _int(obj, "netns", 0)
+    return conn
 
 
 def event_time(value: Any) -> float:
@@ -195,8 +198,182 @@ def event_line(ev: Event) -> str:
     return json_line(event_to_json(ev))
 
 
+# -- the fast path ------------------------------------------------------------------------
+# A recorded line as `event_line` writes it decodes straight into these typed structs
+# (msgspec, in C) and maps onto the event types without a dict in between. They accept
+# only what the lenient reader would read to the same event; anything else (a string
+# cmdline, an ISO time, a lone surrogate, an empty pod ...) is no struct, and the line
+# goes through `event_from_json`, which reads it or names what is wrong. Null stands for
+# "left out" in both, as `_str` has it.
+
+class _AncestorJ(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """An ancestor as recorded (hashable: repeated ancestors are made once)."""
+
+    pid: int = 4242
+    ppid: int = 1
+    starttime: int = 0
+    id: str | None = None
+    comm: str | None = None
+    exe: str | None = None
+    cmdline: tuple[str, ...] | None = None
+    uid: int = 1000
+    container_id: str | None = None
+    netns: int = 0
+    cmdline_truncated: bool = False
+    cmdline_cut_bytes: int = 0
+    ancestors: None = None
+
+
+class _ProcessJ(msgspec.Struct, forbid_unknown_fields=True):
+    """The event's process as recorded."""
+
+    pid: int = 4242
+    ppid: int = 1
+    starttime: int = 0
+    id: str | None = None
+    comm: str | None = None
+    exe: str | None = None
+    cmdline: tuple[str, ...] | None = None
+    uid: int = 1000
+    container_id: str | None = None
+    netns: int = 0
+    cmdline_truncated: bool = False
+    cmdline_cut_bytes: int = 0
+    ancestors: list[_AncestorJ] | None = None
+
+
+class _IdJ(msgspec.Struct, forbid_unknown_fields=True):
+    """A workspace or a container: its id."""
+
+    id: str | None = None
+
+
+class _PodJ(msgspec.Struct, forbid_unknown_fields=True):
+    """A pod as recorded."""
+
+    namespace: str | None = None
+    name: str | None = None
+    uid: str | None = None
+    labels: dict[str, str] | None = None
+
+
+class _ConnectionJ(msgspec.Struct, forbid_unknown_fields=True):
+    """A connection as recorded."""
+
+    src: str | None = None
+    sport: int = 0
+    dst: str | None = None
+    dport: int = 0
+    family: str | None = None
+    direction: str | None = None
+    netns: int = 0
+
+
+class _EventJ(msgspec.Struct, forbid_unknown_fields=True):
+    """An event as recorded."""
+
+    kind: str | None = None
+    time: float = 0.0
+    process: _ProcessJ | None = None
+    workspace: _IdJ | None = None
+    container: _IdJ | None = None
+    pod: _PodJ | None = None
+    connection: _ConnectionJ | None = None
+    repeat: Any = None
+
+
+_DECODER = msgspec.json.Decoder(_EventJ)
+_NO_PROCESS = _ProcessJ()
+_KINDS = frozenset(RULE_KINDS)
+_ANCESTORS_MAX = 4096
+
+
+def _process_of(p: _ProcessJ | _AncestorJ, container_id: str) -> Process:
+    """The Process `process_from_json` makes of the same JSON."""
+    exe = p.exe or ""
+    cmdline = p.cmdline if p.cmdline is not None else ((exe,) if exe else ())
+    comm = p.comm
+    if comm is None:
+        named = exe or (cmdline[0] if cmdline else "")
+        comm = os.path.basename(named)[:COMM_LEN] if named else ""
+    return Process(pid=p.pid, ppid=p.ppid, starttime=p.starttime, comm=comm, exe=exe,
+                   cmdline=cmdline,
+                   cmdline_cut=max(p.cmdline_cut_bytes, 1) if p.cmdline_truncated else 0,
+                   uid=p.uid, netns=p.netns,
+                   container_id=p.container_id if p.container_id is not None else container_id)
+
+
+class _Ancestors:
+    """Ancestor processes made once per distinct recorded form (a recording repeats the
+    same shell, IDE server and init for every event); bounded, cleared when full. The
+    agent shares ancestor Process objects between events the same way."""
+
+    def __init__(self) -> None:
+        self.made: dict[_AncestorJ, Process] = {}
+
+    def of(self, recorded: list[_AncestorJ]) -> tuple[Process, ...]:
+        """The ancestors, parent first."""
+        made = self.made
+        out = []
+        for a in recorded:
+            p = made.get(a)
+            if p is None:
+                if len(made) >= _ANCESTORS_MAX:
+                    made.clear()
+                p = made[a] = _process_of(a, "")
+            out.append(p)
+        return tuple(out)
+
+
+def _connection_of(c: _ConnectionJ) -> Connection | None:
+    """The Connection `connection_from_json` makes, or None when it would refuse it."""
+    dst = c.dst if c.dst is not None else "0.0.0.0"
+    family = c.family if c.family is not None else ("ipv6" if ":" in dst else "ipv4")
+    direction = c.direction if c.direction is not None else "outbound"
+    if family not in ("ipv4", "ipv6") or direction not in ("outbound", "inbound"):
+        return None
+    conn = Connection(src=c.src if c.src is not None else "0.0.0.0", sport=c.sport, dst=dst,
+                      dport=c.dport, family=family, direction=direction, netns=c.netns)
+    return None if conn.src_ip == -1 or conn.dst_ip == -1 else conn
+
+
+def _fast_event(line: str, ancestors: _Ancestors) -> Event | None:
+    """The event of a recorded line, or None when the lenient reader must decide."""
+    try:
+        e = _DECODER.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    kind = e.kind if e.kind is not None else "exec"
+    if kind not in _KINDS or not math.isfinite(e.time):
+        return None
+    conn = pod = None
+    if e.connection is not None:
+        if e.connection == _ConnectionJ():  # `{}` is no connection; {"src": null} one
+            return None
+        conn = _connection_of(e.connection)
+        if conn is None:
+            return None
+    if e.pod is not None:
+        p = e.pod
+        if p.namespace is None and p.name is None and p.uid is None and p.labels is None:
+            return None  # `{}` is no pod; {"name": null} one
+        pod = Pod(namespace=p.namespace or "", name=p.name or "", uid=p.uid or "",
+                  labels=p.labels or {})
+    proc = e.process or _NO_PROCESS
+    cid = (e.container.id if e.container is not None else None) or ""
+    ws = (e.workspace.id if e.workspace is not None else None) or ""
+    return Event(kind=kind, time=e.time, process=_process_of(proc, cid),
+                 ancestors=ancestors.of(proc.ancestors) if proc.ancestors else (),
+                 workspace=ws, pod=pod, connection=conn)
+
+
 def event_from_line(line: str) -> Event:
     """The event of one recorded line. Raises EventFormatError (bad JSON included)."""
+    ev = _fast_event(line, _Ancestors())
+    return ev if ev is not None else _event_from_text(line)
+
+
+def _event_from_text(line: str) -> Event:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
@@ -206,12 +383,17 @@ def event_from_line(line: str) -> Event:
 
 def read_events(path: str) -> Iterator[Event]:
     """Events of a JSON-lines file; a bad line raises EventFormatError naming path:line."""
+    ancestors = _Ancestors()
     with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
+            ev = _fast_event(line, ancestors)
+            if ev is not None:
+                yield ev
+                continue
             if not line.strip():
                 continue
             try:
-                ev = event_from_line(line)
+                ev = _event_from_text(line)
             except EventFormatError as e:
                 raise EventFormatError(f"{path}:{n}: {e}") from None
             yield ev

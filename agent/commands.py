@@ -146,8 +146,9 @@ def replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         for ev in read_events(args.file):
             decisions = judge.judge(ev)
-            found += len(decisions)
-            _emit(decisions, writer, cfg.host)
+            if decisions:  # most events find nothing: no findings list, no writer call
+                found += len(decisions)
+                _emit(decisions, writer, cfg.host)
     except OSError as e:
         print(f"nodewarden: cannot read {args.file}: {e.strerror}", file=err)
         return 2

@@ -59,6 +59,13 @@ class Rule:
     kernel: KernelExecSpec | None = None
     # the kernel form of a connect rule the cgroup connect programs can refuse
     kernel_connect: KernelConnectSpec | None = None
+    # what evaluate calls: `fires`, or the predicate itself when there is nothing more to
+    # it (no exceptions, no window): one call less per candidate rule and event
+    check: Predicate = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        plain = self.exceptions is None and self.window is None
+        self.check = self.predicate if plain else self.fires
 
     def fires(self, ev: Event) -> bool:
         """Whether this rule matches `ev` (updating its window, if it has one)."""
@@ -185,7 +192,7 @@ class RuleSet:
 
     def evaluate(self, ev: Event) -> list[Match]:
         """Every rule that fires on `ev`."""
-        return [Match(rule, ev, rule.message(ev)) for rule in self.candidates(ev) if rule.fires(ev)]
+        return [Match(rule, ev, rule.message(ev)) for rule in self.candidates(ev) if rule.check(ev)]
 
     def reset_windows(self) -> None:
         """Forget the state of every window (a fresh start for `rules test`)."""
