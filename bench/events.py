@@ -360,6 +360,9 @@ def run(consumer: Consumer, loadgen: str, mode: str, rate: float, secs: float,
         # records per poll() that returned any: ~ per wake-up of the consumer
         "records_per_poll": records / max(polls, 1),
         "lost": lost, "loss_rate": lost / (lost + records) if lost + records else 0.0,
+        # loss told truthfully: what the generators made = what arrived + what the kernel
+        # counted lost (other processes' records, a handful a second, count as arrived)
+        "unaccounted": sum(r.get("records", 0) for r in reports) - records - lost,
         "steal_ms": {c: steal1[c] - steal0.get(c, 0.0) for c in steal1},
         "span_s": span, "drain_s": max(0.0, last - gen_t1),
         "timed_out": timed_out,
