@@ -207,7 +207,8 @@ def event_line(ev: Event) -> str:
 # "left out" in both, as `_str` has it.
 
 class _AncestorJ(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """An ancestor as recorded (hashable: repeated ancestors are made once)."""
+    """An ancestor as recorded (hashable: repeated ancestors are made once). The event's own
+    process has the same fields, and its ancestors."""
 
     pid: int = 4242
     ppid: int = 1
@@ -224,22 +225,10 @@ class _AncestorJ(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ancestors: None = None
 
 
-class _ProcessJ(msgspec.Struct, forbid_unknown_fields=True):
-    """The event's process as recorded."""
+class _ProcessJ(_AncestorJ, frozen=True):
+    """The event's process as recorded: an ancestor's fields, and its ancestors."""
 
-    pid: int = 4242
-    ppid: int = 1
-    starttime: int = 0
-    id: str | None = None
-    comm: str | None = None
-    exe: str | None = None
-    cmdline: tuple[str, ...] | None = None
-    uid: int = 1000
-    container_id: str | None = None
-    netns: int = 0
-    cmdline_truncated: bool = False
-    cmdline_cut_bytes: int = 0
-    ancestors: list[_AncestorJ] | None = None
+    ancestors: list[_AncestorJ] | None = None  # type: ignore[assignment]
 
 
 class _IdJ(msgspec.Struct, forbid_unknown_fields=True):
