@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -19,7 +19,7 @@ from agent.decide import Decision, Protection, decide
 from agent.engine.ruleset import Match, Rule, RuleSet
 from agent.fdlimit import Bursts
 from agent.model import Event, InstanceKey, Process
-from agent.sources.proctree import ProcessTree
+from agent.sources.proctree import SCAN_CHUNK, ProcessTree, run_steps
 from agent.text import human
 
 if TYPE_CHECKING:
@@ -130,27 +130,63 @@ class Judge:
 def scan_once(tree: ProcessTree, judge: Judge, metrics: Metrics | None = None,
               clock: Callable[[], float] = time.time,
               on_event: Callable[[Event], None] | None = None) -> list[Decision]:
-    """One procfs pass: read every process, judge those not yet judged. Zombies are not
-    judged: they run nothing (a process killed in the kernel at its exec is one until its
-    parent reaps it, and was reported then); a process whose main thread exited while
-    others run on is not a zombie (procfs reads it through a live thread)."""
-    started = time.monotonic()
-    started_ns = time.monotonic_ns()  # an exec the kernel saw before this, the scan sees
-    procs = tree.scan()
-    now = clock()
+    """One procfs pass in one go (`scan_steps` without steps): every decision it made."""
     out: list[Decision] = []
+    run_steps(scan_steps(tree, judge, out.extend, metrics, clock, on_event))
+    return out
+
+
+def scan_steps(tree: ProcessTree, judge: Judge, on_decisions: Callable[[list[Decision]], None],
+               metrics: Metrics | None = None, clock: Callable[[], float] = time.time,
+               on_event: Callable[[Event], None] | None = None,
+               chunk: int = 0) -> Generator[None, None, None]:
+    """One procfs pass: read every process, judge those not yet judged, in steps of `chunk`
+    processes (0: in one go) with the decisions of each step handed to `on_decisions` as it
+    ends, so that a kill is not held back by the rest of the pass. Zombies are not judged:
+    they run nothing (a process killed in the kernel at its exec is one until its parent
+    reaps it, and was reported then); a process whose main thread exited while others run
+    on is not a zombie (procfs reads it through a live thread)."""
+    busy = 0.0
+    resumed = time.monotonic()
+    started_ns = time.monotonic_ns()  # an exec the kernel saw before this, the scan sees
+    reading = tree.scan_steps(chunk)
+    while True:
+        try:
+            next(reading)
+        except StopIteration as done:
+            procs: list[Process] = done.value
+            break
+        busy += time.monotonic() - resumed
+        yield
+        resumed = time.monotonic()
+    now = clock()
+    read_at = tree.read_at
+    out: list[Decision] = []
+    n = 0
     for p in procs:
         if p.state in _DEAD or judge.judged(p):
             continue  # skip building the event, not only judging it
+        n += 1
+        if chunk and n % chunk == 0:
+            if out:
+                on_decisions(out)
+                out = []
+            busy += time.monotonic() - resumed
+            yield
+            resumed = time.monotonic()
+            if judge.judged(p):
+                continue  # its exec record came meanwhile
         ev = tree.event("scan", p, now)
-        ev.ktime_ns = started_ns
+        # when the pass read it: an exec record older than that was judged by this scan
+        ev.ktime_ns = read_at.get(p.pid, started_ns)
         out.extend(judge.judge(ev))
         if on_event is not None:
             on_event(ev)
+    if out:
+        on_decisions(out)
     if metrics is not None:
-        metrics.scan_duration.observe(time.monotonic() - started)
+        metrics.scan_duration.observe(busy + time.monotonic() - resumed)
         metrics.processes.set(len(procs))
-    return out
 
 
 class Agent:
@@ -188,6 +224,9 @@ class Agent:
         self._lost_seen: dict[str, int] = {}
         self._loss_pending = False
         self._next_loss_scan = 0.0
+        # the procfs pass under way, run a step per turn of the loop; when the next is due
+        self._pass: Generator[None, None, None] | None = None
+        self._next_scan = 0.0
 
     def set_scan_interval(self, seconds: float) -> None:
         """Scan procfs every `seconds` (from the next scan on)."""
@@ -265,20 +304,51 @@ class Agent:
         return True
 
     def scan(self, reason: str) -> None:
-        """A reconciliation pass: every process not yet judged is judged now, acted on, and
-        only then reported and recorded."""
+        """A reconciliation pass in one go: every process not yet judged is judged now,
+        acted on, and only then reported and recorded."""
+        run_steps(self._scan_steps(reason, 0))
+
+    def _scan_steps(self, reason: str, chunk: int) -> Generator[None, None, None]:
         judged: list[Event] = []
         try:
-            decisions = scan_once(self.tree, self.judge, self.metrics,
-                                  on_event=judged.append if self.record is not None else None)
+            yield from scan_steps(self.tree, self.judge, self._finish, self.metrics,
+                                  on_event=judged.append if self.record is not None else None,
+                                  chunk=chunk)
             self.scans += 1
             self.metrics.scans.labels(reason=reason).inc()
-            if decisions:
-                self._finish(decisions)
         finally:
             if self.record is not None:
                 for ev in judged:
                     self.record(ev)
+
+    def start_scan(self, reason: str) -> None:
+        """Begin a pass that the loop runs a step (SCAN_CHUNK processes) per turn, taking
+        the sensors' records between steps; nothing when one is running already."""
+        if self._pass is None:
+            self._pass = self._scan_steps(reason, SCAN_CHUNK)
+
+    @property
+    def scanning(self) -> bool:
+        """Whether a stepped pass is under way."""
+        return self._pass is not None
+
+    def _step(self) -> None:
+        """One step of the pass under way; at its end, when the next periodic one is due
+        (a pass that failed on an OS error is tried again after RETRY_GAP)."""
+        assert self._pass is not None
+        try:
+            next(self._pass)
+            return
+        except StopIteration:
+            self.bursts.ok("scan")
+            self._rescan = False
+            gap = self.scan_interval
+        except OSError as e:
+            self.failed("scan", e)
+            self._rescan = True  # whatever it was for is owed
+            gap = RETRY_GAP
+        self._pass = None
+        self._next_scan = time.monotonic() + gap
 
     def _finish(self, decisions: list[Decision]) -> None:
         """Carry out kills (the enforcer turns `kill` into killed, gone or failed), count
@@ -313,17 +383,24 @@ class Agent:
         self.ready = True
         if on_ready is not None:
             on_ready()
-        next_scan = time.monotonic() + (self.scan_interval if scanned else RETRY_GAP)
-        while not stop.is_set():
-            self.heartbeat = time.monotonic()
-            self._tick()
-            if sensor is not None:
-                self._pump(sensor, stop)
-            else:
-                stop.wait(max(0.0, min(0.5, next_scan - time.monotonic())))
-            if time.monotonic() >= next_scan:
-                ok = self.try_scan("periodic")
-                next_scan = time.monotonic() + (self.scan_interval if ok else RETRY_GAP)
+        self._next_scan = time.monotonic() + (self.scan_interval if scanned else RETRY_GAP)
+        try:
+            while not stop.is_set():
+                self.heartbeat = time.monotonic()
+                self._tick()
+                busy = self._pass is not None
+                if sensor is not None:
+                    self._pump(sensor, stop, 0 if busy else 100)
+                elif not busy:
+                    stop.wait(max(0.0, min(0.5, self._next_scan - time.monotonic())))
+                if self._pass is not None:
+                    self._step()
+                elif time.monotonic() >= self._next_scan:
+                    self.start_scan("periodic")
+        finally:
+            if self._pass is not None:
+                self._pass.close()  # stops the tree noting records for it
+                self._pass = None
 
     def _tick(self) -> None:
         """The loop's other work (signals, reloads), each surviving an OS error."""
@@ -333,12 +410,13 @@ class Agent:
             except OSError as e:
                 self.failed("reload", e)
 
-    def _pump(self, sensor: EventSource, stop: threading.Event) -> None:
-        """One poll of the sensors (up to 100 ms), then a loss scan if records were lost:
-        at once, but at most one per LOSS_SCAN_GAP seconds, so a sustained flood costs one
-        full procfs pass a second, not one per poll."""
+    def _pump(self, sensor: EventSource, stop: threading.Event, timeout_ms: int) -> None:
+        """One poll of the sensors (up to `timeout_ms`), then a loss scan if records were
+        lost: at once, but at most one per LOSS_SCAN_GAP seconds, so a sustained flood costs
+        one full procfs pass a second, not one per poll. A pass that began before the loss
+        may have listed the processes already: the loss scan is then owed after it."""
         try:
-            sensor.poll(100)
+            sensor.poll(timeout_ms)
         except OSError as e:
             self.failed("events", e)
             stop.wait(0.1)  # a sensor that fails at once must not spin the loop
@@ -348,8 +426,10 @@ class Agent:
                 self.metrics.events_lost.labels(source=source).inc(lost - seen)
                 self._lost_seen[source] = lost
                 self._loss_pending = True
-        if (self._loss_pending or self._rescan) and time.monotonic() >= self._next_loss_scan:
+        if ((self._loss_pending or self._rescan) and self._pass is None
+                and time.monotonic() >= self._next_loss_scan):
             # the kernel dropped records, or we could not read one: whatever they were
             # about, a scan sees it
-            self._loss_pending = not self.try_scan("loss")
+            self._loss_pending = False
+            self.start_scan("loss")
             self._next_loss_scan = time.monotonic() + LOSS_SCAN_GAP

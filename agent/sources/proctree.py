@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import TypeVar
 
 from cachetools import LRUCache
 
@@ -21,6 +23,21 @@ from agent.model import Event, Pod, Process
 from agent.sources.procfs import Known, ProcFS
 
 MAX_ANCESTORS = 64
+# processes read per step of a pass: ~1 ms of reading, the longest a record waits for it
+SCAN_CHUNK = 64
+# records noted during one pass at most; past it the pass is dropped (the next one reads all)
+MAX_CHANGED = 65536
+
+T = TypeVar("T")
+
+
+def run_steps(steps: Generator[None, None, T]) -> T:
+    """Run a stepped pass to its end; its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
 log = logging.getLogger("nodewarden")
 
@@ -77,21 +94,62 @@ class ProcessTree:
         self._forked: LRUCache[int, str] = LRUCache(maxsize=65536)
         # (container id, pod uid) -> the pod, when the Kubernetes enrichment runs
         self.pod_of = pod_of
+        # pid -> when the last pass read it (CLOCK_MONOTONIC ns)
+        self.read_at: dict[int, int] = {}
+        # while a pass runs in steps: pid -> (the process before, after) an exec or exit
+        # record changed it; and the count of passes done, so an overtaken pass knows it
+        self._changed: dict[int, tuple[Process | None, Process | None]] | None = None
+        self._generation = 0
 
     def scan(self) -> list[Process]:
         """Read every process from procfs and replace the tree with what is there now.
         Processes that vanish or deny access mid-scan are skipped, never fatal."""
+        return run_steps(self.scan_steps(0))
+
+    def scan_steps(self, chunk: int = SCAN_CHUNK) -> Generator[None, None, list[Process]]:
+        """`scan` in steps of `chunk` processes (0: in one go), so the agent's loop can take
+        the sensors' records between two steps instead of waiting out a whole pass (tens of
+        milliseconds at a few thousand processes). The tree stays whole meanwhile: the pass
+        builds a new one, and what exec and exit records said while it ran is laid over it
+        when it is done (an exec newer than the pass's read of it, an exit the pass may have
+        read before). A pass overtaken by another (`scan` from a workspace kill) drops its
+        own result. Each process's read time is kept in `read_at` (CLOCK_MONOTONIC ns)."""
         fs = self.procfs
         last = self._read
         read: dict[int, Known] = {}
-        for pid in fs.pids():
-            prev = last.get(pid)
-            try:
-                read[pid] = fs.read_known(pid) if prev is None else fs.refresh(pid, prev)
-            except (ProcessGone, AccessDenied):
-                continue
-        self._read = read
+        read_at: dict[int, int] = {}
+        generation = self._generation
+        self._changed = {}
+        stamp = time.monotonic_ns()
+        try:
+            for i, pid in enumerate(fs.pids()):
+                if chunk and i and i % chunk == 0:
+                    yield
+                    stamp = time.monotonic_ns()
+                prev = last.get(pid)
+                try:
+                    read[pid] = fs.read_known(pid) if prev is None else fs.refresh(pid, prev)
+                except (ProcessGone, AccessDenied):
+                    continue
+                read_at[pid] = stamp
+        finally:
+            # also when abandoned or failed (out of descriptors): stop noting records
+            changed, self._changed = self._changed, None
+        if generation != self._generation or changed is None:
+            return list(self.procs.values())  # overtaken: the newer pass's tree stands
+        self._generation += 1
         found = {pid: k.process for pid, k in read.items()}
+        for pid, (was, now) in changed.items():
+            old = read.get(pid)
+            if old is not None and was is not None and old.process.starttime != was.starttime:
+                continue  # the pass read a newer process on this pid than the event saw
+            read.pop(pid, None)  # read in full by the next pass
+            if now is None:
+                found.pop(pid, None)
+            else:
+                found[pid] = now
+        self._read = read
+        self.read_at = read_at
         self.procs = found
         self._resolve_workspaces()
         return list(found.values())
@@ -134,6 +192,18 @@ class ProcessTree:
         found = self.procfs.environ_marker(p.pid, self.markers)
         return found[1] if found else ""
 
+    def _note(self, pid: int, was: Process | None, now: Process | None) -> None:
+        """An exec or exit record changed `pid` while a pass runs: keep what it was when the
+        pass began and what it is now."""
+        changed = self._changed
+        assert changed is not None
+        if len(changed) >= MAX_CHANGED:
+            # a flood of records during one pass: drop the pass rather than grow without bound
+            self._changed = None
+            return
+        first = changed.get(pid)
+        changed[pid] = (first[0] if first else was, now)
+
     def forked(self, pid: int, ppid: int) -> None:
         """A fork seen by a sensor: the child belongs to its parent's workspace, even if it
         is reparented and clears its environment before it execs."""
@@ -149,6 +219,8 @@ class ProcessTree:
         ws = self._workspace.get(p.ppid, "") or self._forked.get(p.pid, "")
         if not ws:
             ws = self._own_workspace(p, execed=True)
+        if self._changed is not None:
+            self._note(p.pid, self.procs.get(p.pid), p)
         self.procs[p.pid] = p
         self._read.pop(p.pid, None)  # the next scan reads what this exec runs in full
         self._workspace[p.pid] = ws
@@ -157,6 +229,8 @@ class ProcessTree:
     def remove(self, pid: int) -> Process | None:
         """Forget an exited process; returns what was known of it."""
         p = self.procs.pop(pid, None)
+        if self._changed is not None:
+            self._note(pid, p, None)
         self._read.pop(pid, None)
         self._workspace.pop(pid, None)
         self._forked.pop(pid, None)

@@ -103,14 +103,21 @@ def test_the_loop_survives_scans_out_of_descriptors_and_retries(
     metrics = Metrics()
     tree = ProcessTree(ProcFS(str(proc)))
     failures = [EMFILE, EMFILE, OSError(errno.EIO, "I/O error")]
-    real_scan = tree.scan
+    real_steps = tree.scan_steps
 
-    def scan():
+    def scan_steps(chunk=0):
+        # the startup pass runs in one go, the later ones in steps: both fail alike
         if failures:
-            raise failures.pop(0)
-        return real_scan()
+            error = failures.pop(0)
 
-    monkeypatch.setattr(tree, "scan", scan)
+            def failing():
+                raise error
+                yield
+
+            return failing()
+        return real_steps(chunk)
+
+    monkeypatch.setattr(tree, "scan_steps", scan_steps)
     reported: list = []
     judge = Judge(loader.load([loader.bundled_rules_dir()]), metrics=metrics)
     agent = Agent(tree, judge, reported.extend, metrics, scan_interval=60.0)
