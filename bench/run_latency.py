@@ -27,6 +27,9 @@ wait for the CPU between the stamp and its exec, and a killed one before it exit
 
     .venv/bin/python bench/run_latency.py --tree base=/tmp/base --tree new=. --rounds 3
 
+With --extra N --scan-interval S the agents scan procfs every S seconds over N more
+processes, so what periodic passes do to latency is in the figures.
+
 A tree whose config has no `realtime` key is run with realtime off only. Needs root, BCC and
 gcc. Prints a markdown table (medians of the rounds' p50 / p99, and every round's p99).
 """
@@ -221,9 +224,11 @@ def generate(gen: str, args: list[str], cpu: int, timeout: float) -> list[list[i
 
 
 def write_config(tmp: Path, name: str, mode: str, realtime: bool | None,
-                 rules: str | None) -> str:
+                 rules: str | None, scan_interval: float | None = None) -> str:
     lines = [f"mode: {mode}", f"lock_file: {tmp}/{name}.lock", "listen: 'off'",
              "kubernetes: 'off'"]
+    if scan_interval is not None:
+        lines.append(f"scan_interval: {scan_interval}")
     if realtime is not None:
         lines.append(f"realtime: {'true' if realtime else 'false'}")
     if rules is not None:
@@ -266,7 +271,22 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=200)
     ap.add_argument("--interval", type=float, default=15.0, help="ms between execs")
     ap.add_argument("--json", help="also write every sample to this file")
+    ap.add_argument("--extra", type=int, default=0,
+                    help="idle processes started first (sleepers), for a bigger procfs")
+    ap.add_argument("--scan-interval", type=float, default=None,
+                    help="the agents' scan_interval (default: the config's, 60 s)")
     args = ap.parse_args()
+    sleepers = [subprocess.Popen(["sleep", "3600"]) for _ in range(args.extra)]
+    try:
+        return run(args)
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    """The rounds, then the table."""
     trees = dict(t.split("=", 1) for t in args.tree)
     cpus = sorted(os.sched_getaffinity(0))
     gen_cpu = cpus[-1]
@@ -288,7 +308,8 @@ def main() -> int:
                 label = f"{name}, realtime {'on' if rt else 'off'}"
                 for kill in (False, True):
                     cfg = write_config(tmp, "a", "enforce" if kill else "audit", rt,
-                                       str(tmp / "rules") if kill else None)
+                                       str(tmp / "rules") if kill else None,
+                                       args.scan_interval)
                     agent = Agent(os.path.abspath(path), cfg)
                     agent.start()
                     try:
