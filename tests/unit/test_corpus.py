@@ -1,0 +1,73 @@
+"""Issue 11's corpus (tests/corpus/exec-corpus.yaml) replayed through the shipped rules and
+the real engine: every attack line marked `detect` gets a finding, every line the exec path
+cannot see (`blind`, needing the file/mount/DNS sensors) gets none so the table in
+rules/README.md stays honest, and no benign CI, ops or developer line gets a kill or a
+high/critical finding."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from agent.engine import loader
+from agent.engine.ruleset import Match
+from tests.corpus.replay import Line, event_of, load, replay, table
+
+README = Path(__file__).resolve().parents[2] / "rules" / "README.md"
+
+
+@pytest.fixture(scope="module")
+def lines() -> list[Line]:
+    return replay()
+
+
+def _ids(lines: list[Line], expect: str) -> list[str]:
+    return [ln.describe() for ln in lines if ln.expect == expect]
+
+
+def test_the_corpus_is_large_enough_and_every_attack_names_its_technique() -> None:
+    attacks, benign = load()
+    assert len(attacks) >= 60 and len(benign) >= 40
+    for entry in attacks:
+        assert re.fullmatch(r"T\d{4}(?:\.\d{3})?", entry["attack"]), entry
+        assert entry.get("expect", "detect") in ("detect", "blind"), entry
+        if entry.get("expect") == "blind":
+            assert entry.get("needs") in ("file", "mount", "dns", "ptrace", "udp"), entry
+
+
+def test_every_attack_line_marked_detect_gets_a_finding(lines: list[Line]) -> None:
+    missed = [ln.describe() for ln in lines if ln.expect == "detect" and not ln.matches]
+    assert missed == []
+
+
+def test_attack_lines_the_exec_path_cannot_see_get_no_finding(lines: list[Line]) -> None:
+    seen = {ln.describe(): [m.rule.id for m in ln.matches]
+            for ln in lines if ln.expect == "blind" and ln.matches}
+    assert seen == {}, "now detected: mark these lines `detect`"
+
+
+def test_no_benign_line_gets_a_kill_or_a_high_or_critical_finding(lines: list[Line]) -> None:
+    loud = {ln.describe(): ln.loud for ln in lines if ln.expect == "benign" and ln.loud}
+    assert loud == {}
+
+
+def _judge(entry: dict[str, object]) -> list[Match]:
+    return loader.load([loader.BUNDLED]).evaluate(event_of(entry))
+
+
+def test_context_decides_a_look_alike_not_the_command_alone() -> None:
+    """The same mount of a block device: a kill in a workspace, a report in a tenant's
+    container, nothing in kube-system (a CSI driver) or on the node (an admin)."""
+    found = {ctx: [(m.rule.id, m.rule.action) for m in
+                   _judge({"ctx": ctx, "uid": 0, "cmd": "mount /dev/nvme1n1 /mnt"})]
+             for ctx in ("ws", "container", "trusted", "host")}
+    assert found == {"ws": [("mount-host-device-in-workspace", "kill")],
+                     "container": [("mount-host-device-in-container", "report")],
+                     "trusted": [], "host": []}
+
+
+def test_the_readme_holds_the_current_detection_table(lines: list[Line]) -> None:
+    """rules/README.md shows what `python -m tests.corpus.replay` prints today."""
+    assert table(lines) in README.read_text()
