@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agent.engine import loader
 from agent.engine.ruleset import Match
@@ -71,3 +72,12 @@ def test_context_decides_a_look_alike_not_the_command_alone() -> None:
 def test_the_readme_holds_the_current_detection_table(lines: list[Line]) -> None:
     """rules/README.md shows what `python -m tests.corpus.replay` prints today."""
     assert table(lines) in README.read_text()
+
+
+def test_the_mining_pool_gate_lets_every_pool_domain_through() -> None:
+    """crypto-miner-pool-host tests a few substrings before its regex: each pool domain
+    must contain one of them, or the rule would never see it."""
+    data = yaml.safe_load((README.parent / "mining-pools.yaml").read_text())["lists"]
+    missed = [d for d in data["mining_pool_domains"]
+              if not any(g in d for g in data["mining_pool_gate"])]
+    assert missed == []
