@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import NamedTuple
 
 from agent.enrich.workspace import find_marker
@@ -225,7 +224,7 @@ class ProcFS:
                 live = _live_task(pid, dfd)
                 if live is not None:
                     os.close(dfd)
-                    dfd, st = live[0], replace(st, state=live[1])
+                    dfd, st = live[0], st._replace(state=live[1])
             head, tail = self.cmdlines.allowance()
             raw = self._cmdline(dfd, head, tail)
             exe, dev, ino = self._exe(pid, dfd)
