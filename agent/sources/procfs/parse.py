@@ -90,7 +90,9 @@ def parse_cmdline(data: bytes) -> tuple[str, ...]:
     data = data.rstrip(b"\0")
     if not data:
         return ()
-    return tuple(decode(a) for a in data.split(b"\0"))
+    # decoded whole, then split: a NUL is never part of a UTF-8 sequence, so each argument
+    # decodes (and escapes) exactly as it would alone
+    return tuple(decode(data).split("\0"))
 
 
 def parse_netns(link: str) -> int:
