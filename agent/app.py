@@ -28,7 +28,7 @@ from agent.engine import loader
 from agent.engine.ruleset import RuleSet
 from agent.errors import ConfigError
 from agent.httpserver import StatusServer
-from agent.metrics import Metrics
+from agent.metrics import Metrics, rule_windows
 from agent.model import Event
 from agent.observer import Observer
 from agent.pipeline import Agent, Judge
@@ -129,7 +129,8 @@ class Runtime:
         self.judge = Judge(ruleset, cfg.mode, self._own, metrics, cfg.process_cache_size,
                            can_act=True)
         metrics.watch_caches({"judged": lambda: self.judge.seen,
-                              "processes": lambda: self.tree.procs})
+                              "processes": lambda: self.tree.procs,
+                              "rule_windows": rule_windows(lambda: self.judge.ruleset.all_rules)})
         self.enforcer = Enforcer(procfs, ProcessTree(procfs, cfg.workspace_markers),
                                  self._own, metrics=metrics)
         self.reloader = Reloader(config_path, cfg, rule_paths(cfg), apply_rules=self._new_rules,

@@ -25,13 +25,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("nodewarden")
 
 
-def load_rules(paths: Sequence[str], err: TextIO) -> RuleSet | None:
-    """The rule set of `paths`, or None after printing every problem to `err`."""
+def load_rules(paths: Sequence[str], err: TextIO, examples: bool = False) -> RuleSet | None:
+    """The rule set of `paths` (with the rules' examples if asked), or None after printing
+    every problem to `err`."""
     from agent.engine import loader
     from agent.errors import RuleError
 
     try:
-        return loader.load(list(paths))
+        return loader.load(list(paths), examples)
     except RuleError as e:
         for problem in e.problems:
             print(problem, file=err)
@@ -56,7 +57,7 @@ def rules_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """`rules check`: every problem of the rule files, exit 2 when there is one."""
     from agent.engine import loader
 
-    ruleset, problems = loader.check(_paths(args.paths))
+    ruleset, problems = loader.check(_paths(args.paths), examples=True)
     for p in problems:
         print(p, file=out)
     if ruleset is None:
@@ -71,7 +72,7 @@ def rules_test(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """`rules test`: run each rule's match/no_match examples, exit 1 when one fails."""
     from agent.engine import ruletest
 
-    ruleset = load_rules(_paths(args.paths), err)
+    ruleset = load_rules(_paths(args.paths), err, examples=True)
     if ruleset is None:
         return 2
     results = ruletest.run_examples(ruleset.all_rules)

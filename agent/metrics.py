@@ -6,7 +6,8 @@ outcomes. Never a pid, a cmdline or an error text.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,6 +21,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from agent import __version__
 from agent.sources.cmdline import CmdlineBudget
+from agent.sources.procfs.cgroup import CGROUPS
+
+if TYPE_CHECKING:
+    from agent.engine.ruleset import Rule
 
 
 class Metrics:
@@ -73,6 +78,8 @@ class Metrics:
         for sensor in ("procfs", "exec", "tcp", "proc_connector"):
             self.sensor_up.labels(sensor=sensor).set(0)
         self._caches: _CacheCollector | None = None
+        # process-wide caches, whichever part fills them
+        self.watch_caches({"cgroups": lambda: CGROUPS})
 
     def watch_cmdlines(self, budget: CmdlineBudget) -> None:
         """Export the command-line budget (held bytes, limit, command lines cut)."""
@@ -92,6 +99,29 @@ class Metrics:
         self.ruleset_info.clear()
         self.ruleset_info.labels(hash=digest).set(1)
         self.rules_loaded.set(count)
+
+
+class CacheTotal:
+    """Several bounded caches exported as one: entries and capacities summed (the windows
+    of every rule, whose rules change at each reload). `parts` is called at each scrape."""
+
+    def __init__(self, parts: Callable[[], Iterable[Sized]]) -> None:
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts())
+
+    @property
+    def maxsize(self) -> int:
+        """The parts' capacities summed."""
+        return sum(int(getattr(p, "maxsize", 0)) for p in self.parts())
+
+
+def rule_windows(rules: Callable[[], Iterable[Rule]]) -> Callable[[], Sized]:
+    """The `rule_windows` cache for `watch_caches`: the keys every window rule of the rule
+    set that runs now (`rules()`, read at each scrape) holds, against their capacity."""
+    total = CacheTotal(lambda: [r.window.cache() for r in rules() if r.window is not None])
+    return lambda: total
 
 
 class _CmdlineCollector:

@@ -32,6 +32,11 @@ method divided by the processes it saw), and the median of the per-repetition ra
 ours/psutil and ours/ps. Target: the tree scan at or below psutil per process.
 
     .venv/bin/python bench/scan.py [--extra 2000] [--repeat 15] [--json] [--profile]
+        [--startup-rounds 30] [--startup-vs OTHER_CHECKOUT] [--startup-only]
+
+Start-up (issue 10, target 7: `scan` on an empty procfs <= 2.5x `python -c pass`): whole
+processes in turn, with the agent's bytecode compiled first (as pip installs it), wall and
+CPU time; `--startup-vs` times another checkout's `scan` (its own .venv) in the same turns.
 """
 
 from __future__ import annotations
@@ -63,7 +68,8 @@ import psutil
 
 from agent.errors import AccessDenied, ProcessGone
 from agent.model import Process
-from agent.sources.procfs import ProcFS, parse_cgroup, parse_cmdline, parse_stat
+from agent.sources.procfs import ProcFS, parse_cmdline, parse_stat
+from agent.sources.procfs.cgroup import CGROUPS
 from agent.sources.proctree import ProcessTree
 
 PSUTIL_ATTRS = ["pid", "ppid", "create_time", "name", "exe", "cmdline", "uids"]
@@ -382,12 +388,12 @@ def breakdown(rounds: int = 5) -> dict[str, float]:
 
     stat_bytes = []
     cmd_bytes = []
-    cg_text = []
+    cg_bytes = []
     for dfd in dfds:
         try:
             stat_bytes.append(read_file("stat", 4096)(dfd))
             cmd_bytes.append(read_file("cmdline", 65536)(dfd))
-            cg_text.append(read_file("cgroup", 65536)(dfd).decode())
+            cg_bytes.append(read_file("cgroup", 65536)(dfd))
         except OSError:
             pass
     steps: dict[str, Callable[[int], Any]] = {
@@ -418,7 +424,7 @@ def breakdown(rounds: int = 5) -> dict[str, float]:
     py_steps: dict[str, Callable[[], Any]] = {
         "parse_stat": lambda: [parse_stat(b) for b in stat_bytes],
         "parse_cmdline": lambda: [parse_cmdline(b) for b in cmd_bytes],
-        "parse_cgroup (cached)": lambda: [parse_cgroup(t) for t in cg_text],
+        "CGROUPS.parse (cached by bytes)": lambda: [CGROUPS.parse(b) for b in cg_bytes],
         "Process() (derived fields, xxhash id)": lambda: [
             Process(pid=i, ppid=1, starttime=i, comm="sleep", exe="/usr/bin/sleep",
                     cmdline=("sleep", "600")) for i in range(len(dfds))],
@@ -495,34 +501,80 @@ def verdict(ph: dict[str, Any]) -> dict[str, bool]:
     return out
 
 
-def startup(rounds: int, tmp: str) -> dict[str, Any]:
-    """`nodewarden scan --proc-root EMPTY` against `python -c pass`, whole processes run in
-    turn (one warm-up each): median wall seconds and the median of the pairwise ratios."""
+def _compiled(tree: str, python: str) -> None:
+    """Bytecode for `tree`'s agent package, as pip writes it into an installed agent: this
+    machine sets PYTHONDONTWRITEBYTECODE, without which every run would compile the sources
+    and time that instead."""
+    subprocess.run([python, "-m", "compileall", "-q", os.path.join(tree, "agent")],
+                   stdout=subprocess.DEVNULL, check=True)
+
+
+def startup(rounds: int, tmp: str, vs: str | None = None) -> dict[str, Any]:
+    """`nodewarden scan --proc-root EMPTY` against `python -c pass` (and the same scan of the
+    checkout `vs`, run from there with its own venv), whole processes run in turn (one
+    warm-up each) with bytecode compiled: median wall and CPU (user + system) seconds, and
+    the medians of the per-round ratios to `python -c pass`."""
     empty = os.path.join(tmp, "empty-proc")
     os.makedirs(empty, exist_ok=True)
     repo = os.path.dirname(HERE)
-    ours = [sys.executable, "-m", "agent", "scan", "--proc-root", empty]
-    ref = [sys.executable, "-c", "pass"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    runs: dict[str, tuple[list[str], str]] = {
+        "scan_empty": ([sys.executable, "-m", "agent", "scan", "--proc-root", empty], repo),
+        "python_pass": ([sys.executable, "-c", "pass"], repo)}
+    if vs is not None:
+        base_python = os.path.join(vs, ".venv", "bin", "python")
+        runs["base_scan_empty"] = ([base_python, "-m", "agent", "scan", "--proc-root", empty], vs)
+        _compiled(vs, base_python)
+    _compiled(repo, sys.executable)
 
-    def once(argv: list[str]) -> float:
+    def once(argv: list[str], cwd: str) -> tuple[float, float]:
         t0 = time.perf_counter()
-        done = subprocess.run(argv, cwd=repo, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, check=False)
+        child = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)
         dt = time.perf_counter() - t0
-        if done.returncode != 0:
-            raise RuntimeError(f"{argv} exited {done.returncode}")
-        return dt
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{argv} exited {os.waitstatus_to_exitcode(status)}")
+        return dt, usage.ru_utime + usage.ru_stime
 
-    once(ours)
-    once(ref)
-    a, b = [], []
+    for argv, cwd in runs.values():
+        once(argv, cwd)
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(rounds):
-        a.append(once(ours))
-        b.append(once(ref))
-    return {"rounds": rounds, "scan_empty_s": statistics.median(a),
-            "python_pass_s": statistics.median(b),
-            "scan_empty_min_max": [min(a), max(a)], "python_pass_min_max": [min(b), max(b)],
-            "ratio": statistics.median(x / y for x, y in zip(a, b, strict=True))}
+        for name, (argv, cwd) in runs.items():
+            w, c = once(argv, cwd)
+            wall[name].append(w)
+            cpu[name].append(c)
+    out: dict[str, Any] = {"rounds": rounds}
+    for name in runs:
+        out[f"{name}_s"] = statistics.median(wall[name])
+        out[f"{name}_min_max"] = [min(wall[name]), max(wall[name])]
+        out[f"{name}_cpu_s"] = statistics.median(cpu[name])
+    for name in (k for k in runs if k != "python_pass"):
+        prefix = "" if name == "scan_empty" else "base_"
+        out[f"{prefix}ratio"] = statistics.median(
+            x / y for x, y in zip(wall[name], wall["python_pass"], strict=True))
+        out[f"{prefix}cpu_ratio"] = statistics.median(
+            x / y for x, y in zip(cpu[name], cpu["python_pass"], strict=True))
+    return out
+
+
+def _print_startup(st: dict[str, Any]) -> None:
+    print(f"### start-up, {st['rounds']} runs of each in turn, bytecode compiled (median)\n")
+    print("| command | wall ms (min-max) | CPU ms | wall / python -c pass | CPU / python -c pass |")
+    print("|---|---:|---:|---:|---:|")
+    rows = [("`nodewarden scan --proc-root EMPTY`", "scan_empty", "")]
+    if "base_scan_empty_s" in st:
+        rows.append(("the same, `--startup-vs` checkout", "base_scan_empty", "base_"))
+    rows.append(("`python -c pass`", "python_pass", None))
+    for label, key, prefix in rows:
+        lo, hi = st[f"{key}_min_max"]
+        ratios = (" | |" if prefix is None else
+                  f" | {st[prefix + 'ratio']:.2f}x | {st[prefix + 'cpu_ratio']:.2f}x |")
+        print(f"| {label} | {st[key + '_s'] * 1e3:.1f} ({lo * 1e3:.1f}-{hi * 1e3:.1f}) | "
+              f"{st[key + '_cpu_s'] * 1e3:.1f}{ratios}")
+    print()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -532,6 +584,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu", type=int, default=0, help="pin to this CPU (-1: do not pin)")
     ap.add_argument("--startup-rounds", type=int, default=30,
                     help="runs of each command in the start-up comparison (0: skip)")
+    ap.add_argument("--startup-vs", metavar="CHECKOUT",
+                    help="also time `scan` start-up of this checkout (its .venv), in turn")
+    ap.add_argument("--startup-only", action="store_true",
+                    help="only the start-up comparison (no scan phases)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     ap.add_argument("--profile", action="store_true",
                     help="always print cProfile excerpts (printed anyway when a target is missed)")
@@ -551,6 +607,13 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = tempfile.mkdtemp(prefix="nodewarden-scan-bench-")
     try:
+        if args.startup_only:
+            st = startup(args.startup_rounds or 30, tmp, args.startup_vs)
+            if args.json:
+                print(json.dumps({"machine": machine(), "startup": st}, indent=2))
+            else:
+                _print_startup(st)
+            return 0
         return _run(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -587,7 +650,7 @@ def _run(args: argparse.Namespace, tmp: str) -> int:  # noqa: C901
 
     result["targets"] = {label: verdict(ph) for label, ph in result["phases"].items()}
     if args.startup_rounds:
-        result["startup"] = startup(args.startup_rounds, tmp)
+        result["startup"] = startup(args.startup_rounds, tmp, args.startup_vs)
         result["targets"]["start-up"] = {"scan on an empty procfs <= 2.5x python -c pass":
                                          result["startup"]["ratio"] <= 2.5}
     if args.json:
@@ -608,15 +671,7 @@ def _run(args: argparse.Namespace, tmp: str) -> int:  # noqa: C901
         print(table(label, ph))
         print()
     if "startup" in result:
-        st = result["startup"]
-        print(f"### start-up, {st['rounds']} runs of each in turn (wall, median)\n")
-        print(f"- `nodewarden scan --proc-root EMPTY`: {st['scan_empty_s'] * 1e3:.1f} ms "
-              f"(min-max {st['scan_empty_min_max'][0] * 1e3:.1f}-"
-              f"{st['scan_empty_min_max'][1] * 1e3:.1f})")
-        print(f"- `python -c pass`: {st['python_pass_s'] * 1e3:.1f} ms "
-              f"(min-max {st['python_pass_min_max'][0] * 1e3:.1f}-"
-              f"{st['python_pass_min_max'][1] * 1e3:.1f})")
-        print(f"- ratio (median of pairs): {st['ratio']:.2f}x\n")
+        _print_startup(result["startup"])
     print("### targets\n")
     for label, v in result["targets"].items():
         for k, ok in v.items():

@@ -69,7 +69,7 @@ def problems_in(tmp_path: Path):
     def check(text: str) -> list[str]:
         p = tmp_path / "bad.yaml"
         p.write_text(textwrap.dedent(text))
-        _, problems = loader.check([str(p)])
+        _, problems = loader.check([str(p)], examples=True)
         return [str(x).replace(str(tmp_path) + "/", "") for x in problems]
 
     return check

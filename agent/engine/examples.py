@@ -3,20 +3,45 @@
 An example is an event in the recorded-event format (agent/codec.py), so what a user
 records with `--record` can be pasted into a rule as it is; `repeat` turns one event into
 a sequence for window rules.
+
+Examples are compiled only when asked for (`rules check`, `rules test`, the tests): they
+are most of the cost of loading the shipped rules (the codec and ~1,000 events) and nothing
+the agent, `scan` or `replay` judges with. A broken example is still a problem at its
+`file:line` whenever they are compiled.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agent.codec import EventFormatError, event_from_json
 from agent.engine import yamlsrc
+from agent.engine.files import RuleFile
 from agent.engine.problems import Problems, suggest
-from agent.engine.ruleset import Example
+from agent.engine.ruleset import Example, Rule
 from agent.model import Event
 
 MAX_REPEAT = 10_000
 _STEP = 0.01  # seconds between the events of a repeated example
+
+
+def attach_examples(sources: Sequence[RuleFile], rules: Mapping[str, Rule],
+                    problems: Problems) -> None:
+    """Compile the examples of every compiled rule of `sources` into `rule.examples`; each
+    bad one is a problem at its line. A rule that did not compile has none."""
+    by_place = {(r.file, r.line): r for r in rules.values()}
+    for src in sources:
+        block = src.data.get("rules")
+        if not isinstance(block, yamlsrc.Seq):
+            continue
+        problems.file = src.file
+        for node in block:
+            rule = by_place.get((src.file, node.line)) if isinstance(node, yamlsrc.Node) else None
+            if rule is not None and rule.id == node.get("id"):
+                problems.rule_id = rule.id
+                rule.examples = compile_examples(node, problems)
+        problems.rule_id = ""
 
 
 def compile_examples(node: yamlsrc.Node, problems: Problems) -> list[Example]:

@@ -6,8 +6,8 @@ file change a shipped rule's severity, mode, action or enabled flag by id.
 
 The steps, each in its own module: files.py reads each file once (the digest is of the
 bytes compiled), definitions.py collects lists and macros, rules.py compiles each rule
-(conditions.py and operators.py its condition; windows.py, messages.py and examples.py
-the rest), overrides.py applies overrides.
+(conditions.py and operators.py its condition; windows.py and messages.py the rest),
+overrides.py applies overrides; examples.py compiles the examples when asked for.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from agent.engine.ruleset import Rule, RuleSet
 from agent.errors import RuleError, RuleProblem
 
 
-def check(paths: Sequence[str]) -> tuple[RuleSet | None, list[RuleProblem]]:
-    """Load the rule files under `paths`; returns (rule set or None, problems)."""
+def check(paths: Sequence[str], examples: bool = False,
+          ) -> tuple[RuleSet | None, list[RuleProblem]]:
+    """Load the rule files under `paths`; returns (rule set or None, problems). With
+    `examples`, each rule's examples are compiled too (`rules check`, `rules test`)."""
     files = rule_files(paths)
     if not files:
         return None, [RuleProblem(", ".join(paths) or "-", 0,
@@ -40,6 +42,10 @@ def check(paths: Sequence[str]) -> tuple[RuleSet | None, list[RuleProblem]]:
     compiler = RuleCompiler(problems, defs)
     compiler.conditions.check_macros()
     rules = _compile_rules(compiler, sources, problems)
+    if examples:
+        from agent.engine.examples import attach_examples  # the codec: only when asked
+
+        attach_examples(sources, rules, problems)
     for src in sources:
         apply_overrides(src, rules, problems)
     if problems.found:
@@ -63,9 +69,9 @@ def _compile_rules(compiler: RuleCompiler, sources: Sequence[RuleFile],
     return seen
 
 
-def load(paths: Sequence[str]) -> RuleSet:
+def load(paths: Sequence[str], examples: bool = False) -> RuleSet:
     """Load and compile a rule set; raises RuleError with every problem found."""
-    ruleset, problems = check(paths)
+    ruleset, problems = check(paths, examples)
     if ruleset is None:
         raise RuleError(problems)
     return ruleset

@@ -1,6 +1,6 @@
 """One rule's YAML to a compiled Rule: its header (id, severity, action, mode, enabled,
-tags, description), its condition, exceptions, kinds, window, message and examples, and
-the kernel's form of it when the kernel can enforce it.
+tags, description), its condition, exceptions, kinds, window and message, and the kernel's
+form of it when the kernel can enforce it (its examples: examples.py, when asked for).
 
 Every problem of a rule is reported before the rule is dropped, so a user fixes a file in
 one pass; the other rules of the file still compile.
@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from agent.engine import yamlsrc
 from agent.engine.conditions import ConditionCompiler, disjunction
 from agent.engine.definitions import Definitions
-from agent.engine.examples import compile_examples
 from agent.engine.files import RuleFile
 from agent.engine.kernel import KernelConnectSpec, KernelExecSpec, connect_spec, exec_spec
 from agent.engine.messages import compile_message
@@ -103,7 +102,6 @@ class RuleCompiler:
                     kinds=kinds, predicate=match[0], exceptions=exc, message=message,
                     window=window, file=self.problems.file, line=node.line, order=order,
                     requirement=match[1])
-        rule.examples = compile_examples(node, self.problems)
         rule.kernel = self._kernel_exec(node, head.action, kinds)
         rule.kernel_connect = self._kernel_connect(node, head.action, kinds)
         return rule

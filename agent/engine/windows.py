@@ -82,6 +82,10 @@ class Window:
         """Forget every key (`rules test` runs each example on fresh windows)."""
         self._keys.clear()
 
+    def cache(self) -> LRUCache[tuple[Any, ...], _KeyState]:
+        """The keys held (at most `max_keys`: its `maxsize`), for the cache metrics."""
+        return self._keys
+
 
 WINDOW_KEYS = ("seconds", "threshold", "by", "distinct")
 

@@ -13,6 +13,7 @@ so the first exec in a new container resolves by uid.
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -22,6 +23,9 @@ from agent.model import Pod
 
 # how long a deleted pod (or a container id the pod's status no longer lists) still resolves
 DEFAULT_GRACE = 60.0
+# pods held, deleted ones kept for `grace` included: past it the deleted ones that expire
+# first go early (a node runs at most a few hundred pods; churn must not grow the index)
+MAX_PODS = 4096
 _STATUS_LISTS = ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses")
 _FOREVER = float("inf")
 
@@ -60,9 +64,10 @@ class PodIndex:
     """
 
     def __init__(self, grace: float = DEFAULT_GRACE,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, maxsize: int = MAX_PODS) -> None:
         self.grace = grace
         self.clock = clock
+        self.maxsize = maxsize
         self._lock = threading.Lock()
         self._pods: dict[str, Pod] = {}
         self._pod_expiry: dict[str, float] = {}
@@ -75,6 +80,10 @@ class PodIndex:
         """Live pods (not counting deleted ones kept for late events)."""
         with self._lock:
             return sum(1 for e in self._pod_expiry.values() if e == _FOREVER)
+
+    def held(self) -> int:
+        """Pods held, deleted ones still resolving included (at most `maxsize`)."""
+        return len(self._pods)
 
     def upsert(self, obj: dict[str, Any]) -> None:
         """A pod was added or changed."""
@@ -93,6 +102,8 @@ class PodIndex:
                 self._id_expiry[cid] = _FOREVER
             self._ids[pod.uid] = ids
             self._prune(now)
+            if len(self._pods) > self.maxsize:
+                self._shed()
 
     def delete(self, obj: dict[str, Any]) -> None:
         """A pod was deleted: it keeps resolving for `grace` seconds."""
@@ -137,6 +148,20 @@ class PodIndex:
             self._id_expiry[cid] = min(self._id_expiry.get(cid, _FOREVER), now + self.grace)
         self._prune(now)
 
+    def _shed(self) -> None:
+        """Over `maxsize`: forget the deleted pods that expire first, then (never on a real
+        node) the oldest live ones."""
+        excess = len(self._pods) - self.maxsize
+        for uid in heapq.nsmallest(excess, self._pod_expiry, key=self._pod_expiry.__getitem__):
+            self._forget(uid)
+
+    def _forget(self, uid: str) -> None:
+        self._pod_expiry.pop(uid, None)
+        self._pods.pop(uid, None)
+        for cid in self._ids.pop(uid, ()):
+            self._owner.pop(cid, None)
+            self._id_expiry.pop(cid, None)
+
     def _prune(self, now: float) -> None:
         """Forget what expired; at most once a second, so a busy watch costs no sweeps."""
         if now < self._next_prune:
@@ -149,8 +174,4 @@ class PodIndex:
             if ids is not None:
                 ids.discard(cid)
         for uid in [u for u, e in self._pod_expiry.items() if e < now]:
-            del self._pod_expiry[uid]
-            self._pods.pop(uid, None)
-            for cid in self._ids.pop(uid, ()):
-                self._owner.pop(cid, None)
-                self._id_expiry.pop(cid, None)
+            self._forget(uid)

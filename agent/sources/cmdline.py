@@ -123,6 +123,8 @@ class CmdlineBudget:
         # once, not on every scan that reads it again
         self.cut = {"long": 0, "budget": 0}
         self._counted: LRUCache[int, bool] = LRUCache(maxsize=65536)
+        # the size counted for each Process held, by a weak reference to it
+        self._sizes: dict[weakref.ref[Process], int] = {}
         # re-entrant: a release can run inside `hold` when a collection frees a Process
         self._lock = threading.RLock()
 
@@ -141,11 +143,14 @@ class CmdlineBudget:
         size = held_size(p.cmdline)
         if not size:
             return
+        # a weak reference whose callback gives the size back when `p` is freed: a tenth
+        # of what a weakref.finalize costs (a scan holds one per process). Two references
+        # to one Process are equal while it lives, so a second hold adds to the first.
+        ref = weakref.ref(p, self._release)
         with self._lock:
             self.held += size
-        # not at exit: nothing is left to account for then
-        weakref.finalize(p, self._release, size).atexit = False
+            self._sizes[ref] = self._sizes.get(ref, 0) + size
 
-    def _release(self, size: int) -> None:
+    def _release(self, ref: weakref.ref[Process]) -> None:
         with self._lock:
-            self.held -= size
+            self.held -= self._sizes.pop(ref, 0)

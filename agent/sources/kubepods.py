@@ -65,6 +65,8 @@ class PodWatcher:
         self._watch: _Stoppable | None = None
         self._thread: threading.Thread | None = None
         self._denied_logged = False
+        if metrics is not None:
+            metrics.watch_caches({"pods": lambda: _Held(index)})
 
     @property
     def selector(self) -> str:
@@ -209,6 +211,18 @@ class PodWatcher:
     def _pods(self) -> None:
         if self.metrics is not None:
             self.metrics.pods.set(len(self.index))
+
+
+class _Held:
+    """The pod index as a cache for the metrics: pods held (deleted ones kept for late
+    events included) against its capacity."""
+
+    def __init__(self, index: PodIndex) -> None:
+        self.index = index
+        self.maxsize = index.maxsize
+
+    def __len__(self) -> int:
+        return self.index.held()
 
 
 def _describe(e: BaseException) -> str:

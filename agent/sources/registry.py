@@ -2,30 +2,54 @@
 
 A new sensor is a module (with its bpf/NAME.bpf.c if it is a BPF sensor) and one line
 here; the config's `sensors:` then accepts its name and `sensor_up{sensor=NAME}` shows it.
+
+The table names each sensor's module and class as text: the config checks `sensors:`
+against the names alone, so `scan`, `replay` and `rules` never import a sensor (BCC, ctypes,
+netlink). The classes are imported when the sensors are opened (`sensor_classes`, or
+`SENSORS` on first use); a test checks each class says the name it is listed under.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Sequence
+from functools import cache
+from typing import TYPE_CHECKING, TypeAlias
 
-from agent.sources.bpf import BpfSensor
-from agent.sources.connect_guard import ConnectGuard
-from agent.sources.exec_sensor import ExecSensor
-from agent.sources.proc_connector import ProcConnector
-from agent.sources.tcp_sensor import TcpSensor
+if TYPE_CHECKING:
+    from agent.sources.bpf import BpfSensor
+    from agent.sources.proc_connector import ProcConnector
 
 # a BPF sensor (compiled into the shared program) or one that reads its own descriptor
-SensorClass = type[BpfSensor] | type[ProcConnector]
+SensorClass: TypeAlias = "type[BpfSensor] | type[ProcConnector]"
 
-SENSORS: tuple[SensorClass, ...] = (
-    ExecSensor,
-    TcpSensor,
-    ConnectGuard,
-    ProcConnector,
+# (name, "module:Class"), in the order they start
+TABLE: tuple[tuple[str, str], ...] = (
+    ("exec", "agent.sources.exec_sensor:ExecSensor"),
+    ("tcp", "agent.sources.tcp_sensor:TcpSensor"),
+    ("connect_guard", "agent.sources.connect_guard:ConnectGuard"),
+    ("proc_connector", "agent.sources.proc_connector:ProcConnector"),
 )
 
-SENSOR_NAMES: tuple[str, ...] = tuple(s.name for s in SENSORS)
+SENSOR_NAMES: tuple[str, ...] = tuple(name for name, _ in TABLE)
+
+
+@cache
+def sensor_classes() -> tuple[SensorClass, ...]:
+    """The sensor classes of the table, in its order (imported on the first call)."""
+    out = []
+    for _, where in TABLE:
+        module, _, cls = where.partition(":")
+        out.append(getattr(importlib.import_module(module), cls))
+    return tuple(out)
+
+
+def __getattr__(name: str) -> tuple[SensorClass, ...]:
+    # `SENSORS`, the classes, imported when first asked for (PEP 562)
+    if name == "SENSORS":
+        return sensor_classes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def sensors_problem(names: Sequence[object]) -> str:
@@ -44,7 +68,7 @@ def sensors_problem(names: Sequence[object]) -> str:
     return ""
 
 
-def selected(names: Sequence[str], registry: Sequence[SensorClass] = SENSORS,
+def selected(names: Sequence[str], registry: Sequence[SensorClass] | None = None,
              ) -> list[SensorClass]:
     """The registered sensors these names enable, in registry order."""
-    return [s for s in registry if s.name in names]
+    return [s for s in (sensor_classes() if registry is None else registry) if s.name in names]

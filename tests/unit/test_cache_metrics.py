@@ -23,3 +23,79 @@ def test_caches_from_several_parts_are_one_family_with_their_capacity():
     assert 'nodewarden_cache_entries{cache="processes"} 2.0' in text
     assert 'nodewarden_cache_capacity{cache="judged"} 8.0' in text
     assert 'nodewarden_cache_capacity{cache="processes"}' not in text  # a dict has none
+
+
+# -- each bounded cache stays at its capacity under churn, and /metrics shows it --------------
+
+def _series(m: Metrics, cache: str) -> tuple[float | None, float | None]:
+    """(entries, capacity) of one cache as scraped."""
+    def value(name: str) -> float | None:
+        return m.registry.get_sample_value(name, {"cache": cache})
+    return value("nodewarden_cache_entries"), value("nodewarden_cache_capacity")
+
+
+def test_the_cgroup_cache_is_bounded_and_exported():
+    from agent.sources.procfs.cgroup import CGROUPS, CgroupCache
+
+    cache = CgroupCache(maxsize=8)
+    texts = [f"0::/kubepods.slice/cri-containerd-{i:064x}.scope\n".encode() for i in range(100)]
+    for t in texts:
+        assert cache.parse(t).container_id == t[-71:-7].decode()  # the right answer ...
+    assert len(cache) == 8                                           # ... in 8 entries
+    assert cache.parse(texts[-1]) is cache.parse(texts[-1])          # the newest are kept
+    CGROUPS.clear()
+    for t in texts:
+        CGROUPS.parse(t)
+    assert _series(Metrics(), "cgroups") == (100, 4096)
+    for i in range(5000):
+        CGROUPS.parse(f"0::/user.slice/s{i}.scope\n".encode())
+    assert _series(Metrics(), "cgroups") == (4096, 4096)
+    CGROUPS.clear()
+
+
+def test_every_rules_window_is_bounded_and_exported_as_one_cache(tmp_path):
+    from agent.codec import event_from_json
+    from agent.engine import loader
+    from agent.metrics import rule_windows
+
+    (tmp_path / "w.yaml").write_text("""\
+rules:
+  - id: fan-out
+    on: connect
+    match: {proc.name: nc}
+    window: {seconds: 60, threshold: 3, by: [conn.dport]}
+  - id: plain
+    match: {proc.name: nc}
+""")
+    rules = loader.load([str(tmp_path)])
+    (windowed,) = [r for r in rules.all_rules if r.window is not None]
+    m = Metrics()
+    m.watch_caches({"rule_windows": rule_windows(lambda: rules.all_rules)})
+    assert _series(m, "rule_windows") == (0, 10_000)
+    for port in range(12_000):  # a key per port: more keys than a window holds
+        ev = event_from_json({"kind": "connect", "time": port / 1000,
+                              "process": {"comm": "nc", "exe": "/usr/bin/nc"},
+                              "connection": {"dport": port + 1}})
+        rules.evaluate(ev)
+    assert len(windowed.window.cache()) == 10_000
+    assert _series(m, "rule_windows") == (10_000, 10_000)
+
+
+def test_the_pod_index_is_bounded_under_churn_and_exported():
+    from agent.enrich.pods import PodIndex
+    from agent.sources.kubepods import PodWatcher
+
+    index = PodIndex(maxsize=8)
+    m = Metrics()
+    PodWatcher(api=None, node="n1", index=index, metrics=m)  # type: ignore[arg-type]
+    live = {"metadata": {"uid": "live", "name": "live", "namespace": "a"}, "status": {}}
+    index.upsert(live)
+    for i in range(200):  # pods made and deleted faster than their grace period
+        obj = {"metadata": {"uid": f"u{i}", "name": f"p{i}", "namespace": "a"}, "status": {}}
+        index.upsert(obj)
+        index.delete(obj)
+        assert index.held() <= 8
+    assert index.lookup("", "live") is not None       # the deleted ones went first
+    assert index.lookup("", "u199") is not None       # and the newest deleted still resolve
+    assert index.lookup("", "u0") is None
+    assert _series(m, "pods") == (8, 8)

@@ -1,7 +1,8 @@
 """Procfs: the one owner of reading /proc and of parsing what is read there.
 
 - parse.py   pure parsers over bytes: stat, cmdline, namespace links, status
-- cgroup.py  pure parser of /proc/PID/cgroup: v2 path, v1 paths, container id, pod uid
+- cgroup.py  pure parser of /proc/PID/cgroup: v2 path, v1 paths, container id, pod uid;
+             CGROUPS, the bounded cache of parsed files every reader shares
 - reader.py  ProcFS(root): opens /proc/PID once and reads its files relative to it
 
 Everything else (the process tree, the enforcer, the sensors) reads processes through
@@ -9,7 +10,9 @@ Everything else (the process tree, the enforcer, the sensors) reads processes th
 """
 
 from agent.sources.procfs.cgroup import (
+    CGROUPS,
     Cgroup,
+    CgroupCache,
     container_id_from_cgroup,
     parse_cgroup,
     pod_uid_from_cgroup,
@@ -26,10 +29,12 @@ from agent.sources.procfs.parse import (
 from agent.sources.procfs.reader import CGROUP_LIMIT, ENVIRON_LIMIT, Known, ProcFS
 
 __all__ = [
+    "CGROUPS",
     "CGROUP_LIMIT",
     "ENVIRON_LIMIT",
     "PF_KTHREAD",
     "Cgroup",
+    "CgroupCache",
     "Known",
     "ProcFS",
     "Stat",

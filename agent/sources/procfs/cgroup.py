@@ -24,8 +24,10 @@ pod starts, so it resolves a pod even when the container id is not yet in the po
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
-from functools import lru_cache
+
+from agent.text import decode
 
 _PREFIXES = ("docker-", "cri-containerd-", "crio-", "libpod-", "containerd-")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -56,12 +58,8 @@ def _lines(text: str) -> list[tuple[str, str, str]]:
     return out
 
 
-@lru_cache(maxsize=4096)
 def parse_cgroup(text: str) -> Cgroup:
-    """Parse the text of /proc/PID/cgroup.
-
-    Cached: the processes of a host share a few distinct cgroup texts, and parsing one
-    costs about as much as reading it."""
+    """Parse the text of /proc/PID/cgroup (uncached: readers go through `CGROUPS`)."""
     v2 = ""
     v1 = []
     for hid, controllers, path in _lines(text):
@@ -122,3 +120,42 @@ def _id_from_path(path: str) -> str:
         if len(comp) == 64 and _HEX64.fullmatch(comp):
             return comp
     return ""
+
+
+class CgroupCache:
+    """Parsed /proc/PID/cgroup files by their bytes, at most `maxsize` of them (the oldest
+    is dropped first).
+
+    The processes of a host share a few distinct cgroup files, and parsing one costs about
+    as much as reading it, so a scan parses each distinct one once. A tenant that makes
+    cgroups by the thousand only cycles the cache: its size is bounded and on /metrics
+    (`nodewarden_cache_entries{cache="cgroups"}`)."""
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        self.maxsize = maxsize
+        self._parsed: dict[bytes, Cgroup] = {}
+        self._lock = threading.Lock()  # scans may run off the event thread
+
+    def __len__(self) -> int:
+        return len(self._parsed)
+
+    def parse(self, data: bytes) -> Cgroup:
+        """The Cgroup of the bytes of a /proc/PID/cgroup file."""
+        found = self._parsed.get(data)
+        if found is not None:
+            return found
+        parsed = parse_cgroup(decode(data))
+        with self._lock:
+            while len(self._parsed) >= self.maxsize:
+                del self._parsed[next(iter(self._parsed))]
+            self._parsed[data] = parsed
+        return parsed
+
+    def clear(self) -> None:
+        """Forget every parsed file."""
+        with self._lock:
+            self._parsed.clear()
+
+
+# the one cache of every ProcFS
+CGROUPS = CgroupCache()

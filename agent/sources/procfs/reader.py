@@ -10,14 +10,13 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import NamedTuple
 
 from agent.enrich.workspace import find_marker
 from agent.errors import EXHAUSTED, AccessDenied, FdExhausted, ProcessGone
 from agent.model import Process
 from agent.sources.cmdline import CmdlineBudget, RawCmdline, read_cmdline
-from agent.sources.procfs.cgroup import Cgroup, parse_cgroup
+from agent.sources.procfs.cgroup import CGROUPS, Cgroup
 from agent.sources.procfs.parse import (
     PF_KTHREAD,
     Stat,
@@ -28,7 +27,6 @@ from agent.sources.procfs.parse import (
     parse_stat_program,
     parse_status_uid,
 )
-from agent.text import decode
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # ENOTDIR: a numeric entry that is not a pid directory (never in a real procfs)
@@ -53,18 +51,35 @@ def _open_file(name: str, dfd: int) -> int:
         raise
 
 
+def _read_fd(fd: int, limit: int) -> bytes:
+    """At most `limit` bytes of an open file. A read that returns less than it asked for
+    has reached the end: procfs fills the buffer it is given (seq_file records, and the
+    cmdline and environ readers loop until it is full), so the usual extra read that
+    returns 0 is not made (a scan reads ~10 files per process)."""
+    want = min(65536, limit)
+    data = os.read(fd, want)
+    if len(data) < want:
+        return data
+    chunks = [data]
+    size = len(data)
+    while size < limit:
+        chunk = os.read(fd, min(65536, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _read(name: str, dfd: int, limit: int) -> bytes:
-    fd = _open_file(name, dfd)
     try:
-        chunks = []
-        size = 0
-        while size < limit:
-            chunk = os.read(fd, min(65536, limit - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks)
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError as e:
+        if e.errno in EXHAUSTED:  # as _open_file, inline: a scan reads ~5 files a process
+            raise FdExhausted(e.errno, e.strerror) from None
+        raise
+    try:
+        return _read_fd(fd, limit)
     finally:
         os.close(fd)
 
@@ -152,7 +167,7 @@ class ProcFS:
         reader's cgroup namespace). Raises ProcessGone or AccessDenied like `stat`."""
         dfd = self._open(pid)
         try:
-            return parse_cgroup(decode(self._must(pid, dfd, "cgroup", CGROUP_LIMIT)))
+            return CGROUPS.parse(self._must(pid, dfd, "cgroup", CGROUP_LIMIT))
         finally:
             os.close(dfd)
 
@@ -214,11 +229,11 @@ class ProcFS:
                 live = _live_task(pid, dfd)
                 if live is not None:
                     os.close(dfd)
-                    dfd, st = live[0], replace(st, state=live[1])
+                    dfd, st = live[0], st._replace(state=live[1])
             head, tail = self.cmdlines.allowance()
             raw = self._cmdline(dfd, head, tail)
             exe, dev, ino = self._exe(pid, dfd)
-            cg = parse_cgroup(decode(self._may(pid, dfd, "cgroup", CGROUP_LIMIT)))
+            cg = CGROUPS.parse(self._may(pid, dfd, "cgroup", CGROUP_LIMIT))
             p = Process(
                 pid=st.pid,
                 ppid=st.ppid,
@@ -242,33 +257,47 @@ class ProcFS:
 
     def environ_marker(self, pid: int, markers: Sequence[str]) -> tuple[str, str] | None:
         """The workspace marker in the process's environ, if any. Kernel threads (ESRCH)
-        and pid 1 (EACCES even for root) simply have none; neither means "gone"."""
+        and pid 1 (EACCES even for root) simply have none; neither means "gone".
+
+        Opened by path, one open instead of the directory's and the file's: this reads the
+        pid's environ whichever process holds the pid now, as a fresh directory descriptor
+        would (the caller compares what it read before with the start time it knows)."""
+        try:
+            fd = os.open(f"{self.root}/{pid}/environ", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno in EXHAUSTED:
+                raise FdExhausted(e.errno, e.strerror) from None
+            data = b""  # gone (then so is its directory) or denied: as an empty one
+        else:
+            try:
+                data = _read_fd(fd, ENVIRON_LIMIT)
+            except OSError:
+                data = b""
+            finally:
+                os.close(fd)
+        if not data:
+            # an exited thread-group leader (ESRCH): its environment is a live thread's
+            data = self._thread_environ(pid)
+        return find_marker(data, markers) if data else None
+
+    def _thread_environ(self, pid: int) -> bytes:
         try:
             dfd = self._open(pid)
         except (ProcessGone, AccessDenied):
-            return None
+            return b""
         try:
-            try:
-                data = _read("environ", dfd, ENVIRON_LIMIT)
-            except FdExhausted:
-                raise
-            except OSError:
-                data = b""
-            if not data:
-                # an exited thread-group leader (ESRCH): its environment is a live thread's
-                live = _live_task(pid, dfd)
-                if live is None:
-                    return None
-                os.close(dfd)
-                dfd = live[0]
-                data = _read("environ", dfd, ENVIRON_LIMIT)
+            live = _live_task(pid, dfd)
+            if live is None:
+                return b""
+            os.close(dfd)
+            dfd = live[0]
+            return _read("environ", dfd, ENVIRON_LIMIT)
         except FdExhausted:
             raise
         except OSError:
-            return None
+            return b""
         finally:
             os.close(dfd)
-        return find_marker(data, markers)
 
     # -- helpers: `_must` turns a vanished process into ProcessGone, `_may` into b"" --
 
@@ -300,6 +329,11 @@ class ProcFS:
         except OSError:
             return RawCmdline(b"")
         try:
+            # most command lines fit the first read, which then needs no second one
+            # returning 0 (see _read_fd); a longer one is read as its head and tail
+            data = os.pread(fd, head + tail + 1, 0)
+            if len(data) <= head + tail:
+                return RawCmdline(data)
             return read_cmdline(fd, head, tail)
         except OSError:
             return RawCmdline(b"")
