@@ -30,7 +30,9 @@ BPF_PERF_OUTPUT(events);
 #else
 BPF_RINGBUF_OUTPUT(events, NW_RINGBUF_PAGES);
 #endif
-BPF_ARRAY(lost, u64, 1);
+/* mmapable: userspace reads the count from the map's page on every turn of its loop,
+ * without a syscall */
+BPF_F_TABLE("array", int, u64, lost, 1, BPF_F_MMAPABLE);
 BPF_ARRAY(kcfg, u64, NW_KCFG_SLOTS);
 
 static __always_inline void count_lost(void)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import os
 import platform
 import re
+import struct
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -161,6 +163,19 @@ def _resident() -> int:
         return 0
 
 
+_U64 = struct.Struct("<Q")
+
+
+def _map_page(map_fd: int) -> mmap.mmap | None:
+    """The first page of an mmapable (BPF_F_MMAPABLE) array map, read-only: its values from
+    offset 0; None where the kernel refuses (then the map is read through a lookup)."""
+    try:
+        return mmap.mmap(map_fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+    except OSError as e:
+        log.debug("the loss counter is read through lookups (mmap: %s)", e)
+        return None
+
+
 class BpfProgram:
     """The enabled BPF sensors' sources compiled into one BCC module, with the one buffer
     they all write to. Polling it delivers every decoded record to `on_record`."""
@@ -181,6 +196,7 @@ class BpfProgram:
             cflags.append("-DNW_PERF")
         self.bpf = BPF(text=program_text(self.sources).encode(), cflags=cflags)
         self._lost = self.bpf["lost"]
+        self._lost_page = _map_page(self._lost.map_fd)
         events = self.bpf["events"]
         self._perf_lost_count = 0
         self.errors = 0
@@ -235,6 +251,8 @@ class BpfProgram:
 
     def lost(self) -> int:
         """Records dropped since load (reserve failures counted in the kernel)."""
+        if self._lost_page is not None:
+            return int(_U64.unpack_from(self._lost_page, 0)[0]) + self._perf_lost_count
         return int(self._lost[0].value) + self._perf_lost_count
 
     def close(self) -> None:
@@ -242,6 +260,9 @@ class BpfProgram:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+        if self._lost_page is not None:
+            self._lost_page.close()
+            self._lost_page = None
         self.bpf.cleanup()
 
 

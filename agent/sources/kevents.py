@@ -160,14 +160,44 @@ def _decode_exec(data: bytes | memoryview) -> RawEvent:
 
 def _decode_proc(data: bytes | memoryview) -> RawEvent:
     ts, kind, pid, ppid, uid, comm = PROC_FORMAT.unpack_from(data)
-    return RawEvent(ts, kind, pid, ppid, uid, 0, 0, 0, 0, 0, "", "", _cstr(comm), "")
+    return RawEvent(ts, kind, pid, ppid, uid, 0, 0, 0, 0, 0, "", "", _comm_text(comm), "")
+
+
+# Texts already made, by the raw bytes: a node talks to a limited set of peers, and its
+# processes have a limited set of names. Emptied when full (bounded); one per family, as
+# the same 16 bytes are another address in each.
+_TEXT_CACHE_MAX = 4096
+_V4_TEXT: dict[bytes, str] = {}
+_V6_TEXT: dict[bytes, str] = {}
+_COMM_TEXT: dict[bytes, str] = {}
+
+
+def _addr_text(family: int, raw: bytes) -> str:
+    cache = _V4_TEXT if family == AF_INET else _V6_TEXT
+    text = cache.get(raw)
+    if text is None:
+        text = _addr(family, raw)
+        if len(cache) >= _TEXT_CACHE_MAX:
+            cache.clear()
+        cache[raw] = text
+    return text
+
+
+def _comm_text(raw: bytes) -> str:
+    text = _COMM_TEXT.get(raw)
+    if text is None:
+        text = _cstr(raw)
+        if len(_COMM_TEXT) >= _TEXT_CACHE_MAX:
+            _COMM_TEXT.clear()
+        _COMM_TEXT[raw] = text
+    return text
 
 
 def _decode_conn(data: bytes | memoryview) -> RawEvent:
     (ts, kind, pid, uid, fd, family, sport, dport, state, saddr, daddr,
      comm) = CONN_FORMAT.unpack_from(data)
     return RawEvent(ts, kind, pid, 0, uid, fd, family, sport, dport, state,
-                    _addr(family, saddr), _addr(family, daddr), _cstr(comm), "")
+                    _addr_text(family, saddr), _addr_text(family, daddr), _comm_text(comm), "")
 
 
 Decoder = Callable[[bytes | memoryview], RawEvent]
