@@ -345,3 +345,19 @@ def test_scans_do_not_judge_zombies(tmp_path):
     assert scan_once(ProcessTree(ProcFS(str(root))), Judge(loader.load([str(rules)]))) == []
     (root / "77" / "stat").write_text((root / "77" / "stat").read_text().replace(" Z ", " S "))
     assert len(scan_once(ProcessTree(ProcFS(str(root))), Judge(loader.load([str(rules)])))) == 1
+
+
+def test_address_texts_stay_right_and_bounded_over_many_peers():
+    """The decoder keeps the texts it made, by the raw bytes and per family (the same bytes
+    are another address in each), emptied when full."""
+    for i in range(kevents._TEXT_CACHE_MAX + 500):
+        v4 = str(ipaddress.IPv4Address(0x0A000000 + i))
+        e = decode(record(kevents.CONNECT, 7, family=kevents.AF_INET, saddr=v4, daddr=v4))
+        assert e.saddr == e.daddr == v4
+    assert len(kevents._V4_TEXT) <= kevents._TEXT_CACHE_MAX
+    # 10.0.0.2 and a00:2:: share their first bytes: each family has its own text
+    v6 = decode(record(kevents.CONNECT, 7, family=kevents.AF_INET6, saddr="a00:2::",
+                       daddr="a00:2::"))
+    v4 = decode(record(kevents.CONNECT, 7, family=kevents.AF_INET, saddr="10.0.0.2",
+                       daddr="10.0.0.2"))
+    assert (v6.saddr, v4.saddr) == ("a00:2::", "10.0.0.2")
