@@ -66,7 +66,7 @@ static __always_inline int connect_guard(struct bpf_sock_addr *ctx, int v6)
             __builtin_memcpy(e->daddr, &k.addr[12], 4);
         e->fd = slot;
         e->state = enforce ? NW_VERDICT_KILLED : NW_VERDICT_WOULD_KILL;
-        submit_conn(ctx, e);
+        submit_conn_now(ctx, e);
     }
     return enforce ? 0 : 1;
 }

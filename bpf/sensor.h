@@ -87,7 +87,32 @@ static __always_inline void submit_conn(void *ctx, struct nw_conn_event *e)
     if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
         count_lost();
 }
+static __always_inline void submit_conn_now(void *ctx, struct nw_conn_event *e)
+{
+    submit_conn(ctx, e);
+}
 #else
+/* Wake-ups. By default the ring buffer wakes its consumer for every record that finds it
+ * caught up: at a few thousand TCP records a second that is a wake-up per record, which
+ * costs the consumer more than the record. TCP records wake it at most once per
+ * NW_WAKE_GAP_NS; one sent sooner waits for the next wake-up, and agent/sources/bpf.py
+ * polls with a timeout of 2 * NW_WAKE_GAP_NS while records flow, so none waits longer.
+ * Exec records and in-kernel verdicts (a kill to carry out) wake it at once. */
+#define NW_WAKE_GAP_NS 1000000ULL
+BPF_ARRAY(last_wake, u64, 1);
+static __always_inline u64 coalesced_wakeup(void)
+{
+    int zero = 0;
+    u64 *last = last_wake.lookup(&zero);
+    if (!last)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    if (now - *last < NW_WAKE_GAP_NS)
+        return BPF_RB_NO_WAKEUP;
+    *last = now;   /* two CPUs racing here wake it twice: harmless */
+    return BPF_RB_FORCE_WAKEUP;
+}
+
 static __always_inline struct nw_event *reserve(void)
 {
     struct nw_event *e = events.ringbuf_reserve(sizeof(struct nw_event));
@@ -100,7 +125,7 @@ static __always_inline struct nw_event *reserve(void)
 }
 static __always_inline void submit(void *ctx, struct nw_event *e)
 {
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }
 /* the compact records: as long as their kind needs (the ring buffer gives each size) */
 static __always_inline struct nw_proc_event *reserve_proc(void)
@@ -129,7 +154,12 @@ static __always_inline struct nw_conn_event *reserve_conn(void)
 }
 static __always_inline void submit_conn(void *ctx, struct nw_conn_event *e)
 {
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, coalesced_wakeup());
+}
+/* a record that must be handled at once (an in-kernel verdict: a caller to kill) */
+static __always_inline void submit_conn_now(void *ctx, struct nw_conn_event *e)
+{
+    events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }
 #endif
 

@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import struct
+import time
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -35,6 +36,10 @@ log = logging.getLogger("nodewarden.bpf")
 TRACEFS = "/sys/kernel/tracing"
 DEFAULT_RING_PAGES = 1024  # 4 MiB: ~12,000 events of headroom for a stalled consumer
 MAX_BATCH = 4096  # records per poll, so the agent's loop turns at least every few ms
+# While records flow the kernel wakes us at most once per millisecond for TCP records
+# (NW_WAKE_GAP_NS in bpf/sensor.h); one sent in between is picked up by a poll that waits
+# at most this long after the last records came
+LINGER_MS = 2
 
 # the compatibility name of what check() raises
 BpfUnavailable = SensorUnavailable
@@ -201,6 +206,7 @@ class BpfProgram:
         self._perf_lost_count = 0
         self.errors = 0
         self._ring: RingReader | None = None
+        self._last_records = 0.0   # monotonic time records last came
         if perf:
             # wakeup after a few records rather than each: the measured ceiling of a Python
             # consumer with wakeup_events=1 is ~100k/s
@@ -241,8 +247,19 @@ class BpfProgram:
         ring = self._ring
         if ring is None:
             self.bpf.perf_buffer_poll(timeout=timeout_ms)
-        elif not ring.read(MAX_BATCH) and timeout_ms and ring.wait(timeout_ms):
-            ring.read(MAX_BATCH)
+            return
+        now = time.monotonic()
+        if ring.read(MAX_BATCH):
+            self._last_records = now
+            return
+        if not timeout_ms:
+            return
+        if now - self._last_records < LINGER_MS / 1000:
+            # records flow: some may have been sent without a wake-up
+            timeout_ms = LINGER_MS if timeout_ms < 0 else min(timeout_ms, LINGER_MS)
+        ring.wait(timeout_ms)
+        if ring.read(MAX_BATCH):
+            self._last_records = time.monotonic()
 
     def fileno(self) -> int | None:
         """The ring buffer map's descriptor, readable while records wait (None with the
