@@ -21,7 +21,12 @@ nodewarden_events_lost_total; tcplife's "Possibly lost N samples"). Every round 
 consumers in a different order.
 
     .venv/bin/python bench/tcp_vs_tcplife.py [--rates 5000 15000] [--seconds 8]
-        [--rounds 3] [--max-seconds 4] [--tree base=$BASE --tree new=.] [--json]
+        [--rounds 3] [--max-seconds 4] [--tree base=$BASE --tree new=.] [--together]
+        [--json]
+
+With --together all tracers run at once and are measured over the same windows: on a
+machine other work shares, its load then lands on every tracer alike (each sees every
+connect on the machine; the agent sees every exec too).
 
 Needs root, gcc, BCC; installs bpfcc-tools (apt-get) when tcplife-bpfcc is missing.
 """
@@ -190,30 +195,59 @@ def generate(loadgen: str, cpu: int, connects_per_s: int, seconds: float) -> dic
             "gen_cpu": usage.ru_utime + usage.ru_stime}
 
 
-def measure(c: Consumer, loadgen: str, args: argparse.Namespace, rate: int) -> dict[str, Any]:
-    """One paced (rate > 0) or unpaced (rate 0) run with consumer `c` running, after an idle
-    window of --idle-seconds that measures what the consumer spends on the machine's other
-    activity meanwhile (other processes' connects, and for the agent their execs)."""
+def measure(group: list[Consumer], loadgen: str, args: argparse.Namespace,
+            rate: int) -> list[dict[str, Any]]:
+    """One paced (rate > 0) or unpaced (rate 0) run with the consumers of `group` running
+    (all over the same window with --together), after an idle window of --idle-seconds
+    that measures what each spends on the machine's other activity meanwhile (other
+    processes' connects, and for the agent their execs)."""
     for _ in range(args.retries + 1):
-        cpu0, t0 = c.cpu(), time.monotonic()
+        cpu0, t0 = [c.cpu() for c in group], time.monotonic()
         time.sleep(args.idle_seconds)
-        idle_rate = (c.cpu() - cpu0) / (time.monotonic() - t0)
-        if idle_rate <= args.max_idle:
+        idle = [(c.cpu() - x) / (time.monotonic() - t0) for c, x in zip(group, cpu0, strict=True)]
+        if max(idle) <= args.max_idle:
             break   # a quiet enough moment (other helpers' floods land in the agent too)
-    lost0, judged0, cpu0, t0 = c.lost(), c.judged(), c.cpu(), time.monotonic()
+    before = [(c.lost(), c.judged(), c.cpu()) for c in group]
+    t0 = time.monotonic()
     g = generate(loadgen, args.gen_cpu, rate, args.seconds if rate else args.max_seconds)
-    if c.proc is not None:
-        settle(c.proc.pid)
-    cpu = c.cpu() - cpu0
-    net = max(0.0, cpu - idle_rate * (time.monotonic() - t0))
+    for c in group:
+        if c.proc is not None:
+            settle(c.proc.pid)
+    elapsed = time.monotonic() - t0
     n = g["connects"]
-    return {"consumer": c.name, "rate": rate, "connects": n, "connects_per_s": n / g["secs"],
+    out = []
+    for c, idle_rate, (lost0, judged0, cpu0_) in zip(group, idle, before, strict=True):
+        cpu = c.cpu() - cpu0_
+        net = max(0.0, cpu - idle_rate * elapsed)
+        out.append({
+            "consumer": c.name, "rate": rate, "connects": n, "connects_per_s": n / g["secs"],
             "cpu_s": cpu, "us_per_connect": cpu / n * 1e6 if n else 0.0,
             "idle_cpu_per_s": idle_rate, "loadavg": os.getloadavg()[0],
             "net_us_per_connect": net / n * 1e6 if n else 0.0,
             "gen_us_per_connect": g["gen_cpu"] / n * 1e6 if n else 0.0,
             "lost": c.lost() - lost0, "judged": c.judged() - judged0,
-            "failures": g["failures"]}
+            "failures": g["failures"]})
+    return out
+
+
+def run_group(group: list[Consumer], loadgen: str, args: argparse.Namespace, rnd: int,
+              results: list[dict[str, Any]]) -> None:
+    """Start the group, run every rate (and the unpaced run) with it, stop it."""
+    try:
+        for c in group:
+            c.start()
+        for rate in [*args.rates, *([0] if args.max_seconds else [])]:
+            for r in measure(group, loadgen, args, rate):
+                r["round"] = rnd
+                results.append(r)
+                print(f"round {rnd} {r['consumer']:<8} rate {rate:>6}: "
+                      f"{r['us_per_connect']:6.1f} us/connect "
+                      f"(net {r['net_us_per_connect']:.1f}), "
+                      f"{r['connects_per_s']:8,.0f} connects/s, lost {r['lost']:.0f}",
+                      file=sys.stderr, flush=True)
+    finally:
+        for c in group:
+            c.stop()
 
 
 def consumers(args: argparse.Namespace) -> list[Consumer]:
@@ -285,6 +319,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--gen-cpu", type=int, default=1)
     ap.add_argument("--tree", action="append", metavar="NAME=DIR")
+    ap.add_argument("--together", action="store_true",
+                    help="run the tracers at the same time, measured over the same windows, "
+                         "instead of one after the other (no 'none' baseline then)")
     ap.add_argument("--json", action="store_true", help="also print every run as JSON")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -295,21 +332,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         loadgen = build_loadgen(tmp)
         for rnd in range(args.rounds):
-            order = cs[rnd % len(cs):] + cs[:rnd % len(cs)]
-            for c in order:
-                c.start()
-                try:
-                    for rate in [*args.rates, *([0] if args.max_seconds else [])]:
-                        r = measure(c, loadgen, args, rate)
-                        r["round"] = rnd
-                        results.append(r)
-                        print(f"round {rnd} {c.name:<8} rate {rate:>6}: "
-                              f"{r['us_per_connect']:6.1f} us/connect "
-                              f"(net {r['net_us_per_connect']:.1f}), "
-                              f"{r['connects_per_s']:8,.0f} connects/s, lost {r['lost']:.0f}",
-                              file=sys.stderr, flush=True)
-                finally:
-                    c.stop()
+            if args.together:
+                # the tracers side by side over the same windows: the machine's other
+                # activity lands on all of them alike
+                run_group([c for c in cs if c.argv is not None], loadgen, args, rnd, results)
+                continue
+            for c in cs[rnd % len(cs):] + cs[:rnd % len(cs)]:
+                run_group([c], loadgen, args, rnd, results)
     report(results, [c.name for c in cs], args.rates)
     if args.json:
         print(json.dumps(results, indent=1))
