@@ -102,8 +102,10 @@ class Consumer:
     def start(self, timeout: float = 120) -> None:
         if self.argv is None:
             return
+        # a lock file of its own: the agents run side by side (and beside the node's agent)
+        env = {**os.environ, "NODEWARDEN_LOCK_FILE": f"/tmp/nodewarden-bench-{self.name}.lock"}
         self.proc = subprocess.Popen(self.argv, cwd=self.cwd, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+                                     stderr=subprocess.PIPE, env=env)
         threading.Thread(target=self._read_stderr, daemon=True).start()
         deadline = time.monotonic() + timeout
         while not self._is_ready():
