@@ -253,13 +253,16 @@ def run_group(group: list[Consumer], loadgen: str, args: argparse.Namespace, rnd
 
 
 def consumers(args: argparse.Namespace) -> list[Consumer]:
-    out = [Consumer("none", None), Consumer("tcplife", [TCPLIFE])]
+    out = [Consumer("none", None)]
+    if not args.no_tcplife:
+        out.append(Consumer("tcplife", [TCPLIFE]))
     for spec in args.tree or [f"new={HERE.parent}"]:
         name, _, tree = spec.partition("=")
         port = free_port()
         py = os.path.join(tree, ".venv", "bin", "python")
         out.append(Consumer(name, [py, "-m", "agent", "run", "--dry-run", "--format", "json",
-                                   "--listen", f"127.0.0.1:{port}"], cwd=tree, port=port))
+                                   "--listen", f"127.0.0.1:{port}", *args.agent_arg],
+                            cwd=tree, port=port))
     return out
 
 
@@ -309,7 +312,7 @@ def report(results: list[dict[str, Any]], names: list[str], rates: list[int]) ->
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rates", type=int, nargs="+", default=[5000, 15000])
+    ap.add_argument("--rates", type=int, nargs="*", default=[5000, 15000])
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--max-seconds", type=float, default=4.0, help="0: no unpaced run")
     ap.add_argument("--idle-seconds", type=float, default=2.0,
@@ -321,6 +324,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--gen-cpu", type=int, default=1)
     ap.add_argument("--tree", action="append", metavar="NAME=DIR")
+    ap.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
+                    help="one more argument for every agent (e.g. --agent-arg=--rules ...)")
+    ap.add_argument("--no-tcplife", action="store_true", help="the agents only")
     ap.add_argument("--together", action="store_true",
                     help="run the tracers at the same time, measured over the same windows, "
                          "instead of one after the other (no 'none' baseline then)")
