@@ -104,7 +104,13 @@ class Consumer:
             return
         # a lock file of its own: the agents run side by side (and beside the node's agent)
         env = {**os.environ, "NODEWARDEN_LOCK_FILE": f"/tmp/nodewarden-bench-{self.name}.lock"}
-        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, stdout=subprocess.DEVNULL,
+        argv = self.argv
+        if self.port:
+            self.port = free_port()   # taken now: one picked earlier may be in use by now
+            argv = [a.replace("{port}", str(self.port)) for a in argv]
+        self.ready.clear()
+        self.lines = []
+        self.proc = subprocess.Popen(argv, cwd=self.cwd, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, env=env)
         threading.Thread(target=self._read_stderr, daemon=True).start()
         deadline = time.monotonic() + timeout
@@ -261,7 +267,7 @@ def consumers(args: argparse.Namespace) -> list[Consumer]:
         port = free_port()
         py = os.path.join(tree, ".venv", "bin", "python")
         out.append(Consumer(name, [py, "-m", "agent", "run", "--dry-run", "--format", "json",
-                                   "--listen", f"127.0.0.1:{port}", *args.agent_arg],
+                                   "--listen", "127.0.0.1:{port}", *args.agent_arg],
                             cwd=tree, port=port))
     return out
 
