@@ -174,6 +174,7 @@ class Runtime:
             self.ruleset.rules, self.cfg.mode, protection.names,
             in_kernel=self.cfg.kernel_enforcement)
         self.agent.use_kernel_rules(exec_rules, connect_rules)
+        self.sensors.send_only(self.ruleset.rules, everything=self._record_file is not None)
 
     # -- what flows ------------------------------------------------------------------------
 

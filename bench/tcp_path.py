@@ -36,6 +36,9 @@ def records(n: int) -> list[bytes]:
     pid = os.getpid()
 
     def rec(kind: int, sport: int, dport: int, state: int) -> bytes:
+        if hasattr(kevents, "CONN_FORMAT"):   # compact TCP records (issue 10)
+            return kevents.CONN_FORMAT.pack(123, kind, pid, 0, 0, 2, sport, dport, state,
+                                            LOOPBACK, LOOPBACK, b"python3")
         return kevents.NW_EVENT_FORMAT.pack(123, kind, pid, 0, 0, 0, 2, sport, dport, state,
                                             LOOPBACK, LOOPBACK, b"python3", b"")
 

@@ -52,7 +52,7 @@ static __always_inline int connect_guard(struct bpf_sock_addr *ctx, int v6)
         return 1;
     u32 slot = lowest_slot(match);
     int enforce = (cfg_get(NW_KCFG_CONNECT_ENFORCE) >> slot) & 1;
-    struct nw_event *e = reserve();
+    struct nw_conn_event *e = reserve_conn();
     if (e) {
         u64 id = bpf_get_current_pid_tgid();
         e->ts_ns = bpf_ktime_get_ns();
@@ -66,7 +66,7 @@ static __always_inline int connect_guard(struct bpf_sock_addr *ctx, int v6)
             __builtin_memcpy(e->daddr, &k.addr[12], 4);
         e->fd = slot;
         e->state = enforce ? NW_VERDICT_KILLED : NW_VERDICT_WOULD_KILL;
-        submit(ctx, e);
+        submit_conn_now(ctx, e);
     }
     return enforce ? 0 : 1;
 }

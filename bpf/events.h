@@ -1,8 +1,14 @@
-/* What every sensor sends to userspace, defined once: the record, its kinds, the verdicts
- * it can carry, and the slots of the kernel config array userspace fills.
+/* What every sensor sends to userspace, defined once: the records, their kinds, the
+ * verdicts they can carry, and the slots of the kernel config array userspace fills.
+ *
+ * Every record starts with `u64 ts_ns; u32 kind;` (enum nw_kind); the rest is the layout of
+ * its kind: struct nw_event (exec), struct nw_proc_event (fork, exit), struct
+ * nw_conn_event (connect, accept, close, connect verdict). The ring buffer gives each
+ * record's size, so a record is as long as its kind needs (a TCP record carries no file
+ * name).
  *
  * agent/sources/kevents.py mirrors this file (RecordKind, Verdict, KcfgSlot, COMM_LEN,
- * FILENAME_LEN, RECORD); tests/unit/test_bpf_contract.py parses it and fails when the two
+ * FILENAME_LEN, LAYOUTS); tests/unit/test_bpf_contract.py parses it and fails when the two
  * differ. Only tracepoint fields and UAPI values go in a record, so no kernel struct
  * layout is ever read. */
 #ifndef NODEWARDEN_EVENTS_H
@@ -32,13 +38,17 @@ enum nw_kcfg_slot {
     NW_KCFG_CONNECT_NET = 2,      /* connect slots that need a destination network match */
     NW_KCFG_CONNECT_PORT = 3,     /* connect slots that need a destination port match */
     NW_KCFG_CONNECT_ALL = 4,      /* every connect slot (0: skip the lookups) */
-    NW_KCFG_SLOTS = 5,
+    NW_KCFG_SKIP_KINDS = 5,       /* bit (1 << enum nw_kind) set: no record of that kind is
+                                   * sent (connect, accept, close only; no loaded rule and
+                                   * no recording wants it). 0, the default: all are sent */
+    NW_KCFG_SLOTS = 6,
 };
 
 #define NW_COMM_LEN 16
 #define NW_FILENAME_LEN 256
 #define NW_ADDR_LEN 16
 
+/* exec */
 struct nw_event {
     u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
     u32 kind;           /* enum nw_kind */
@@ -55,6 +65,33 @@ struct nw_event {
     u8 daddr[NW_ADDR_LEN];
     char comm[NW_COMM_LEN];
     char filename[NW_FILENAME_LEN];   /* exec only */
+};
+
+/* fork, exit */
+struct nw_proc_event {
+    u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    u32 kind;           /* enum nw_kind */
+    u32 pid;            /* tgid of the process concerned (the child for fork) */
+    u32 ppid;           /* fork: the parent's tgid; otherwise 0 */
+    u32 uid;
+    char comm[NW_COMM_LEN];
+};
+
+/* connect, accept, close, connect verdict */
+struct nw_conn_event {
+    u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    u32 kind;           /* enum nw_kind */
+    u32 pid;            /* tgid of the process that owns the socket (0: unknown, softirq) */
+    u32 uid;
+    u32 fd;             /* accept: the returned fd; connect verdict: the kernel rule slot */
+    u16 family;         /* AF_INET 2, AF_INET6 10 */
+    u16 sport;          /* host byte order */
+    u16 dport;
+    u16 state;          /* close: TCP state left; connect: state entered; connect verdict:
+                         * enum nw_verdict */
+    u8 saddr[NW_ADDR_LEN];   /* IPv4 in the first 4 bytes */
+    u8 daddr[NW_ADDR_LEN];
+    char comm[NW_COMM_LEN];
 };
 
 #endif

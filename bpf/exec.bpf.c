@@ -65,13 +65,13 @@ TRACEPOINT_PROBE(task, task_newtask)
 {
     if (args->clone_flags & CLONE_THREAD)
         return 0;
-    struct nw_event *e = reserve();
+    struct nw_proc_event *e = reserve_proc();
     if (!e)
         return 0;
     fill_task(e, NW_FORK);
     e->ppid = e->pid;
     e->pid = args->pid;
-    submit(args, e);
+    submit_proc(args, e);
     return 0;
 }
 
@@ -80,10 +80,10 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     u64 id = bpf_get_current_pid_tgid();
     if ((u32)id != (u32)(id >> 32))
         return 0;   /* a thread, not the thread group leader */
-    struct nw_event *e = reserve();
+    struct nw_proc_event *e = reserve_proc();
     if (!e)
         return 0;
     fill_task(e, NW_EXIT);
-    submit(args, e);
+    submit_proc(args, e);
     return 0;
 }

@@ -1,6 +1,7 @@
 /* What every BPF sensor includes: the record (events.h), the one ring buffer (or perf
  * buffer with -DNW_PERF, on kernels before 5.8) all sensors share, the counter of records
- * it could not take, reserve/submit, and the kernel config array userspace fills.
+ * it could not take, reserve/submit of each record layout, and the kernel config array
+ * userspace fills.
  *
  * agent/sources/bpf.py compiles this once with the .bpf.c files of the enabled sensors
  * only, so a sensor that is off has no program in the kernel. A failed reserve is counted
@@ -29,7 +30,9 @@ BPF_PERF_OUTPUT(events);
 #else
 BPF_RINGBUF_OUTPUT(events, NW_RINGBUF_PAGES);
 #endif
-BPF_ARRAY(lost, u64, 1);
+/* mmapable: userspace reads the count from the map's page on every turn of its loop,
+ * without a syscall */
+BPF_F_TABLE("array", int, u64, lost, 1, BPF_F_MMAPABLE);
 BPF_ARRAY(kcfg, u64, NW_KCFG_SLOTS);
 
 static __always_inline void count_lost(void)
@@ -43,6 +46,8 @@ static __always_inline void count_lost(void)
 #ifdef NW_PERF
 /* The perf path fills a per-CPU scratch record, then copies it out. */
 BPF_PERCPU_ARRAY(scratch, struct nw_event, 1);
+BPF_PERCPU_ARRAY(proc_scratch, struct nw_proc_event, 1);
+BPF_PERCPU_ARRAY(conn_scratch, struct nw_conn_event, 1);
 static __always_inline struct nw_event *reserve(void)
 {
     int zero = 0;
@@ -56,7 +61,58 @@ static __always_inline void submit(void *ctx, struct nw_event *e)
     if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
         count_lost();
 }
+static __always_inline struct nw_proc_event *reserve_proc(void)
+{
+    int zero = 0;
+    struct nw_proc_event *e = proc_scratch.lookup(&zero);
+    if (e)
+        __builtin_memset(e, 0, sizeof(*e));
+    return e;
+}
+static __always_inline void submit_proc(void *ctx, struct nw_proc_event *e)
+{
+    if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
+        count_lost();
+}
+static __always_inline struct nw_conn_event *reserve_conn(void)
+{
+    int zero = 0;
+    struct nw_conn_event *e = conn_scratch.lookup(&zero);
+    if (e)
+        __builtin_memset(e, 0, sizeof(*e));
+    return e;
+}
+static __always_inline void submit_conn(void *ctx, struct nw_conn_event *e)
+{
+    if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
+        count_lost();
+}
+static __always_inline void submit_conn_now(void *ctx, struct nw_conn_event *e)
+{
+    submit_conn(ctx, e);
+}
 #else
+/* Wake-ups. By default the ring buffer wakes its consumer for every record that finds it
+ * caught up: at a few thousand TCP records a second that is a wake-up per record, which
+ * costs the consumer more than the record. TCP records wake it at most once per
+ * NW_WAKE_GAP_NS; one sent sooner waits for the next wake-up, and agent/sources/bpf.py
+ * polls with a timeout of 2 * NW_WAKE_GAP_NS while records flow, so none waits longer.
+ * Exec records and in-kernel verdicts (a kill to carry out) wake it at once. */
+#define NW_WAKE_GAP_NS 1000000ULL
+BPF_ARRAY(last_wake, u64, 1);
+static __always_inline u64 coalesced_wakeup(void)
+{
+    int zero = 0;
+    u64 *last = last_wake.lookup(&zero);
+    if (!last)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    if (now - *last < NW_WAKE_GAP_NS)
+        return BPF_RB_NO_WAKEUP;
+    *last = now;   /* two CPUs racing here wake it twice: harmless */
+    return BPF_RB_FORCE_WAKEUP;
+}
+
 static __always_inline struct nw_event *reserve(void)
 {
     struct nw_event *e = events.ringbuf_reserve(sizeof(struct nw_event));
@@ -69,24 +125,66 @@ static __always_inline struct nw_event *reserve(void)
 }
 static __always_inline void submit(void *ctx, struct nw_event *e)
 {
+    events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+}
+/* the compact records: as long as their kind needs (the ring buffer gives each size) */
+static __always_inline struct nw_proc_event *reserve_proc(void)
+{
+    struct nw_proc_event *e = events.ringbuf_reserve(sizeof(struct nw_proc_event));
+    if (!e) {
+        count_lost();
+        return 0;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    return e;
+}
+static __always_inline void submit_proc(void *ctx, struct nw_proc_event *e)
+{
     events.ringbuf_submit(e, 0);
+}
+static __always_inline struct nw_conn_event *reserve_conn(void)
+{
+    struct nw_conn_event *e = events.ringbuf_reserve(sizeof(struct nw_conn_event));
+    if (!e) {
+        count_lost();
+        return 0;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    return e;
+}
+static __always_inline void submit_conn(void *ctx, struct nw_conn_event *e)
+{
+    events.ringbuf_submit(e, coalesced_wakeup());
+}
+/* a record that must be handled at once (an in-kernel verdict: a caller to kill) */
+static __always_inline void submit_conn_now(void *ctx, struct nw_conn_event *e)
+{
+    events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }
 #endif
 
-static __always_inline void fill_task(struct nw_event *e, u32 kind)
-{
-    u64 id = bpf_get_current_pid_tgid();
-    e->ts_ns = bpf_ktime_get_ns();
-    e->kind = kind;
-    e->pid = id >> 32;
-    e->uid = (u32)bpf_get_current_uid_gid();
-    bpf_get_current_comm(&e->comm, sizeof(e->comm));
-}
+/* The task fields every record kind has (ts_ns, kind, pid, uid, comm): a macro, so it
+ * fills any of the record structs. */
+#define fill_task(e, k) do {                                        \
+        u64 __id = bpf_get_current_pid_tgid();                      \
+        (e)->ts_ns = bpf_ktime_get_ns();                            \
+        (e)->kind = (k);                                            \
+        (e)->pid = __id >> 32;                                      \
+        (e)->uid = (u32)bpf_get_current_uid_gid();                  \
+        bpf_get_current_comm(&(e)->comm, sizeof((e)->comm));        \
+    } while (0)
 
 static __always_inline u64 cfg_get(int slot)
 {
     u64 *v = kcfg.lookup(&slot);
     return v ? *v : 0;
+}
+
+/* whether no loaded rule (and no recording) wants records of this kind: userspace sets
+ * kcfg[NW_KCFG_SKIP_KINDS] after every rules load; 0 until then, so all are sent */
+static __always_inline int kind_skipped(u32 kind)
+{
+    return (cfg_get(NW_KCFG_SKIP_KINDS) >> kind) & 1;
 }
 
 /* the kernel rule a bitmask of rule slots names: the first in file order */

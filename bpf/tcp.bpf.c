@@ -1,6 +1,8 @@
 /* The `tcp` sensor: TCP connect (reported when the socket leaves SYN_SENT, so refused
  * connects and port scans are seen), accept with its whole 4-tuple, and close, from
- * sock:inet_sock_set_state and the accept/accept4 syscall tracepoints. */
+ * sock:inet_sock_set_state and the accept/accept4 syscall tracepoints. A kind no loaded
+ * rule wants (kcfg[NW_KCFG_SKIP_KINDS]) is not sent: with the shipped rules, which judge
+ * connects only, a loopback connection costs one record instead of four. */
 #include "sensor.h"
 
 #define TCP_ESTABLISHED 1
@@ -66,6 +68,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         return 0;
     }
     if (args->oldstate == TCP_SYN_RECV && args->newstate == TCP_ESTABLISHED) {
+        if (kind_skipped(NW_ACCEPT))
+            return 0;   /* only accept records read `inbound` */
         struct peer k = {};
         struct local v = {};
         k.family = args->family;
@@ -82,9 +86,9 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         return 0;
     }
     struct owner *o = sock_owner.lookup(&sk);
-    if (args->oldstate == TCP_SYN_SENT) {
+    if (args->oldstate == TCP_SYN_SENT && !kind_skipped(NW_CONNECT)) {
         /* the connect attempt is decided: report it, with both ports known now */
-        struct nw_event *e = reserve();
+        struct nw_conn_event *e = reserve_conn();
         if (!e)
             return 0;
         e->ts_ns = bpf_ktime_get_ns();
@@ -96,23 +100,24 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
             __builtin_memcpy(e->comm, o->comm, sizeof(e->comm));
         }
         COPY_ADDRS(e, args);
-        submit(args, e);
+        submit_conn(args, e);
     }
     if (args->newstate == TCP_CLOSE && args->oldstate != TCP_LISTEN) {
-        struct nw_event *e = reserve();
-        if (!e)
-            return 0;
-        e->ts_ns = bpf_ktime_get_ns();
-        e->kind = NW_CLOSE;
-        e->state = args->oldstate;
-        if (o) {
-            e->pid = o->pid;   /* 0 for inbound: userspace knows it from the accept */
-            e->uid = o->uid;
-            __builtin_memcpy(e->comm, o->comm, sizeof(e->comm));
-            sock_owner.delete(&sk);
+        struct nw_conn_event *e = kind_skipped(NW_CLOSE) ? 0 : reserve_conn();
+        if (e) {
+            e->ts_ns = bpf_ktime_get_ns();
+            e->kind = NW_CLOSE;
+            e->state = args->oldstate;
+            if (o) {
+                e->pid = o->pid;   /* 0 for inbound: userspace knows it from the accept */
+                e->uid = o->uid;
+                __builtin_memcpy(e->comm, o->comm, sizeof(e->comm));
+            }
+            COPY_ADDRS(e, args);
+            submit_conn(args, e);
         }
-        COPY_ADDRS(e, args);
-        submit(args, e);
+        if (o)
+            sock_owner.delete(&sk);
     }
     return 0;
 }
@@ -122,6 +127,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
  * the connection from /proc when the caller passed no sockaddr. */
 static __always_inline int on_accept_enter(u64 upeer)
 {
+    if (kind_skipped(NW_ACCEPT))
+        return 0;
     u64 tid = bpf_get_current_pid_tgid();
     accepting.update(&tid, &upeer);
     return 0;
@@ -132,10 +139,11 @@ static __always_inline int on_accept_exit(void *ctx, long ret)
     u64 tid = bpf_get_current_pid_tgid();
     u64 *upeer = accepting.lookup(&tid);
     u64 uaddr = upeer ? *upeer : 0;
-    accepting.delete(&tid);
-    if (ret < 0)
+    if (upeer)
+        accepting.delete(&tid);
+    if (ret < 0 || kind_skipped(NW_ACCEPT))
         return 0;
-    struct nw_event *e = reserve();
+    struct nw_conn_event *e = reserve_conn();
     if (!e)
         return 0;
     fill_task(e, NW_ACCEPT);
@@ -164,7 +172,7 @@ static __always_inline int on_accept_exit(void *ctx, long ret)
             inbound.delete(&k);
         }
     }
-    submit(ctx, e);
+    submit_conn(ctx, e);
     return 0;
 }
 

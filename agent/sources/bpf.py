@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import os
 import platform
 import re
+import struct
+import time
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -25,6 +28,7 @@ from typing import Any, ClassVar
 
 from agent.model import EventKind
 from agent.sources.kevents import KcfgSlot, decode
+from agent.sources.ringbuf import RingReader
 from agent.sources.sensor import OnRecord, SensorUnavailable
 
 log = logging.getLogger("nodewarden.bpf")
@@ -32,6 +36,10 @@ log = logging.getLogger("nodewarden.bpf")
 TRACEFS = "/sys/kernel/tracing"
 DEFAULT_RING_PAGES = 1024  # 4 MiB: ~12,000 events of headroom for a stalled consumer
 MAX_BATCH = 4096  # records per poll, so the agent's loop turns at least every few ms
+# While records flow the kernel wakes us at most once per millisecond for TCP records
+# (NW_WAKE_GAP_NS in bpf/sensor.h); one sent in between is picked up by a poll that waits
+# at most this long after the last records came
+LINGER_MS = 2
 
 # the compatibility name of what check() raises
 BpfUnavailable = SensorUnavailable
@@ -118,21 +126,6 @@ def set_kcfg(kcfg: Any, slot: KcfgSlot, value: int) -> None:
     kcfg[ctypes.c_int(int(slot))] = ctypes.c_ulonglong(value)
 
 
-def _ring_epoll_fd(bpf: Any) -> int | None:
-    """The epoll descriptor of BCC's ring buffer (libbpf's ring_buffer__epoll_fd), so the
-    ring can be waited on beside other sensors' descriptors; None when unavailable."""
-    manager = getattr(bpf, "_ringbuf_manager", None)
-    if not manager:
-        return None
-    try:
-        fn = ctypes.CDLL("libbpf.so.1").ring_buffer__epoll_fd
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_int
-    fd = int(fn(manager))
-    return fd if fd >= 0 else None
-
-
 # the libraries BCC compiles with; their pages are touched only while compiling
 _COMPILER_LIBS = re.compile(r"/lib(LLVM|clang|clang-cpp|bcc)[-.][^/]*$")
 _MADV_PAGEOUT = 21  # Linux 5.4
@@ -175,6 +168,19 @@ def _resident() -> int:
         return 0
 
 
+_U64 = struct.Struct("<Q")
+
+
+def _map_page(map_fd: int) -> mmap.mmap | None:
+    """The first page of an mmapable (BPF_F_MMAPABLE) array map, read-only: its values from
+    offset 0; None where the kernel refuses (then the map is read through a lookup)."""
+    try:
+        return mmap.mmap(map_fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+    except OSError as e:
+        log.debug("the loss counter is read through lookups (mmap: %s)", e)
+        return None
+
+
 class BpfProgram:
     """The enabled BPF sensors' sources compiled into one BCC module, with the one buffer
     they all write to. Polling it delivers every decoded record to `on_record`."""
@@ -195,18 +201,21 @@ class BpfProgram:
             cflags.append("-DNW_PERF")
         self.bpf = BPF(text=program_text(self.sources).encode(), cflags=cflags)
         self._lost = self.bpf["lost"]
+        self._lost_page = _map_page(self._lost.map_fd)
         events = self.bpf["events"]
+        self._perf_lost_count = 0
+        self.errors = 0
+        self._ring: RingReader | None = None
+        self._last_records = 0.0   # monotonic time records last came
         if perf:
             # wakeup after a few records rather than each: the measured ceiling of a Python
             # consumer with wakeup_events=1 is ~100k/s
             events.open_perf_buffer(self._perf_cb, page_cnt=ring_pages,
                                     lost_cb=self._perf_lost)
         else:
-            events.open_ring_buffer(self._ring_cb)
-        self._perf_lost_count = 0
-        self._batch = 0
-        self.errors = 0
-        self._fd = None if perf else _ring_epoll_fd(self.bpf)
+            # read from the map's pages in batches, not through BCC's callback per record
+            self._ring = RingReader.open(events.map_fd, int(events.max_entries),
+                                         self._deliver)
 
     def __getitem__(self, name: str) -> Any:
         """A map of the program, by its name in the C source."""
@@ -217,47 +226,60 @@ class BpfProgram:
         return sorted(tp.decode() if isinstance(tp, bytes) else str(tp)
                       for tp in self.bpf.tracepoint_fds)
 
-    def _ring_cb(self, _ctx: object, data: int, size: int) -> int:
-        self._deliver(data, size)
-        self._batch += 1
-        # a negative return ends this poll (libbpf has already consumed this record): under
-        # a load above what we can consume the ring never drains, and the loop would never
-        # see SIGTERM, timers or reloads
-        return -1 if self._batch >= MAX_BATCH else 0
-
-    def _deliver(self, data: int, size: int) -> None:
-        # ctypes would print and swallow an exception raised in a callback: log it as ours
+    def _deliver(self, data: bytes | memoryview) -> None:
         try:
-            self._on_record(decode(ctypes.string_at(data, size)))
+            self._on_record(decode(data))
         except Exception:
+            # one bad record (or a bug in what handles it) must not stop the others
             self.errors += 1
             log.exception("error handling a kernel record (%d so far)", self.errors)
 
     def _perf_cb(self, _cpu: int, data: int, size: int) -> None:
-        self._deliver(data, size)
+        # ctypes would print and swallow an exception raised in a callback: _deliver logs
+        self._deliver(ctypes.string_at(data, size))
 
     def _perf_lost(self, count: int) -> None:
         self._perf_lost_count += count
 
     def poll(self, timeout_ms: int) -> None:
         """Deliver pending records (at most MAX_BATCH) to the callback, waiting up to
-        `timeout_ms` for one."""
-        self._batch = 0
-        if self.perf:
+        `timeout_ms` for one when none is pending."""
+        ring = self._ring
+        if ring is None:
             self.bpf.perf_buffer_poll(timeout=timeout_ms)
-        else:
-            self.bpf.ring_buffer_poll(timeout_ms)
+            return
+        now = time.monotonic()
+        if ring.read(MAX_BATCH):
+            self._last_records = now
+            return
+        if not timeout_ms:
+            return
+        if now - self._last_records < LINGER_MS / 1000:
+            # records flow: some may have been sent without a wake-up
+            timeout_ms = LINGER_MS if timeout_ms < 0 else min(timeout_ms, LINGER_MS)
+        ring.wait(timeout_ms)
+        if ring.read(MAX_BATCH):
+            self._last_records = time.monotonic()
 
     def fileno(self) -> int | None:
-        """The ring buffer's epoll descriptor (None with the perf buffer)."""
-        return self._fd
+        """The ring buffer map's descriptor, readable while records wait (None with the
+        perf buffer)."""
+        return self._ring.fd if self._ring is not None else None
 
     def lost(self) -> int:
         """Records dropped since load (reserve failures counted in the kernel)."""
+        if self._lost_page is not None:
+            return int(_U64.unpack_from(self._lost_page, 0)[0]) + self._perf_lost_count
         return int(self._lost[0].value) + self._perf_lost_count
 
     def close(self) -> None:
         """Detach every tracepoint and free the maps."""
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._lost_page is not None:
+            self._lost_page.close()
+            self._lost_page = None
         self.bpf.cleanup()
 
 

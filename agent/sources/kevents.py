@@ -1,10 +1,12 @@
 """The kernel's event records (bpf/events.h) in Python: their kinds, verdicts and config
-slots, and the decoder from bytes to tuples (pure).
+slots, and the decoders from bytes to tuples (pure).
 
 Every number here mirrors an enum or #define of bpf/events.h, which is the one source of
-truth; tests/unit/test_bpf_contract.py parses the header and fails when they differ. The
-decoder uses `struct.unpack_from` on the raw bytes: half the cost of a ctypes cast per
-event, which matters at tens of thousands of events per second on one core.
+truth; tests/unit/test_bpf_contract.py parses the header and fails when they differ. Each
+record kind has its own layout after the `u64 ts_ns; u32 kind;` every record starts with
+(a TCP record carries no file name), and its decoder in `DECODERS`. The decoders use
+`struct.unpack_from` on the raw bytes: half the cost of a ctypes cast per event, which
+matters at tens of thousands of events per second on one core.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+from collections.abc import Callable
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -55,6 +58,7 @@ class KcfgSlot(IntEnum):
     CONNECT_NET = 2
     CONNECT_PORT = 3
     CONNECT_ALL = 4
+    SKIP_KINDS = 5
 
 
 KCFG_SLOTS = len(KcfgSlot)
@@ -68,15 +72,38 @@ VERDICT_WOULD_KILL, VERDICT_KILLED = int(Verdict.WOULD_KILL), int(Verdict.KILLED
 AF_INET, AF_INET6 = 2, 10
 TCP_CLOSE = 7
 
-# struct nw_event, field by field: u64 ts_ns; u32 kind, pid, ppid, uid, fd;
+Fields = tuple[tuple[str, str], ...]
+
+# struct nw_event (exec), field by field: u64 ts_ns; u32 kind, pid, ppid, uid, fd;
 # u16 family, sport, dport, state; u8 saddr[16], daddr[16]; char comm[16]; filename[256]
-RECORD_FIELDS: tuple[tuple[str, str], ...] = (
+RECORD_FIELDS: Fields = (
     ("ts_ns", "Q"), ("kind", "I"), ("pid", "I"), ("ppid", "I"), ("uid", "I"), ("fd", "I"),
     ("family", "H"), ("sport", "H"), ("dport", "H"), ("state", "H"),
     ("saddr", f"{ADDR_LEN}s"), ("daddr", f"{ADDR_LEN}s"), ("comm", f"{COMM_LEN}s"),
     ("filename", f"{FILENAME_LEN}s"),
 )
 NW_EVENT_FORMAT = struct.Struct("<" + "".join(code for _, code in RECORD_FIELDS))
+
+# struct nw_proc_event (fork, exit): u64 ts_ns; u32 kind, pid, ppid, uid; char comm[16]
+PROC_FIELDS: Fields = (
+    ("ts_ns", "Q"), ("kind", "I"), ("pid", "I"), ("ppid", "I"), ("uid", "I"),
+    ("comm", f"{COMM_LEN}s"),
+)
+PROC_FORMAT = struct.Struct("<" + "".join(code for _, code in PROC_FIELDS))
+
+# struct nw_conn_event (connect, accept, close, connect verdict): u64 ts_ns; u32 kind, pid,
+# uid, fd; u16 family, sport, dport, state; u8 saddr[16], daddr[16]; char comm[16]
+CONN_FIELDS: Fields = (
+    ("ts_ns", "Q"), ("kind", "I"), ("pid", "I"), ("uid", "I"), ("fd", "I"),
+    ("family", "H"), ("sport", "H"), ("dport", "H"), ("state", "H"),
+    ("saddr", f"{ADDR_LEN}s"), ("daddr", f"{ADDR_LEN}s"), ("comm", f"{COMM_LEN}s"),
+)
+CONN_FORMAT = struct.Struct("<" + "".join(code for _, code in CONN_FIELDS))
+
+# each record struct of events.h by its C name (the contract test compares them)
+LAYOUTS: dict[str, Fields] = {
+    "nw_event": RECORD_FIELDS, "nw_proc_event": PROC_FIELDS, "nw_conn_event": CONN_FIELDS,
+}
 
 
 class RawEvent(NamedTuple):
@@ -124,19 +151,75 @@ def _addr(family: int, raw: bytes) -> str:
     return ""
 
 
-_WITH_ADDRESSES = frozenset((CONNECT, CLOSE, ACCEPT, CONNECT_VERDICT))
-
-
-def decode(data: bytes) -> RawEvent:
-    """A RawEvent from the bytes the kernel sent. Raises struct.error on short input."""
-    (ts, kind, pid, ppid, uid, fd, family, sport, dport, state, saddr, daddr, comm,
+def _decode_exec(data: bytes | memoryview) -> RawEvent:
+    (ts, kind, pid, ppid, uid, fd, family, sport, dport, state, _saddr, _daddr, comm,
      filename) = NW_EVENT_FORMAT.unpack_from(data)
-    if kind in _WITH_ADDRESSES:
-        src, dst = _addr(family, saddr), _addr(family, daddr)
-    else:
-        src = dst = ""
-    return RawEvent(ts, kind, pid, ppid, uid, fd, family, sport, dport, state, src, dst,
-                    _cstr(comm), _cstr(filename) if kind == EXEC else "")
+    return RawEvent(ts, kind, pid, ppid, uid, fd, family, sport, dport, state, "", "",
+                    _cstr(comm), _cstr(filename))
+
+
+def _decode_proc(data: bytes | memoryview) -> RawEvent:
+    ts, kind, pid, ppid, uid, comm = PROC_FORMAT.unpack_from(data)
+    return RawEvent(ts, kind, pid, ppid, uid, 0, 0, 0, 0, 0, "", "", _comm_text(comm), "")
+
+
+# Texts already made, by the raw bytes: a node talks to a limited set of peers, and its
+# processes have a limited set of names. Emptied when full (bounded); one per family, as
+# the same 16 bytes are another address in each.
+_TEXT_CACHE_MAX = 4096
+_V4_TEXT: dict[bytes, str] = {}
+_V6_TEXT: dict[bytes, str] = {}
+_COMM_TEXT: dict[bytes, str] = {}
+
+
+def _addr_text(family: int, raw: bytes) -> str:
+    cache = _V4_TEXT if family == AF_INET else _V6_TEXT
+    text = cache.get(raw)
+    if text is None:
+        text = _addr(family, raw)
+        if len(cache) >= _TEXT_CACHE_MAX:
+            cache.clear()
+        cache[raw] = text
+    return text
+
+
+def _comm_text(raw: bytes) -> str:
+    text = _COMM_TEXT.get(raw)
+    if text is None:
+        text = _cstr(raw)
+        if len(_COMM_TEXT) >= _TEXT_CACHE_MAX:
+            _COMM_TEXT.clear()
+        _COMM_TEXT[raw] = text
+    return text
+
+
+def _decode_conn(data: bytes | memoryview) -> RawEvent:
+    (ts, kind, pid, uid, fd, family, sport, dport, state, saddr, daddr,
+     comm) = CONN_FORMAT.unpack_from(data)
+    return RawEvent(ts, kind, pid, 0, uid, fd, family, sport, dport, state,
+                    _addr_text(family, saddr), _addr_text(family, daddr), _comm_text(comm), "")
+
+
+Decoder = Callable[[bytes | memoryview], RawEvent]
+
+# record kind -> its decoder (each kind's layout is its owner's: see bpf/events.h)
+DECODERS: dict[int, Decoder] = {
+    EXEC: _decode_exec,
+    FORK: _decode_proc, EXIT: _decode_proc,
+    CONNECT: _decode_conn, ACCEPT: _decode_conn, CLOSE: _decode_conn,
+    CONNECT_VERDICT: _decode_conn,
+}
+_KIND = struct.Struct("<8xI")
+
+
+def decode(data: bytes | memoryview) -> RawEvent:
+    """A RawEvent from the bytes the kernel sent, by the layout of its kind. Raises
+    struct.error on short input, ValueError on a kind no decoder knows."""
+    (kind,) = _KIND.unpack_from(data)
+    decoder = DECODERS.get(kind)
+    if decoder is None:
+        raise ValueError(f"kernel record of unknown kind {kind}")
+    return decoder(data)
 
 
 def process_record(kind: RecordKind, ts_ns: int, pid: int, ppid: int = 0) -> RawEvent:

@@ -100,6 +100,11 @@ class ProcessTree:
         # record changed it; and the count of passes done, so an overtaken pass knows it
         self._changed: dict[int, tuple[Process | None, Process | None]] | None = None
         self._generation = 0
+        # pid -> (its Process, its ancestors): every event of a process needs its ancestry
+        # (a connect flood re-walked the same chain thousands of times a second). Emptied
+        # whenever `procs` changes (scan, add, remove), so an exec, an exit or a reparenting
+        # seen by a scan is never answered from an older tree; at most one entry per process.
+        self._ancestry: dict[int, tuple[Process, tuple[Process, ...]]] = {}
 
     def scan(self) -> list[Process]:
         """Read every process from procfs and replace the tree with what is there now.
@@ -151,6 +156,7 @@ class ProcessTree:
         self._read = read
         self.read_at = read_at
         self.procs = found
+        self._ancestry.clear()
         self._resolve_workspaces()
         return list(found.values())
 
@@ -222,6 +228,7 @@ class ProcessTree:
         if self._changed is not None:
             self._note(p.pid, self.procs.get(p.pid), p)
         self.procs[p.pid] = p
+        self._ancestry.clear()
         self._read.pop(p.pid, None)  # the next scan reads what this exec runs in full
         self._workspace[p.pid] = ws
         self._known[key] = _known(ws, p)
@@ -231,6 +238,8 @@ class ProcessTree:
         p = self.procs.pop(pid, None)
         if self._changed is not None:
             self._note(pid, p, None)
+        if p is not None:
+            self._ancestry.clear()
         self._read.pop(pid, None)
         self._workspace.pop(pid, None)
         self._forked.pop(pid, None)
@@ -243,10 +252,16 @@ class ProcessTree:
         return self._workspace.get(pid, "")
 
     def ancestors(self, pid: int) -> tuple[Process, ...]:
-        """Parent first, up to init; bounded and safe against ppid cycles."""
+        """Parent first, up to init; bounded and safe against ppid cycles. Walked once per
+        process while the tree stays as it is (`procs` changes only through scan, add and
+        remove)."""
+        start = self.procs.get(pid)
+        hit = self._ancestry.get(pid)
+        if hit is not None and hit[0] is start:
+            return hit[1]
         out: list[Process] = []
         seen = {pid}
-        p = self.procs.get(pid)
+        p = start
         while p is not None and len(out) < MAX_ANCESTORS:
             parent = self.procs.get(p.ppid)
             if parent is None or parent.pid in seen:
@@ -254,7 +269,10 @@ class ProcessTree:
             out.append(parent)
             seen.add(parent.pid)
             p = parent
-        return tuple(out)
+        chain = tuple(out)
+        if start is not None:
+            self._ancestry[pid] = (start, chain)
+        return chain
 
     def event(self, kind: str, p: Process, time: float) -> Event:
         """An event about `p`, enriched with its ancestry, workspace and pod."""

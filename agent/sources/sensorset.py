@@ -19,12 +19,14 @@ from agent.engine.kernel import connect_slots, exec_slots
 from agent.engine.ruleset import Rule
 from agent.errors import ConfigError
 from agent.metrics import Metrics
-from agent.model import EventKind
+from agent.model import RULE_KINDS, EventKind
 from agent.sources import bpf
 from agent.sources.connect_guard import ConnectGuard
 from agent.sources.exec_sensor import ExecSensor
+from agent.sources.kevents import KcfgSlot
 from agent.sources.registry import SENSORS, SensorClass, selected
 from agent.sources.sensor import OnRecord, Sensor, SensorUnavailable
+from agent.sources.tcp_sensor import SKIPPABLE, skipped_kinds
 
 log = logging.getLogger("nodewarden")
 
@@ -137,6 +139,22 @@ class SensorSet:
             if conn_rules:
                 log.info("in-kernel connect rules: %s", ", ".join(r.id for r in conn_rules))
         return exec_rules, conn_rules
+
+    def send_only(self, rules: Sequence[Rule], everything: bool = False) -> frozenset[EventKind]:
+        """Tell the kernel which TCP record kinds are used: those the `rules` are `on`, or
+        every kind with `everything` (a recording). The others are not sent at all (with
+        the shipped rules, which judge connects only, a loopback connection is one record
+        instead of four). Called after every rules or config change; until the first call
+        every kind is sent. Returns the kinds left out."""
+        wanted = set(RULE_KINDS) if everything else {k for r in rules for k in r.kinds}
+        mask = skipped_kinds(wanted)
+        if self.program is not None:
+            bpf.set_kcfg(self.program["kcfg"], KcfgSlot.SKIP_KINDS, mask)
+        skipped = frozenset(k for k, rec in SKIPPABLE.items() if mask >> rec & 1)
+        if skipped and EventKind.CONNECT in self.kinds:
+            log.info("TCP records not sent (no loaded rule uses them): %s",
+                     ", ".join(sorted(skipped)))
+        return skipped
 
     def release_compiler_memory(self) -> int:
         """Once every sensor is attached and its maps filled: give back the memory the BPF

@@ -36,10 +36,10 @@ def c_defines() -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"#define (NW_\w+) (\d+)", HEADER)}
 
 
-def c_struct_fields() -> list[tuple[str, str]]:
-    """(name, struct code) of each field of struct nw_event, in order."""
-    body = re.search(r"struct nw_event\s*{(.*?)};", HEADER, re.S)
-    assert body is not None
+def c_struct_fields(struct_name: str = "nw_event") -> list[tuple[str, str]]:
+    """(name, struct code) of each field of `struct struct_name`, in order."""
+    body = re.search(rf"struct {struct_name}\s*{{(.*?)}};", HEADER, re.S)
+    assert body is not None, f"struct {struct_name} is gone from events.h"
     text = re.sub(r"/\*.*?\*/", "", body.group(1), flags=re.S)
     defines = c_defines()
     out = []
@@ -65,6 +65,25 @@ def test_verdicts_and_config_slots_match_their_enums():
     assert slots.pop("NW_KCFG_SLOTS") == kevents.KCFG_SLOTS
     assert slots == {f"NW_KCFG_{s.name}": s.value for s in KcfgSlot}
     assert sorted(slots.values()) == list(range(kevents.KCFG_SLOTS))
+
+
+def test_every_record_struct_has_its_layout_and_every_kind_its_decoder():
+    assert set(re.findall(r"^struct (nw_\w*event)\s*{", HEADER, re.M)) == set(kevents.LAYOUTS)
+    assert set(kevents.DECODERS) == {int(k) for k in RecordKind}
+
+
+@pytest.mark.parametrize("name,size", [("nw_event", 344), ("nw_proc_event", 40),
+                                       ("nw_conn_event", 80)])
+def test_each_record_layout_matches_its_struct(name, size):
+    fields = c_struct_fields(name)
+    assert fields == list(kevents.LAYOUTS[name])
+    # the record contract: every record starts with u64 ts_ns; u32 kind (enum nw_kind)
+    assert fields[:2] == [("ts_ns", "Q"), ("kind", "I")]
+    # no padding between the fields (native alignment gives the same offsets), so the
+    # packed little-endian format reads each at its C offset; sizeof() rounds up to 8
+    codes = "".join(c for _, c in fields)
+    assert struct.calcsize("@" + codes) == struct.calcsize("<" + codes)
+    assert (struct.calcsize("<" + codes) + 7) // 8 * 8 == size
 
 
 def test_record_layout_matches_struct_nw_event():

@@ -26,6 +26,11 @@ def record(kind: int, pid: int, *, ppid: int = 0, fd: int = 0, family: int = 0, 
     def raw(a: str) -> bytes:
         return ipaddress.ip_address(a).packed.ljust(16, b"\0") if a else b"\0" * 16
 
+    if kind in (kevents.FORK, kevents.EXIT):
+        return kevents.PROC_FORMAT.pack(ts, kind, pid, ppid, 0, comm)
+    if kind != kevents.EXEC:
+        return kevents.CONN_FORMAT.pack(ts, kind, pid, 0, fd, family, sport, dport, 0,
+                                        raw(saddr), raw(daddr), comm)
     return NW_EVENT_FORMAT.pack(ts, kind, pid, ppid, 0, fd, family, sport, dport, 0, raw(saddr),
                                 raw(daddr), comm, filename) + b"\0" * 4  # C struct padding
 
@@ -39,6 +44,42 @@ def test_decode_exec_and_connect_records():
     m = decode(record(kevents.CONNECT, 7, family=kevents.AF_INET6, saddr="::ffff:10.0.0.2",
                       daddr="fd00::1"))
     assert (m.saddr, m.daddr) == ("10.0.0.2", "fd00::1")
+
+
+@pytest.mark.parametrize("kind", [kevents.CONNECT, kevents.ACCEPT, kevents.CLOSE,
+                                  kevents.CONNECT_VERDICT])
+@pytest.mark.parametrize("family,addr,text", [
+    (kevents.AF_INET, "10.0.0.2", "10.0.0.2"),
+    (kevents.AF_INET, "255.255.255.255", "255.255.255.255"),
+    (kevents.AF_INET6, "fd00::1", "fd00::1"),
+    (kevents.AF_INET6, "2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"),
+    (kevents.AF_INET6, "::1", "::1"),
+    (kevents.AF_INET6, "::", "::"),
+    # a v4 peer of a dual-stack socket: as /proc/net/tcp6 parsing prints it
+    (kevents.AF_INET6, "::ffff:10.0.0.2", "10.0.0.2"),
+    # IPv4-compatible: as `ipaddress` prints it (glibc's inet_ntop would say ::1.2.3.4)
+    (kevents.AF_INET6, "::1.2.3.4", "::102:304"),
+])
+def test_addresses_print_as_before_in_every_tcp_record(kind, family, addr, text):
+    """The compact TCP record's addresses come out as the same text as ever."""
+    e = decode(record(kind, 7, family=family, sport=1, dport=2, saddr=addr, daddr=addr))
+    assert (e.kind, e.family, e.saddr, e.daddr) == (kind, family, text, text)
+    if family == kevents.AF_INET6 and not addr.startswith("::ffff:"):
+        assert text == str(ipaddress.ip_address(addr))
+
+
+def test_compact_records_decode_every_field():
+    f = decode(record(kevents.FORK, 11, ppid=10, comm=b"bash", ts=77))
+    assert (f.ts_ns, f.kind, f.pid, f.ppid, f.comm, f.filename, f.saddr) == (
+        77, kevents.FORK, 11, 10, "bash", "", "")
+    assert len(record(kevents.FORK, 11)) == 40 and len(record(kevents.CONNECT, 1)) == 80
+    c = decode(kevents.CONN_FORMAT.pack(5, kevents.ACCEPT, 42, 1000, 9, kevents.AF_INET, 8080,
+                                        50000, 1, bytes([10, 0, 0, 1]) + bytes(12),
+                                        bytes([10, 0, 0, 9]) + bytes(12), b"nginx"))
+    assert c == RawEvent(5, kevents.ACCEPT, 42, 0, 1000, 9, kevents.AF_INET, 8080, 50000, 1,
+                         "10.0.0.1", "10.0.0.9", "nginx", "")
+    with pytest.raises(ValueError, match="unknown kind 99"):
+        decode(kevents.PROC_FORMAT.pack(1, 99, 1, 0, 0, b""))
 
 
 def test_decode_rejects_short_records():
@@ -304,3 +345,19 @@ def test_scans_do_not_judge_zombies(tmp_path):
     assert scan_once(ProcessTree(ProcFS(str(root))), Judge(loader.load([str(rules)]))) == []
     (root / "77" / "stat").write_text((root / "77" / "stat").read_text().replace(" Z ", " S "))
     assert len(scan_once(ProcessTree(ProcFS(str(root))), Judge(loader.load([str(rules)])))) == 1
+
+
+def test_address_texts_stay_right_and_bounded_over_many_peers():
+    """The decoder keeps the texts it made, by the raw bytes and per family (the same bytes
+    are another address in each), emptied when full."""
+    for i in range(kevents._TEXT_CACHE_MAX + 500):
+        v4 = str(ipaddress.IPv4Address(0x0A000000 + i))
+        e = decode(record(kevents.CONNECT, 7, family=kevents.AF_INET, saddr=v4, daddr=v4))
+        assert e.saddr == e.daddr == v4
+    assert len(kevents._V4_TEXT) <= kevents._TEXT_CACHE_MAX
+    # 10.0.0.2 and a00:2:: share their first bytes: each family has its own text
+    v6 = decode(record(kevents.CONNECT, 7, family=kevents.AF_INET6, saddr="a00:2::",
+                       daddr="a00:2::"))
+    v4 = decode(record(kevents.CONNECT, 7, family=kevents.AF_INET, saddr="10.0.0.2",
+                       daddr="10.0.0.2"))
+    assert (v6.saddr, v4.saddr) == ("a00:2::", "10.0.0.2")

@@ -249,6 +249,33 @@ def test_ancestors_are_bounded(tmp_path):
     assert got == list(range(depth - 1, depth - 1 - MAX_ANCESTORS, -1))
 
 
+def test_ancestry_is_walked_once_and_follows_every_change_of_the_tree(tmp_path):
+    """Ancestry is cached per process, and an exec (add), an exit (remove) or a reparenting
+    seen by a scan is never answered from the tree as it was."""
+    from dataclasses import replace
+
+    root = synthetic(tmp_path / "proc", {1: 0, 10: 1, 20: 10, 30: 20})
+    tree = ProcessTree(ProcFS(str(root)))
+    tree.scan()
+    first = tree.ancestors(30)
+    assert [p.pid for p in first] == [20, 10, 1]
+    assert tree.ancestors(30) is first   # the same chain, not walked again
+    # an exec in the middle of the chain: the new program shows in its descendants' ancestry
+    tree.add(replace(tree.procs[20], comm="execed"))
+    assert [p.comm for p in tree.ancestors(30)] == ["execed", "p10", "p1"]
+    # an exit in the chain: the walk stops where the tree no longer knows a parent
+    tree.remove(10)
+    assert [p.pid for p in tree.ancestors(30)] == [20]
+    # a reparenting (the parent exited; init adopted the child) seen by a scan
+    (root / "20" / "stat").write_bytes(stat_line(20, "p20", 1))
+    tree.scan()
+    assert [p.pid for p in tree.ancestors(30)] == [20, 1]
+    # and a process replaced by an exec of its own is the start of a fresh walk
+    tree.add(replace(tree.procs[30], ppid=1))
+    assert [p.pid for p in tree.ancestors(30)] == [1]
+    assert tree.ancestors(99999) == ()
+
+
 def test_deep_chain_inherits_the_workspace(tmp_path):
     depth = 500
     chain = {1: 0} | {pid: pid - 1 for pid in range(2, depth + 1)}

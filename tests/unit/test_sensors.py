@@ -166,6 +166,40 @@ def test_no_kernel_rules_without_a_kernel_sensor_or_with_kernel_enforcement_off(
     assert program["kexec_names"].items == {} and program["kexec_paths"].items == {}
 
 
+def _rules_on(tmp_path: Path, *kinds: str) -> list[Any]:
+    path = tmp_path / "on.yaml"
+    path.write_text("rules:\n" + "".join(
+        f"  - id: r-{k}\n    on: [{k}]\n    match: {{proc.name: x}}\n" for k in kinds))
+    return loader.load([str(path)]).rules
+
+
+@pytest.mark.parametrize("kinds,everything,skipped", [
+    # the shipped rules judge connects only: accepts and closes are not sent
+    (None, False, {"accept", "close"}),
+    (("exec",), False, {"connect", "accept", "close"}),
+    (("connect",), False, {"accept", "close"}),
+    (("accept",), False, {"connect", "close"}),
+    # an inbound close is attributed through its accept: wanting closes keeps accepts
+    (("close",), False, {"connect"}),
+    (("connect", "accept", "close"), False, set()),
+    # a recording (--record) wants every event, whatever the rules
+    (("exec",), True, set()),
+])
+def test_the_kernel_sends_only_the_tcp_kinds_a_rule_or_the_recording_uses(
+        tmp_path, kinds, everything, skipped):
+    from agent.sources import kevents
+    from agent.sources.tcp_sensor import TcpSensor
+
+    rules = (loader.load([loader.bundled_rules_dir()]).rules if kinds is None
+             else _rules_on(tmp_path, *kinds))
+    program = FakeProgram()
+    sensors = SensorSet([ExecSensor(program), TcpSensor(program)],  # type: ignore[arg-type]
+                        program)  # type: ignore[arg-type]
+    assert sensors.send_only(rules, everything=everything) == skipped
+    mask = program["kcfg"].items[KcfgSlot.SKIP_KINDS]
+    assert mask == sum(1 << getattr(kevents, k.upper()) for k in skipped)
+
+
 # -- the registry: enable, disable, fall back, say why --------------------------------------
 
 
