@@ -12,11 +12,13 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+from collections.abc import Callable
 from enum import IntEnum
 from typing import NamedTuple
 
 from agent import text
 from agent.model import EventKind
+from agent.sources.execrecord import exec_fields
 
 
 class RecordKind(IntEnum):
@@ -96,6 +98,13 @@ class RawEvent(NamedTuple):
     daddr: str
     comm: str
     filename: str
+    # exec records (agent/sources/execrecord.py): argv as the exec got it, and the workspace
+    # marker its environment set, taken in the kernel
+    argv: tuple[str, ...] = ()
+    marker: tuple[str, str] | None = None
+    argv_cut: int = -1   # bytes of argv left out; -1: argv not taken in the kernel
+    markers_scanned: tuple[str, ...] = ()   # names `marker` answers for; (): not scanned
+    cgroup_id: int = 0   # the cgroup v2 id the exec ran in
 
 
 def _cstr(b: bytes) -> str:
@@ -127,8 +136,20 @@ def _addr(family: int, raw: bytes) -> str:
 _WITH_ADDRESSES = frozenset((CONNECT, CLOSE, ACCEPT, CONNECT_VERDICT))
 
 
-def decode(data: bytes) -> RawEvent:
+Decoder = Callable[[bytes | memoryview], RawEvent]
+
+# record kind -> its decoder, for the kinds whose layout is not struct nw_event
+DECODERS: dict[int, Decoder] = {
+    EXEC: lambda data: RawEvent._make(exec_fields(data)),
+}
+_KIND = struct.Struct("<8xI")
+
+
+def decode(data: bytes | memoryview) -> RawEvent:
     """A RawEvent from the bytes the kernel sent. Raises struct.error on short input."""
+    decoder = DECODERS.get(_KIND.unpack_from(data)[0])
+    if decoder is not None:
+        return decoder(data)
     (ts, kind, pid, ppid, uid, fd, family, sport, dport, state, saddr, daddr, comm,
      filename) = NW_EVENT_FORMAT.unpack_from(data)
     if kind in _WITH_ADDRESSES:

@@ -513,8 +513,9 @@ def test_with_only_the_exec_sensor_no_tcp_program_is_attached(start_agent, tmp_p
     assert "sched:sched_process_exec" in loaded and "task:task_newtask" in loaded
     assert "inet_sock_set_state" not in loaded and "accept" not in loaded
     held = _kernel_handles(agent.proc.pid)
-    # exec, fork and exit: three tracepoints and programs; no cgroup connect guard
-    assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf-prog"]) == (3, 3), held
+    # exec (with execve/execveat entry and exit, where argv is taken), fork and exit: seven
+    # tracepoints and programs; no cgroup connect guard
+    assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf-prog"]) == (7, 7), held
     assert held["anon_inode:bpf_link"] == 0, held
     metrics = agent.metrics()
     for sensor, up in (("exec", 1), ("tcp", 0), ("connect_guard", 0), ("proc_connector", 0)):
@@ -538,8 +539,9 @@ def test_every_sensor_is_attached_by_default(start_agent):
     agent = start_agent()
     assert "ready: eBPF sensors (exec, tcp, connect_guard) and procfs scans" in agent.stderr[-1]
     held = _kernel_handles(agent.proc.pid)
-    # exec, fork, exit, the TCP state change, accept and accept4 in and out; two guards
-    assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf_link"]) == (8, 2), held
+    # exec (with execve/execveat entry and exit), fork, exit, the TCP state change, accept
+    # and accept4 in and out; two guards
+    assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf_link"]) == (12, 2), held
 
 
 def test_the_compilers_memory_is_given_back_once_ready(start_agent):

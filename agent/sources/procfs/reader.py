@@ -96,6 +96,20 @@ def _live_task(pid: int, dfd: int) -> tuple[int, str] | None:
         os.close(tfd)
 
 
+class ExecRead(NamedTuple):
+    """What `ProcFS.read_exec` gives: the facts of a process that its exec record (taken in
+    the kernel) cannot, and its cgroup and command line only when asked for."""
+
+    stat: Stat
+    exe: str
+    exe_dev: int
+    exe_ino: int
+    uid: int
+    netns: int
+    cgroup: Cgroup | None
+    cmdline: RawCmdline | None
+
+
 class Known(NamedTuple):
     """A process as last read, and the program key its stat had then (parse_stat_program):
     what `ProcFS.refresh` compares to tell whether it must read the process again."""
@@ -269,6 +283,32 @@ class ProcFS:
         finally:
             os.close(dfd)
         return find_marker(data, markers)
+
+    def read_exec(self, pid: int, cgroup: bool, cmdline: bool) -> ExecRead:
+        """A process just seen exec, whose argv and workspace marker the kernel took: its
+        stat (parent, start time), executable (path, dev, inode), uid and network namespace,
+        plus its cgroup and its command line (head and tail) only when asked. Raises
+        ProcessGone or AccessDenied like `stat`; a leader that exited is read through a
+        thread that runs on, as `read` does."""
+        dfd = self._open(pid)
+        try:
+            try:
+                st = parse_stat(self._must(pid, dfd, "stat", 4096))
+            except ValueError:
+                raise ProcessGone(pid) from None
+            if st.state == "Z":
+                live = _live_task(pid, dfd)
+                if live is not None:
+                    os.close(dfd)
+                    dfd, st = live[0], replace(st, state=live[1])
+            exe, dev, ino = self._exe(pid, dfd)
+            cg = (parse_cgroup(decode(self._may(pid, dfd, "cgroup", CGROUP_LIMIT)))
+                  if cgroup else None)
+            raw = self._cmdline(dfd, *self.cmdlines.allowance()) if cmdline else None
+            return ExecRead(st, exe, dev, ino, self._uid(pid, dfd),
+                            parse_netns(self._link(pid, dfd, "ns/net")), cg, raw)
+        finally:
+            os.close(dfd)
 
     # -- helpers: `_must` turns a vanished process into ProcessGone, `_may` into b"" --
 
