@@ -42,7 +42,10 @@ class Observer:
         self.net = net
         # kernel timestamps are CLOCK_MONOTONIC: shift them to wall-clock once
         self._offset = wall() - mono()
-        self._parent_of: LRUCache[int, int] = LRUCache(maxsize=cache_size)
+        # pid -> the parent that forked it, while it runs: a plain dict bounded by dropping the
+        # oldest fork (a fork and an exit each cost a dict operation, not an LRU update)
+        self._parent_of: dict[int, int] = {}
+        self._parents_max = cache_size
         # inbound connections by (remote, rport, local, lport) -> accepting pid, so the
         # close (which runs in softirq context) is attributed
         self._accepted: LRUCache[Tuple4, int] = LRUCache(maxsize=cache_size)
@@ -105,7 +108,7 @@ class Observer:
         cached = self._cgroups.get(raw.cgroup_id) if raw.cgroup_id else None
         try:
             got = self.tree.procfs.read_exec(raw.pid, cgroup=cached is None,
-                                             cmdline=raw.argv_cut > 0)
+                                             cmdline=raw.argv_cut > 0, ruid=raw.uid)
         except (ProcessGone, AccessDenied):
             got = None
         if got is not None and raw.state == kevents.VERDICT_KILLED and not (
@@ -156,7 +159,10 @@ class Observer:
         return p
 
     def _fork(self, raw: RawEvent, t: float) -> None:
-        self._parent_of[raw.pid] = raw.ppid
+        parents = self._parent_of
+        parents[raw.pid] = raw.ppid
+        if len(parents) > self._parents_max:
+            del parents[next(iter(parents))]
         self.tree.forked(raw.pid, raw.ppid)
 
     def _exit(self, raw: RawEvent, t: float) -> Event | None:

@@ -175,12 +175,10 @@ static __always_inline void take_marker(struct exec_build *b, const char *const 
     /* more entries than scanned: userspace reads the environment */
 }
 
-static __always_inline int exec_enter(const char *const *argv, const char *const *envp)
+/* argv and the marker of one exec into b->e (the fields before them are the caller's) */
+static __always_inline void take_exec(struct exec_build *b, const char *const *argv,
+                                      const char *const *envp)
 {
-    int zero = 0;
-    struct exec_build *b = exec_build.lookup(&zero);
-    if (!b)
-        return 0;
     b->e.flags = NW_EXEC_ARGS;
     b->e.argc = 0;
     b->e.args_len = 0;
@@ -192,10 +190,54 @@ static __always_inline int exec_enter(const char *const *argv, const char *const
     __builtin_memset(b->value, 0, NW_MARKER_VALUE_LEN);
     take_argv(b, argv);
     take_marker(b, envp);
+}
+
+static __always_inline int exec_enter(const char *const *argv, const char *const *envp)
+{
+    int zero = 0;
+    struct exec_build *b = exec_build.lookup(&zero);
+    if (!b)
+        return 0;
+    take_exec(b, argv, envp);
     u32 tid = (u32)bpf_get_current_pid_tgid();
     exec_pending.update(&tid, &b->e);
     return 0;
 }
+
+#if defined(CONFIG_DEBUG_INFO_BTF) && LINUX_VERSION_CODE >= KERNEL_VERSION(5, 15, 0)
+#define NW_EXEC_STACK 1
+#endif
+
+#ifdef NW_EXEC_STACK
+/* What the caller's memory could not give at sys_enter (a page of a forked child that its
+ * page table does not map yet: string literals of the parent's binary, read without
+ * faulting) is read again from the new image's initial stack, which the kernel has just
+ * written: argc, then argv[], NULL, envp[], NULL (the ELF ABI), from the stack pointer the
+ * exec set in the task's registers. These are the very strings /proc/PID/cmdline and
+ * environ serve. Kernels with BTF (bpf_get_current_task_btf, bpf_task_pt_regs: 5.15). */
+static __always_inline struct nw_exec_event *take_from_stack(void)
+{
+    int zero = 0;
+    struct exec_build *b = exec_build.lookup(&zero);
+    if (!b)
+        return 0;
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(
+        (struct task_struct *)bpf_get_current_task_btf());
+    u64 sp = 0, argc = 0, end = 1;
+    bpf_probe_read_kernel(&sp, sizeof(sp), &PT_REGS_SP(regs));
+    /* a 64-bit layout: argc fits in 31 bits and argv[argc] is the NULL that ends argv (a
+     * 32-bit process's stack, 4-byte entries, fails one or the other) */
+    if (!sp || bpf_probe_read_user(&argc, sizeof(argc), (void *)sp) < 0 || !argc ||
+        argc > 0x7fffffff ||
+        bpf_probe_read_user(&end, sizeof(end), (void *)(sp + 8 + 8 * argc)) < 0 || end)
+        return 0;
+    const char *const *argv = (const char *const *)(sp + 8);
+    take_exec(b, argv, argv + argc + 1);
+    if (b->e.flags & NW_EXEC_ARGS_FAULT)
+        return 0;
+    return &b->e;   /* the caller fills the rest (ts_ns ... cgroup_id, comm, filename) */
+}
+#endif
 
 TRACEPOINT_PROBE(syscalls, sys_enter_execve)
 {
@@ -232,6 +274,15 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     int zero = 0;
     u32 old = args->old_pid;
     struct nw_exec_event *x = exec_pending.lookup(&old);
+#ifdef NW_EXEC_STACK
+    struct nw_markers *mk = kmarkers.lookup(&zero);
+    int want_env = mk && mk->count;
+    if (!x || (x->flags & NW_EXEC_ARGS_FAULT) || (want_env && !(x->flags & NW_EXEC_ENV))) {
+        struct nw_exec_event *y = take_from_stack();
+        if (y)
+            x = y;
+    }
+#endif
     if (!x) {
         x = exec_scratch.lookup(&zero);
         if (!x)

@@ -19,8 +19,9 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import IntEnum
+from typing import TypeVar
 
 from agent.enrich.workspace import MAX_WORKSPACE_ID
 from agent.sources.procfs.parse import parse_cmdline
@@ -58,6 +59,7 @@ EXEC_FORMAT = struct.Struct("<" + "".join(code for _, code in EXEC_FIELDS))
 EXEC_FIXED = EXEC_FORMAT.size   # NW_EXEC_FIXED: where args starts
 
 _ARGS, _CUT, _FAULT, _ENV, _MORE = (int(f) for f in ExecFlag)
+_T = TypeVar("_T")
 
 # marker set id -> the names the kernel scanned for under it (set by `marker_table`)
 _SETS: dict[int, tuple[str, ...]] = {}
@@ -84,24 +86,36 @@ def _marker(flags: int, names: tuple[str, ...], idx: int,
     return None, (() if flags & _MORE else names)
 
 
-def exec_fields(data: bytes | memoryview) -> tuple[object, ...]:
-    """The fields of a RawEvent (agent.sources.kevents, in its order) from an exec record.
-    Raises struct.error on a record shorter than its fixed part."""
-    (ts, kind, pid, uid, slot, verdict, flags, mset, cgroup_id, _argc, alen, acut, midx, mlen,
-     comm, filename, marker) = EXEC_FORMAT.unpack_from(data)
-    argv: tuple[str, ...] = ()
-    cut = -1   # argv not taken in the kernel
-    if flags & _ARGS and not flags & _FAULT:
-        argv = parse_cmdline(bytes(data[EXEC_FIXED:EXEC_FIXED + min(alen, ARGS_LEN)]))
-        cut = max(acut, 1) if flags & _CUT else 0
-    found: tuple[str, str] | None = None
-    scanned: tuple[str, ...] = ()
-    if flags & _ENV:
-        names = _SETS.get(mset, ())
-        if names:
-            found, scanned = _marker(flags, names, midx, marker[:min(mlen, MARKER_VALUE_LEN)])
-    return (ts, kind, pid, 0, uid, slot, 0, 0, 0, verdict, "", "", _cstr(comm),
-            _cstr(filename), argv, found, cut, scanned, cgroup_id)
+# the fixed part without the marker value (sliced from the record only when one was found)
+_HEAD = struct.Struct("<" + "".join(c for n, c in EXEC_FIELDS if n != "marker"))
+_MARKER_AT = _HEAD.size
+
+
+def exec_decoder(make: Callable[..., _T]) -> Callable[[bytes | memoryview], _T]:
+    """The decoder of exec records into `make` (agent.sources.kevents.RawEvent: its fields
+    in its order), which this module cannot import (kevents imports it). The decoder raises
+    struct.error on a record shorter than its fixed part."""
+    unpack = _HEAD.unpack_from
+
+    def decode_exec(data: bytes | memoryview) -> _T:
+        (ts, kind, pid, uid, slot, verdict, flags, mset, cgroup_id, _argc, alen, acut, midx,
+         mlen, comm, filename) = unpack(data)
+        argv: tuple[str, ...] = ()
+        cut = -1   # argv not taken in the kernel
+        if flags & _ARGS and not flags & _FAULT:
+            argv = parse_cmdline(bytes(data[EXEC_FIXED:EXEC_FIXED + min(alen, ARGS_LEN)]))
+            cut = max(acut, 1) if flags & _CUT else 0
+        found: tuple[str, str] | None = None
+        scanned: tuple[str, ...] = ()
+        if flags & _ENV:
+            names = _SETS.get(mset, ())
+            if names:
+                value = bytes(data[_MARKER_AT:_MARKER_AT + min(mlen, MARKER_VALUE_LEN)])
+                found, scanned = _marker(flags, names, midx, value)
+        return make(ts, kind, pid, 0, uid, slot, 0, 0, 0, verdict, "", "", _cstr(comm),
+                    _cstr(filename), argv, found, cut, scanned, cgroup_id)
+
+    return decode_exec
 
 
 def marker_set_id(names: Sequence[str]) -> int:

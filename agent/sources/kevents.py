@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from agent import text
 from agent.model import EventKind
-from agent.sources.execrecord import exec_fields
+from agent.sources.execrecord import exec_decoder
 
 
 class RecordKind(IntEnum):
@@ -140,7 +140,7 @@ Decoder = Callable[[bytes | memoryview], RawEvent]
 
 # record kind -> its decoder, for the kinds whose layout is not struct nw_event
 DECODERS: dict[int, Decoder] = {
-    EXEC: lambda data: RawEvent._make(exec_fields(data)),
+    EXEC: exec_decoder(RawEvent),
 }
 _KIND = struct.Struct("<8xI")
 
