@@ -130,6 +130,8 @@ static __always_inline void check_entry(struct exec_build *b, struct nw_markers 
         b->seen |= 1U << m;
         u32 len = k->len & 63;
         if (m < b->best) {
+            /* zeroed first: what a worse marker's longer value left must not go out */
+            __builtin_memset(b->value, 0, NW_MARKER_VALUE_LEN);
             long v = bpf_probe_read_user_str(b->value, NW_MARKER_VALUE_LEN - 2, p + len + 1);
             if (v > 1) {
                 if (b->best < NW_MARKERS_MAX)

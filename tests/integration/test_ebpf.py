@@ -457,7 +457,9 @@ def test_a_process_killed_at_its_exec_keeps_its_argv_and_workspace(start_agent, 
                         str(exe), str(src)], check=True, timeout=120)
         assert subprocess.run([str(exe)], check=False, timeout=30).returncode == 128 + 9
     assert not mark.exists()
-    f = agent.finding(lambda f: f["rule"] == "marker-kill")
+    # this test's binary (other agents on the machine run theirs)
+    f = agent.finding(lambda f: f["rule"] == "marker-kill"
+                      and f["process"]["exe"] == str(marker_binary))
     assert (f["outcome"], f.get("reason")) == ("killed", "in-kernel")
     assert f["process"]["cmdline"] == argv and not f["process"]["cmdline_truncated"]
     assert f["workspace"] == {"id": "ws-killed"}, f
@@ -619,3 +621,36 @@ def test_the_compilers_memory_is_given_back_once_ready(start_agent):
     released = next(line for line in agent.stderr if "the BPF compiler held" in line)
     assert float(released.split("released ")[1].split(" MB")[0]) > 0, released
     assert "process_resident_memory_bytes" in agent.metrics()
+
+
+def test_only_the_first_configured_markers_value_leaves_the_kernel(ebpf):
+    """The raw exec records: argv, and of the environment the value of the first configured
+    marker set, nothing else (no other variable, no other marker's value, no stale bytes)."""
+    import ctypes
+
+    from agent.sources.bpf import BpfProgram
+    from agent.sources.exec_sensor import ExecSensor
+    from agent.sources.execrecord import EXEC_FIELDS, EXEC_FIXED, EXEC_FORMAT
+
+    raws: list[bytes] = []
+    program = BpfProgram(["exec.bpf.c"], lambda r: None)
+    program._deliver = lambda data, size: raws.append(ctypes.string_at(data, size))
+    try:
+        ExecSensor(program).start()
+        env = {"WORKSPACE_ID": "second-choice-" + "w" * 200, "SECRET_TOKEN": "hunter2",
+               "NODEWARDEN_WORKSPACE_ID": "ws-first", "GITPOD_WORKSPACE_ID": "third-choice"}
+        subprocess.run(["/bin/true", "nwmarkertest"], env=env, check=True, timeout=30)
+        deadline = time.monotonic() + 5
+        mine: list[bytes] = []
+        while not mine and time.monotonic() < deadline:
+            program.poll(100)
+            mine = [r for r in raws if r[8:12] == b"\x01\0\0\0" and b"nwmarkertest" in r]
+    finally:
+        program.close()
+    assert len(mine) == 1
+    rec = mine[0]
+    fields = dict(zip((n for n, _ in EXEC_FIELDS), EXEC_FORMAT.unpack_from(rec), strict=True))
+    assert fields["marker"] == b"ws-first".ljust(256, b"\0")
+    assert rec[EXEC_FIXED:] == b"/bin/true\0nwmarkertest\0"
+    for secret in (b"hunter2", b"second-choice", b"third-choice", b"SECRET_TOKEN"):
+        assert secret not in rec
