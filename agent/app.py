@@ -170,6 +170,7 @@ class Runtime:
         empty when kernel enforcement is off)."""
         if self.sensors is None:
             return
+        self.sensors.load_workspace_markers(self.tree.markers)
         exec_rules, connect_rules = self.sensors.load_kernel_rules(
             self.ruleset.rules, self.cfg.mode, protection.names,
             in_kernel=self.cfg.kernel_enforcement)

@@ -12,14 +12,18 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sized
+from dataclasses import replace
 
 from cachetools import LRUCache
 
+from agent import text
 from agent.errors import AccessDenied, ProcessGone
 from agent.model import Connection, Event, EventKind, Process
 from agent.sources import kevents
+from agent.sources.cmdline import HEAD, RawCmdline
 from agent.sources.kevents import RawEvent
 from agent.sources.netstate import ESTABLISHED, LISTEN, NetState
+from agent.sources.procfs import Cgroup, parse_cmdline
 from agent.sources.proctree import ProcessTree
 
 log = logging.getLogger("nodewarden.observer")
@@ -38,10 +42,16 @@ class Observer:
         self.net = net
         # kernel timestamps are CLOCK_MONOTONIC: shift them to wall-clock once
         self._offset = wall() - mono()
-        self._parent_of: LRUCache[int, int] = LRUCache(maxsize=cache_size)
+        # pid -> the parent that forked it, while it runs: a plain dict bounded by dropping the
+        # oldest fork (a fork and an exit each cost a dict operation, not an LRU update)
+        self._parent_of: dict[int, int] = {}
+        self._parents_max = cache_size
         # inbound connections by (remote, rport, local, lport) -> accepting pid, so the
         # close (which runs in softirq context) is attributed
         self._accepted: LRUCache[Tuple4, int] = LRUCache(maxsize=cache_size)
+        # cgroup v2 id (from exec records) -> what its /proc/PID/cgroup said: read once per
+        # cgroup, not per exec
+        self._cgroups: LRUCache[int, Cgroup] = LRUCache(maxsize=4096)
         # record kind -> handler (a record of a kind no handler knows is ignored)
         self._handlers: dict[int, Callable[[RawEvent, float], Event | None]] = {
             kevents.EXEC: self._exec, kevents.FORK: self._fork, kevents.EXIT: self._exit,
@@ -52,7 +62,8 @@ class Observer:
     def caches(self) -> dict[str, Callable[[], Sized]]:
         """Its bounded caches by name (for the cache metrics)."""
         return {"observer_parents": lambda: self._parent_of,
-                "observer_accepted": lambda: self._accepted}
+                "observer_accepted": lambda: self._accepted,
+                "observer_cgroups": lambda: self._cgroups}
 
     def handle(self, raw: RawEvent) -> Event | None:
         """The Event for one kernel record, or None when there is nothing to judge."""
@@ -60,6 +71,23 @@ class Observer:
         return handler(raw, raw.ts_ns / 1e9 + self._offset) if handler is not None else None
 
     def _exec(self, raw: RawEvent, t: float) -> Event:
+        if raw.argv_cut < 0:
+            new, marker = self._exec_from_procfs(raw), None
+        else:
+            new = self._exec_from_kernel(raw)
+            # the kernel's scan of the exec's environment stands for environ when it was for
+            # the names this tree looks for
+            marker = ((raw.marker[1] if raw.marker else "")
+                      if raw.markers_scanned == self.tree.markers else None)
+        self.tree.add(new, marker)
+        ev = self._event(EventKind.EXEC, new, t, raw.ts_ns)
+        if raw.state:
+            ev.kernel_verdict = (raw.fd, raw.state == kevents.VERDICT_KILLED)
+        return ev
+
+    def _exec_from_procfs(self, raw: RawEvent) -> Process:
+        """The new image read whole from procfs (a record without argv: taken before the
+        sensor attached, unreadable in the kernel, or from the proc connector)."""
         killed = raw.state == kevents.VERDICT_KILLED
         read = self._read(raw.pid)
         if killed and read is not None and not _started_by(read, raw):
@@ -70,17 +98,71 @@ class Observer:
         if read is None or not (read.exe or read.cmdline):
             # killed in the kernel, gone, or read mid-exit (exe and cmdline already
             # empty): what the kernel record says, with the start time when we have it
-            new = self._from_record(raw, read)
-        else:
-            new = read
-        self.tree.add(new)
-        ev = self._event(EventKind.EXEC, new, t, raw.ts_ns)
-        if raw.state:
-            ev.kernel_verdict = (raw.fd, killed)
-        return ev
+            return self._from_record(raw, read)
+        return read
+
+    def _exec_from_kernel(self, raw: RawEvent) -> Process:
+        """The new image from its record (argv, comm, path) and one read of what the kernel
+        cannot send: stat (parent, start time), the executable's identity, uid, netns, and
+        the cgroup once per cgroup. A process already gone keeps what the record says."""
+        cached = self._cgroups.get(raw.cgroup_id) if raw.cgroup_id else None
+        try:
+            got = self.tree.procfs.read_exec(raw.pid, cgroup=cached is None,
+                                             cmdline=raw.argv_cut > 0, ruid=raw.uid)
+        except (ProcessGone, AccessDenied):
+            got = None
+        if got is not None and raw.state == kevents.VERDICT_KILLED and not (
+                got.stat.comm == raw.comm and got.stat.starttime * _NS_PER_TICK <= raw.ts_ns):
+            got = None   # reaped already, and the pid names a later process
+        if got is None or not got.exe:
+            # killed in the kernel, gone, or read mid-exit: the record, and the stat if read
+            p = self._from_record(raw, None if got is None else Process(
+                pid=raw.pid, ppid=got.stat.ppid, starttime=got.stat.starttime,
+                comm=got.stat.comm))
+            self._hold_argv(p, raw)
+            return p
+        cg = cached
+        if got.cgroup is not None:
+            cg = got.cgroup
+            if raw.cgroup_id and cg.v2 and not cg.v1:
+                # cgroup v2 only: the id names the path, and the path is all that is parsed
+                self._cgroups[raw.cgroup_id] = cg
+        st = got.stat
+        argv, cut, why = raw.argv, raw.argv_cut, "long"
+        if got.cmdline is not None and got.cmdline.head:
+            # cut in the kernel: procfs keeps the head and the tail, as a scan does
+            argv, cut, why = parse_cmdline(got.cmdline.joined()), got.cmdline.cut, ""
+        p = Process(pid=st.pid, ppid=st.ppid, starttime=st.starttime, comm=st.comm,
+                    exe=got.exe, cmdline=argv, cmdline_cut=cut, uid=got.uid, state=st.state,
+                    exe_dev=got.exe_dev, exe_ino=got.exe_ino,
+                    container_id=cg.container_id if cg else "",
+                    pod_uid=cg.pod_uid if cg else "", netns=got.netns)
+        return self._held(p, why)
+
+    def _hold_argv(self, p: Process, raw: RawEvent) -> None:
+        """A process built from its record: the kernel's argv, held like a read one."""
+        self.tree.procfs.cmdlines.hold(p, RawCmdline(b"", b"", p.cmdline_cut), "long")
+
+    def _held(self, p: Process, why: str) -> Process:
+        """`p`, its command line counted against the budget (cut to the tight head and
+        tail first when the budget is spent, as a read would be)."""
+        budget = self.tree.procfs.cmdlines
+        head, tail = budget.allowance()
+        if head < HEAD:
+            data = b"\0".join(map(text.encode, p.cmdline))
+            if len(data) > head + tail:
+                raw = RawCmdline(data[:head], data[-tail:],
+                                 len(data) - head - tail + max(p.cmdline_cut, 0))
+                p = replace(p, cmdline=parse_cmdline(raw.joined()), cmdline_cut=raw.cut)
+                why = "budget"
+        budget.hold(p, RawCmdline(b"", b"", p.cmdline_cut), why)
+        return p
 
     def _fork(self, raw: RawEvent, t: float) -> None:
-        self._parent_of[raw.pid] = raw.ppid
+        parents = self._parent_of
+        parents[raw.pid] = raw.ppid
+        if len(parents) > self._parents_max:
+            del parents[next(iter(parents))]
         self.tree.forked(raw.pid, raw.ppid)
 
     def _exit(self, raw: RawEvent, t: float) -> Event | None:
@@ -197,6 +279,7 @@ class Observer:
         """A process we could not read whole: what the kernel record says, completed with
         what procfs still had (a process read mid-exit keeps its stat)."""
         exe = raw.filename
+        argv = raw.argv or ((exe,) if exe else ())
         if partial is not None:
             # e.g. a process killed at its exec, a zombie until reaped: its stat still names
             # its parent (whose workspace it is in) and its start time (what scans key on)
@@ -206,8 +289,8 @@ class Observer:
             # two short-lived processes that reused a pid are still two identities
             ppid, starttime = self._parent_of.get(raw.pid, 0), raw.ts_ns // _NS_PER_TICK
         return Process(pid=raw.pid, ppid=ppid, starttime=starttime, comm=raw.comm or
-                       (partial.comm if partial else ""), exe=exe, cmdline=(exe,) if exe else (),
-                       uid=raw.uid)
+                       (partial.comm if partial else ""), exe=exe, cmdline=argv,
+                       cmdline_cut=max(raw.argv_cut, 0) if raw.argv else 0, uid=raw.uid)
 
     def _event(self, kind: EventKind, p: Process, t: float, ktime: int,
                conn: Connection | None = None) -> Event:

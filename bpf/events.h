@@ -2,7 +2,7 @@
  * verdicts they can carry, and the slots of the kernel config array userspace fills.
  *
  * Every record starts with `u64 ts_ns; u32 kind;` (enum nw_kind); the rest is the layout of
- * its kind: struct nw_event (exec), struct nw_proc_event (fork, exit), struct
+ * its kind: struct nw_exec_event (exec), struct nw_proc_event (fork, exit), struct
  * nw_conn_event (connect, accept, close, connect verdict). The ring buffer gives each
  * record's size, so a record is as long as its kind needs (a TCP record carries no file
  * name).
@@ -14,7 +14,7 @@
 #ifndef NODEWARDEN_EVENTS_H
 #define NODEWARDEN_EVENTS_H
 
-/* struct nw_event.kind; each is an agent.model.EventKind (CONNECT_VERDICT is a connect) */
+/* a record's kind; each is an agent.model.EventKind (CONNECT_VERDICT is a connect) */
 enum nw_kind {
     NW_EXEC = 1,
     NW_FORK = 2,
@@ -25,7 +25,7 @@ enum nw_kind {
     NW_CONNECT_VERDICT = 7,   /* an in-kernel connect rule matched (connect_guard.bpf.c) */
 };
 
-/* struct nw_event.state of a record an in-kernel rule matched */
+/* the verdict of a record an in-kernel rule matched (exec: verdict; connect verdict: state) */
 enum nw_verdict {
     NW_VERDICT_WOULD_KILL = 1,
     NW_VERDICT_KILLED = 2,
@@ -48,24 +48,6 @@ enum nw_kcfg_slot {
 #define NW_FILENAME_LEN 256
 #define NW_ADDR_LEN 16
 
-/* exec */
-struct nw_event {
-    u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
-    u32 kind;           /* enum nw_kind */
-    u32 pid;            /* tgid of the process concerned (the child for fork) */
-    u32 ppid;           /* fork: the parent's tgid; otherwise 0 */
-    u32 uid;
-    u32 fd;             /* accept: the returned fd; with a verdict: the kernel rule slot */
-    u16 family;         /* AF_INET 2, AF_INET6 10 */
-    u16 sport;          /* host byte order */
-    u16 dport;
-    u16 state;          /* close: TCP state left; connect: state entered; exec and
-                         * connect verdict: enum nw_verdict */
-    u8 saddr[NW_ADDR_LEN];   /* IPv4 in the first 4 bytes */
-    u8 daddr[NW_ADDR_LEN];
-    char comm[NW_COMM_LEN];
-    char filename[NW_FILENAME_LEN];   /* exec only */
-};
 
 /* fork, exit */
 struct nw_proc_event {
@@ -93,5 +75,48 @@ struct nw_conn_event {
     u8 daddr[NW_ADDR_LEN];
     char comm[NW_COMM_LEN];
 };
+
+/* The exec record (bpf/exec.bpf.c; agent/sources/execrecord.py decodes it): what the exec
+ * ran with, taken in the kernel at sys_enter_execve(at) from the caller's argv and envp, so
+ * a process gone before userspace looks still has its command line and workspace. Only
+ * `NW_EXEC_FIXED + args_len` bytes are sent: args is as long as the command line. */
+#define NW_ARGS_LEN 4096          /* argv bytes kept (a power of two); the rest is cut */
+#define NW_ARGV_MAX 128           /* arguments read; more are cut */
+#define NW_ENV_MAX 256            /* environment entries scanned for the markers */
+#define NW_MARKERS_MAX 4          /* workspace marker names the kernel looks for */
+#define NW_MARKER_NAME_MAX 56     /* bytes of a marker name the kernel compares */
+#define NW_MARKER_VALUE_LEN 256   /* a workspace id: 253 bytes and the NUL, padded */
+
+/* struct nw_exec_event.flags */
+enum nw_exec_flag {
+    NW_EXEC_ARGS = 1,           /* args holds argv as read at the exec */
+    NW_EXEC_ARGS_CUT = 2,       /* argv was longer than NW_ARGS_LEN / NW_ARGV_MAX */
+    NW_EXEC_ARGS_FAULT = 4,     /* argv could not be read whole (a page not resident) */
+    NW_EXEC_ENV = 8,            /* the whole environment was scanned for the markers of
+                                 * marker_set: `marker` is the answer (empty: none) */
+    NW_EXEC_MARKER_MORE = 16,   /* another configured marker was set too */
+};
+
+struct nw_exec_event {
+    u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    u32 kind;           /* NW_EXEC */
+    u32 pid;            /* tgid after the exec */
+    u32 uid;
+    u32 slot;           /* with a verdict: the kernel rule slot */
+    u16 verdict;        /* enum nw_verdict; 0: no in-kernel rule matched */
+    u16 flags;          /* enum nw_exec_flag */
+    u32 marker_set;     /* the id of the marker names scanned for (NW_EXEC_ENV) */
+    u64 cgroup_id;      /* bpf_get_current_cgroup_id(): the cgroup v2 id */
+    u32 argc;           /* arguments in args */
+    u32 args_len;       /* bytes of args sent: each argument NUL-terminated */
+    u32 args_cut;       /* argv bytes left out, at least (NW_EXEC_ARGS_CUT) */
+    u16 marker_idx;     /* which configured marker was found (marker_len > 0) */
+    u16 marker_len;     /* bytes of its value in marker */
+    char comm[NW_COMM_LEN];
+    char filename[NW_FILENAME_LEN];
+    char marker[NW_MARKER_VALUE_LEN];
+    char args[NW_ARGS_LEN];
+};
+#define NW_EXEC_FIXED 584   /* offsetof(struct nw_exec_event, args) */
 
 #endif

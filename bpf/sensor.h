@@ -45,22 +45,8 @@ static __always_inline void count_lost(void)
 
 #ifdef NW_PERF
 /* The perf path fills a per-CPU scratch record, then copies it out. */
-BPF_PERCPU_ARRAY(scratch, struct nw_event, 1);
 BPF_PERCPU_ARRAY(proc_scratch, struct nw_proc_event, 1);
 BPF_PERCPU_ARRAY(conn_scratch, struct nw_conn_event, 1);
-static __always_inline struct nw_event *reserve(void)
-{
-    int zero = 0;
-    struct nw_event *e = scratch.lookup(&zero);
-    if (e)
-        __builtin_memset(e, 0, sizeof(*e));
-    return e;
-}
-static __always_inline void submit(void *ctx, struct nw_event *e)
-{
-    if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
-        count_lost();
-}
 static __always_inline struct nw_proc_event *reserve_proc(void)
 {
     int zero = 0;
@@ -113,20 +99,6 @@ static __always_inline u64 coalesced_wakeup(void)
     return BPF_RB_FORCE_WAKEUP;
 }
 
-static __always_inline struct nw_event *reserve(void)
-{
-    struct nw_event *e = events.ringbuf_reserve(sizeof(struct nw_event));
-    if (!e) {
-        count_lost();
-        return 0;
-    }
-    __builtin_memset(e, 0, sizeof(*e));
-    return e;
-}
-static __always_inline void submit(void *ctx, struct nw_event *e)
-{
-    events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
-}
 /* the compact records: as long as their kind needs (the ring buffer gives each size) */
 static __always_inline struct nw_proc_event *reserve_proc(void)
 {

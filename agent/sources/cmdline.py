@@ -132,14 +132,15 @@ class CmdlineBudget:
         """(head, tail) bytes for the next command line read."""
         return (HEAD, TAIL) if self.held < self.limit else (TIGHT_HEAD, TIGHT_TAIL)
 
-    def hold(self, p: Process, raw: RawCmdline) -> None:
-        """Count `p`'s argv (read as `raw`) until `p` is freed."""
+    def hold(self, p: Process, raw: RawCmdline, why: str = "") -> None:
+        """Count `p`'s argv (read as `raw`) until `p` is freed; a cut one is counted as
+        `why` ("long" or "budget"), or by its head's length when not told."""
         if raw.cut:
             with self._lock:
                 if self._counted.get(p.id) is None:
                     self._counted[p.id] = True
                     # a cut head shorter than HEAD was cut by a tight allowance
-                    self.cut["long" if len(raw.head) >= HEAD else "budget"] += 1
+                    self.cut[why or ("long" if len(raw.head) >= HEAD else "budget")] += 1
         size = held_size(p.cmdline)
         if not size:
             return

@@ -11,8 +11,10 @@ import ctypes
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from agent.enrich.workspace import DEFAULT_MARKERS
 from agent.model import EventKind
 from agent.sources.bpf import BpfSensor, set_kcfg
+from agent.sources.execrecord import marker_table
 from agent.sources.kevents import COMM_LEN, FILENAME_LEN, KcfgSlot
 
 # one kernel rule slot: executable names (comm), full paths, and whether it kills
@@ -62,6 +64,19 @@ class ExecSensor(BpfSensor):
     name = "exec"
     kinds = frozenset({EventKind.EXEC, EventKind.FORK, EventKind.EXIT})
     source = "exec.bpf.c"
+
+    def start(self) -> None:
+        """Attached with the compile; the kernel looks for the default workspace markers
+        until `load_markers` names others."""
+        self.load_markers(DEFAULT_MARKERS)
+        super().start()
+
+    def load_markers(self, names: Sequence[str]) -> None:
+        """The workspace marker names the kernel looks for in each exec's environment, in
+        the configuration's order (more or longer than it can compare: none, and the
+        observer reads /proc/PID/environ as before)."""
+        table = self.program["kmarkers"]
+        table[ctypes.c_int(0)] = table.Leaf.from_buffer_copy(marker_table(names))
 
     def load_rules(self, slots: Sequence[ExecSlot]) -> None:
         """Load the in-kernel exec rules: one (names, paths, enforce) per slot, in order."""

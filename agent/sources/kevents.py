@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from agent import text
 from agent.model import EventKind
+from agent.sources.execrecord import EXEC_FIELDS, exec_decoder
 
 
 class RecordKind(IntEnum):
@@ -74,15 +75,6 @@ TCP_CLOSE = 7
 
 Fields = tuple[tuple[str, str], ...]
 
-# struct nw_event (exec), field by field: u64 ts_ns; u32 kind, pid, ppid, uid, fd;
-# u16 family, sport, dport, state; u8 saddr[16], daddr[16]; char comm[16]; filename[256]
-RECORD_FIELDS: Fields = (
-    ("ts_ns", "Q"), ("kind", "I"), ("pid", "I"), ("ppid", "I"), ("uid", "I"), ("fd", "I"),
-    ("family", "H"), ("sport", "H"), ("dport", "H"), ("state", "H"),
-    ("saddr", f"{ADDR_LEN}s"), ("daddr", f"{ADDR_LEN}s"), ("comm", f"{COMM_LEN}s"),
-    ("filename", f"{FILENAME_LEN}s"),
-)
-NW_EVENT_FORMAT = struct.Struct("<" + "".join(code for _, code in RECORD_FIELDS))
 
 # struct nw_proc_event (fork, exit): u64 ts_ns; u32 kind, pid, ppid, uid; char comm[16]
 PROC_FIELDS: Fields = (
@@ -102,7 +94,7 @@ CONN_FORMAT = struct.Struct("<" + "".join(code for _, code in CONN_FIELDS))
 
 # each record struct of events.h by its C name (the contract test compares them)
 LAYOUTS: dict[str, Fields] = {
-    "nw_event": RECORD_FIELDS, "nw_proc_event": PROC_FIELDS, "nw_conn_event": CONN_FIELDS,
+    "nw_exec_event": EXEC_FIELDS, "nw_proc_event": PROC_FIELDS, "nw_conn_event": CONN_FIELDS,
 }
 
 
@@ -123,6 +115,13 @@ class RawEvent(NamedTuple):
     daddr: str
     comm: str
     filename: str
+    # exec records (agent/sources/execrecord.py): argv as the exec got it, and the workspace
+    # marker its environment set, taken in the kernel
+    argv: tuple[str, ...] = ()
+    marker: tuple[str, str] | None = None
+    argv_cut: int = -1   # bytes of argv left out; -1: argv not taken in the kernel
+    markers_scanned: tuple[str, ...] = ()   # names `marker` answers for; (): not scanned
+    cgroup_id: int = 0   # the cgroup v2 id the exec ran in
 
 
 def _cstr(b: bytes) -> str:
@@ -149,13 +148,6 @@ def _addr(family: int, raw: bytes) -> str:
             return str(ipaddress.IPv6Address(raw[:16]))
         return socket.inet_ntop(socket.AF_INET6, raw[:16])
     return ""
-
-
-def _decode_exec(data: bytes | memoryview) -> RawEvent:
-    (ts, kind, pid, ppid, uid, fd, family, sport, dport, state, _saddr, _daddr, comm,
-     filename) = NW_EVENT_FORMAT.unpack_from(data)
-    return RawEvent(ts, kind, pid, ppid, uid, fd, family, sport, dport, state, "", "",
-                    _cstr(comm), _cstr(filename))
 
 
 def _decode_proc(data: bytes | memoryview) -> RawEvent:
@@ -204,7 +196,7 @@ Decoder = Callable[[bytes | memoryview], RawEvent]
 
 # record kind -> its decoder (each kind's layout is its owner's: see bpf/events.h)
 DECODERS: dict[int, Decoder] = {
-    EXEC: _decode_exec,
+    EXEC: exec_decoder(RawEvent),
     FORK: _decode_proc, EXIT: _decode_proc,
     CONNECT: _decode_conn, ACCEPT: _decode_conn, CLOSE: _decode_conn,
     CONNECT_VERDICT: _decode_conn,

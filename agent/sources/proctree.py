@@ -186,12 +186,15 @@ class ProcessTree:
         self._workspace = ws
         self._known = known
 
-    def _own_workspace(self, p: Process, execed: bool = False) -> str:
+    def _own_workspace(self, p: Process, execed: bool = False, marker: str | None = None) -> str:
         """The workspace `p` names itself: once in one, always; outside one, read again
-        after an exec (`execed`, or a scan that finds another program than last time)."""
+        after an exec (`execed`, or a scan that finds another program than last time), or
+        the `marker` its exec's environment set as the kernel saw it ("" none: no read)."""
         cached = self._known.get((p.pid, p.starttime))
         if cached is not None and (cached[0] or not execed and cached == _known("", p)):
             return cached[0]
+        if marker is not None:
+            return marker
         if p.kthread or p.state == "Z":
             return ""
         self.environ_reads += 1
@@ -217,14 +220,15 @@ class ProcessTree:
         if ws:
             self._forked[pid] = ws
 
-    def add(self, p: Process) -> None:
+    def add(self, p: Process, marker: str | None = None) -> None:
         """Insert or replace one process (an exec seen by a sensor): it inherits the
         workspace of its parent or of the process it was forked from, keeps the one it was
-        in, or is judged by the environ this exec gave it."""
+        in, or is judged by the environ this exec gave it (`marker`, when the kernel read
+        it: the workspace id, "" for none; None: read /proc/PID/environ)."""
         key = (p.pid, p.starttime)
         ws = self._workspace.get(p.ppid, "") or self._forked.get(p.pid, "")
         if not ws:
-            ws = self._own_workspace(p, execed=True)
+            ws = self._own_workspace(p, execed=True, marker=marker)
         if self._changed is not None:
             self._note(p.pid, self.procs.get(p.pid), p)
         self.procs[p.pid] = p

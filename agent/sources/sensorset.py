@@ -156,6 +156,13 @@ class SensorSet:
                      ", ".join(sorted(skipped)))
         return skipped
 
+    def load_workspace_markers(self, names: Sequence[str]) -> None:
+        """The workspace marker names the exec sensor looks for in the kernel (the process
+        tree's `workspace_markers`); nothing when it does not run."""
+        exec_sensor = self._running(ExecSensor)
+        if isinstance(exec_sensor, ExecSensor):
+            exec_sensor.load_markers(names)
+
     def release_compiler_memory(self) -> int:
         """Once every sensor is attached and its maps filled: give back the memory the BPF
         compiler held (nothing recompiles while the agent runs). Bytes released."""

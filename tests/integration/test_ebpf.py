@@ -8,6 +8,7 @@ Under NODEWARDEN_REQUIRE_EBPF=1 (CI) a skip here is a failure (see conftest.py).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import shutil
@@ -236,7 +237,7 @@ def test_print_bpf_shows_the_program():
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0
     assert "TRACEPOINT_PROBE(sched, sched_process_exec)" in res.stdout
-    assert "struct nw_event {" in res.stdout  # the header is inlined
+    assert "struct nw_conn_event {" in res.stdout  # the header is inlined
     assert '#include "events.h"' not in res.stdout
 
 
@@ -411,6 +412,75 @@ def test_in_kernel_kill_holds_when_the_ring_buffer_is_full(start_agent, marker_b
         time.sleep(0.1)
 
 
+# a launcher whose argv and environment are string literals: in the forked child their page
+# is not mapped yet, so the kernel cannot read them at sys_enter_execve without faulting
+LITERAL_LAUNCHER_C = r"""
+#include <sys/wait.h>
+#include <unistd.h>
+int main(void) {
+    char *argv[] = {EXE, MARK, "--pool", "stratum+tcp://evil:3333", "a b", 0};
+    char *envp[] = {"SECRET_TOKEN=hunter2", "WORKSPACE_ID=ws-killed", 0};
+    pid_t pid = fork();
+    if (pid == 0) {
+        execve(EXE, argv, envp);
+        _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+}
+"""
+
+
+@pytest.mark.parametrize("launcher", ["python", "c-literals"])
+def test_a_process_killed_at_its_exec_keeps_its_argv_and_workspace(start_agent, marker_binary,
+                                                                   tmp_path, launcher):
+    """Killed in the kernel before its first instruction, the process is gone (or a
+    zombie) before userspace reads it: its argv and workspace are the ones the kernel took
+    at the exec, and no other environment value leaves the kernel."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(KERNEL_RULE)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("mode: enforce\n")
+    agent = start_agent("--config", str(cfg), "--rules", str(rules))
+    mark = tmp_path / "mark"
+    argv = [str(marker_binary), str(mark), "--pool", "stratum+tcp://evil:3333", "a b"]
+    if launcher == "python":
+        res = subprocess.run(argv, env={"SECRET_TOKEN": "hunter2", "WORKSPACE_ID": "ws-killed"},
+                             check=False, timeout=30)
+        assert res.returncode == -signal.SIGKILL
+    else:
+        src = tmp_path / "launch.c"
+        src.write_text(LITERAL_LAUNCHER_C)
+        exe = tmp_path / "launch"
+        subprocess.run(["cc", "-O2", f'-DEXE="{marker_binary}"', f'-DMARK="{mark}"', "-o",
+                        str(exe), str(src)], check=True, timeout=120)
+        assert subprocess.run([str(exe)], check=False, timeout=30).returncode == 128 + 9
+    assert not mark.exists()
+    # this test's binary (other agents on the machine run theirs)
+    f = agent.finding(lambda f: f["rule"] == "marker-kill"
+                      and f["process"]["exe"] == str(marker_binary))
+    assert (f["outcome"], f.get("reason")) == ("killed", "in-kernel")
+    assert f["process"]["cmdline"] == argv and not f["process"]["cmdline_truncated"]
+    assert f["workspace"] == {"id": "ws-killed"}, f
+    ev = agent.recorded(lambda e: e["kind"] == "exec" and e["process"]["cmdline"] == argv)
+    assert ev["workspace"] == "ws-killed" or ev["workspace"] == {"id": "ws-killed"}, ev
+    assert "hunter2" not in json.dumps(f) and "hunter2" not in agent.record.read_text()
+
+
+def test_a_process_that_exits_at_once_keeps_its_argv_and_workspace(start_agent, tmp_path):
+    agent = start_agent()
+    exe = tmp_path / "xmrig"
+    shutil.copy("/bin/true", exe)
+    argv = [str(exe), "-o", "stratum+tcp://pool:3333", "k\u00e9y", ""]
+    for _ in range(5):
+        subprocess.run(argv, env={"NODEWARDEN_WORKSPACE_ID": "ws-brief"}, check=True, timeout=30)
+    for _ in range(5):
+        f = agent.finding(lambda f: f["process"]["exe"] == str(exe))
+        assert f["process"]["cmdline"] == argv[:-1]   # a trailing empty argument is padding
+        assert f["workspace"] == {"id": "ws-brief"}, f
+
+
 CONNECT_RULE = """rules:
   - id: pool-port-kill
     severity: critical
@@ -513,8 +583,9 @@ def test_with_only_the_exec_sensor_no_tcp_program_is_attached(start_agent, tmp_p
     assert "sched:sched_process_exec" in loaded and "task:task_newtask" in loaded
     assert "inet_sock_set_state" not in loaded and "accept" not in loaded
     held = _kernel_handles(agent.proc.pid)
-    # exec, fork and exit: three tracepoints and programs; no cgroup connect guard
-    assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf-prog"]) == (3, 3), held
+    # exec (with execve/execveat entry and exit, where argv is taken), fork and exit: seven
+    # tracepoints and programs; no cgroup connect guard
+    assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf-prog"]) == (7, 7), held
     assert held["anon_inode:bpf_link"] == 0, held
     metrics = agent.metrics()
     for sensor, up in (("exec", 1), ("tcp", 0), ("connect_guard", 0), ("proc_connector", 0)):
@@ -538,8 +609,9 @@ def test_every_sensor_is_attached_by_default(start_agent):
     agent = start_agent()
     assert "ready: eBPF sensors (exec, tcp, connect_guard) and procfs scans" in agent.stderr[-1]
     held = _kernel_handles(agent.proc.pid)
-    # exec, fork, exit, the TCP state change, accept and accept4 in and out; two guards
-    assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf_link"]) == (8, 2), held
+    # exec (with execve/execveat entry and exit), fork, exit, the TCP state change, accept
+    # and accept4 in and out; two guards
+    assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf_link"]) == (12, 2), held
 
 
 def test_the_compilers_memory_is_given_back_once_ready(start_agent):
@@ -549,3 +621,36 @@ def test_the_compilers_memory_is_given_back_once_ready(start_agent):
     released = next(line for line in agent.stderr if "the BPF compiler held" in line)
     assert float(released.split("released ")[1].split(" MB")[0]) > 0, released
     assert "process_resident_memory_bytes" in agent.metrics()
+
+
+def test_only_the_first_configured_markers_value_leaves_the_kernel(ebpf):
+    """The raw exec records: argv, and of the environment the value of the first configured
+    marker set, nothing else (no other variable, no other marker's value, no stale bytes)."""
+    import ctypes
+
+    from agent.sources.bpf import BpfProgram
+    from agent.sources.exec_sensor import ExecSensor
+    from agent.sources.execrecord import EXEC_FIELDS, EXEC_FIXED, EXEC_FORMAT
+
+    raws: list[bytes] = []
+    program = BpfProgram(["exec.bpf.c"], lambda r: None)
+    program._deliver = lambda data, size: raws.append(ctypes.string_at(data, size))
+    try:
+        ExecSensor(program).start()
+        env = {"WORKSPACE_ID": "second-choice-" + "w" * 200, "SECRET_TOKEN": "hunter2",
+               "NODEWARDEN_WORKSPACE_ID": "ws-first", "GITPOD_WORKSPACE_ID": "third-choice"}
+        subprocess.run(["/bin/true", "nwmarkertest"], env=env, check=True, timeout=30)
+        deadline = time.monotonic() + 5
+        mine: list[bytes] = []
+        while not mine and time.monotonic() < deadline:
+            program.poll(100)
+            mine = [r for r in raws if r[8:12] == b"\x01\0\0\0" and b"nwmarkertest" in r]
+    finally:
+        program.close()
+    assert len(mine) == 1
+    rec = mine[0]
+    fields = dict(zip((n for n, _ in EXEC_FIELDS), EXEC_FORMAT.unpack_from(rec), strict=True))
+    assert fields["marker"] == b"ws-first".ljust(256, b"\0")
+    assert rec[EXEC_FIXED:] == b"/bin/true\0nwmarkertest\0"
+    for secret in (b"hunter2", b"second-choice", b"third-choice", b"SECRET_TOKEN"):
+        assert secret not in rec

@@ -12,7 +12,7 @@ import pytest
 
 from agent.engine import kernel
 from agent.model import EventKind
-from agent.sources import bpf, kevents
+from agent.sources import bpf, execrecord, kevents
 from agent.sources.kevents import KcfgSlot, RecordKind, Verdict
 from agent.sources.registry import SENSORS
 
@@ -72,8 +72,7 @@ def test_every_record_struct_has_its_layout_and_every_kind_its_decoder():
     assert set(kevents.DECODERS) == {int(k) for k in RecordKind}
 
 
-@pytest.mark.parametrize("name,size", [("nw_event", 344), ("nw_proc_event", 40),
-                                       ("nw_conn_event", 80)])
+@pytest.mark.parametrize("name,size", [("nw_proc_event", 40), ("nw_conn_event", 80)])
 def test_each_record_layout_matches_its_struct(name, size):
     fields = c_struct_fields(name)
     assert fields == list(kevents.LAYOUTS[name])
@@ -84,20 +83,6 @@ def test_each_record_layout_matches_its_struct(name, size):
     codes = "".join(c for _, c in fields)
     assert struct.calcsize("@" + codes) == struct.calcsize("<" + codes)
     assert (struct.calcsize("<" + codes) + 7) // 8 * 8 == size
-
-
-def test_record_layout_matches_struct_nw_event():
-    assert c_struct_fields() == list(kevents.RECORD_FIELDS)
-    defines = c_defines()
-    assert (defines["NW_COMM_LEN"], defines["NW_FILENAME_LEN"], defines["NW_ADDR_LEN"]) == (
-        kevents.COMM_LEN, kevents.FILENAME_LEN, kevents.ADDR_LEN)
-    # no padding between the fields (native alignment gives the same offsets), so the
-    # packed little-endian format reads each at its C offset
-    codes = "".join(c for _, c in c_struct_fields())
-    size = kevents.NW_EVENT_FORMAT.size
-    assert struct.calcsize("@" + codes) == struct.calcsize("<" + codes) == size == 340
-    # sizeof(struct nw_event): padded to its u64's alignment; the decoder ignores the tail
-    assert (size + 7) // 8 * 8 == 344
 
 
 def test_the_rule_compiler_cuts_names_and_paths_where_the_record_does():
@@ -127,8 +112,48 @@ def test_no_magic_config_slot_in_the_c_sources():
 
 def test_the_program_inlines_each_header_once_and_only_enabled_sources():
     text = bpf.program_text(["exec.bpf.c", "tcp.bpf.c"], BPF_DIR)
-    assert text.count("struct nw_event {") == 1
+    assert text.count("struct nw_conn_event {") == 1
     assert text.count("BPF_RINGBUF_OUTPUT(events") == 1
     assert '#include "' not in text
     assert "sched_process_exec" in text and "inet_sock_set_state" in text
     assert "nw_connect4" not in text
+
+
+def _struct_fields(name: str) -> list[tuple[str, str]]:
+    """(field, struct code) of `struct name` in events.h, arrays as NNs."""
+    body = re.search(rf"struct {name}\s*{{(.*?)}};", HEADER, re.S)
+    assert body is not None, f"struct {name} is gone from events.h"
+    text = re.sub(r"/\*.*?\*/", "", body.group(1), flags=re.S)
+    defines = c_defines()
+    return [(field, f"{defines.get(size) or int(size)}s" if size else C_TYPES[ctype])
+            for ctype, field, size in re.findall(r"(\w+)\s+(\w+)(?:\[(\w+)\])?;", text)]
+
+
+def test_the_exec_record_layout_matches_struct_nw_exec_event():
+    """p-exec's record: the decoder reads the fixed part, then args_len bytes of argv."""
+    fields = _struct_fields("nw_exec_event")
+    assert fields[-1] == ("args", f"{execrecord.ARGS_LEN}s")
+    assert fields[:-1] == list(execrecord.EXEC_FIELDS)
+    codes = "".join(c for _, c in fields[:-1])
+    # no padding: the packed format reads each field at its C offset; args starts at FIXED
+    assert struct.calcsize("@" + codes) == struct.calcsize("<" + codes) == execrecord.EXEC_FIXED
+    defines = c_defines()
+    assert defines["NW_EXEC_FIXED"] == execrecord.EXEC_FIXED
+    assert {k: defines[f"NW_{k}"] for k in (
+        "ARGS_LEN", "ARGV_MAX", "ENV_MAX", "MARKERS_MAX", "MARKER_NAME_MAX",
+        "MARKER_VALUE_LEN")} == {k: getattr(execrecord, k) for k in (
+            "ARGS_LEN", "ARGV_MAX", "ENV_MAX", "MARKERS_MAX", "MARKER_NAME_MAX",
+            "MARKER_VALUE_LEN")}
+    assert c_enum("nw_exec_flag") == {f"NW_EXEC_{f.name}": f.value for f in execrecord.ExecFlag}
+    # every record starts with u64 ts_ns; u32 kind (the contract with the other records)
+    assert fields[:2] == [("ts_ns", "Q"), ("kind", "I")]
+
+
+def test_the_marker_table_matches_struct_nw_markers():
+    src = (BPF_DIR / "exec.bpf.c").read_text()
+    marker = re.search(r"struct nw_marker\s*{(.*?)};", src, re.S)
+    assert marker is not None
+    assert re.findall(r"(\w+)\s+(\w+)(?:\[(\w+)\])?;", marker.group(1)) == [
+        ("u64", "word", "8"), ("u64", "mask", "8"), ("u32", "len", ""), ("u32", "pad", "")]
+    assert re.search(r"u32 count;\s*u32 set_id;[^}]*struct nw_marker m\[NW_MARKERS_MAX\];", src)
+    assert len(execrecord.marker_table(["A"])) == 8 + execrecord.MARKERS_MAX * (64 + 64 + 8)

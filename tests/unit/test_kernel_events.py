@@ -12,7 +12,8 @@ import pytest
 
 from agent.observer import Observer
 from agent.sources import kevents
-from agent.sources.kevents import NW_EVENT_FORMAT, RawEvent, decode
+from agent.sources.execrecord import exec_record
+from agent.sources.kevents import RawEvent, decode
 from agent.sources.netstate import NetState, parse_tcp_table
 from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
@@ -28,11 +29,10 @@ def record(kind: int, pid: int, *, ppid: int = 0, fd: int = 0, family: int = 0, 
 
     if kind in (kevents.FORK, kevents.EXIT):
         return kevents.PROC_FORMAT.pack(ts, kind, pid, ppid, 0, comm)
-    if kind != kevents.EXEC:
-        return kevents.CONN_FORMAT.pack(ts, kind, pid, 0, fd, family, sport, dport, 0,
-                                        raw(saddr), raw(daddr), comm)
-    return NW_EVENT_FORMAT.pack(ts, kind, pid, ppid, 0, fd, family, sport, dport, 0, raw(saddr),
-                                raw(daddr), comm, filename) + b"\0" * 4  # C struct padding
+    if kind == kevents.EXEC:   # argv not taken in the kernel: the observer reads procfs
+        return exec_record(pid, comm=comm, filename=filename, ts=ts)
+    return kevents.CONN_FORMAT.pack(ts, kind, pid, 0, fd, family, sport, dport, 0,
+                                    raw(saddr), raw(daddr), comm)
 
 
 def test_decode_exec_and_connect_records():
@@ -281,9 +281,8 @@ def test_exec_read_mid_exit_keeps_the_kernel_records_filename(tmp_path):
 
 def _killed_exec(pid: int, comm: bytes, ts: int) -> RawEvent:
     """An exec record whose process an in-kernel rule killed."""
-    return decode(NW_EVENT_FORMAT.pack(ts, kevents.EXEC, pid, 0, 1001, 0, 0, 0, 0,
-                                       kevents.VERDICT_KILLED, b"\0" * 16, b"\0" * 16, comm,
-                                       b"/home/t/nwkilled") + b"\0" * 4)
+    return decode(exec_record(pid, comm=comm, filename=b"/home/t/nwkilled", ts=ts, uid=1001,
+                              verdict=kevents.VERDICT_KILLED))
 
 
 def _zombie(root: Path, pid: int, ppid: int, comm: str, starttime: int) -> None:

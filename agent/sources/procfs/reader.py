@@ -111,6 +111,20 @@ def _live_task(pid: int, dfd: int) -> tuple[int, str] | None:
         os.close(tfd)
 
 
+class ExecRead(NamedTuple):
+    """What `ProcFS.read_exec` gives: the facts of a process that its exec record (taken in
+    the kernel) cannot, and its cgroup and command line only when asked for."""
+
+    stat: Stat
+    exe: str
+    exe_dev: int
+    exe_ino: int
+    uid: int
+    netns: int
+    cgroup: Cgroup | None
+    cmdline: RawCmdline | None
+
+
 class Known(NamedTuple):
     """A process as last read, and the program key its stat had then (parse_stat_program):
     what `ProcFS.refresh` compares to tell whether it must read the process again."""
@@ -296,6 +310,41 @@ class ProcFS:
             raise
         except OSError:
             return b""
+        finally:
+            os.close(dfd)
+
+    def read_exec(self, pid: int, cgroup: bool, cmdline: bool, ruid: int = -1) -> ExecRead:
+        """A process just seen exec, whose argv and workspace marker the kernel took: its
+        stat (parent, start time), executable (path, dev, inode), uid and network namespace,
+        plus its cgroup and its command line (head and tail) only when asked. Raises
+        ProcessGone or AccessDenied like `stat`; a leader that exited is read through a
+        thread that runs on, as `read` does.
+
+        `ruid`, the real uid the exec record carries: 0 with a /proc/PID owned by root means
+        the effective uid is root too (status is not read), except for a root process that
+        execs a program setuid to another user, or an unreadable one after seteuid (either
+        non-dumpable): those report uid 0 where `read` says the other user."""
+        dfd = self._open(pid)
+        try:
+            try:
+                st = parse_stat(self._must(pid, dfd, "stat", 4096))
+            except ValueError:
+                raise ProcessGone(pid) from None
+            if st.state == "Z":
+                live = _live_task(pid, dfd)
+                if live is None:
+                    # exited (killed at its exec, or already done): only its stat is left
+                    return ExecRead(st, "", 0, 0, -1, 0, None, None)
+                os.close(dfd)
+                dfd, st = live[0], st._replace(state=live[1])
+            exe, dev, ino = self._exe(pid, dfd)
+            cg = (CGROUPS.parse(self._may(pid, dfd, "cgroup", CGROUP_LIMIT))
+                  if cgroup else None)
+            raw = self._cmdline(dfd, *self.cmdlines.allowance()) if cmdline else None
+            owner = os.fstat(dfd).st_uid
+            uid = owner if owner != 0 or ruid == 0 else self._uid(pid, dfd)
+            return ExecRead(st, exe, dev, ino, uid,
+                            parse_netns(self._link(pid, dfd, "ns/net")), cg, raw)
         finally:
             os.close(dfd)
 

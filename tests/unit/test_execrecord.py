@@ -1,0 +1,233 @@
+"""The exec record (bpf/events.h struct nw_exec_event) without a kernel: its decoder, the
+marker table the kernel scans environments with, and what the observer makes of a record
+whose argv and workspace marker the kernel took: a process gone before userspace looks
+keeps both, a live one is not read for them, and what the kernel could not take whole is
+read from procfs as before."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from agent import text
+from agent.enrich.workspace import DEFAULT_MARKERS, find_marker
+from agent.observer import Observer
+from agent.sources import execrecord, kevents
+from agent.sources.execrecord import exec_record, marker_table
+from agent.sources.netstate import NetState
+from agent.sources.procfs import ProcFS
+from agent.sources.proctree import ProcessTree
+
+MARKERS = DEFAULT_MARKERS  # NODEWARDEN_WORKSPACE_ID, WORKSPACE_ID, GITPOD_WORKSPACE_ID
+CONTAINER = "a" * 64
+
+
+def dec(**kw: object) -> kevents.RawEvent:
+    return kevents.decode(exec_record(4242, comm=b"tool", filename=b"/usr/bin/tool", **kw))
+
+
+# -- the decoder ------------------------------------------------------------------------------
+
+def test_argv_keeps_odd_bytes_empty_arguments_and_spaces_as_procfs_does():
+    argv = [b"/usr/bin/tool", b"a b", b"", b"k\xffw", "😀".encode(), b"", b""]
+    r = dec(argv=argv)
+    # what /proc/PID/cmdline parsing gives for the same bytes: trailing empties are padding
+    assert r.argv == ("/usr/bin/tool", "a b", "", text.decode(b"k\xffw"), "😀")
+    assert text.encode(r.argv[3]) == b"k\xffw" and r.argv_cut == 0
+
+
+def test_a_cut_argv_is_marked_and_an_unreadable_one_is_not_taken():
+    r = dec(argv=[b"/usr/bin/tool", b"x" * 100], cut=300_000)
+    assert r.argv_cut == 300_000 and r.argv[1] == "x" * 100
+    assert dec(argv=[b"/usr/bin/tool"], fault=True).argv_cut == -1
+    assert dec().argv == () and dec().argv_cut == -1   # no argv: the observer reads procfs
+
+
+@pytest.mark.parametrize(("marker", "more", "want", "scanned"), [
+    (None, False, None, MARKERS),                                  # none set
+    ((1, b"ws-7"), False, ("WORKSPACE_ID", "ws-7"), MARKERS),
+    ((0, b"bad\x1bvalue"), False, None, MARKERS),                  # unprintable, nothing else
+    ((0, b"bad\x1bvalue"), True, None, ()),                        # another may be set: procfs
+    ((0, b"\xff" * 300), False, ("NODEWARDEN_WORKSPACE_ID", "\ufffd" * 253), MARKERS),
+])
+def test_the_marker_is_what_find_marker_says_of_the_environment(marker, more, want, scanned):
+    r = dec(argv=[b"x"], markers=MARKERS, marker=marker, more=more)
+    assert (r.marker, r.markers_scanned) == (want, scanned)
+
+
+def test_the_marker_answer_agrees_with_find_marker_on_the_same_environment():
+    env = b"PATH=/bin\0TOKEN=secret\0WORKSPACE_ID=ws-b\0NODEWARDEN_WORKSPACE_ID=ws-a\0"
+    name, value = find_marker(env, MARKERS) or ("", "")
+    r = dec(argv=[b"x"], markers=MARKERS, marker=(MARKERS.index(name), value.encode()),
+            more=True)
+    assert r.marker == ("NODEWARDEN_WORKSPACE_ID", "ws-a")
+
+
+def test_a_record_scanned_for_names_never_loaded_is_not_trusted():
+    data = bytearray(exec_record(1, argv=[b"x"], markers=MARKERS, marker=(0, b"ws")))
+    struct.pack_into("<I", data, 28, 12345)   # marker_set: an id no table had
+    r = kevents.decode(bytes(data))
+    assert (r.marker, r.markers_scanned) == (None, ())
+
+
+def test_a_short_record_is_an_error_not_an_event():
+    with pytest.raises(struct.error):
+        kevents.decode(exec_record(1)[:100])
+
+
+# -- the marker table --------------------------------------------------------------------------
+
+def test_the_marker_table_holds_names_masks_and_lengths_in_order():
+    t = marker_table(["AB", "WORKSPACE_ID"])
+    count, set_id = struct.unpack_from("<II", t)
+    assert (count, set_id) == (2, execrecord.marker_set_id(["AB", "WORKSPACE_ID"]))
+    assert len(t) == 8 + execrecord.MARKERS_MAX * (64 + 64 + 8)
+    first = t[8:8 + 136]
+    assert first[:64] == b"AB".ljust(64, b"\0") and first[64:128] == b"\xff\xff".ljust(64, b"\0")
+    assert struct.unpack_from("<I", first, 128)[0] == 2
+
+
+@pytest.mark.parametrize("names", [
+    ["A", "B", "C", "D", "E"],                       # more than the kernel compares
+    ["X" * (execrecord.MARKER_NAME_MAX + 1)],        # longer than it compares
+])
+def test_names_the_kernel_cannot_compare_turn_its_scan_off(names):
+    assert struct.unpack_from("<II", marker_table(names)) == (0, 0)
+
+
+# -- the observer --------------------------------------------------------------------------------
+
+def _proc(root: Path, pid: int, *, comm: str = "tool", ppid: int = 1, state: str = "S",
+          starttime: int = 5000, cmdline: bytes = b"/usr/bin/tool\0from-procfs\0",
+          environ: bytes = b"", cgroup: str = f"0::/system.slice/docker-{CONTAINER}.scope\n",
+          exe: str = "/bin/true") -> Path:
+    d = root / str(pid)
+    (d / "ns").mkdir(parents=True)
+    fields = [str(pid), f"({comm})", state, str(ppid)] + ["0"] * 17 + [str(starttime)]
+    (d / "stat").write_text(" ".join(fields + ["0"] * 30) + "\n")
+    (d / "cmdline").write_bytes(cmdline)
+    (d / "environ").write_bytes(environ)
+    (d / "cgroup").write_text(cgroup)
+    (d / "status").write_text("Name:\ttool\nUid:\t0\t0\t0\t0\n")
+    os.symlink(exe, d / "exe")
+    os.symlink("net:[4026531999]", d / "ns" / "net")
+    return d
+
+
+@pytest.fixture
+def proc(tmp_path: Path) -> Path:
+    root = tmp_path / "proc"
+    root.mkdir()
+    _proc(root, 1, comm="init", cmdline=b"/sbin/init\0")
+    return root
+
+
+def _observer(root: Path, markers: tuple[str, ...] = MARKERS) -> Observer:
+    """An observer after its start-up scan (of pid 1 only): environ_reads start at 0."""
+    tree = ProcessTree(ProcFS(str(root)), markers)
+    tree.scan()
+    tree.environ_reads = 0
+    return Observer(tree, NetState(str(root)), wall=lambda: 1000.0, mono=lambda: 10.0)
+
+
+def _exec(obs: Observer, pid: int, **kw: object) -> kevents.RawEvent:
+    kw.setdefault("argv", [b"/usr/bin/tool", b"--from-kernel"])
+    kw.setdefault("markers", MARKERS)
+    kw.setdefault("ts", 10**15)
+    data = exec_record(pid, comm=b"tool", filename=b"/usr/bin/tool", uid=0, **kw)
+    ev = obs.handle(kevents.decode(data))
+    assert ev is not None
+    return ev
+
+
+def test_a_process_gone_before_userspace_looks_keeps_its_argv_and_workspace(proc):
+    obs = _observer(proc)
+    obs.handle(kevents.process_record(kevents.RecordKind.FORK, 1, 777, 1))
+    ev = _exec(obs, 777, argv=[b"/usr/bin/tool", b"-o", b"stratum+tcp://pool:3333"],
+               marker=(0, b"ws-gone"))
+    p = ev.process
+    assert p.cmdline == ("/usr/bin/tool", "-o", "stratum+tcp://pool:3333")
+    assert (p.exe, p.comm, p.ppid, p.cmdline_cut) == ("/usr/bin/tool", "tool", 1, 0)
+    assert ev.workspace == "ws-gone" and obs.tree.environ_reads == 0
+
+
+def test_a_gone_process_with_a_cut_argv_says_so(proc):
+    obs = _observer(proc)
+    ev = _exec(obs, 778, argv=[b"/usr/bin/tool", b"x" * 4000], cut=123_456)
+    assert ev.process.cmdline_truncated and ev.process.cmdline_cut == 123_456
+
+
+def test_a_live_process_is_not_read_for_its_argv_or_environment(proc):
+    # procfs holds another argv and another marker: the kernel's, taken at the exec, count
+    obs = _observer(proc)
+    d = _proc(proc, 900, comm="a) (b", environ=b"WORKSPACE_ID=from-environ\0")
+    ev = _exec(obs, 900, marker=(1, b"ws-kernel"))
+    p = ev.process
+    assert p.cmdline == ("/usr/bin/tool", "--from-kernel")
+    assert p.comm == "a) (b"   # from stat, parsed around the last parenthesis
+    assert (p.exe, p.starttime, p.netns, p.container_id) == (
+        "/bin/true", 5000, 4026531999, CONTAINER)
+    st = os.stat("/bin/true")
+    assert (p.exe_dev, p.exe_ino) == (st.st_dev, st.st_ino)
+    assert ev.workspace == "ws-kernel" and obs.tree.environ_reads == 0
+    # identity as a scan computes it
+    assert p.id == ProcFS(str(proc)).read(900).id and d.is_dir()
+
+
+def test_a_live_process_whose_argv_was_cut_is_read_for_head_and_tail(proc):
+    obs = _observer(proc)
+    _proc(proc, 901, cmdline=b"/usr/bin/tool\0" + b"y" * 10 + b"\0-o\0tail\0")
+    ev = _exec(obs, 901, argv=[b"/usr/bin/tool", b"y" * 10], cut=5)
+    assert ev.process.cmdline == ("/usr/bin/tool", "y" * 10, "-o", "tail")
+
+
+def test_markers_scanned_for_other_names_send_the_tree_to_environ(proc):
+    obs = _observer(proc, ("MY_WS",))
+    _proc(proc, 902, environ=b"MY_WS=from-environ\0")
+    ev = _exec(obs, 902, marker=(1, b"ws-kernel"))   # scanned for the default names
+    assert ev.workspace == "from-environ" and obs.tree.environ_reads == 1
+
+
+def test_a_process_killed_in_the_kernel_has_its_stat_and_the_kernels_argv(proc):
+    obs = _observer(proc)
+    _proc(proc, 903, state="Z", starttime=777, ppid=1)
+    os.unlink(proc / "903" / "exe")
+    ev = _exec(obs, 903, verdict=kevents.VERDICT_KILLED, slot=2, marker=(2, b"ws-k"),
+               ts=10**18)
+    p = ev.process
+    assert (p.starttime, p.ppid, p.exe) == (777, 1, "/usr/bin/tool")
+    assert p.cmdline == ("/usr/bin/tool", "--from-kernel") and ev.workspace == "ws-k"
+    assert ev.kernel_verdict == (2, True)
+
+
+def test_the_cgroup_is_read_once_per_cgroup_v2_id(proc, monkeypatch):
+    obs = _observer(proc)
+    _proc(proc, 910)
+    _proc(proc, 911)
+    reads: list[str] = []
+    may = ProcFS._may
+
+    def counting(self: ProcFS, pid: int, dfd: int, name: str, limit: int) -> bytes:
+        reads.append(name)
+        return may(self, pid, dfd, name, limit)
+
+    monkeypatch.setattr(ProcFS, "_may", counting)
+    a = _exec(obs, 910, cgroup_id=55)
+    b = _exec(obs, 911, cgroup_id=55)
+    assert a.process.container_id == b.process.container_id == CONTAINER
+    assert reads.count("cgroup") == 1
+    assert len(obs.caches()["observer_cgroups"]()) == 1
+
+
+def test_a_cgroup_v1_host_reads_the_cgroup_every_time(proc, monkeypatch):
+    # v1 paths name the container; the v2 id (the root here) does not
+    hybrid = f"4:memory:/docker/{CONTAINER}\n0::/\n"
+    obs = _observer(proc)
+    _proc(proc, 920, cgroup=hybrid)
+    _proc(proc, 921, cgroup="4:memory:/other\n0::/\n")
+    a = _exec(obs, 920, cgroup_id=1)
+    b = _exec(obs, 921, cgroup_id=1)
+    assert (a.process.container_id, b.process.container_id) == (CONTAINER, "")
