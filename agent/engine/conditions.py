@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from agent.engine import yamlsrc
+from agent.engine import codegen, yamlsrc
+from agent.engine.codegen import Expr
 from agent.engine.definitions import Definitions
-from agent.engine.operators import Members, value_test
+from agent.engine.operators import Members, form_of, value_test
 from agent.engine.problems import Problems, Skip, suggest, type_name
 from agent.engine.ruleset import Predicate, Requirement
 from agent.engine.schema import EXE_DIR_INDEX, OPERATORS, Field, field, field_names
@@ -23,14 +24,15 @@ from agent.model import COMM_LEN, Event
 
 COMBINATORS = ("all", "any", "not", "macro")
 
-Compiled = tuple[Predicate, Requirement]
+# a condition's closure, what the index may use, and its form for codegen.py
+Compiled = tuple[Predicate, Requirement, Expr]
 
 
 def _never(ev: Event) -> bool:
     return False
 
 
-_BROKEN: Compiled = (_never, None)
+_BROKEN: Compiled = (_never, None, codegen.Call(_never))
 
 
 class ConditionCompiler:
@@ -79,8 +81,8 @@ class ConditionCompiler:
             subs = self.conditions(value, macro_stack)
             return all_of(subs) if key == "all" else any_of(subs)
         if key == "not":
-            pred, _ = self.condition(value, line, macro_stack)
-            return (lambda ev: not pred(ev)), None
+            pred, _, expr = self.condition(value, line, macro_stack)
+            return (lambda ev: not pred(ev)), None, codegen.Not(expr)
         if key == "macro":
             return self.macro(value, line, macro_stack)
         fld = field(key)
@@ -143,17 +145,19 @@ class ConditionCompiler:
                 raise self.problems.fail(line, f"operator '{op}' does not apply to {fld.name} "
                                                f"({fld.type}){suggest(op, valid)}; use one of "
                                                f"{', '.join(valid)}")
-            terms.append((self._predicate(fld, op, arg, line),
-                          self._requirement(fld, op, arg, line)))
+            pred, expr = self._predicate(fld, op, arg, line)
+            terms.append((pred, self._requirement(fld, op, arg, line), expr))
         return all_of(terms)
 
-    def _predicate(self, fld: Field, op: str, arg: Any, line: int) -> Predicate:
+    def _predicate(self, fld: Field, op: str, arg: Any, line: int) -> tuple[Predicate, Expr]:
         if op == "exists":
             if not isinstance(arg, bool):
                 raise self.problems.fail(line, f"'exists' on {fld.name} takes true or false")
-            return _exists(fld, arg)
+            pred = _exists(fld, arg)
+            return pred, codegen.Call(pred)
         test = value_test(fld, op, self.defs.expand(arg, line), line, self.problems)
-        return _lift(fld, test)
+        pred = _lift(fld, test)
+        return pred, _test_expr(fld, test, pred)
 
     def _requirement(self, fld: Field, op: str, arg: Any, line: int) -> Requirement:
         """The index keys one of which an event must have for this test to pass, if any."""
@@ -197,25 +201,45 @@ def _lift(fld: Field, test: Callable[[Any], bool]) -> Predicate:
     return lambda ev: (v := get(ev)) is not None and test(v)
 
 
+def _test_expr(fld: Field, test: Callable[[Any], bool], pred: Predicate) -> Expr:
+    """The codegen form of `_lift(fld, test)`: the same test of the same value."""
+    if fld.expr is None:
+        return codegen.Call(pred)
+    if fld.many:
+        if isinstance(test, Members):
+            return codegen.Test(fld.expr, "disjoint", test)
+        return codegen.Call(pred)
+    form = form_of(test)
+    if form is None:
+        return codegen.Test(fld.expr, "call", test)
+    op, value = form
+    if op == "contains" and len(value) > _INLINE_NEEDLES:
+        return codegen.Test(fld.expr, "call", test)
+    return codegen.Test(fld.expr, op, value)
+
+
+_INLINE_NEEDLES = 12
+
+
 def all_of(terms: Sequence[Compiled]) -> Compiled:
     """The AND of compiled terms; it requires what its most selective term requires."""
-    preds = tuple(p for p, _ in terms)
-    reqs = [r for _, r in terms if r]
+    preds = tuple(p for p, _, _ in terms)
+    reqs = [r for _, r, _ in terms if r]
     req = min(reqs, key=lambda r: sum(len(v) for v in r.values())) if reqs else None
-    return conjunction(preds), req
+    return conjunction(preds), req, codegen.all_of([e for _, _, e in terms])
 
 
 def any_of(terms: Sequence[Compiled]) -> Compiled:
     """The OR of compiled terms; it requires something only when every branch does."""
-    preds = tuple(p for p, _ in terms)
+    preds = tuple(p for p, _, _ in terms)
     req: Requirement = None
-    if all(r for _, r in terms):
+    if all(r for _, r, _ in terms):
         merged: dict[str, set[str]] = {}
-        for _, r in terms:
+        for _, r, _ in terms:
             for attr, vals in (r or {}).items():
                 merged.setdefault(attr, set()).update(vals)
         req = {a: frozenset(v) for a, v in merged.items()}
-    return disjunction(preds), req
+    return disjunction(preds), req, codegen.some_of([e for _, _, e in terms])
 
 
 def conjunction(preds: Sequence[Predicate]) -> Predicate:

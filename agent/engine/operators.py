@@ -38,6 +38,24 @@ class Members(frozenset):  # type: ignore[type-arg]
     __call__ = frozenset.__contains__
 
 
+def _with_form(test: ValueTest, op: str, value: Any) -> ValueTest:
+    """`test`, marked with the template codegen.py may write instead of calling it."""
+    setattr(test, "_nw_form", (op, value))  # noqa: B010 (a function's attribute)
+    return test
+
+
+def form_of(test: ValueTest) -> tuple[str, Any] | None:
+    """How codegen.py may write `test(v)` inline: ("in", set) for `v in set`, ("is", b),
+    ("startswith"/"endswith", tuple), ("contains", needles); None: it calls the test."""
+    if isinstance(test, Members):
+        return "in", test
+    owner = getattr(test, "__self__", None)
+    if type(owner) is frozenset and getattr(test, "__name__", "") == "__contains__":
+        return "in", owner
+    form: tuple[str, Any] | None = getattr(test, "_nw_form", None)
+    return form
+
+
 def value_test(fld: Field, op: str, values: list[Any], line: int,
                problems: Problems) -> ValueTest:
     """The test for `fld {op: values}` (any operator but `exists`)."""
@@ -50,7 +68,7 @@ def value_test(fld: Field, op: str, values: list[Any], line: int,
         if len(values) != 1 or not isinstance(values[0], bool):
             raise problems.fail(line, f"{name} is a boolean: 'equals' takes true or false")
         want = values[0]
-        return lambda v: v is want
+        return _with_form(lambda v: v is want, "is", want)
     if typ in (INT, PORT) and op in _EQUALITY:
         return _integers(fld, op, values, line, problems)
     if op == "ports":
@@ -75,7 +93,7 @@ def _integers(fld: Field, op: str, values: list[Any], line: int,
 def _contains_any(needles: tuple[str, ...]) -> ValueTest:
     if len(needles) == 1:
         needle = needles[0]
-        return lambda v: needle in v
+        return _with_form(lambda v: needle in v, "contains", needles)
 
     def contains(v: str) -> bool:
         for n in needles:  # noqa: SIM110 (a generator costs more, per event)
@@ -83,7 +101,7 @@ def _contains_any(needles: tuple[str, ...]) -> ValueTest:
                 return True
         return False
 
-    return contains
+    return _with_form(contains, "contains", needles)
 
 
 def _string_test(fld: Field, op: str, values: list[Any], line: int,
@@ -105,10 +123,10 @@ def _string_test(fld: Field, op: str, values: list[Any], line: int,
         return Members(values)
     if op == "prefix":
         t = tuple(values)
-        return lambda v: v.startswith(t)
+        return _with_form(lambda v: v.startswith(t), "startswith", t)
     if op == "suffix":
         t = tuple(values)
-        return lambda v: v.endswith(t)
+        return _with_form(lambda v: v.endswith(t), "endswith", t)
     if op == "contains":
         return _contains_any(tuple(values))
     if op == "glob":

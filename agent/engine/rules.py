@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from agent.engine import yamlsrc
+from agent.engine import codegen, yamlsrc
+from agent.engine.codegen import Expr
 from agent.engine.conditions import ConditionCompiler, disjunction
 from agent.engine.definitions import Definitions
 from agent.engine.examples import compile_examples
@@ -98,11 +99,17 @@ class RuleCompiler:
                                                     self.problems))
         if not steps.ok or match is None or kinds is None or message is None:
             raise Skip()
+        predicate = codegen.function(match[2], match[0])
+        exceptions = codegen.function(exc[1], exc[0]) if exc is not None else None
+        plain = exc is None and window is None
+        compiled = None if plain else codegen.rule_check(
+            match[2], exc[1] if exc is not None else None,
+            window.observe if window is not None else None, predicate)
         rule = Rule(id=head.id, description=head.description, severity=head.severity,
                     action=head.action, mode=head.mode, enabled=head.enabled, tags=head.tags,
-                    kinds=kinds, predicate=match[0], exceptions=exc, message=message,
+                    kinds=kinds, predicate=predicate, exceptions=exceptions, message=message,
                     window=window, file=self.problems.file, line=node.line, order=order,
-                    requirement=match[1])
+                    requirement=match[1], compiled=compiled)
         rule.examples = compile_examples(node, self.problems)
         rule.kernel = self._kernel_exec(node, head.action, kinds)
         rule.kernel_connect = self._kernel_connect(node, head.action, kinds)
@@ -157,7 +164,7 @@ class RuleCompiler:
             return False, default
         return True, v
 
-    def _exceptions(self, node: yamlsrc.Node) -> Predicate | None:
+    def _exceptions(self, node: yamlsrc.Node) -> tuple[Predicate, Expr] | None:
         if "except" not in node:
             return None
         block = node["except"]
@@ -165,7 +172,9 @@ class RuleCompiler:
             raise self.problems.fail(node.line_of("except"), "'except' takes a list of "
                                                              "conditions; any one of them "
                                                              "suppresses the rule")
-        return disjunction([p for p, _ in self.conditions.conditions(block)])
+        terms = self.conditions.conditions(block)
+        return (disjunction([p for p, _, _ in terms]),
+                codegen.some_of([e for _, _, e in terms]))
 
     def _kinds(self, node: yamlsrc.Node) -> tuple[EventKind, ...] | None:
         if "on" not in node:

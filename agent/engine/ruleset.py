@@ -59,13 +59,16 @@ class Rule:
     kernel: KernelExecSpec | None = None
     # the kernel form of a connect rule the cgroup connect programs can refuse
     kernel_connect: KernelConnectSpec | None = None
-    # what evaluate calls: `fires`, or the predicate itself when there is nothing more to
-    # it (no exceptions, no window): one call less per candidate rule and event
+    # `fires` compiled into one function (engine/codegen.py), when the rule has exceptions
+    # or a window; None: `fires` serves
+    compiled: Predicate | None = field(default=None, repr=False)
+    # what evaluate calls: the compiled `fires`, or the predicate itself when there is
+    # nothing more to it (no exceptions, no window): one call less per candidate rule
     check: Predicate = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         plain = self.exceptions is None and self.window is None
-        self.check = self.predicate if plain else self.fires
+        self.check = self.predicate if plain else (self.compiled or self.fires)
 
     def fires(self, ev: Event) -> bool:
         """Whether this rule matches `ev` (updating its window, if it has one)."""
