@@ -147,16 +147,47 @@ def _regex(patterns: Sequence[str], name: str, line: int, problems: Problems) ->
             why = arg.decode(errors="replace") if isinstance(arg, bytes) else str(e)
             raise problems.fail(line, f"bad regex {p!r} for {name}: {why}; RE2 syntax has no "
                                       f"backreferences or lookaround") from None
-    rx = re2.compile("|".join(f"(?:{p})" for p in patterns), _RE2_OPTIONS)
-    search = rx.search
+    key = tuple(patterns)
+    test = _REGEX_TESTS.get(key)
+    if test is None:
+        if len(_REGEX_TESTS) >= _REGEX_TESTS_MAX:
+            _REGEX_TESTS.clear()
+        test = _REGEX_TESTS[key] = _regex_test(
+            re2.compile("|".join(f"(?:{p})" for p in patterns), _RE2_OPTIONS))
+    return test
+
+
+# One test per distinct pattern list, shared by every rule that uses it (the same regex
+# in one rule's match and another's exception runs once per value: see the memo below).
+_REGEX_TESTS: dict[tuple[str, ...], ValueTest] = {}
+_REGEX_TESTS_MAX = 4096
+_UNANCHORED = re2._re2.RE2.Anchor.UNANCHORED
+_NO_MATCH = (-1, -1)
+
+
+def _regex_test(rx: re2._Regexp) -> ValueTest:
+    """`rx.search(v) is not None`, at a third of its cost: the wrapper's `search` (Python)
+    maps byte offsets back to characters for a match object this test never uses; RE2's
+    own Match over the UTF-8 bytes says the same. The last value tested and its answer
+    are kept (one tuple: safe between threads), so a second rule asking about the same
+    string (a command line made once per process) does not search it again."""
+    match = rx._regexp.Match
+    memo: tuple[str | None, bool] = (None, False)
 
     def test(v: str) -> bool:
+        nonlocal memo
+        last, found = memo
+        if v is last:
+            return found
         try:
-            return search(v) is not None
+            b = v.encode()
         except UnicodeEncodeError:
             # bytes that were not UTF-8 (lone surrogates, agent/text.py): RE2 takes UTF-8,
             # so it sees them as the `\udcNN` escapes the findings show
-            return search(escape_surrogates(v)) is not None
+            b = escape_surrogates(v).encode()
+        found = match(_UNANCHORED, b, 0, len(b))[0] != _NO_MATCH
+        memo = (v, found)
+        return found
 
     return test
 

@@ -1,0 +1,103 @@
+"""Rules compiled into one function (agent/engine/codegen.py) say what their closures say:
+every field's expression gives its getter's value, the RE2 fast path answers as
+`search`, and a condition too deep to compile keeps its closures."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import re2
+
+from agent.codec import event_from_json
+from agent.engine import codegen
+from agent.engine.operators import _RE2_OPTIONS, _regex_test
+from agent.engine.schema import FIELDS
+from agent.model import Event
+
+
+def ev(**obj: Any) -> Event:
+    return event_from_json(obj)
+
+
+EVENTS = [
+    ev(process={"exe": "/usr/bin/python3.11", "comm": "python3",
+                "cmdline": ["python3", "-c", "print('x')"], "cmdline_truncated": True,
+                "ancestors": [{"exe": "/usr/bin/bash", "cmdline": ["bash", "-l"]}]},
+       workspace={"id": "ws-1"}, container={"id": "c0ffee"}),
+    ev(kind="connect", process={"exe": "/usr/bin/curl", "cmdline": ["curl", "x"]},
+       connection={"dst": "10.0.0.1", "dport": 3333, "direction": "outbound"},
+       pod={"namespace": "ns", "name": "p", "labels": {"app": "a"}}),
+    ev(kind="scan", process={"comm": "cpuminer-avx512", "exe": "/home/u/cpuminer-avx512-x",
+                             "cmdline": []}),
+    ev(process={}),
+]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in FIELDS.items() if f.expr is not None))
+def test_each_field_expression_gives_the_getters_value(name: str) -> None:
+    fld = FIELDS[name]
+    assert fld.expr is not None
+    get = codegen.function(codegen.Test(fld.expr, "call", lambda v: v), lambda e: False)
+    seen = []
+    for e in EVENTS:
+        seen.append(fld.get(e))
+        expr_value = eval(fld.expr, {**codegen._Names().ns}, {"ev": e})  # noqa: S307
+        assert expr_value == fld.get(e), (name, e)
+        if fld.get(e) is not None:
+            assert get(e) == fld.get(e)
+    # ancestors, connection and pod are all exercised both present and absent
+    assert len(seen) == len(EVENTS)
+
+
+def test_the_re2_fast_path_answers_as_search() -> None:
+    patterns = [r"(?i)^(?:--?[a-z]+=)?stratum\+tcp://", r"é+x$", r"^\S+\.py$", r"\\udc", r"^$"]
+    rnd = random.Random(3)
+    alphabet = ["a", "é", "x", "\udcff", "stratum+tcp://", "STRATUM+TCP://", "--url=", " ",
+                ".py", "ü", "\\", "udc"]
+    values = ["", "é", "\udcff", *("".join(rnd.choices(alphabet, k=rnd.randrange(6)))
+                                   for _ in range(2000))]
+    for p in patterns:
+        rx = re2.compile(p, _RE2_OPTIONS)
+        fast = _regex_test(rx)
+        for v in values:
+            try:
+                want = rx.search(v) is not None
+            except UnicodeEncodeError:
+                want = rx.search(v.encode("utf-8", "backslashreplace").decode()) is not None
+            assert fast(v) == want, (p, v)
+            assert fast(v) == want  # the memo gives the same answer again
+
+
+def test_too_deep_to_compile_keeps_the_closure() -> None:
+    leaf = codegen.Test("ev.kind", "in", frozenset({"exec"}))
+    deep: codegen.Expr = leaf
+    for _ in range(400):  # deeper than the parser's nesting limit
+        deep = codegen.Not(codegen.Not(deep))
+
+    def closure(e: Event) -> bool:
+        return e.kind == "exec"
+
+    fn = codegen.function(deep, closure)
+    assert fn is closure
+    fn2 = codegen.function(codegen.Not(codegen.Not(leaf)), closure)
+    assert fn2 is not closure
+    assert fn2(EVENTS[0]) and not fn2(EVENTS[1])
+
+
+def test_rule_text_never_reaches_the_source(rules_from) -> None:
+    rs = rules_from("""
+rules:
+  - id: evil
+    match: {proc.name: {in: ["x') or __import__('os').system('false') or ('"]},
+            proc.args: {prefix: "')"}}
+""")
+    rule = rs.rules[0]
+    assert rule.predicate.__code__.co_filename == "<nodewarden rule>"
+    consts = " ".join(map(str, rule.predicate.__code__.co_names))
+    assert "__import__" not in consts and "system" not in consts
+    assert not rule.check(ev(process={"comm": "x') or __import__('os').system('false') or ('",
+                                      "cmdline": ["a", "b"]}))
+    assert rule.check(ev(process={"comm": "x') or __import__('os').system('false') or ('",
+                                  "cmdline": ["a", "')"]}))
