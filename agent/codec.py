@@ -226,9 +226,11 @@ class _AncestorJ(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class _ProcessJ(_AncestorJ, frozen=True):
-    """The event's process as recorded: an ancestor's fields, and its ancestors."""
+    """The event's process as recorded: an ancestor's fields, and its ancestors, left as
+    their JSON text (a recording repeats the same few lists: each distinct one is decoded
+    once, by `_Ancestors`)."""
 
-    ancestors: list[_AncestorJ] | None = None  # type: ignore[assignment]
+    ancestors: msgspec.Raw = msgspec.Raw()  # type: ignore[assignment]
 
 
 class _IdJ(msgspec.Struct, forbid_unknown_fields=True):
@@ -272,6 +274,7 @@ class _EventJ(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _DECODER = msgspec.json.Decoder(_EventJ)
+_ANCESTORS_DECODER = msgspec.json.Decoder(list[_AncestorJ] | None)
 _NO_PROCESS = _ProcessJ()
 _KINDS = frozenset(RULE_KINDS)
 _ANCESTORS_MAX = 4096
@@ -294,11 +297,31 @@ def _process_of(p: _ProcessJ | _AncestorJ, container_id: str) -> Process:
 
 class _Ancestors:
     """Ancestor processes made once per distinct recorded form (a recording repeats the
-    same shell, IDE server and init for every event); bounded, cleared when full. The
-    agent shares ancestor Process objects between events the same way."""
+    same shell, IDE server and init for every event): each distinct list, by its JSON
+    text, and each distinct ancestor in it; bounded, cleared when full. The agent shares
+    ancestor Process objects between events the same way."""
 
     def __init__(self) -> None:
         self.made: dict[_AncestorJ, Process] = {}
+        self.lists: dict[bytes, tuple[Process, ...]] = {}
+
+    def of_raw(self, raw: msgspec.Raw) -> tuple[Process, ...] | None:
+        """The ancestors of a recorded list (its JSON text), parent first; None when the
+        typed structs refuse it (the lenient reader decides)."""
+        if not raw:
+            return ()
+        key = bytes(raw)
+        found = self.lists.get(key)
+        if found is None:
+            try:
+                recorded = _ANCESTORS_DECODER.decode(key)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                return None
+            found = self.of(recorded) if recorded else ()
+            if len(self.lists) >= _ANCESTORS_MAX:
+                self.lists.clear()
+            self.lists[key] = found
+        return found
 
     def of(self, recorded: list[_AncestorJ]) -> tuple[Process, ...]:
         """The ancestors, parent first."""
@@ -349,10 +372,12 @@ def _fast_event(line: str, ancestors: _Ancestors) -> Event | None:
         pod = Pod(namespace=p.namespace or "", name=p.name or "", uid=p.uid or "",
                   labels=p.labels or {})
     proc = e.process or _NO_PROCESS
+    anc = ancestors.of_raw(proc.ancestors)
+    if anc is None:
+        return None
     cid = (e.container.id if e.container is not None else None) or ""
     ws = (e.workspace.id if e.workspace is not None else None) or ""
-    return Event(kind=kind, time=e.time, process=_process_of(proc, cid),
-                 ancestors=ancestors.of(proc.ancestors) if proc.ancestors else (),
+    return Event(kind=kind, time=e.time, process=_process_of(proc, cid), ancestors=anc,
                  workspace=ws, pod=pod, connection=conn)
 
 
