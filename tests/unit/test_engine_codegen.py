@@ -4,17 +4,20 @@ every field's expression gives its getter's value, the RE2 fast path answers as
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
 import pytest
 import re2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.codec import event_from_json
 from agent.engine import codegen
 from agent.engine.operators import _RE2_OPTIONS, _regex_test
 from agent.engine.schema import FIELDS
-from agent.model import Event
+from agent.model import Event, Process
 
 
 def ev(**obj: Any) -> Event:
@@ -101,3 +104,12 @@ rules:
                                       "cmdline": ["a", "b"]}))
     assert rule.check(ev(process={"comm": "x') or __import__('os').system('false') or ('",
                                   "cmdline": ["a", "')"]}))
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet="/ab. \udcff:", max_size=12), st.text(alphabet="/ab. :", max_size=12))
+def test_process_basenames_are_os_path_basename(exe: str, argv0: str) -> None:
+    p = Process(pid=1, ppid=0, starttime=0, comm="c", exe=exe, cmdline=(argv0, "x"))
+    bare = exe.removesuffix(" (deleted)")
+    assert p.exe_name == (os.path.basename(bare) if bare else "c")
+    assert p.argv0 == os.path.basename(argv0)
