@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from agent.engine.schema import EXE_DIR_INDEX
@@ -96,20 +97,38 @@ class _Bucket:
     that need it. Index entries are pre-merged with the always-run rules, so the usual event
     does a few dict lookups and iterates a ready tuple."""
 
-    __slots__ = ("_unions", "always", "dir_depth", "dir_table", "parent_tables", "proc_tables")
+    __slots__ = ("_unions", "always", "dir_depth", "dir_table", "indexed", "parent_tables",
+                 "proc_tables")
 
     def __init__(self) -> None:
         self.always: tuple[Rule, ...] = ()
-        self.proc_tables: list[tuple[str, dict[str, tuple[Rule, ...]]]] = []
-        self.parent_tables: list[tuple[str, dict[str, tuple[Rule, ...]]]] = []
+        # (the Process attribute's getter, its table)
+        self.proc_tables: list[tuple[Callable[[Any], Any], dict[str, tuple[Rule, ...]]]] = []
+        self.parent_tables: list[tuple[Callable[[Any], Any], dict[str, tuple[Rule, ...]]]] = []
+        # whether any index can rule a rule out (else every event runs `always`)
+        self.indexed = False
         self.dir_table: dict[str, tuple[Rule, ...]] = {}
         self.dir_depth = 0
         # several index hits for one event: their union, cached by the hits' identities
         self._unions: dict[tuple[int, ...], tuple[Rule, ...]] = {}
 
+    def dir_hits(self, exe: str, hits: list[tuple[Rule, ...]]) -> None:
+        """Add the hits of the executable's directory prefixes, as deep as the deepest
+        indexed one."""
+        table = self.dir_table
+        i = exe.find("/")
+        depth = 0
+        while i >= 0 and depth < self.dir_depth:
+            hit = table.get(exe[: i + 1])
+            if hit is not None:
+                hits.append(hit)
+            depth += 1
+            i = exe.find("/", i + 1)
+
     def union(self, hits: list[tuple[Rule, ...]]) -> tuple[Rule, ...]:
-        """The rules of several index hits, in file order (cached)."""
-        key = tuple(sorted({id(h) for h in hits}))
+        """The rules of several index hits, in file order (cached by the hits' identities,
+        in the order the tables gave them: the same hits come in the same order)."""
+        key = tuple(map(id, hits))
         found = self._unions.get(key)
         if found is None:
             merged: set[Rule] = set()
@@ -153,9 +172,10 @@ class RuleSet:
                 b.dir_table = merged
                 b.dir_depth = max(k.count("/") for k in merged)
             elif index.startswith("parent."):
-                b.parent_tables.append((index[len("parent."):], merged))
+                b.parent_tables.append((attrgetter(index[len("parent."):]), merged))
             else:
-                b.proc_tables.append((index, merged))
+                b.proc_tables.append((attrgetter(index), merged))
+        b.indexed = bool(indexed)
         return b
 
     def candidates(self, ev: Event) -> Sequence[Rule]:
@@ -163,34 +183,27 @@ class RuleSet:
         b = self._buckets.get(ev.kind)
         if b is None:
             return ()
+        if not b.indexed:
+            return b.always
         hits: list[tuple[Rule, ...]] = []
         p = ev.process
-        for attr, table in b.proc_tables:
-            hit = table.get(getattr(p, attr))
+        for get, table in b.proc_tables:
+            hit = table.get(get(p))
             if hit is not None:
                 hits.append(hit)
         if b.parent_tables and ev.ancestors:
             parent = ev.ancestors[0]
-            for attr, table in b.parent_tables:
-                hit = table.get(getattr(parent, attr))
+            for get, table in b.parent_tables:
+                hit = table.get(get(parent))
                 if hit is not None:
                     hits.append(hit)
         if b.dir_depth:
-            # the executable's directory prefixes, as deep as the deepest indexed one
-            exe = p.exe
-            table = b.dir_table
-            i = exe.find("/")
-            depth = 0
-            while i >= 0 and depth < b.dir_depth:
-                hit = table.get(exe[: i + 1])
-                if hit is not None:
-                    hits.append(hit)
-                depth += 1
-                i = exe.find("/", i + 1)
+            b.dir_hits(p.exe, hits)
         if not hits:
             return b.always
-        if len(hits) == 1:
-            return hits[0]
+        first = hits[0]
+        if len(hits) == 1 or all(h is first for h in hits):
+            return first
         return b.union(hits)
 
     def evaluate(self, ev: Event) -> list[Match]:

@@ -113,3 +113,19 @@ def test_process_basenames_are_os_path_basename(exe: str, argv0: str) -> None:
     bare = exe.removesuffix(" (deleted)")
     assert p.exe_name == (os.path.basename(bare) if bare else "c")
     assert p.argv0 == os.path.basename(argv0)
+
+
+def test_window_evicts_the_least_recently_observed_key() -> None:
+    from agent.engine.schema import FIELDS
+    from agent.engine.windows import Window
+
+    w = Window(100.0, 2, [FIELDS["workspace.id"].get], max_keys=3)
+
+    def seen(ws: str, t: float) -> int | None:
+        return w.observe(ev(time=t, process={}, workspace={"id": ws}))
+
+    for t, ws in enumerate(["a", "b", "c", "a", "b", "d"]):  # d evicts c, not a or b
+        assert seen(ws, float(t)) is None
+    assert list(w._keys) == [("a",), ("b",), ("d",)]
+    assert seen("a", 10.0) == 3 and seen("b", 11.0) == 3  # their counts were kept
+    assert seen("c", 12.0) is None  # c starts again from one
