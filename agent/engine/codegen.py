@@ -26,6 +26,9 @@ from agent.model import Event
 
 Predicate = Callable[[Event], bool]
 
+# the values `exists: false` holds for
+EMPTY: tuple[Any, ...] = (None, "", (), [])
+
 # a rendered source longer than this is not compiled (its closure serves)
 _MAX_SOURCE = 200_000
 
@@ -119,6 +122,10 @@ def _render_test(t: Test, names: _Names) -> str:
         return f"((_v := {a}) is not None and ({needles}))"
     if t.op in ("startswith", "endswith"):
         return f"((_v := {a}) is not None and _v.{t.op}({names.of(t.value)}))"
+    if t.op == "exists":  # value is the wanted bool
+        return f"(({a} not in {names.of(EMPTY)}) == {names.of(t.value)})"
+    if t.op == "any":  # a list field: any element passes (the test in C via map)
+        return f"((_v := {a}) is not None and any(map({names.of(t.value)}, _v)))"
     if t.op == "call":
         return f"((_v := {a}) is not None and {names.of(t.value)}(_v))"
     raise ValueError(f"no template for {t.op!r}")  # pragma: no cover

@@ -11,6 +11,7 @@ fraction of a generator passed to all()/any().
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from operator import methodcaller
 from typing import Any
 
 from agent.engine import codegen, yamlsrc
@@ -154,7 +155,9 @@ class ConditionCompiler:
             if not isinstance(arg, bool):
                 raise self.problems.fail(line, f"'exists' on {fld.name} takes true or false")
             pred = _exists(fld, arg)
-            return pred, codegen.Call(pred)
+            if fld.expr is None:
+                return pred, codegen.Call(pred)
+            return pred, codegen.Test(fld.expr, "exists", arg)
         test = value_test(fld, op, self.defs.expand(arg, line), line, self.problems)
         pred = _lift(fld, test)
         return pred, _test_expr(fld, test, pred)
@@ -176,7 +179,7 @@ class ConditionCompiler:
 
 def _exists(fld: Field, want: bool) -> Predicate:
     get = fld.get
-    return lambda ev: (get(ev) not in (None, "", (), [])) == want
+    return lambda ev: (get(ev) not in codegen.EMPTY) == want
 
 
 def _lift(fld: Field, test: Callable[[Any], bool]) -> Predicate:
@@ -205,11 +208,16 @@ def _test_expr(fld: Field, test: Callable[[Any], bool], pred: Predicate) -> Expr
     """The codegen form of `_lift(fld, test)`: the same test of the same value."""
     if fld.expr is None:
         return codegen.Call(pred)
+    form = form_of(test)
     if fld.many:
         if isinstance(test, Members):
             return codegen.Test(fld.expr, "disjoint", test)
-        return codegen.Call(pred)
-    form = form_of(test)
+        # any element: `any(map(f, v))` runs in C; f a C method call where it can be
+        if form is not None and form[0] in ("startswith", "endswith"):
+            return codegen.Test(fld.expr, "any", methodcaller(form[0], form[1]))
+        if form is not None and form[0] == "contains" and len(form[1]) == 1:
+            return codegen.Test(fld.expr, "any", methodcaller("__contains__", form[1][0]))
+        return codegen.Test(fld.expr, "any", test)
     if form is None:
         return codegen.Test(fld.expr, "call", test)
     op, value = form

@@ -97,8 +97,8 @@ class _Bucket:
     that need it. Index entries are pre-merged with the always-run rules, so the usual event
     does a few dict lookups and iterates a ready tuple."""
 
-    __slots__ = ("_unions", "always", "dir_depth", "dir_table", "indexed", "parent_tables",
-                 "proc_tables")
+    __slots__ = ("_unions", "always", "dir_depth", "dir_prefixes", "dir_table", "indexed",
+                 "parent_tables", "proc_tables")
 
     def __init__(self) -> None:
         self.always: tuple[Rule, ...] = ()
@@ -109,6 +109,8 @@ class _Bucket:
         self.indexed = False
         self.dir_table: dict[str, tuple[Rule, ...]] = {}
         self.dir_depth = 0
+        # every directory of dir_table: an executable in none of them has no directory hit
+        self.dir_prefixes: tuple[str, ...] = ()
         # several index hits for one event: their union, cached by the hits' identities
         self._unions: dict[tuple[int, ...], tuple[Rule, ...]] = {}
 
@@ -171,6 +173,7 @@ class RuleSet:
             if index == EXE_DIR_INDEX:
                 b.dir_table = merged
                 b.dir_depth = max(k.count("/") for k in merged)
+                b.dir_prefixes = tuple(merged)
             elif index.startswith("parent."):
                 b.parent_tables.append((attrgetter(index[len("parent."):]), merged))
             else:
@@ -197,7 +200,7 @@ class RuleSet:
                 hit = table.get(get(parent))
                 if hit is not None:
                     hits.append(hit)
-        if b.dir_depth:
+        if b.dir_depth and p.exe.startswith(b.dir_prefixes):
             b.dir_hits(p.exe, hits)
         if not hits:
             return b.always
