@@ -169,17 +169,18 @@ def function(e: Expr, fallback: Predicate) -> Predicate:
     return _compile([f"return {text}"], names) or fallback
 
 
-def rule_check(match: Expr, exceptions: Expr | None, observe: Callable[[Event], Any] | None,
-               fallback: Predicate) -> Predicate:
+def rule_check(match: Expr, exceptions: Expr | None,
+               observe: Callable[[Event], Any] | None) -> Predicate | None:
     """What `Rule.fires` does, as one function: the match, then no exception, then the
-    window's count (`observe` is the window's, None without one)."""
+    window's count (`observe` is the window's, None without one). None when it cannot be
+    compiled (`fires` serves)."""
     names = _Names()
     try:
         body = [f"if not {_render(match, names)}: return False"]
         if exceptions is not None:
             body.append(f"if {_render(exceptions, names)}: return False")
     except RecursionError:
-        return fallback
+        return None
     body.append(f"return {names.of(observe)}(ev) is not None" if observe is not None
                 else "return True")
-    return _compile(body, names) or fallback
+    return _compile(body, names)

@@ -23,9 +23,9 @@ from agent.engine.files import RuleFile
 from agent.engine.kernel import KernelConnectSpec, KernelExecSpec, connect_spec, exec_spec
 from agent.engine.messages import compile_message
 from agent.engine.problems import Problems, Skip, suggest, type_name
-from agent.engine.ruleset import Predicate, Rule
+from agent.engine.ruleset import Compiled, Predicate, Rule
 from agent.engine.schema import ACTIONS, MODES
-from agent.engine.windows import compile_window
+from agent.engine.windows import Window, compile_window
 from agent.model import (
     CONNECTION_KINDS,
     PROCESS_KINDS,
@@ -99,17 +99,12 @@ class RuleCompiler:
                                                     self.problems))
         if not steps.ok or match is None or kinds is None or message is None:
             raise Skip()
-        predicate = codegen.function(match[2], match[0])
-        exceptions = codegen.function(exc[1], exc[0]) if exc is not None else None
-        plain = exc is None and window is None
-        compiled = None if plain else codegen.rule_check(
-            match[2], exc[1] if exc is not None else None,
-            window.observe if window is not None else None, predicate)
         rule = Rule(id=head.id, description=head.description, severity=head.severity,
                     action=head.action, mode=head.mode, enabled=head.enabled, tags=head.tags,
-                    kinds=kinds, predicate=predicate, exceptions=exceptions, message=message,
-                    window=window, file=self.problems.file, line=node.line, order=order,
-                    requirement=match[1], compiled=compiled)
+                    kinds=kinds, predicate=match[0], exceptions=exc[0] if exc else None,
+                    message=message, window=window, file=self.problems.file, line=node.line,
+                    order=order, requirement=match[1],
+                    compile=_compiler(match[0], match[2], exc, window))
         rule.examples = compile_examples(node, self.problems)
         rule.kernel = self._kernel_exec(node, head.action, kinds)
         rule.kernel_connect = self._kernel_connect(node, head.action, kinds)
@@ -232,6 +227,21 @@ class RuleCompiler:
                                 self.defs.macro_node)
         except (Skip, ValueError):
             return None
+
+
+def _compiler(pred: Predicate, expr: Expr, exc: tuple[Predicate, Expr] | None,
+              window: Window | None) -> Callable[[], Compiled]:
+    """What makes a rule's (predicate, exceptions, check) single functions (codegen.py)."""
+    def compile_rule() -> Compiled:
+        predicate = codegen.function(expr, pred)
+        exceptions = codegen.function(exc[1], exc[0]) if exc is not None else None
+        if exc is None and window is None:
+            return predicate, exceptions, predicate
+        check = codegen.rule_check(expr, exc[1] if exc is not None else None,
+                                   window.observe if window is not None else None)
+        return predicate, exceptions, check
+
+    return compile_rule
 
 
 class _Steps:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from agent.engine.kernel import KernelConnectSpec, KernelExecSpec
 
 Predicate = Callable[[Event], bool]
+# a rule's (predicate, exceptions, check) compiled; check None: `fires` serves
+Compiled = tuple[Predicate, Predicate | None, Predicate | None]
 # index key (a Process attribute, or EXE_DIR_INDEX) -> values one of which an event must
 # have for a condition to hold; None when the index cannot rule anything out
 Requirement = dict[str, frozenset[str]] | None
@@ -60,16 +62,28 @@ class Rule:
     kernel: KernelExecSpec | None = None
     # the kernel form of a connect rule the cgroup connect programs can refuse
     kernel_connect: KernelConnectSpec | None = None
-    # `fires` compiled into one function (engine/codegen.py), when the rule has exceptions
-    # or a window; None: `fires` serves
-    compiled: Predicate | None = field(default=None, repr=False)
-    # what evaluate calls: the compiled `fires`, or the predicate itself when there is
-    # nothing more to it (no exceptions, no window): one call less per candidate rule
+    # makes (predicate, exceptions, check) compiled into single functions (codegen.py),
+    # the same tests as the closures above; called on the rule's first event, so loading
+    # (and `scan` start-up) pays no compiling for rules no event reaches
+    compile: Callable[[], Compiled] | None = field(default=None, repr=False)
+    # what evaluate calls: `fires`, or the predicate itself when there is nothing more to
+    # it (no exceptions, no window); once compiled, `fires` as one function
     check: Predicate = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         plain = self.exceptions is None and self.window is None
-        self.check = self.predicate if plain else (self.compiled or self.fires)
+        self.check = self.predicate if plain else self.fires
+        if self.compile is not None:
+            self.check = self._compile_then_check
+
+    def _compile_then_check(self, ev: Event) -> bool:
+        """The first check: compile, then check as compiled from now on (two threads
+        racing here both compile the same functions; either result is right)."""
+        assert self.compile is not None
+        self.predicate, self.exceptions, check = self.compile()
+        plain = self.exceptions is None and self.window is None
+        self.check = check or (self.predicate if plain else self.fires)
+        return self.check(ev)
 
     def fires(self, ev: Event) -> bool:
         """Whether this rule matches `ev` (updating its window, if it has one)."""

@@ -97,13 +97,13 @@ rules:
             proc.args: {prefix: "')"}}
 """)
     rule = rs.rules[0]
-    assert rule.predicate.__code__.co_filename == "<nodewarden rule>"
-    consts = " ".join(map(str, rule.predicate.__code__.co_names))
-    assert "__import__" not in consts and "system" not in consts
     assert not rule.check(ev(process={"comm": "x') or __import__('os').system('false') or ('",
                                       "cmdline": ["a", "b"]}))
     assert rule.check(ev(process={"comm": "x') or __import__('os').system('false') or ('",
                                   "cmdline": ["a", "')"]}))
+    assert rule.predicate.__code__.co_filename == "<nodewarden rule>"
+    consts = " ".join(map(str, rule.predicate.__code__.co_names))
+    assert "__import__" not in consts and "system" not in consts
 
 
 @settings(max_examples=300)
@@ -129,3 +129,36 @@ def test_window_evicts_the_least_recently_observed_key() -> None:
     assert list(w._keys) == [("a",), ("b",), ("d",)]
     assert seen("a", 10.0) == 3 and seen("b", 11.0) == 3  # their counts were kept
     assert seen("c", 12.0) is None  # c starts again from one
+
+
+def test_a_rule_too_deep_to_compile_keeps_its_exceptions(rules_from) -> None:
+    deep = "{kind: exec}"
+    for _ in range(120):  # past the Python parser's nesting limit once rendered
+        deep = f"{{not: {{not: {deep}}}}}"
+    rs = rules_from(f"""
+rules:
+  - id: r
+    match: {{proc.exe: {{prefix: /tmp/}}}}
+    except:
+      - {deep}
+""")
+    rule = rs.rules[0]
+    assert rs.evaluate(ev(kind="exec", process={"exe": "/tmp/x"})) == []
+    assert rule.check == rule.fires  # compiled on its first event: too deep, fires serves
+    assert [m.rule.id for m in rs.evaluate(ev(kind="scan", process={"exe": "/tmp/x"}))] == ["r"]
+    assert rs.evaluate(ev(kind="scan", process={"exe": "/usr/bin/x"})) == []
+
+
+def test_rules_compile_on_their_first_event_not_at_load(rules_from) -> None:
+    rs = rules_from("""
+rules:
+  - id: a
+    match: {proc.name: {in: [xmrig]}}
+  - id: b
+    match: {proc.name: {in: [nmap]}}
+""")
+    a, b = rs.rules
+    assert a.check == a._compile_then_check and b.check == b._compile_then_check
+    assert [m.rule.id for m in rs.evaluate(ev(process={"exe": "/tmp/xmrig"}))] == ["a"]
+    assert a.predicate.__code__.co_filename == "<nodewarden rule>"
+    assert b.check == b._compile_then_check  # never a candidate yet
