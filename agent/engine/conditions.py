@@ -20,7 +20,14 @@ from agent.engine.definitions import Definitions
 from agent.engine.operators import Members, form_of, value_test
 from agent.engine.problems import Problems, Skip, suggest, type_name
 from agent.engine.ruleset import Predicate, Requirement
-from agent.engine.schema import EXE_DIR_INDEX, OPERATORS, Field, field, field_names
+from agent.engine.schema import (
+    EXE_PREFIX_INDEX,
+    NORM_NEEDLE_INDEX,
+    OPERATORS,
+    Field,
+    field,
+    field_names,
+)
 from agent.model import COMM_LEN, Event
 
 COMBINATORS = ("all", "any", "not", "macro")
@@ -165,9 +172,14 @@ class ConditionCompiler:
     def _requirement(self, fld: Field, op: str, arg: Any, line: int) -> Requirement:
         """The index keys one of which an event must have for this test to pass, if any."""
         if fld.name == "proc.exe" and op == "prefix":
-            dirs = [str(v) for v in self.defs.expand(arg, line)]
-            if dirs and all(d.startswith("/") and d.endswith("/") for d in dirs):
-                return {EXE_DIR_INDEX: frozenset(dirs)}
+            prefixes = self.defs.expand(arg, line)
+            if prefixes and all(isinstance(v, str) and v for v in prefixes):
+                return {EXE_PREFIX_INDEX: frozenset(prefixes)}
+            return None
+        if fld.name == "proc.cmdline_norm" and op == "contains":
+            needles = self.defs.expand(arg, line)
+            if needles and all(isinstance(v, str) and v for v in needles):
+                return {NORM_NEEDLE_INDEX: frozenset(needles)}
             return None
         if fld.index is None or op not in ("equals", "in"):
             return None

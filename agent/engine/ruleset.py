@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
-from agent.engine.schema import EXE_DIR_INDEX
+from agent.engine.schema import EXE_PREFIX_INDEX, NORM_NEEDLE_INDEX, cmdline_norm
 from agent.engine.windows import Window
-from agent.model import Event, EventKind, Severity
+from agent.model import Event, EventKind, Process, Severity
 
 if TYPE_CHECKING:
     from agent.engine.kernel import KernelConnectSpec, KernelExecSpec
@@ -111,8 +111,8 @@ class _Bucket:
     that need it. Index entries are pre-merged with the always-run rules, so the usual event
     does a few dict lookups and iterates a ready tuple."""
 
-    __slots__ = ("_unions", "always", "dir_depth", "dir_prefixes", "dir_table", "indexed",
-                 "parent_tables", "proc_tables")
+    __slots__ = ("_unions", "always", "exe_prefixes", "indexed", "needles", "parent_tables",
+                 "prefix_hits", "proc_tables")
 
     def __init__(self) -> None:
         self.always: tuple[Rule, ...] = ()
@@ -121,25 +121,27 @@ class _Bucket:
         self.parent_tables: list[tuple[Callable[[Any], Any], dict[str, tuple[Rule, ...]]]] = []
         # whether any index can rule a rule out (else every event runs `always`)
         self.indexed = False
-        self.dir_table: dict[str, tuple[Rule, ...]] = {}
-        self.dir_depth = 0
-        # every directory of dir_table: an executable in none of them has no directory hit
-        self.dir_prefixes: tuple[str, ...] = ()
+        # executable prefixes and their rules; all the prefixes, for one startswith
+        self.prefix_hits: tuple[tuple[str, tuple[Rule, ...]], ...] = ()
+        self.exe_prefixes: tuple[str, ...] = ()
+        # needles of the normalised command line and their rules
+        self.needles: tuple[tuple[str, tuple[Rule, ...]], ...] = ()
         # several index hits for one event: their union, cached by the hits' identities
         self._unions: dict[tuple[int, ...], tuple[Rule, ...]] = {}
 
-    def dir_hits(self, exe: str, hits: list[tuple[Rule, ...]]) -> None:
-        """Add the hits of the executable's directory prefixes, as deep as the deepest
-        indexed one."""
-        table = self.dir_table
-        i = exe.find("/")
-        depth = 0
-        while i >= 0 and depth < self.dir_depth:
-            hit = table.get(exe[: i + 1])
-            if hit is not None:
-                hits.append(hit)
-            depth += 1
-            i = exe.find("/", i + 1)
+    def text_hits(self, p: Process, hits: list[tuple[Rule, ...]]) -> None:
+        """Add the hits of the executable's prefixes and the command line's needles."""
+        if self.exe_prefixes:
+            exe = p.exe
+            if exe.startswith(self.exe_prefixes):
+                for prefix, hit in self.prefix_hits:
+                    if exe.startswith(prefix):
+                        hits.append(hit)
+        if self.needles:
+            norm = cmdline_norm(p)
+            for needle, hit in self.needles:
+                if needle in norm:
+                    hits.append(hit)
 
     def union(self, hits: list[tuple[Rule, ...]]) -> tuple[Rule, ...]:
         """The rules of several index hits, in file order (cached by the hits' identities,
@@ -184,10 +186,11 @@ class RuleSet:
         for index, table in indexed.items():
             merged = {k: tuple(sorted(hits.union(b.always), key=_order))
                       for k, hits in table.items()}
-            if index == EXE_DIR_INDEX:
-                b.dir_table = merged
-                b.dir_depth = max(k.count("/") for k in merged)
-                b.dir_prefixes = tuple(merged)
+            if index == EXE_PREFIX_INDEX:
+                b.prefix_hits = tuple(sorted(merged.items()))
+                b.exe_prefixes = tuple(merged)
+            elif index == NORM_NEEDLE_INDEX:
+                b.needles = tuple(sorted(merged.items()))
             elif index.startswith("parent."):
                 b.parent_tables.append((attrgetter(index[len("parent."):]), merged))
             else:
@@ -214,8 +217,8 @@ class RuleSet:
                 hit = table.get(get(parent))
                 if hit is not None:
                     hits.append(hit)
-        if b.dir_depth and p.exe.startswith(b.dir_prefixes):
-            b.dir_hits(p.exe, hits)
+        if b.exe_prefixes or b.needles:
+            b.text_hits(p, hits)
         if not hits:
             return b.always
         first = hits[0]

@@ -278,7 +278,9 @@ OPERATORS: dict[str, tuple[str, ...]] = {
 }
 ALL_OPERATORS = sorted({op for ops in OPERATORS.values() for op in ops})
 
-# The rule index (Field.index) also keys `proc.exe` prefixes that are whole directories
-# ("/tmp/") under this name: an event looks its values up in a dict and only rules that
-# could match run.
-EXE_DIR_INDEX = "exe_dir"
+# The rule index (Field.index) also keys `proc.exe` prefixes ("/tmp/", "/memfd:") and the
+# needles of `proc.cmdline_norm: {contains: ...}` under these names: an event is checked
+# against them (one `startswith` over a tuple; one `in` per needle on the normalised
+# command line, made once per process) and only rules that could match run.
+EXE_PREFIX_INDEX = "exe_prefix"
+NORM_NEEDLE_INDEX = "cmdline_norm_contains"

@@ -162,3 +162,33 @@ rules:
     assert [m.rule.id for m in rs.evaluate(ev(process={"exe": "/tmp/xmrig"}))] == ["a"]
     assert a.predicate.__code__.co_filename == "<nodewarden rule>"
     assert b.check == b._compile_then_check  # never a candidate yet
+
+
+def test_index_by_executable_prefix_and_command_line_needle(rules_from) -> None:
+    from agent.engine.ruleset import naive_evaluate
+
+    rs = rules_from("""
+rules:
+  - id: memfd
+    match: {proc.exe: {prefix: "/memfd:"}}
+  - id: stratum
+    match: {proc.cmdline_norm: {contains: [stratum, --donate-]}}
+  - id: always
+    match: {proc.uid: 0}
+""")
+    ids = [r.requirement for r in rs.rules]
+    assert ids == [{"exe_prefix": frozenset({"/memfd:"})},
+                   {"cmdline_norm_contains": frozenset({"stratum", "--donate-"})}, None]
+
+    def cands(**p: Any) -> list[str]:
+        return [r.id for r in rs.candidates(ev(process=p))]
+
+    assert cands(exe="/usr/bin/ls", cmdline=["ls"]) == ["always"]
+    assert cands(exe="/memfd:x (deleted)", cmdline=["x", "ST'RATUM'+tcp://"]) == [
+        "memfd", "stratum", "always"]
+    assert cands(exe="/bin/x", cmdline=["x", '--dona"te-level=1']) == ["stratum", "always"]
+    for p in ({"exe": "/memfd:a", "uid": 0}, {"exe": "/x", "cmdline": ["x", "Stratum"]},
+              {"exe": "/memfd", "cmdline": ["stra", "tum"]}):
+        e = ev(process=p)
+        assert [m.rule.id for m in rs.evaluate(e)] == [
+            m.rule.id for m in naive_evaluate(rs.rules, e)]
