@@ -157,6 +157,14 @@ def _compile(body: list[str], names: _Names) -> Predicate | None:
     return fn
 
 
+def source_function(body: list[str], consts: dict[str, Any]) -> Callable[..., Any] | None:
+    """`def check(ev): BODY` compiled with `consts` as its globals (generated names only);
+    None when it cannot be."""
+    names = _Names()
+    names.ns.update(consts)
+    return _compile(body, names)
+
+
 def function(e: Expr, fallback: Predicate) -> Predicate:
     """`e` as one compiled function, or `fallback` (its closure) if it cannot be."""
     if isinstance(e, Call):

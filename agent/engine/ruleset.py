@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
+from agent.engine import codegen
 from agent.engine.schema import EXE_PREFIX_INDEX, NORM_NEEDLE_INDEX, cmdline_norm
 from agent.engine.windows import Window
 from agent.model import Event, EventKind, Process, Severity
@@ -111,14 +111,16 @@ class _Bucket:
     that need it. Index entries are pre-merged with the always-run rules, so the usual event
     does a few dict lookups and iterates a ready tuple."""
 
-    __slots__ = ("_unions", "always", "exe_prefixes", "indexed", "needles", "parent_tables",
-                 "prefix_hits", "proc_tables")
+    __slots__ = ("_unions", "always", "exe_prefixes", "indexed", "lookup", "needles",
+                 "parent_tables", "prefix_hits", "proc_tables")
 
     def __init__(self) -> None:
         self.always: tuple[Rule, ...] = ()
-        # (the Process attribute's getter, its table)
-        self.proc_tables: list[tuple[Callable[[Any], Any], dict[str, tuple[Rule, ...]]]] = []
-        self.parent_tables: list[tuple[Callable[[Any], Any], dict[str, tuple[Rule, ...]]]] = []
+        # (the Process attribute, its table)
+        self.proc_tables: list[tuple[str, dict[str, tuple[Rule, ...]]]] = []
+        self.parent_tables: list[tuple[str, dict[str, tuple[Rule, ...]]]] = []
+        # candidates of an event, as one generated function (None: RuleSet.candidates')
+        self.lookup: Callable[[Event], Sequence[Rule]] | None = None
         # whether any index can rule a rule out (else every event runs `always`)
         self.indexed = False
         # executable prefixes and their rules; all the prefixes, for one startswith
@@ -192,10 +194,11 @@ class RuleSet:
             elif index == NORM_NEEDLE_INDEX:
                 b.needles = tuple(sorted(merged.items()))
             elif index.startswith("parent."):
-                b.parent_tables.append((attrgetter(index[len("parent."):]), merged))
+                b.parent_tables.append((index[len("parent."):], merged))
             else:
-                b.proc_tables.append((attrgetter(index), merged))
+                b.proc_tables.append((index, merged))
         b.indexed = bool(indexed)
+        b.lookup = _lookup_function(b)
         return b
 
     def candidates(self, ev: Event) -> Sequence[Rule]:
@@ -203,18 +206,20 @@ class RuleSet:
         b = self._buckets.get(ev.kind)
         if b is None:
             return ()
+        if b.lookup is not None:
+            return b.lookup(ev)
         if not b.indexed:
             return b.always
         hits: list[tuple[Rule, ...]] = []
         p = ev.process
-        for get, table in b.proc_tables:
-            hit = table.get(get(p))
+        for attr, table in b.proc_tables:
+            hit = table.get(getattr(p, attr))
             if hit is not None:
                 hits.append(hit)
         if b.parent_tables and ev.ancestors:
             parent = ev.ancestors[0]
-            for get, table in b.parent_tables:
-                hit = table.get(get(parent))
+            for attr, table in b.parent_tables:
+                hit = table.get(getattr(parent, attr))
                 if hit is not None:
                     hits.append(hit)
         if b.exe_prefixes or b.needles:
@@ -238,6 +243,43 @@ class RuleSet:
 
     def __len__(self) -> int:
         return len(self.rules)
+
+
+# the Process attributes an index may key (the schema's indexed fields)
+_INDEX_ATTRS = frozenset({"comm", "exe_name", "argv0"})
+
+
+def _lookup_function(b: _Bucket) -> Callable[[Event], Sequence[Rule]] | None:
+    """`RuleSet.candidates` for bucket `b` as one function (codegen.py): its tables,
+    prefixes and needles unrolled, each a constant by generated name; attribute names
+    only from _INDEX_ATTRS. None when it cannot be (the loop serves)."""
+    attrs = [a for a, _ in (*b.proc_tables, *b.parent_tables)]
+    if not all(a in _INDEX_ATTRS for a in attrs):
+        return None
+    consts: dict[str, Any] = {"_always": b.always, "_union": b.union,
+                              "_prefix_hits": b.prefix_hits, "_norm": cmdline_norm}
+    body = ["p = ev.process", "hits = []"]
+    for i, (attr, table) in enumerate(b.proc_tables):
+        consts[f"_t{i}"] = table
+        body += [f"h = _t{i}.get(p.{attr})", "if h is not None: hits.append(h)"]
+    if b.parent_tables:
+        body += ["a = ev.ancestors", "if a:", "    q = a[0]"]
+        for i, (attr, table) in enumerate(b.parent_tables):
+            consts[f"_u{i}"] = table
+            body += [f"    h = _u{i}.get(q.{attr})", "    if h is not None: hits.append(h)"]
+    if b.exe_prefixes:
+        consts["_prefixes"] = b.exe_prefixes
+        body += ["exe = p.exe", "if exe.startswith(_prefixes):",
+                 "    for pre, h in _prefix_hits:",
+                 "        if exe.startswith(pre): hits.append(h)"]
+    if b.needles:
+        body.append("n = _norm(p)")
+        for i, (needle, hit) in enumerate(b.needles):
+            consts[f"_n{i}"], consts[f"_h{i}"] = needle, hit
+            body.append(f"if _n{i} in n: hits.append(_h{i})")
+    body += ["if not hits: return _always", "if len(hits) == 1: return hits[0]",
+             "return _union(hits)"]
+    return codegen.source_function(body, consts)
 
 
 def _order(rule: Rule) -> int:
