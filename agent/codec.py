@@ -226,9 +226,11 @@ class _AncestorJ(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class _ProcessJ(_AncestorJ, frozen=True):
-    """The event's process as recorded: an ancestor's fields, and its ancestors."""
+    """The event's process as recorded: an ancestor's fields, and its ancestors, left as
+    their JSON text (a recording repeats the same few lists: each distinct one is decoded
+    once, by `_Ancestors`)."""
 
-    ancestors: list[_AncestorJ] | None = None  # type: ignore[assignment]
+    ancestors: msgspec.Raw = msgspec.Raw()  # type: ignore[assignment]
 
 
 class _IdJ(msgspec.Struct, forbid_unknown_fields=True):
@@ -272,8 +274,11 @@ class _EventJ(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _DECODER = msgspec.json.Decoder(_EventJ)
+_NO_CONNECTION = _ConnectionJ()
+# each kind's one str object (a dict hit on it later hashes nothing); a missing kind is exec
+_KIND_OF: dict[str | None, str] = {**{str(k): str(k) for k in RULE_KINDS}, None: "exec"}
+_ANCESTORS_DECODER = msgspec.json.Decoder(list[_AncestorJ] | None)
 _NO_PROCESS = _ProcessJ()
-_KINDS = frozenset(RULE_KINDS)
 _ANCESTORS_MAX = 4096
 
 
@@ -285,20 +290,42 @@ def _process_of(p: _ProcessJ | _AncestorJ, container_id: str) -> Process:
     if comm is None:
         named = exe or (cmdline[0] if cmdline else "")
         comm = os.path.basename(named)[:COMM_LEN] if named else ""
-    return Process(pid=p.pid, ppid=p.ppid, starttime=p.starttime, comm=comm, exe=exe,
-                   cmdline=cmdline,
-                   cmdline_cut=max(p.cmdline_cut_bytes, 1) if p.cmdline_truncated else 0,
-                   uid=p.uid, netns=p.netns,
-                   container_id=p.container_id if p.container_id is not None else container_id)
+    # positional (Process's field order: pid, ppid, starttime, comm, exe, cmdline,
+    # cmdline_cut, uid, state, kthread, exe_dev, exe_ino, container_id, netns): a third
+    # cheaper than keywords, once per recorded event
+    return Process(p.pid, p.ppid, p.starttime, comm, exe, cmdline,
+                   max(p.cmdline_cut_bytes, 1) if p.cmdline_truncated else 0, p.uid, "R", False,
+                   0, 0, p.container_id if p.container_id is not None else container_id,
+                   p.netns)
 
 
 class _Ancestors:
     """Ancestor processes made once per distinct recorded form (a recording repeats the
-    same shell, IDE server and init for every event); bounded, cleared when full. The
-    agent shares ancestor Process objects between events the same way."""
+    same shell, IDE server and init for every event): each distinct list, by its JSON
+    text, and each distinct ancestor in it; bounded, cleared when full. The agent shares
+    ancestor Process objects between events the same way."""
 
     def __init__(self) -> None:
         self.made: dict[_AncestorJ, Process] = {}
+        self.lists: dict[bytes, tuple[Process, ...]] = {}
+
+    def of_raw(self, raw: msgspec.Raw) -> tuple[Process, ...] | None:
+        """The ancestors of a recorded list (its JSON text), parent first; None when the
+        typed structs refuse it (the lenient reader decides)."""
+        if not raw:
+            return ()
+        key = bytes(raw)
+        found = self.lists.get(key)
+        if found is None:
+            try:
+                recorded = _ANCESTORS_DECODER.decode(key)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                return None
+            found = self.of(recorded) if recorded else ()
+            if len(self.lists) >= _ANCESTORS_MAX:
+                self.lists.clear()
+            self.lists[key] = found
+        return found
 
     def of(self, recorded: list[_AncestorJ]) -> tuple[Process, ...]:
         """The ancestors, parent first."""
@@ -332,12 +359,12 @@ def _fast_event(line: str, ancestors: _Ancestors) -> Event | None:
         e = _DECODER.decode(line)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    kind = e.kind if e.kind is not None else "exec"
-    if kind not in _KINDS or not math.isfinite(e.time):
+    kind = _KIND_OF.get(e.kind)
+    if kind is None or not math.isfinite(e.time):
         return None
     conn = pod = None
     if e.connection is not None:
-        if e.connection == _ConnectionJ():  # `{}` is no connection; {"src": null} one
+        if e.connection == _NO_CONNECTION:  # `{}` is no connection; {"src": null} one
             return None
         conn = _connection_of(e.connection)
         if conn is None:
@@ -349,11 +376,12 @@ def _fast_event(line: str, ancestors: _Ancestors) -> Event | None:
         pod = Pod(namespace=p.namespace or "", name=p.name or "", uid=p.uid or "",
                   labels=p.labels or {})
     proc = e.process or _NO_PROCESS
+    anc = ancestors.of_raw(proc.ancestors)
+    if anc is None:
+        return None
     cid = (e.container.id if e.container is not None else None) or ""
     ws = (e.workspace.id if e.workspace is not None else None) or ""
-    return Event(kind=kind, time=e.time, process=_process_of(proc, cid),
-                 ancestors=ancestors.of(proc.ancestors) if proc.ancestors else (),
-                 workspace=ws, pod=pod, connection=conn)
+    return Event(kind, e.time, _process_of(proc, cid), anc, ws, pod, conn)
 
 
 def event_from_line(line: str) -> Event:

@@ -8,7 +8,6 @@ than on every rule that reads them.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -123,13 +122,14 @@ class Process:
     def __post_init__(self) -> None:
         exe = self.exe
         exe = exe.removesuffix(" (deleted)")
-        self.exe_name = os.path.basename(exe) if exe else self.comm
+        # basenames as os.path.basename makes them, without its two Python calls
+        self.exe_name = exe.rpartition("/")[2] if exe else self.comm
         cmd = self.cmdline
         first = cmd[0] if cmd else ""
         if len(cmd) == 1 and " " in first:
             # a setproctitle'd title ("sshd: /usr/sbin/sshd -D [listener]"): its first word
             first = first.split(" ", 1)[0].rstrip(":")
-        self.argv0 = os.path.basename(first)
+        self.argv0 = first.rpartition("/")[2]
         self.id = process_identity(self.pid, self.ppid, self.starttime, self.exe_dev, self.exe_ino)
 
     @property

@@ -7,20 +7,23 @@ bench/rules.py, interleaved, written through the codec's own encoder `event_line
 
   json.loads          bare `json.loads` of every line of the file (the reference)
   decode              agent.codec.read_events over the file (events built, nothing judged)
-  judge               Judge.judge over the decoded events (a fresh offline Judge per round)
+  judge (exec)        Judge.judge over the decoded exec events (a fresh offline Judge), in a
+                      child process of the checkout's own Python and code (CPU time)
   replay              `python -m agent replay FILE --format json > /dev/null` in a subprocess:
                       wall time and the child's CPU time (user + system)
-  replay(base)        the same with --base-python/--base-dir (the commit before the change),
-                      when given
+  ... (base)          judge and replay of the checkout --base-dir with --base-python (the
+                      commit before the change), when given; the two checkouts alternate
+                      (which goes first flips each round)
 
 Each is an events/s median over --rounds; ratios are to json.loads of the same file. The
-in-process parts are timed in CPU time of this process (time.process_time): on a shared
-machine wall time mostly measures the neighbours.
+in-process parts are timed in CPU time of their process (time.process_time): on a shared
+machine wall time mostly measures the neighbours. Pin the run (`taskset -c 1`): children
+inherit it.
 
 Targets (issue 10, target 6): replay >= 150,000 events/s end to end and >= 0.75x json.loads;
 Judge.judge >= 300,000 exec events/s with the shipped rules (stretch).
 
-    .venv/bin/python bench/replay.py [--events 200000] [--rounds 5] [--json]
+    taskset -c 1 .venv/bin/python bench/replay.py [--events 200000] [--rounds 5] [--json]
         [--base-python /work/wt/base/.venv/bin/python --base-dir /work/wt/base]
 """
 
@@ -40,16 +43,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the checkout whose `agent` is measured: this one, or (judge child) the one named
+sys.path.insert(0, os.environ.get("NODEWARDEN_BENCH_TREE")
+                or os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # bench/common.py
 
-import rules as rule_bench  # bench/rules.py: the event mixes
 from agent.codec import event_line, read_events
 from agent.decide import Protection
 from agent.engine import loader
-from agent.model import Event
 from agent.pipeline import Judge
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +64,10 @@ JUDGE_TARGET = 300_000
 
 def build_file(path: str, n: int, seed: int = 7) -> tuple[int, int]:
     """`n` events, 70% exec and 30% connect, shuffled, one recorded line each."""
+    # bench/rules.py (its event mixes) puts this checkout first on sys.path: imported here,
+    # after `agent` was, so a judge child keeps the checkout it measures
+    import rules as rule_bench
+
     n_conn = n * 3 // 10
     events = rule_bench.exec_events(n - n_conn) + rule_bench.connect_events(n_conn)
     random.Random(seed).shuffle(events)
@@ -87,17 +94,30 @@ def time_decode(path: str) -> float:
     return time.process_time() - t0
 
 
-def time_judge(events: list[Event]) -> Callable[[], float]:
-    """A timer of Judge.judge over `events` (the shipped rules, a fresh judge per round)."""
+def judge_rate(path: str, repeat: int = 2) -> float:
+    """Exec events/s of Judge.judge over the exec events of `path` (the shipped rules of
+    the checkout measured, a fresh judge each time; the best of `repeat`)."""
+    events = [ev for ev in read_events(path) if ev.kind == "exec"]
     ruleset = loader.load([loader.bundled_rules_dir()])
-
-    def run() -> float:
+    best = 0.0
+    for _ in range(repeat):
         judge = Judge(ruleset, "audit", Protection.of(set(), []), can_act=False)
+        gc.collect()
         t0 = time.process_time()
         for ev in events:
             judge.judge(ev)
-        return time.process_time() - t0
-    return run
+        best = max(best, len(events) / (time.process_time() - t0))
+    return best
+
+
+def time_judge_child(python: str, tree: str, path: str) -> float:
+    """judge_rate of checkout `tree`, in a child process of its own Python."""
+    env = dict(os.environ, NODEWARDEN_BENCH_TREE=tree)
+    out = subprocess.run([python, os.path.abspath(__file__), "--judge-child", path],
+                         cwd=tree, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"judge child failed in {tree}: {out.stderr.strip()[-2000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def time_replay(python: str, cwd: str, path: str) -> tuple[float, float]:
@@ -115,30 +135,28 @@ def time_replay(python: str, cwd: str, path: str) -> tuple[float, float]:
     return wall, cpu
 
 
-def measure(args: argparse.Namespace, path: str, n: int,
-            exec_events: list[Event]) -> dict[str, list[float]]:
+def measure(args: argparse.Namespace, path: str, n: int) -> dict[str, list[float]]:
     """events/s samples of every measurement, alternated round by round."""
-    judge = time_judge(exec_events)
     tasks: dict[str, Callable[[], float]] = {
         "json.loads": lambda: n / time_json_loads(path),
         "decode": lambda: n / time_decode(path),
-        "judge (exec)": lambda: len(exec_events) / judge(),
     }
     samples: dict[str, list[float]] = {k: [] for k in tasks}
-    replays = [("replay", sys.executable, ROOT)]
+    trees = [("", sys.executable, ROOT)]
     if args.base_python:
-        replays.append(("replay(base)", args.base_python, args.base_dir))
-    for label, _, _ in replays:
-        samples[f"{label} wall"] = []
-        samples[f"{label} cpu"] = []
-    for _ in range(args.rounds):
+        trees.append((" (base)", args.base_python, args.base_dir))
+    for label, _, _ in trees:
+        for what in ("judge (exec)", "replay wall", "replay cpu"):
+            samples[what + label] = []
+    for r in range(args.rounds):
         for label, fn in tasks.items():
             gc.collect()
             samples[label].append(fn())
-        for label, python, cwd in replays:
-            wall, cpu = time_replay(python, cwd, path)
-            samples[f"{label} wall"].append(n / wall)
-            samples[f"{label} cpu"].append(n / cpu)
+        for label, python, tree in (trees if r % 2 == 0 else trees[::-1]):
+            samples["judge (exec)" + label].append(time_judge_child(python, tree, path))
+            wall, cpu = time_replay(python, tree, path)
+            samples["replay wall" + label].append(n / wall)
+            samples["replay cpu" + label].append(n / cpu)
     return samples
 
 
@@ -151,9 +169,9 @@ def summarize(samples: dict[str, list[float]]) -> dict[str, Any]:
 
 def table(res: dict[str, Any]) -> str:
     """The summary as a fixed-width table."""
-    lines = [f"{'':22} {'median/s':>10} {'min/s':>10} {'max/s':>10} {'x json.loads':>13}"]
+    lines = [f"{'':24} {'median/s':>10} {'min/s':>10} {'max/s':>10} {'x json.loads':>13}"]
     for k, r in res.items():
-        lines.append(f"{k:22} {r['median']:>10,.0f} {r['min']:>10,.0f} {r['max']:>10,.0f} "
+        lines.append(f"{k:24} {r['median']:>10,.0f} {r['min']:>10,.0f} {r['max']:>10,.0f} "
                      f"{r['vs_json_loads']:>13.2f}")
     return "\n".join(lines)
 
@@ -166,12 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-python", default="")
     ap.add_argument("--base-dir", default="")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--judge-child", metavar="FILE", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.judge_child:
+        print(judge_rate(args.judge_child))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "events.jsonl")
         n_exec, n_conn = build_file(path, args.events)
-        exec_events = [ev for ev in read_events(path) if ev.kind == "exec"]
-        samples = measure(args, path, args.events, exec_events)
+        samples = measure(args, path, args.events)
         size = os.path.getsize(path)
     res = summarize(samples)
     replay = res["replay wall"]

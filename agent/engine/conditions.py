@@ -11,26 +11,36 @@ fraction of a generator passed to all()/any().
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from operator import methodcaller
 from typing import Any
 
-from agent.engine import yamlsrc
+from agent.engine import codegen, yamlsrc
+from agent.engine.codegen import Expr
 from agent.engine.definitions import Definitions
-from agent.engine.operators import Members, value_test
+from agent.engine.operators import Members, form_of, value_test
 from agent.engine.problems import Problems, Skip, suggest, type_name
 from agent.engine.ruleset import Predicate, Requirement
-from agent.engine.schema import EXE_DIR_INDEX, OPERATORS, Field, field, field_names
+from agent.engine.schema import (
+    EXE_PREFIX_INDEX,
+    NORM_NEEDLE_INDEX,
+    OPERATORS,
+    Field,
+    field,
+    field_names,
+)
 from agent.model import COMM_LEN, Event
 
 COMBINATORS = ("all", "any", "not", "macro")
 
-Compiled = tuple[Predicate, Requirement]
+# a condition's closure, what the index may use, and its form for codegen.py
+Compiled = tuple[Predicate, Requirement, Expr]
 
 
 def _never(ev: Event) -> bool:
     return False
 
 
-_BROKEN: Compiled = (_never, None)
+_BROKEN: Compiled = (_never, None, codegen.Call(_never))
 
 
 class ConditionCompiler:
@@ -79,8 +89,8 @@ class ConditionCompiler:
             subs = self.conditions(value, macro_stack)
             return all_of(subs) if key == "all" else any_of(subs)
         if key == "not":
-            pred, _ = self.condition(value, line, macro_stack)
-            return (lambda ev: not pred(ev)), None
+            pred, _, expr = self.condition(value, line, macro_stack)
+            return (lambda ev: not pred(ev)), None, codegen.Not(expr)
         if key == "macro":
             return self.macro(value, line, macro_stack)
         fld = field(key)
@@ -143,24 +153,33 @@ class ConditionCompiler:
                 raise self.problems.fail(line, f"operator '{op}' does not apply to {fld.name} "
                                                f"({fld.type}){suggest(op, valid)}; use one of "
                                                f"{', '.join(valid)}")
-            terms.append((self._predicate(fld, op, arg, line),
-                          self._requirement(fld, op, arg, line)))
+            pred, expr = self._predicate(fld, op, arg, line)
+            terms.append((pred, self._requirement(fld, op, arg, line), expr))
         return all_of(terms)
 
-    def _predicate(self, fld: Field, op: str, arg: Any, line: int) -> Predicate:
+    def _predicate(self, fld: Field, op: str, arg: Any, line: int) -> tuple[Predicate, Expr]:
         if op == "exists":
             if not isinstance(arg, bool):
                 raise self.problems.fail(line, f"'exists' on {fld.name} takes true or false")
-            return _exists(fld, arg)
+            pred = _exists(fld, arg)
+            if fld.expr is None:
+                return pred, codegen.Call(pred)
+            return pred, codegen.Test(fld.expr, "exists", arg)
         test = value_test(fld, op, self.defs.expand(arg, line), line, self.problems)
-        return _lift(fld, test)
+        pred = _lift(fld, test)
+        return pred, _test_expr(fld, test, pred)
 
     def _requirement(self, fld: Field, op: str, arg: Any, line: int) -> Requirement:
         """The index keys one of which an event must have for this test to pass, if any."""
         if fld.name == "proc.exe" and op == "prefix":
-            dirs = [str(v) for v in self.defs.expand(arg, line)]
-            if dirs and all(d.startswith("/") and d.endswith("/") for d in dirs):
-                return {EXE_DIR_INDEX: frozenset(dirs)}
+            prefixes = self.defs.expand(arg, line)
+            if prefixes and all(isinstance(v, str) and v for v in prefixes):
+                return {EXE_PREFIX_INDEX: frozenset(prefixes)}
+            return None
+        if fld.name == "proc.cmdline_norm" and op == "contains":
+            needles = self.defs.expand(arg, line)
+            if needles and all(isinstance(v, str) and v for v in needles):
+                return {NORM_NEEDLE_INDEX: frozenset(needles)}
             return None
         if fld.index is None or op not in ("equals", "in"):
             return None
@@ -172,7 +191,7 @@ class ConditionCompiler:
 
 def _exists(fld: Field, want: bool) -> Predicate:
     get = fld.get
-    return lambda ev: (get(ev) not in (None, "", (), [])) == want
+    return lambda ev: (get(ev) not in codegen.EMPTY) == want
 
 
 def _lift(fld: Field, test: Callable[[Any], bool]) -> Predicate:
@@ -197,25 +216,50 @@ def _lift(fld: Field, test: Callable[[Any], bool]) -> Predicate:
     return lambda ev: (v := get(ev)) is not None and test(v)
 
 
+def _test_expr(fld: Field, test: Callable[[Any], bool], pred: Predicate) -> Expr:
+    """The codegen form of `_lift(fld, test)`: the same test of the same value."""
+    if fld.expr is None:
+        return codegen.Call(pred)
+    form = form_of(test)
+    if fld.many:
+        if isinstance(test, Members):
+            return codegen.Test(fld.expr, "disjoint", test)
+        # any element: `any(map(f, v))` runs in C; f a C method call where it can be
+        if form is not None and form[0] in ("startswith", "endswith"):
+            return codegen.Test(fld.expr, "any", methodcaller(form[0], form[1]))
+        if form is not None and form[0] == "contains" and len(form[1]) == 1:
+            return codegen.Test(fld.expr, "any", methodcaller("__contains__", form[1][0]))
+        return codegen.Test(fld.expr, "any", test)
+    if form is None:
+        return codegen.Test(fld.expr, "call", test)
+    op, value = form
+    if op == "contains" and len(value) > _INLINE_NEEDLES:
+        return codegen.Test(fld.expr, "call", test)
+    return codegen.Test(fld.expr, op, value)
+
+
+_INLINE_NEEDLES = 12
+
+
 def all_of(terms: Sequence[Compiled]) -> Compiled:
     """The AND of compiled terms; it requires what its most selective term requires."""
-    preds = tuple(p for p, _ in terms)
-    reqs = [r for _, r in terms if r]
+    preds = tuple(p for p, _, _ in terms)
+    reqs = [r for _, r, _ in terms if r]
     req = min(reqs, key=lambda r: sum(len(v) for v in r.values())) if reqs else None
-    return conjunction(preds), req
+    return conjunction(preds), req, codegen.all_of([e for _, _, e in terms])
 
 
 def any_of(terms: Sequence[Compiled]) -> Compiled:
     """The OR of compiled terms; it requires something only when every branch does."""
-    preds = tuple(p for p, _ in terms)
+    preds = tuple(p for p, _, _ in terms)
     req: Requirement = None
-    if all(r for _, r in terms):
+    if all(r for _, r, _ in terms):
         merged: dict[str, set[str]] = {}
-        for _, r in terms:
+        for _, r, _ in terms:
             for attr, vals in (r or {}).items():
                 merged.setdefault(attr, set()).update(vals)
         req = {a: frozenset(v) for a, v in merged.items()}
-    return disjunction(preds), req
+    return disjunction(preds), req, codegen.some_of([e for _, _, e in terms])
 
 
 def conjunction(preds: Sequence[Predicate]) -> Predicate:

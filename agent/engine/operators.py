@@ -38,6 +38,24 @@ class Members(frozenset):  # type: ignore[type-arg]
     __call__ = frozenset.__contains__
 
 
+def _with_form(test: ValueTest, op: str, value: Any) -> ValueTest:
+    """`test`, marked with the template codegen.py may write instead of calling it."""
+    setattr(test, "_nw_form", (op, value))  # noqa: B010 (a function's attribute)
+    return test
+
+
+def form_of(test: ValueTest) -> tuple[str, Any] | None:
+    """How codegen.py may write `test(v)` inline: ("in", set) for `v in set`, ("is", b),
+    ("startswith"/"endswith", tuple), ("contains", needles); None: it calls the test."""
+    if isinstance(test, Members):
+        return "in", test
+    owner = getattr(test, "__self__", None)
+    if type(owner) is frozenset and getattr(test, "__name__", "") == "__contains__":
+        return "in", owner
+    form: tuple[str, Any] | None = getattr(test, "_nw_form", None)
+    return form
+
+
 def value_test(fld: Field, op: str, values: list[Any], line: int,
                problems: Problems) -> ValueTest:
     """The test for `fld {op: values}` (any operator but `exists`)."""
@@ -50,15 +68,25 @@ def value_test(fld: Field, op: str, values: list[Any], line: int,
         if len(values) != 1 or not isinstance(values[0], bool):
             raise problems.fail(line, f"{name} is a boolean: 'equals' takes true or false")
         want = values[0]
-        return lambda v: v is want
+        return _with_form(lambda v: v is want, "is", want)
     if typ in (INT, PORT) and op in _EQUALITY:
         return _integers(fld, op, values, line, problems)
     if op == "ports":
         return _port_ranges(values, name, line, problems)
     if op == "cidr":
-        nets = [_cidr(v, name, line, problems) for v in values]
-        return lambda v: any((v & mask) == net for net, mask in nets)
+        return _in_networks(tuple(_cidr(v, name, line, problems) for v in values))
     return _string_test(fld, op, values, line, problems)
+
+
+def _in_networks(nets: tuple[tuple[int, int], ...]) -> ValueTest:
+    """Whether an address (its integer) is in one of the (network, mask) pairs."""
+    def test(v: int) -> bool:
+        for net, mask in nets:  # noqa: SIM110 (a generator costs more, per event)
+            if (v & mask) == net:
+                return True
+        return False
+
+    return test
 
 
 def _integers(fld: Field, op: str, values: list[Any], line: int,
@@ -75,7 +103,7 @@ def _integers(fld: Field, op: str, values: list[Any], line: int,
 def _contains_any(needles: tuple[str, ...]) -> ValueTest:
     if len(needles) == 1:
         needle = needles[0]
-        return lambda v: needle in v
+        return _with_form(lambda v: needle in v, "contains", needles)
 
     def contains(v: str) -> bool:
         for n in needles:  # noqa: SIM110 (a generator costs more, per event)
@@ -83,7 +111,7 @@ def _contains_any(needles: tuple[str, ...]) -> ValueTest:
                 return True
         return False
 
-    return contains
+    return _with_form(contains, "contains", needles)
 
 
 def _string_test(fld: Field, op: str, values: list[Any], line: int,
@@ -105,10 +133,10 @@ def _string_test(fld: Field, op: str, values: list[Any], line: int,
         return Members(values)
     if op == "prefix":
         t = tuple(values)
-        return lambda v: v.startswith(t)
+        return _with_form(lambda v: v.startswith(t), "startswith", t)
     if op == "suffix":
         t = tuple(values)
-        return lambda v: v.endswith(t)
+        return _with_form(lambda v: v.endswith(t), "endswith", t)
     if op == "contains":
         return _contains_any(tuple(values))
     if op == "glob":
@@ -129,16 +157,47 @@ def _regex(patterns: Sequence[str], name: str, line: int, problems: Problems) ->
             why = arg.decode(errors="replace") if isinstance(arg, bytes) else str(e)
             raise problems.fail(line, f"bad regex {p!r} for {name}: {why}; RE2 syntax has no "
                                       f"backreferences or lookaround") from None
-    rx = re2.compile("|".join(f"(?:{p})" for p in patterns), _RE2_OPTIONS)
-    search = rx.search
+    key = tuple(patterns)
+    test = _REGEX_TESTS.get(key)
+    if test is None:
+        if len(_REGEX_TESTS) >= _REGEX_TESTS_MAX:
+            _REGEX_TESTS.clear()
+        test = _REGEX_TESTS[key] = _regex_test(
+            re2.compile("|".join(f"(?:{p})" for p in patterns), _RE2_OPTIONS))
+    return test
+
+
+# One test per distinct pattern list, shared by every rule that uses it (the same regex
+# in one rule's match and another's exception runs once per value: see the memo below).
+_REGEX_TESTS: dict[tuple[str, ...], ValueTest] = {}
+_REGEX_TESTS_MAX = 4096
+_UNANCHORED = re2._re2.RE2.Anchor.UNANCHORED
+_NO_MATCH = (-1, -1)
+
+
+def _regex_test(rx: re2._Regexp) -> ValueTest:
+    """`rx.search(v) is not None`, at a third of its cost: the wrapper's `search` (Python)
+    maps byte offsets back to characters for a match object this test never uses; RE2's
+    own Match over the UTF-8 bytes says the same. The last value tested and its answer
+    are kept (one tuple: safe between threads), so a second rule asking about the same
+    string (a command line made once per process) does not search it again."""
+    match = rx._regexp.Match
+    memo: tuple[str | None, bool] = (None, False)
 
     def test(v: str) -> bool:
+        nonlocal memo
+        last, found = memo
+        if v is last:
+            return found
         try:
-            return search(v) is not None
+            b = v.encode()
         except UnicodeEncodeError:
             # bytes that were not UTF-8 (lone surrogates, agent/text.py): RE2 takes UTF-8,
             # so it sees them as the `\udcNN` escapes the findings show
-            return search(escape_surrogates(v)) is not None
+            b = escape_surrogates(v).encode()
+        found = match(_UNANCHORED, b, 0, len(b))[0] != _NO_MATCH
+        memo = (v, found)
+        return found
 
     return test
 

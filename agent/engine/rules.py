@@ -14,16 +14,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from agent.engine import yamlsrc
+from agent.engine import codegen, yamlsrc
+from agent.engine.codegen import Expr
 from agent.engine.conditions import ConditionCompiler, disjunction
 from agent.engine.definitions import Definitions
 from agent.engine.files import RuleFile
 from agent.engine.kernel import KernelConnectSpec, KernelExecSpec, connect_spec, exec_spec
 from agent.engine.messages import compile_message
 from agent.engine.problems import Problems, Skip, suggest, type_name
-from agent.engine.ruleset import Predicate, Rule
+from agent.engine.ruleset import Compiled, Predicate, Rule
 from agent.engine.schema import ACTIONS, MODES
-from agent.engine.windows import compile_window
+from agent.engine.windows import Window, compile_window
 from agent.model import (
     CONNECTION_KINDS,
     PROCESS_KINDS,
@@ -99,9 +100,10 @@ class RuleCompiler:
             raise Skip()
         rule = Rule(id=head.id, description=head.description, severity=head.severity,
                     action=head.action, mode=head.mode, enabled=head.enabled, tags=head.tags,
-                    kinds=kinds, predicate=match[0], exceptions=exc, message=message,
-                    window=window, file=self.problems.file, line=node.line, order=order,
-                    requirement=match[1])
+                    kinds=kinds, predicate=match[0], exceptions=exc[0] if exc else None,
+                    message=message, window=window, file=self.problems.file, line=node.line,
+                    order=order, requirement=match[1],
+                    compile=_compiler(match[0], match[2], exc, window))
         rule.kernel = self._kernel_exec(node, head.action, kinds)
         rule.kernel_connect = self._kernel_connect(node, head.action, kinds)
         return rule
@@ -155,7 +157,7 @@ class RuleCompiler:
             return False, default
         return True, v
 
-    def _exceptions(self, node: yamlsrc.Node) -> Predicate | None:
+    def _exceptions(self, node: yamlsrc.Node) -> tuple[Predicate, Expr] | None:
         if "except" not in node:
             return None
         block = node["except"]
@@ -163,7 +165,9 @@ class RuleCompiler:
             raise self.problems.fail(node.line_of("except"), "'except' takes a list of "
                                                              "conditions; any one of them "
                                                              "suppresses the rule")
-        return disjunction([p for p, _ in self.conditions.conditions(block)])
+        terms = self.conditions.conditions(block)
+        return (disjunction([p for p, _, _ in terms]),
+                codegen.some_of([e for _, _, e in terms]))
 
     def _kinds(self, node: yamlsrc.Node) -> tuple[EventKind, ...] | None:
         if "on" not in node:
@@ -221,6 +225,21 @@ class RuleCompiler:
                                 self.defs.macro_node)
         except (Skip, ValueError):
             return None
+
+
+def _compiler(pred: Predicate, expr: Expr, exc: tuple[Predicate, Expr] | None,
+              window: Window | None) -> Callable[[], Compiled]:
+    """What makes a rule's (predicate, exceptions, check) single functions (codegen.py)."""
+    def compile_rule() -> Compiled:
+        predicate = codegen.function(expr, pred)
+        exceptions = codegen.function(exc[1], exc[0]) if exc is not None else None
+        if exc is None and window is None:
+            return predicate, exceptions, predicate
+        check = codegen.rule_check(expr, exc[1] if exc is not None else None,
+                                   window.observe if window is not None else None)
+        return predicate, exceptions, check
+
+    return compile_rule
 
 
 class _Steps:

@@ -11,14 +11,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.engine.schema import EXE_DIR_INDEX
+from agent.engine import codegen
+from agent.engine.schema import EXE_PREFIX_INDEX, NORM_NEEDLE_INDEX, cmdline_norm
 from agent.engine.windows import Window
-from agent.model import Event, EventKind, Severity
+from agent.model import Event, EventKind, Process, Severity
 
 if TYPE_CHECKING:
     from agent.engine.kernel import KernelConnectSpec, KernelExecSpec
 
 Predicate = Callable[[Event], bool]
+# a rule's (predicate, exceptions, check) compiled; check None: `fires` serves
+Compiled = tuple[Predicate, Predicate | None, Predicate | None]
 # index key (a Process attribute, or EXE_DIR_INDEX) -> values one of which an event must
 # have for a condition to hold; None when the index cannot rule anything out
 Requirement = dict[str, frozenset[str]] | None
@@ -59,13 +62,28 @@ class Rule:
     kernel: KernelExecSpec | None = None
     # the kernel form of a connect rule the cgroup connect programs can refuse
     kernel_connect: KernelConnectSpec | None = None
+    # makes (predicate, exceptions, check) compiled into single functions (codegen.py),
+    # the same tests as the closures above; called on the rule's first event, so loading
+    # (and `scan` start-up) pays no compiling for rules no event reaches
+    compile: Callable[[], Compiled] | None = field(default=None, repr=False)
     # what evaluate calls: `fires`, or the predicate itself when there is nothing more to
-    # it (no exceptions, no window): one call less per candidate rule and event
+    # it (no exceptions, no window); once compiled, `fires` as one function
     check: Predicate = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         plain = self.exceptions is None and self.window is None
         self.check = self.predicate if plain else self.fires
+        if self.compile is not None:
+            self.check = self._compile_then_check
+
+    def _compile_then_check(self, ev: Event) -> bool:
+        """The first check: compile, then check as compiled from now on (two threads
+        racing here both compile the same functions; either result is right)."""
+        assert self.compile is not None
+        self.predicate, self.exceptions, check = self.compile()
+        plain = self.exceptions is None and self.window is None
+        self.check = check or (self.predicate if plain else self.fires)
+        return self.check(ev)
 
     def fires(self, ev: Event) -> bool:
         """Whether this rule matches `ev` (updating its window, if it has one)."""
@@ -93,20 +111,44 @@ class _Bucket:
     that need it. Index entries are pre-merged with the always-run rules, so the usual event
     does a few dict lookups and iterates a ready tuple."""
 
-    __slots__ = ("_unions", "always", "dir_depth", "dir_table", "parent_tables", "proc_tables")
+    __slots__ = ("_unions", "always", "exe_prefixes", "indexed", "lookup", "needles",
+                 "parent_tables", "prefix_hits", "proc_tables")
 
     def __init__(self) -> None:
         self.always: tuple[Rule, ...] = ()
+        # (the Process attribute, its table)
         self.proc_tables: list[tuple[str, dict[str, tuple[Rule, ...]]]] = []
         self.parent_tables: list[tuple[str, dict[str, tuple[Rule, ...]]]] = []
-        self.dir_table: dict[str, tuple[Rule, ...]] = {}
-        self.dir_depth = 0
+        # candidates of an event, as one generated function (None: RuleSet.candidates')
+        self.lookup: Callable[[Event], Sequence[Rule]] | None = None
+        # whether any index can rule a rule out (else every event runs `always`)
+        self.indexed = False
+        # executable prefixes and their rules; all the prefixes, for one startswith
+        self.prefix_hits: tuple[tuple[str, tuple[Rule, ...]], ...] = ()
+        self.exe_prefixes: tuple[str, ...] = ()
+        # needles of the normalised command line and their rules
+        self.needles: tuple[tuple[str, tuple[Rule, ...]], ...] = ()
         # several index hits for one event: their union, cached by the hits' identities
         self._unions: dict[tuple[int, ...], tuple[Rule, ...]] = {}
 
+    def text_hits(self, p: Process, hits: list[tuple[Rule, ...]]) -> None:
+        """Add the hits of the executable's prefixes and the command line's needles."""
+        if self.exe_prefixes:
+            exe = p.exe
+            if exe.startswith(self.exe_prefixes):
+                for prefix, hit in self.prefix_hits:
+                    if exe.startswith(prefix):
+                        hits.append(hit)
+        if self.needles:
+            norm = cmdline_norm(p)
+            for needle, hit in self.needles:
+                if needle in norm:
+                    hits.append(hit)
+
     def union(self, hits: list[tuple[Rule, ...]]) -> tuple[Rule, ...]:
-        """The rules of several index hits, in file order (cached)."""
-        key = tuple(sorted({id(h) for h in hits}))
+        """The rules of several index hits, in file order (cached by the hits' identities,
+        in the order the tables gave them: the same hits come in the same order)."""
+        key = tuple(map(id, hits))
         found = self._unions.get(key)
         if found is None:
             merged: set[Rule] = set()
@@ -146,13 +188,17 @@ class RuleSet:
         for index, table in indexed.items():
             merged = {k: tuple(sorted(hits.union(b.always), key=_order))
                       for k, hits in table.items()}
-            if index == EXE_DIR_INDEX:
-                b.dir_table = merged
-                b.dir_depth = max(k.count("/") for k in merged)
+            if index == EXE_PREFIX_INDEX:
+                b.prefix_hits = tuple(sorted(merged.items()))
+                b.exe_prefixes = tuple(merged)
+            elif index == NORM_NEEDLE_INDEX:
+                b.needles = tuple(sorted(merged.items()))
             elif index.startswith("parent."):
                 b.parent_tables.append((index[len("parent."):], merged))
             else:
                 b.proc_tables.append((index, merged))
+        b.indexed = bool(indexed)
+        b.lookup = _lookup_function(b)
         return b
 
     def candidates(self, ev: Event) -> Sequence[Rule]:
@@ -160,6 +206,10 @@ class RuleSet:
         b = self._buckets.get(ev.kind)
         if b is None:
             return ()
+        if b.lookup is not None:
+            return b.lookup(ev)
+        if not b.indexed:
+            return b.always
         hits: list[tuple[Rule, ...]] = []
         p = ev.process
         for attr, table in b.proc_tables:
@@ -172,22 +222,13 @@ class RuleSet:
                 hit = table.get(getattr(parent, attr))
                 if hit is not None:
                     hits.append(hit)
-        if b.dir_depth:
-            # the executable's directory prefixes, as deep as the deepest indexed one
-            exe = p.exe
-            table = b.dir_table
-            i = exe.find("/")
-            depth = 0
-            while i >= 0 and depth < b.dir_depth:
-                hit = table.get(exe[: i + 1])
-                if hit is not None:
-                    hits.append(hit)
-                depth += 1
-                i = exe.find("/", i + 1)
+        if b.exe_prefixes or b.needles:
+            b.text_hits(p, hits)
         if not hits:
             return b.always
-        if len(hits) == 1:
-            return hits[0]
+        first = hits[0]
+        if len(hits) == 1 or all(h is first for h in hits):
+            return first
         return b.union(hits)
 
     def evaluate(self, ev: Event) -> list[Match]:
@@ -202,6 +243,43 @@ class RuleSet:
 
     def __len__(self) -> int:
         return len(self.rules)
+
+
+# the Process attributes an index may key (the schema's indexed fields)
+_INDEX_ATTRS = frozenset({"comm", "exe_name", "argv0"})
+
+
+def _lookup_function(b: _Bucket) -> Callable[[Event], Sequence[Rule]] | None:
+    """`RuleSet.candidates` for bucket `b` as one function (codegen.py): its tables,
+    prefixes and needles unrolled, each a constant by generated name; attribute names
+    only from _INDEX_ATTRS. None when it cannot be (the loop serves)."""
+    attrs = [a for a, _ in (*b.proc_tables, *b.parent_tables)]
+    if not all(a in _INDEX_ATTRS for a in attrs):
+        return None
+    consts: dict[str, Any] = {"_always": b.always, "_union": b.union,
+                              "_prefix_hits": b.prefix_hits, "_norm": cmdline_norm}
+    body = ["p = ev.process", "hits = []"]
+    for i, (attr, table) in enumerate(b.proc_tables):
+        consts[f"_t{i}"] = table
+        body += [f"h = _t{i}.get(p.{attr})", "if h is not None: hits.append(h)"]
+    if b.parent_tables:
+        body += ["a = ev.ancestors", "if a:", "    q = a[0]"]
+        for i, (attr, table) in enumerate(b.parent_tables):
+            consts[f"_u{i}"] = table
+            body += [f"    h = _u{i}.get(q.{attr})", "    if h is not None: hits.append(h)"]
+    if b.exe_prefixes:
+        consts["_prefixes"] = b.exe_prefixes
+        body += ["exe = p.exe", "if exe.startswith(_prefixes):",
+                 "    for pre, h in _prefix_hits:",
+                 "        if exe.startswith(pre): hits.append(h)"]
+    if b.needles:
+        body.append("n = _norm(p)")
+        for i, (needle, hit) in enumerate(b.needles):
+            consts[f"_n{i}"], consts[f"_h{i}"] = needle, hit
+            body.append(f"if _n{i} in n: hits.append(_h{i})")
+    body += ["if not hits: return _always", "if len(hits) == 1: return hits[0]",
+             "return _union(hits)"]
+    return codegen.source_function(body, consts)
 
 
 def _order(rule: Rule) -> int:

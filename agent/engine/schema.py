@@ -32,7 +32,8 @@ class Field:
 
     `comm`: its value is a kernel comm, which the kernel cuts at COMM_LEN bytes, so names
     compare on their first COMM_LEN bytes too. `index`: the Process attribute under which
-    the rule index (ruleset.py) looks up rules that test this field for equality, if any."""
+    the rule index (ruleset.py) looks up rules that test this field for equality, if any.
+    `expr`: the same value as `get` gives, as an expression (codegen.py)."""
 
     name: str
     type: str
@@ -41,6 +42,9 @@ class Field:
     help: str = ""
     comm: bool = False
     index: str | None = None
+    # the value as Python expression text over `ev`, for rules compiled into one function
+    # (codegen.py); fixed text of this module, never a rule's. None: the getter serves.
+    expr: str | None = None
 
 
 # Process attributes exposed as proc.X, parent.X and ancestor.X: (field suffix, attribute, type)
@@ -140,6 +144,15 @@ def _proc_getter(attr: Callable[[Process], Any]) -> Getter:
     return get
 
 
+def _proc_expr(suffix: str, attr: str, obj: str) -> str:
+    """The expression of process field `suffix` of the process `obj` (text)."""
+    return f"_d_{suffix}({obj})" if suffix in _PROC_DERIVED else f"{obj}.{attr}"
+
+
+# what the expressions of Field.expr call, by the names they use
+EXPR_GLOBALS: dict[str, Any] = {f"_d_{k}": fn for k, fn in _PROC_DERIVED.items()}
+
+
 def _parent_getter(attr: Callable[[Process], Any]) -> Getter:
     def get(ev: Event) -> Any:
         anc = ev.ancestors
@@ -191,31 +204,43 @@ def _build_fields() -> dict[str, Field]:
         many = typ == STRS
         comm = suffix == _COMM
         index = attrs[suffix] if suffix in _INDEXED else None
-        f[f"proc.{suffix}"] = Field(f"proc.{suffix}", typ, _proc_getter(get), many, help_,
-                                    comm, index)
-        f[f"parent.{suffix}"] = Field(f"parent.{suffix}", typ, _parent_getter(get), many,
-                                      f"the parent's {suffix}", comm,
-                                      f"parent.{index}" if index else None)
+        attr = attrs.get(suffix, suffix)
+        plain = suffix not in _PROC_DERIVED
+        f[f"proc.{suffix}"] = Field(
+            f"proc.{suffix}", typ, attrgetter(f"process.{attr}") if plain else _proc_getter(get),
+            many, help_, comm, index, _proc_expr(suffix, attr, "ev.process"))
+        f[f"parent.{suffix}"] = Field(
+            f"parent.{suffix}", typ, _parent_getter(get), many, f"the parent's {suffix}", comm,
+            f"parent.{index}" if index else None,
+            f"({_proc_expr(suffix, attr, '_a[0]')} if (_a := ev.ancestors) else None)")
         f[f"ancestor.{suffix}"] = Field(f"ancestor.{suffix}", STR if many else typ,
                                         _ancestor_getter(get, many), True,
                                         f"any ancestor's {suffix}", comm)
-    f["kind"] = Field("kind", STR, lambda ev: ev.kind, help="event kind: " + ", ".join(KINDS))
+    f["kind"] = Field("kind", STR, attrgetter("kind"), help="event kind: " + ", ".join(KINDS),
+                      expr="ev.kind")
     f["workspace.id"] = Field("workspace.id", STR, lambda ev: ev.workspace or None,
-                              help="workspace id from the environ marker")
+                              help="workspace id from the environ marker",
+                              expr="(ev.workspace or None)")
     f["container.id"] = Field("container.id", STR, lambda ev: ev.process.container_id or None,
-                              help="container id from the cgroup")
-    f["pod.namespace"] = Field("pod.namespace", STR, _pod_getter("namespace"))
-    f["pod.name"] = Field("pod.name", STR, _pod_getter("name"))
-    for name, typ in (("src", IP), ("dst", IP)):
-        f[f"conn.{name}"] = Field(f"conn.{name}", typ, _conn_getter(f"{name}_ip"),
-                                  help=f"{name} address")
-    for name in ("sport", "dport"):
-        f[f"conn.{name}"] = Field(f"conn.{name}", PORT, _conn_getter(name))
-    f["conn.family"] = Field("conn.family", STR, _conn_getter("family"), help="ipv4 or ipv6")
-    f["conn.direction"] = Field("conn.direction", STR, _conn_getter("direction"),
-                                help="outbound or inbound")
-    f["conn.netns"] = Field("conn.netns", INT, _conn_getter("netns"))
+                              help="container id from the cgroup",
+                              expr="(ev.process.container_id or None)")
+    for name in ("namespace", "name"):
+        f[f"pod.{name}"] = Field(f"pod.{name}", STR, _pod_getter(name),
+                                 expr=_optional("ev.pod", name))
+    conn: list[tuple[str, str, str, str]] = [
+        ("src", "src_ip", IP, "src address"), ("dst", "dst_ip", IP, "dst address"),
+        ("sport", "sport", PORT, ""), ("dport", "dport", PORT, ""),
+        ("family", "family", STR, "ipv4 or ipv6"),
+        ("direction", "direction", STR, "outbound or inbound"), ("netns", "netns", INT, "")]
+    for name, attr, typ, help_ in conn:
+        f[f"conn.{name}"] = Field(f"conn.{name}", typ, _conn_getter(attr), help=help_,
+                                  expr=_optional("ev.connection", attr))
     return f
+
+
+def _optional(obj: str, attr: str) -> str:
+    """The expression of `obj.attr`, None when `obj` is None (text)."""
+    return f"(_o.{attr} if (_o := {obj}) is not None else None)"
 
 
 FIELDS: dict[str, Field] = _build_fields()
@@ -253,7 +278,9 @@ OPERATORS: dict[str, tuple[str, ...]] = {
 }
 ALL_OPERATORS = sorted({op for ops in OPERATORS.values() for op in ops})
 
-# The rule index (Field.index) also keys `proc.exe` prefixes that are whole directories
-# ("/tmp/") under this name: an event looks its values up in a dict and only rules that
-# could match run.
-EXE_DIR_INDEX = "exe_dir"
+# The rule index (Field.index) also keys `proc.exe` prefixes ("/tmp/", "/memfd:") and the
+# needles of `proc.cmdline_norm: {contains: ...}` under these names: an event is checked
+# against them (one `startswith` over a tuple; one `in` per needle on the normalised
+# command line, made once per process) and only rules that could match run.
+EXE_PREFIX_INDEX = "exe_prefix"
+NORM_NEEDLE_INDEX = "cmdline_norm_contains"

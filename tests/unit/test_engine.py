@@ -62,7 +62,7 @@ def test_rule_is_indexed_by_name_and_index_agrees_with_naive_loop(rules_from):
     assert miner.requirement == {"comm": frozenset({"xmrig", "minerd"}),
                                  "exe_name": frozenset({"xmrig", "minerd"})}
     tmp = next(r for r in rs.rules if r.id == "tmp-exec")
-    assert tmp.requirement == {"exe_dir": frozenset({"/tmp/", "/dev/shm/"})}
+    assert tmp.requirement == {"exe_prefix": frozenset({"/tmp/", "/dev/shm/"})}
     # an exec of ls runs no rule at all; one from /tmp runs only the /tmp rule
     assert [r.id for r in rs.candidates(ev(process={"exe": "/bin/ls"}))] == []
     assert [r.id for r in rs.candidates(ev(process={"exe": "/tmp/a/ls"}))] == ["tmp-exec"]
