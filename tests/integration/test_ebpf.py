@@ -626,15 +626,14 @@ def test_the_compilers_memory_is_given_back_once_ready(start_agent):
 def test_only_the_first_configured_markers_value_leaves_the_kernel(ebpf):
     """The raw exec records: argv, and of the environment the value of the first configured
     marker set, nothing else (no other variable, no other marker's value, no stale bytes)."""
-    import ctypes
-
     from agent.sources.bpf import BpfProgram
     from agent.sources.exec_sensor import ExecSensor
     from agent.sources.execrecord import EXEC_FIELDS, EXEC_FIXED, EXEC_FORMAT
 
     raws: list[bytes] = []
     program = BpfProgram(["exec.bpf.c"], lambda r: None)
-    program._deliver = lambda data, size: raws.append(ctypes.string_at(data, size))
+    # the raw bytes, as the ring reader hands them over (a view valid during the call)
+    program._ring._deliver = lambda data: raws.append(bytes(data))
     try:
         ExecSensor(program).start()
         env = {"WORKSPACE_ID": "second-choice-" + "w" * 200, "SECRET_TOKEN": "hunter2",
