@@ -52,8 +52,10 @@ class Realtime:
             if not self._warned:
                 self._warned = True
                 log.warning("realtime: true, but the event thread stays at normal priority "
-                            "(SCHED_FIFO refused: %s; it needs CAP_SYS_NICE): under CPU load "
-                            "findings and kills may wait several milliseconds", e.strerror or e)
+                            "(SCHED_FIFO refused: %s; it needs CAP_SYS_NICE, and on cgroup v1 "
+                            "a realtime budget, cpu.rt_runtime_us, in the agent's cgroup): "
+                            "under CPU load findings and kills may wait several milliseconds",
+                            e.strerror or e)
             return self.on
         self.on = wanted
         log.info("event thread %s", f"in SCHED_FIFO, priority {self.priority}" if wanted

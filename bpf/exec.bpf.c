@@ -277,13 +277,13 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     u32 old = args->old_pid;
     struct nw_exec_event *x = exec_pending.lookup(&old);
 #ifdef NW_EXEC_STACK
-    struct nw_markers *mk = kmarkers.lookup(&zero);
-    int want_env = mk && mk->count;
-    if (!x || (x->flags & NW_EXEC_ARGS_FAULT) || (want_env && !(x->flags & NW_EXEC_ENV))) {
-        struct nw_exec_event *y = take_from_stack();
-        if (y)
-            x = y;
-    }
+    /* The strings the kernel copied, from the new image's stack, come first: argv read at
+     * the syscall's entry can differ from them when another thread of the caller rewrites
+     * it before the kernel's copy (a race a tenant can run to hide its arguments). What
+     * sys_enter took serves when the stack cannot be read. */
+    struct nw_exec_event *y = take_from_stack();
+    if (y)
+        x = y;
 #endif
     if (!x) {
         x = exec_scratch.lookup(&zero);
