@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from tests.container.ocispec import Image, Translation
+from tests.container.ocispec import ALL_CAPS, Image, Translation
 
 REPO = Path(__file__).resolve().parents[2]
 # unpacked image root filesystems, one per image id, shared by test runs (read-only use)
@@ -140,8 +140,7 @@ def configmap_dir(cm: dict[str, Any], where: Path) -> Path:
 
 def bounding_caps() -> frozenset[str]:
     """The capabilities this process may grant (its bounding set), by name."""
-    from tests.container.ocispec import ALL_CAPS
-
+    mask = 0
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("CapBnd:"):
             mask = int(line.split()[1], 16)
