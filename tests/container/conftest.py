@@ -205,7 +205,7 @@ class AgentPod:
                                                             "source", "container")})
                          for f in self.all_findings)
         raise AssertionError(f"no such finding among\n{seen}\nlog:\n"
-                             + "".join(self.stderr[-30:]))
+                             + "".join(self.stderr[-30:]) + _other_agents(self.ctr.pid))
 
     def get(self, path: str) -> tuple[int, str]:
         """GET of the agent's port from inside its container (a probe, as the kubelet's)."""
@@ -245,6 +245,18 @@ class AgentPod:
         self.api.wait()
         self.sandbox.close()
         return rc
+
+
+def _other_agents(ours: int) -> str:
+    """Agents of other test runs on this machine: an enforcing one kills our miners too."""
+    found = []
+    for d in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+            if int(d.name) != ours and (b"agent" in argv or b"nodewarden" in argv[0]) \
+                    and b"run" in argv:
+                found.append(b" ".join(argv).decode(errors="replace")[:200])
+    return "\nother agents running:\n" + "\n".join(found) if found else ""
 
 
 @pytest.fixture

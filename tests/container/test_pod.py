@@ -7,6 +7,7 @@ compiles its programs) is what costs here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -111,15 +112,17 @@ def test_enforce_pod_kills_by_kill_in_kernel_and_kill_container(
     before = tenants("cgroupfs", ["/work/xmrig", "600"])
     bystander = tenants("systemd", ["sleep", "600"])
     # two processes each, the first execs the forbidden tool once told to (/work/go)
-    script = ("sleep 601 & while [ ! -e /work/go ]; do sleep 0.05; done; "
+    script = ("sleep 601 & while [ ! -e /work/go ]; do sleep 0.2; done; "
               "exec /work/nw-evil 600")
     whole = tenants("cgroupfs", ["sh", "-c", script])
     v1_only = tenants("systemd", ["sh", "-c", script])
     # v1_only's processes leave its cgroup of the unified hierarchy for its pod's: the
     # agent must find the container by its v1 cgroups instead
     unified = Path("/sys/fs/cgroup/unified") / v1_only.ctr.cgroups_path.lstrip("/")
-    for pid in (unified / "cgroup.procs").read_text().split():
-        (unified.parent / "cgroup.procs").write_text(pid)
+    while pids := (unified / "cgroup.procs").read_text().split():
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):   # a `sleep 0.2` that ended
+                (unified.parent / "cgroup.procs").write_text(pid)
     rule = """rules:
   - id: tenant-tool
     description: a tool no tenant may run; its whole container goes
