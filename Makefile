@@ -2,7 +2,7 @@
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: setup run scan test lint bench clean
+.PHONY: setup run scan test lint bench clean image
 
 setup:
 	@./scripts/setup.sh
@@ -20,6 +20,10 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check agent tests bench scripts
 	$(VENV)/bin/mypy agent
+
+# the agent image from the Dockerfile (docker, else buildah; see scripts/image.sh), cached
+image:
+	@./scripts/image.sh
 
 bench: setup
 	$(VENV)/bin/python bench/scan.py

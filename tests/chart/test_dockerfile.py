@@ -1,7 +1,7 @@
 """The agent image's Dockerfile and build context, checked by structure.
 
-There is no Docker engine on the CI machines, so the image is not built here: these tests
-check what the chart relies on (a Debian base with BCC's Python bindings, a venv that sees
+`make image` builds it and tests/container/ runs it; these tests check what the chart
+relies on (a Debian base with BCC's Python bindings, a venv that sees
 them, the package installed non-editable, the `nodewarden` entry point) and that the build
 context .dockerignore leaves holds everything `pip install .` reads.
 """
@@ -34,32 +34,60 @@ def instructions() -> list[tuple[str, str]]:
     return out
 
 
-def args_of(kind: str) -> list[str]:
-    return [rest for word, rest in instructions() if word == kind]
+def args_of(kind: str, stage: int | None = None) -> list[str]:
+    """The arguments of every `kind` instruction (of one stage: 0 first, -1 the image)."""
+    stages: list[list[tuple[str, str]]] = []
+    for word, rest in instructions():
+        if word == "FROM":
+            stages.append([])
+        stages[-1].append((word, rest))
+    chosen = stages if stage is None else [stages[stage]]
+    return [rest for st in chosen for word, rest in st if word == kind]
+
+
+def installed(stage: int) -> set[str]:
+    installs = [r for r in args_of("RUN", stage) if "apt-get install" in r]
+    assert installs, "no apt-get install"
+    assert all("rm -rf /var/lib/apt/lists" in r for r in installs)
+    return set(shlex.split(" ".join(installs)))
 
 
 def test_debian_base_with_bcc_python_bindings():
-    [base] = args_of("FROM")
-    assert re.fullmatch(r"debian:(12|bookworm)(-slim)?", base), base
-    installs = [r for r in args_of("RUN") if "apt-get install" in r]
-    assert installs, "no apt-get install"
-    words = set(shlex.split(" ".join(installs)))
-    assert {"python3", "python3-venv", "python3-bpfcc", "--no-install-recommends"} <= words
-    assert any("rm -rf /var/lib/apt/lists" in r for r in installs)
+    bases = args_of("FROM")
+    assert len(bases) == 2, "a build stage and the image"
+    for base in bases:
+        assert re.fullmatch(r"debian:(12|bookworm)(-slim)?( AS \w+)?", base), base
+    # the image: Python and BCC, no pip, no venv module, no compiler
+    image = installed(-1)
+    assert {"python3", "python3-bpfcc", "--no-install-recommends"} <= image
+    assert not image & {"python3-venv", "python3-pip", "gcc", "clang", "build-essential"}
+    assert {"python3", "python3-venv", "python3-bpfcc"} <= installed(0)
 
 
 def test_venv_sees_system_site_packages_and_installs_the_package_non_editable():
-    [build] = [r for r in args_of("RUN") if " -m venv " in r]
+    [build] = [r for r in args_of("RUN", 0) if " -m venv " in r]
     assert re.search(r"python3 -m venv --system-site-packages \"?\$VIRTUAL_ENV\"?", build)
-    pip = re.search(r"pip\" install ([^&]+)", build)
-    assert pip, build
+    [package] = [r for r in args_of("RUN", 0) if "/src" in r and "--no-deps" in r]
+    pip = re.search(r"pip\" install ([^&]+)", package)
+    assert pip, package
     assert "-e" not in shlex.split(pip.group(1)) and "--editable" not in pip.group(1)
-    # the build proves the venv imports BCC and the package data it ships
-    assert "import agent.rules, agent.bpf, bcc" in build
-    env = " ".join(args_of("ENV"))
+    # the build proves the venv imports BCC and the package data it ships, and so does
+    # the image, where only the venv is copied
+    assert "import agent.rules, agent.bpf" in package and "bcc" in package
+    assert any("import agent.rules, agent.bpf, bcc" in r for r in args_of("RUN", -1))
+    assert args_of("COPY", -1) == ["--from=build /opt/nodewarden /opt/nodewarden"]
+    env = " ".join(args_of("ENV", -1))
     venv = re.search(r"VIRTUAL_ENV=(\S+)", env)
     assert venv and re.search(rf"PATH={re.escape(venv.group(1))}/bin:\$PATH", env)
     assert "PYTHONUNBUFFERED=1" in env  # findings reach the pod log line by line
+
+
+def test_pip_trusts_the_ca_bundle_given_as_a_build_secret_only():
+    [deps] = [r for r in args_of("RUN", 0) if "requirements.txt" in r]
+    assert deps.startswith("--mount=type=secret,id=pip-cert ")
+    assert "PIP_CERT=/run/secrets/pip-cert" in deps
+    script = (REPO / "scripts" / "image.sh").read_text()
+    assert "--secret \"id=pip-cert,src=$cert\"" in script
 
 
 def test_entrypoint_is_nodewarden():

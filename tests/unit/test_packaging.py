@@ -33,8 +33,8 @@ def test_wheel_carries_the_shipped_rules_and_the_entry_point(tmp_path):
     assert "agent/rules/README.md" in names
     # every subpackage of agent/ is in the wheel (a missing one breaks non-editable installs,
     # such as the container image, while every test of an editable checkout still passes)
-    for init in (REPO / "agent").glob("*/__init__.py"):
-        sub = init.parent.name
-        assert f"agent/{sub}/__init__.py" in names, f"agent.{sub} not packaged"
+    for init in (REPO / "agent").rglob("__init__.py"):
+        sub = init.relative_to(REPO).as_posix()
+        assert sub in names, f"{init.parent.relative_to(REPO)} not packaged"
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "nodewarden = agent.main:main" in zipfile.ZipFile(wheel).read(entry).decode()
