@@ -23,7 +23,8 @@ from agent.sources import kevents
 from agent.sources.cmdline import HEAD, RawCmdline
 from agent.sources.kevents import RawEvent
 from agent.sources.netstate import ESTABLISHED, LISTEN, NetState
-from agent.sources.procfs import Cgroup, parse_cmdline
+from agent.sources.procfs import Cgroup, parse_cgroup, parse_cmdline
+from agent.sources.procfs.cgroupids import CgroupPaths
 from agent.sources.proctree import ProcessTree
 
 log = logging.getLogger("nodewarden.observer")
@@ -37,8 +38,11 @@ class Observer:
 
     def __init__(self, tree: ProcessTree, net: NetState,
                  wall: Callable[[], float] = time.time,
-                 mono: Callable[[], float] = time.monotonic, cache_size: int = 65536) -> None:
+                 mono: Callable[[], float] = time.monotonic, cache_size: int = 65536,
+                 cgroup_paths: CgroupPaths | None = None) -> None:
         self.tree = tree
+        # cgroup v2 id -> its path, for a process gone before its cgroup file was read
+        self.cgroup_paths = cgroup_paths if cgroup_paths is not None else CgroupPaths()
         self.net = net
         # kernel timestamps are CLOCK_MONOTONIC: shift them to wall-clock once
         self._offset = wall() - mono()
@@ -63,7 +67,8 @@ class Observer:
         """Its bounded caches by name (for the cache metrics)."""
         return {"observer_parents": lambda: self._parent_of,
                 "observer_accepted": lambda: self._accepted,
-                "observer_cgroups": lambda: self._cgroups}
+                "observer_cgroups": lambda: self._cgroups,
+                "observer_cgroup_paths": lambda: self.cgroup_paths}
 
     def handle(self, raw: RawEvent) -> Event | None:
         """The Event for one kernel record, or None when there is nothing to judge."""
@@ -119,6 +124,7 @@ class Observer:
             p = self._from_record(raw, None if got is None else Process(
                 pid=raw.pid, ppid=got.stat.ppid, starttime=got.stat.starttime,
                 comm=got.stat.comm))
+            p = self._in_cgroup(p, raw.cgroup_id, cached)
             self._hold_argv(p, raw)
             return p
         cg = cached
@@ -138,6 +144,18 @@ class Observer:
                     container_id=cg.container_id if cg else "",
                     pod_uid=cg.pod_uid if cg else "", netns=got.netns)
         return self._held(p, why)
+
+    def _in_cgroup(self, p: Process, cgroup_id: int, cached: Cgroup | None) -> Process:
+        """A process gone before its /proc/PID/cgroup was read (killed in the kernel at its
+        exec, say) in its container and pod: those of the cgroup its record names, found
+        by the cgroup's directory when no live process of that cgroup was read before."""
+        cg = cached
+        if cg is None and cgroup_id:
+            path = self.cgroup_paths.path_of(cgroup_id)
+            cg = parse_cgroup(f"0::{path}\n") if path else None
+        if cg is None or not (cg.container_id or cg.pod_uid):
+            return p
+        return replace(p, container_id=cg.container_id, pod_uid=cg.pod_uid)
 
     def _hold_argv(self, p: Process, raw: RawEvent) -> None:
         """A process built from its record: the kernel's argv, held like a read one."""
