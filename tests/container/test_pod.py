@@ -32,8 +32,13 @@ def _gone(pid: int, timeout: float = 10) -> bool:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        # a killed child of ours is a zombie until reaped: that is gone too
-        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+        # a killed child of ours is a zombie until reaped: that is gone too (and reaped
+        # between the two looks, it has no stat left)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        if stat.split(") ")[1].startswith("Z"):
             return True
         time.sleep(0.05)
     return False
