@@ -36,7 +36,7 @@ def _gone(pid: int, timeout: float = 10) -> bool:
         # between the two looks, it has no stat left)
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             return True
         if stat.split(") ")[1].startswith("Z"):
             return True
