@@ -130,7 +130,8 @@ class Runtime:
                            can_act=True)
         metrics.watch_caches({"judged": lambda: self.judge.seen,
                               "processes": lambda: self.tree.procs,
-                              "rule_windows": rule_windows(lambda: self.judge.ruleset.all_rules)})
+                              "rule_windows": rule_windows(lambda: self.judge.ruleset.all_rules),
+                              **self.tree.caches()})
         self.enforcer = Enforcer(procfs, ProcessTree(procfs, cfg.workspace_markers),
                                  self._own, metrics=metrics)
         self.reloader = Reloader(config_path, cfg, rule_paths(cfg), apply_rules=self._new_rules,

@@ -82,13 +82,16 @@ class Metrics:
         self.watch_caches({"cgroups": lambda: CGROUPS})
 
     def watch_cmdlines(self, budget: CmdlineBudget) -> None:
-        """Export the command-line budget (held bytes, limit, command lines cut)."""
+        """Export the command-line budget (held bytes, limit, command lines cut) and its
+        set of the processes already counted as cut (the `cmdlines_counted` cache)."""
         self.registry.register(_CmdlineCollector(budget))
+        self.watch_caches({"cmdlines_counted": lambda: budget.counted})
 
-    def watch_caches(self, caches: Mapping[str, Callable[[], Sized]]) -> None:
+    def watch_caches(self, caches: Mapping[str, Callable[[], Sized | None]]) -> None:
         """Export how full each bounded cache is (entries, and capacity where it has one),
         read when scraped: memory that stays flat under load is memory whose caches stop
-        at their capacity. Each cache is given as a function that returns it."""
+        at their capacity. Each cache is given as a function that returns it, or None while
+        the part that holds it is off (a sink turned off by a reload): then it is left out."""
         if self._caches is None:
             self._caches = _CacheCollector()
             self.registry.register(self._caches)
@@ -99,6 +102,18 @@ class Metrics:
         self.ruleset_info.clear()
         self.ruleset_info.labels(hash=digest).set(1)
         self.rules_loaded.set(count)
+
+
+class Bounded:
+    """A cache its owner keeps bounded by hand (a dict it trims), as the cache metrics see
+    it: the entries `held` has now, against `maxsize`."""
+
+    def __init__(self, held: Sized, maxsize: int) -> None:
+        self.held = held
+        self.maxsize = maxsize
+
+    def __len__(self) -> int:
+        return len(self.held)
 
 
 class CacheTotal:
@@ -148,7 +163,7 @@ class _CacheCollector:
     """Cache sizes as metrics, read when scraped."""
 
     def __init__(self) -> None:
-        self.caches: dict[str, Callable[[], Sized]] = {}
+        self.caches: dict[str, Callable[[], Sized | None]] = {}
 
     def collect(self) -> Iterator[Metric]:
         entries = GaugeMetricFamily("nodewarden_cache_entries", "Entries held, by cache",
@@ -158,6 +173,8 @@ class _CacheCollector:
                                      labels=["cache"])
         for name, get in sorted(self.caches.items()):
             cache = get()
+            if cache is None:
+                continue
             entries.add_metric([name], len(cache))
             maxsize = getattr(cache, "maxsize", None)
             if maxsize is not None:

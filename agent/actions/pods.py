@@ -46,6 +46,8 @@ class PodDeleter(QueuedDelivery[Pod]):
         # by the next finding); bounded, and forgotten after an hour
         self._requested: TTLCache[str, bool] = TTLCache(maxsize=4096, ttl=3600)
         self._lock = threading.Lock()
+        if metrics is not None:
+            metrics.watch_caches({"pod_deletes": lambda: self._requested})
         super().__init__("delete-pod", metrics, rate=rate, burst=burst, queue_size=queue_size,
                          max_attempts=attempts, backoff=1.0)
 

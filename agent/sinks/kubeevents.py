@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from agent.kubeapi import TIMEOUTS, Kube, status_of
-from agent.metrics import Metrics
+from agent.metrics import Bounded, Metrics
 from agent.model import Pod
 from agent.sinks.base import QueuedDelivery, Result, retry_after
 from agent.sinks.findings import Finding
@@ -176,6 +176,10 @@ class PodEventSink(QueuedDelivery[SeriesKey]):
         if not self.enqueue(key, delay):
             with self._lock:
                 self._dirty.discard(key)
+
+    def cache(self) -> Bounded:
+        """The open Event series against `max_series` (for the cache metrics)."""
+        return Bounded(self._series, self.max_series)
 
     def _make_room(self) -> bool:
         """Forget the oldest series with nothing left to send; False if all are pending."""

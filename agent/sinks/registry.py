@@ -16,9 +16,9 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass, fields
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO, runtime_checkable
 
 from agent.config import Config
 from agent.errors import ConfigError
@@ -54,6 +54,15 @@ def _event_settings(cfg: Config) -> tuple[Any, ...]:
     return (cfg.kubernetes_event_rate_per_second, cfg.kubernetes_event_dedupe_seconds)
 
 
+# the bounded caches sinks hold, by the slot of the sink that holds each (cache metrics)
+SINK_CACHES = {"slack_incidents": "slack", "kubernetes_event_series": "kubernetes"}
+
+
+@runtime_checkable
+class _Caching(Protocol):
+    def cache(self) -> Sized: ...
+
+
 @dataclass
 class _Slot:
     """One sink and the settings it was opened with (a change reopens it)."""
@@ -72,6 +81,9 @@ class Sinks:
         self.kube = kube
         self.slots: dict[str, _Slot] = {}
         self.events_on = False
+        # read at each scrape: the sink that runs now, none while it is off
+        metrics.watch_caches({name: functools.partial(self._cache, slot)
+                              for name, slot in SINK_CACHES.items()})
 
     @classmethod
     def open(cls, cfg: Config, metrics: Metrics, out: TextIO, fmt: str,
@@ -98,6 +110,11 @@ class Sinks:
                 continue
             for f in findings:
                 slot.sink.submit(f)
+
+    def _cache(self, name: str) -> Sized | None:
+        slot = self.slots.get(name)
+        sink = slot.sink if slot is not None else None
+        return sink.cache() if isinstance(sink, _Caching) else None
 
     def reconfigure(self, cfg: Config) -> None:
         """Follow a reloaded config: a sink whose settings did not change keeps running

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError
-from agent.metrics import Metrics
+from agent.metrics import Bounded, Metrics
 from agent.model import Severity
 from agent.sinks.base import QueuedDelivery, Result, retry_after
 from agent.sinks.findings import Finding
@@ -40,6 +40,9 @@ Key = tuple[str, str, str]
 _http_log = logging.getLogger("nodewarden.slack.http")
 _http_log.setLevel(logging.WARNING)
 _http_log.propagate = False
+
+# open incidents at most: a flood of distinct keys past it is counted as dropped
+MAX_INCIDENTS = 10_000
 
 COLOURS = {Severity.INFO: "#439FE0", Severity.LOW: "#2EB67D", Severity.MEDIUM: "#ECB22E",
            Severity.HIGH: "#E8702A", Severity.CRITICAL: "#E01E5A"}
@@ -138,11 +141,15 @@ class SlackSink(QueuedDelivery[dict[str, Any]]):
             if inc is not None:
                 inc.suppressed += 1
                 return
-            if len(self._incidents) >= 10_000:
+            if len(self._incidents) >= MAX_INCIDENTS:
                 self.count_dropped("dedupe_full")  # bounded: a flood of distinct keys is counted
                 return
             self._incidents[key] = _Incident(now)
         self.enqueue(message(finding))
+
+    def cache(self) -> Bounded:
+        """The open incidents against their bound (for the cache metrics)."""
+        return Bounded(self._incidents, MAX_INCIDENTS)
 
     def _flush_expired(self, now: float) -> None:
         for key, inc in list(self._incidents.items()):

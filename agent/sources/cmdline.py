@@ -128,6 +128,11 @@ class CmdlineBudget:
         # re-entrant: a release can run inside `hold` when a collection frees a Process
         self._lock = threading.RLock()
 
+    @property
+    def counted(self) -> LRUCache[int, bool]:
+        """The processes already counted as cut (by Process.id), bounded: for the metrics."""
+        return self._counted
+
     def allowance(self) -> tuple[int, int]:
         """(head, tail) bytes for the next command line read."""
         return (HEAD, TAIL) if self.held < self.limit else (TIGHT_HEAD, TIGHT_TAIL)

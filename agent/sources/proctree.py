@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Sequence, Sized
 from typing import TypeVar
 
 from cachetools import LRUCache
@@ -105,6 +105,10 @@ class ProcessTree:
         # whenever `procs` changes (scan, add, remove), so an exec, an exit or a reparenting
         # seen by a scan is never answered from an older tree; at most one entry per process.
         self._ancestry: dict[int, tuple[Process, tuple[Process, ...]]] = {}
+
+    def caches(self) -> dict[str, Callable[[], Sized]]:
+        """Its bounded caches by name (for the cache metrics): the workspaces of forks."""
+        return {"forked": lambda: self._forked}
 
     def scan(self) -> list[Process]:
         """Read every process from procfs and replace the tree with what is there now.

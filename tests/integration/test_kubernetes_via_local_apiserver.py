@@ -296,6 +296,43 @@ def test_each_finding_becomes_a_warning_event_on_its_pod_via_local_apiserver(ser
     assert "crypto-miner-exec" in ev["message"] and "xmrig" in ev["message"]
 
 
+def _cache(m: Metrics, cache: str) -> tuple[float | None, float | None]:
+    """(entries, capacity) of one cache as /metrics shows it."""
+    return (m.registry.get_sample_value("nodewarden_cache_entries", {"cache": cache}),
+            m.registry.get_sample_value("nodewarden_cache_capacity", {"cache": cache}))
+
+
+def test_open_event_series_are_on_metrics_while_events_are_written_via_local_apiserver(
+        server, kube):
+    import io
+
+    from agent.config import Config
+    from agent.sinks.registry import Sinks
+
+    m = Metrics()
+    sinks = Sinks.open(Config(listen="off", bpf="off", kubernetes_events=True), m,
+                       io.StringIO(), "json", kube=kube)
+    assert _cache(m, "kubernetes_event_series") == (0, 2048)
+    for i in range(3):
+        sinks.submit([_finding(uid=f"uid-{i}", name=f"ws-{i}")])
+    sinks.submit([_finding(uid="uid-0", name="ws-0")])      # a repeat counts on its series
+    assert _cache(m, "kubernetes_event_series") == (3, 2048)
+    server.wait_for(lambda: len(server.events) == 3)
+    sinks.close(2.0)
+    assert _cache(m, "kubernetes_event_series") == (None, None)  # no sink, no series
+
+
+def test_event_series_stay_within_max_series_via_local_apiserver(server, kube):
+    m = Metrics()
+    sink = PodEventSink(kube.api, NODE, m, max_series=4)
+    for i in range(10):               # more pods than series: the oldest written ones go
+        sink.submit(_finding(uid=f"uid-{i}", name=f"ws-{i}"))
+        server.wait_for(lambda n=i + 1: len(server.events) == n)
+        assert len(sink.cache()) <= 4
+    assert (len(sink.cache()), sink.cache().maxsize) == (4, 4)
+    sink.close()
+
+
 def test_a_flood_of_one_finding_is_one_event_with_a_count_via_local_apiserver(server, kube):
     sink = PodEventSink(kube.api, NODE, Metrics(), patch_interval=0.2)
     for i in range(500):
@@ -423,6 +460,18 @@ def test_delete_pod_never_deletes_a_replacement_pod_of_the_same_name_via_local_a
     assert ("team-a", "ws-1") in server.pods, "the pod with another uid must survive"
     assert "deletionTimestamp" not in server.pods[("team-a", "ws-1")]["metadata"]
     assert m.actions.labels(action="delete-pod", outcome="gone")._value.get() == 1
+
+
+def test_requested_pod_deletions_are_on_metrics_via_local_apiserver(server, kube):
+    server.put_pod(pod("team-a", "ws-1", "uid-1", NODE, {}, (CID,)))
+    m = Metrics()
+    deleter = PodDeleter(kube.api, m)
+    assert _cache(m, "pod_deletes") == (0, 4096)
+    deleter.request(Pod("team-a", "ws-1", "uid-1"))
+    deleter.request(Pod("team-a", "ws-1", "uid-1"))       # asked once
+    assert _cache(m, "pod_deletes") == (1, 4096)
+    server.wait_for(lambda: server.requests_to("DELETE", "/api/v1/namespaces/team-a/pods/ws-1"))
+    deleter.close()
 
 
 def test_a_failed_delete_is_tried_again_by_the_next_finding_via_local_apiserver(server, kube):

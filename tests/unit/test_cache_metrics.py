@@ -99,3 +99,72 @@ def test_the_pod_index_is_bounded_under_churn_and_exported():
     assert index.lookup("", "u199") is not None       # and the newest deleted still resolve
     assert index.lookup("", "u0") is None
     assert _series(m, "pods") == (8, 8)
+
+
+# -- caches kept bounded by their owners, on /metrics as a user scrapes it ---------------------
+
+def _scraped(m: Metrics, cache: str) -> tuple[str | None, str | None]:
+    """(entries, capacity) of one cache in the text /metrics serves."""
+    lines = generate_latest(m.registry).decode().splitlines()
+
+    def value(name: str) -> str | None:
+        prefix = f'{name}{{cache="{cache}"}} '
+        return next((line[len(prefix):] for line in lines if line.startswith(prefix)), None)
+    return value("nodewarden_cache_entries"), value("nodewarden_cache_capacity")
+
+
+def test_a_running_agent_exports_its_fork_cache_and_its_set_of_cut_command_lines():
+    import io
+
+    from agent.app import Overrides, Runtime
+    from agent.config import Config
+    from agent.engine import loader
+    from agent.model import Process
+    from agent.sources.cmdline import RawCmdline
+
+    cfg = Config(listen="off", bpf="off", kubernetes="off")
+    rt = Runtime(cfg, loader.load([loader.bundled_rules_dir()]), Overrides(), None,
+                 io.StringIO(), "json")
+    try:
+        assert _scraped(rt.metrics, "forked") == ("0.0", "65536.0")
+        rt.tree.add(Process(pid=100, ppid=1, starttime=1, comm="sh"), marker="ws-1")
+        for pid in range(1000, 1000 + 70_000):  # a fork bomb in a workspace
+            rt.tree.forked(pid, 100)
+        assert rt.tree.workspace_of(100) == "ws-1"
+        assert _scraped(rt.metrics, "forked") == ("65536.0", "65536.0")
+
+        budget = rt.tree.procfs.cmdlines
+        assert _scraped(rt.metrics, "cmdlines_counted") == ("0.0", "65536.0")
+        procs = [Process(pid=pid, ppid=1, starttime=pid, comm="java") for pid in range(3)]
+        for p in procs:
+            budget.hold(p, RawCmdline(b"java\0-cp\0", b"Main\0", 100_000))
+        budget.hold(procs[0], RawCmdline(b"java\0-cp\0", b"Main\0", 100_000))  # read again
+        assert _scraped(rt.metrics, "cmdlines_counted") == ("3.0", "65536.0")
+    finally:
+        rt.close()
+
+
+def test_slack_incidents_are_exported_while_slack_runs_and_left_out_once_it_is_off(monkeypatch):
+    import io
+    from dataclasses import replace
+
+    from agent.config import Config
+    from agent.sinks.registry import Sinks
+    from tests.unit.sample_finding import sample
+
+    # nothing listens there: a delivery is refused at once, on this machine
+    monkeypatch.setenv("NW_TEST_SLACK_URL", "http://127.0.0.1:9/services/x")
+    cfg = Config(listen="off", bpf="off", kubernetes="off",
+                 slack_webhook_url_env="NW_TEST_SLACK_URL")
+    m = Metrics()
+    sinks = Sinks.open(cfg, m, io.StringIO(), "json")
+    try:
+        assert _scraped(m, "slack_incidents") == ("0.0", "10000.0")
+        sinks.submit([sample(exe=f"/tmp/miner{i}") for i in range(3)])
+        sinks.submit([sample(exe="/tmp/miner0")])  # a repeat: the same incident
+        assert _scraped(m, "slack_incidents") == ("3.0", "10000.0")
+        sinks.reconfigure(replace(cfg, slack_webhook_url_env="NW_TEST_SLACK_UNSET"))
+        assert _scraped(m, "slack_incidents") == (None, None)
+        assert 'cache="kubernetes_event_series"' not in generate_latest(m.registry).decode()
+    finally:
+        sinks.close(0.0)
