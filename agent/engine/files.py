@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.engine import yamlsrc
+from agent.engine.parsecache import CACHE
 from agent.engine.problems import Problems, suggest, type_name
 
 BUNDLED = "bundled"
@@ -86,11 +87,15 @@ def read_rule_file(path: Path, problems: Problems) -> RuleFile | None:
     except UnicodeDecodeError as e:
         problems.add(1, f"cannot read rule file: {e}")
         return None
-    try:
-        data, dups = yamlsrc.load(text)
-    except yamlsrc.YamlSyntaxError as e:
-        problems.add(e.line, f"YAML syntax error: {e}; check indentation and quoting here")
-        return None
+    parsed = CACHE.get(raw)
+    if parsed is None:
+        try:
+            parsed = yamlsrc.load(text)
+        except yamlsrc.YamlSyntaxError as e:
+            problems.add(e.line, f"YAML syntax error: {e}; check indentation and quoting here")
+            return None
+        CACHE.put(raw, parsed)
+    data, dups = parsed
     for line, key in dups:
         problems.add(line, f"duplicate key '{key}': YAML keeps only the last; remove one")
     if data is None:

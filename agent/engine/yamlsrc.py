@@ -13,12 +13,11 @@ that constructor, so values are PyYAML's.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-import yaml
-from yaml.nodes import MappingNode, ScalarNode, SequenceNode
-
-_Base: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# PyYAML (and libyaml) is imported when a text is parsed, not with this module: a command
+# whose rule files are all in the parse cache (agent/engine/parsecache.py) never needs it.
 
 
 class Node(dict):
@@ -43,40 +42,48 @@ class Seq(list):
         return self.item_lines[index] if index < len(self.item_lines) else self.line
 
 
-class _Loader(_Base):  # type: ignore[misc, valid-type]
-    def __init__(self, stream: Any) -> None:
-        super().__init__(stream)
-        self.duplicates: list[tuple[int, Any]] = []
+@functools.cache
+def _loader_class() -> type:
+    """The safe loader (libyaml's when present) that builds `Node` and `Seq` with lines."""
+    import yaml
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Node:  # type: ignore[override]
-        out = Node()
-        out.line = node.start_mark.line + 1
-        out.key_lines = {}
-        self.flatten_mapping(node)
-        for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, bool):
-                # YAML 1.1 reads a bare `on:` or `yes:` key as a boolean; no key of ours is one
-                key = key_node.value
-            try:
-                hash(key)
-            except TypeError:
-                key = str(key)
-            if key in out:
-                self.duplicates.append((key_node.start_mark.line + 1, key))
-            out[key] = self.construct_object(value_node, deep=True)
-            out.key_lines[key] = key_node.start_mark.line + 1
-        return out
+    base: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-    def construct_seq(self, node: yaml.SequenceNode) -> Seq:
-        out = Seq(self.construct_object(child, deep=True) for child in node.value)
-        out.line = node.start_mark.line + 1
-        out.item_lines = [child.start_mark.line + 1 for child in node.value]
-        return out
+    class _Loader(base):  # type: ignore[misc, valid-type]
+        def __init__(self, stream: Any) -> None:
+            super().__init__(stream)
+            self.duplicates: list[tuple[int, Any]] = []
 
+        def construct_mapping(self, node: Any, deep: bool = False) -> Node:  # type: ignore[override]
+            out = Node()
+            out.line = node.start_mark.line + 1
+            out.key_lines = {}
+            self.flatten_mapping(node)
+            for key_node, value_node in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, bool):
+                    # YAML 1.1 reads a bare `on:` or `yes:` key as a boolean; no key of
+                    # ours is one
+                    key = key_node.value
+                try:
+                    hash(key)
+                except TypeError:
+                    key = str(key)
+                if key in out:
+                    self.duplicates.append((key_node.start_mark.line + 1, key))
+                out[key] = self.construct_object(value_node, deep=True)
+                out.key_lines[key] = key_node.start_mark.line + 1
+            return out
 
-_Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_mapping)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _Loader.construct_seq)
+        def construct_seq(self, node: Any) -> Seq:
+            out = Seq(self.construct_object(child, deep=True) for child in node.value)
+            out.line = node.start_mark.line + 1
+            out.item_lines = [child.start_mark.line + 1 for child in node.value]
+            return out
+
+    _Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_mapping)
+    _Loader.add_constructor("tag:yaml.org,2002:seq", _Loader.construct_seq)
+    return _Loader
 
 
 class YamlSyntaxError(Exception):
@@ -94,35 +101,40 @@ _MERGE = "tag:yaml.org,2002:merge"
 
 
 class _Builder:
-    """Builds the data of a composed node tree as `_Loader` would, faster: an alias is the
+    """Builds the data of a composed node tree as `_loader_class()` would, faster: an alias is the
     object built for its anchor (a chain of aliases costs nothing), a node inside itself
     (`&a [*a]`) is the same error, and what is not a plain map, seq or str goes to the
     loader."""
 
-    def __init__(self, loader: _Loader) -> None:
+    def __init__(self, loader: Any) -> None:
+        from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
         self.loader = loader
         self.built: dict[int, Any] = {}
         self.building: set[int] = set()
+        self.scalar, self.mapping, self.sequence = ScalarNode, MappingNode, SequenceNode
 
     def _enter(self, node: Any) -> None:
         if id(node) in self.building:
-            raise yaml.constructor.ConstructorError(None, None, "found unconstructable "
-                                                    "recursive node", node.start_mark)
+            from yaml.constructor import ConstructorError
+
+            raise ConstructorError(None, None, "found unconstructable recursive node",
+                                   node.start_mark)
         self.building.add(id(node))
 
     def build(self, node: Any) -> Any:
         """The value of `node`."""
         tag = node.tag
         cls = node.__class__
-        if cls is ScalarNode and tag == _STR:
+        if cls is self.scalar and tag == _STR:
             return node.value
-        if cls is MappingNode and tag == _MAP:
+        if cls is self.mapping and tag == _MAP:
             return self._mapping(node)
-        if cls is SequenceNode and tag == _SEQ:
+        if cls is self.sequence and tag == _SEQ:
             return self._sequence(node)
         return self.loader.construct_object(node, deep=True)
 
-    def _mapping(self, node: MappingNode) -> Node:
+    def _mapping(self, node: Any) -> Node:
         out = self.built.get(id(node))
         if out is not None:
             return out
@@ -149,7 +161,7 @@ class _Builder:
         self.built[id(node)] = out
         return out
 
-    def _sequence(self, node: SequenceNode) -> Seq:
+    def _sequence(self, node: Any) -> Seq:
         out = self.built.get(id(node))
         if out is not None:
             return out
@@ -163,7 +175,9 @@ class _Builder:
 
 def load(text: str) -> tuple[Any, list[tuple[int, Any]]]:
     """Parse one YAML document; returns (data, [(line, duplicate key), ...])."""
-    loader = _Loader(text)
+    import yaml
+
+    loader = _loader_class()(text)
     try:
         node = loader.get_single_node()
         data = None if node is None else _Builder(loader).build(node)

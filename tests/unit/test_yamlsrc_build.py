@@ -13,7 +13,7 @@ from agent.engine.files import bundled_rules_dir
 
 
 def reference(text: str) -> tuple[Any, list[tuple[int, Any]]]:
-    loader = yamlsrc._Loader(text)
+    loader = yamlsrc._loader_class()(text)
     try:
         return loader.get_single_data(), loader.duplicates
     finally:
