@@ -12,7 +12,6 @@ import ipaddress
 import math
 import os
 import re
-import socket
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -25,7 +24,7 @@ from agent.enrich.workspace import DEFAULT_MARKERS
 from agent.errors import ConfigError
 from agent.model import Severity
 from agent.nodelock import default_lock_file
-from agent.sinks.webhook import WebhookConfig
+from agent.sinks.webhookconfig import WebhookConfig
 from agent.sources.registry import SENSOR_NAMES, sensors_problem
 
 
@@ -47,7 +46,9 @@ _CHOICES = (
 
 
 def _default_host() -> str:
-    return os.environ.get("NODE_NAME") or socket.gethostname()
+    # what socket.gethostname() says (Linux's gethostname is uname's nodename), without
+    # importing socket for it
+    return os.environ.get("NODE_NAME") or os.uname().nodename
 
 
 @dataclass

@@ -8,13 +8,12 @@ disagree).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.engine import yamlsrc
-from agent.engine.parsecache import CACHE
+from agent.engine.parsecache import CACHE, sha256
 from agent.engine.problems import Problems, suggest, type_name
 
 BUNDLED = "bundled"
@@ -114,7 +113,7 @@ def read_rule_file(path: Path, problems: Problems) -> RuleFile | None:
 
 def digest(files: Sequence[RuleFile]) -> str:
     """16 hex digits of SHA-256 over each file's name and the very bytes that were parsed."""
-    h = hashlib.sha256()
+    h = sha256()
     for f in files:
         h.update(f.path.name.encode() + b"\0" + f.raw + b"\0")
     return h.hexdigest()[:16]

@@ -18,7 +18,6 @@ are kept (the oldest go first), so rule files edited all day do not fill the dis
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -29,6 +28,11 @@ from typing import Any
 
 from agent import __version__
 from agent.engine import yamlsrc
+
+try:  # CPython's own SHA-256: hashlib loads OpenSSL first, a few ms of a short `scan`
+    from _sha256 import sha256
+except ImportError:  # pragma: no cover - another Python
+    from hashlib import sha256
 
 log = logging.getLogger("nodewarden")
 
@@ -65,7 +69,7 @@ def _parser_stamp() -> bytes:
 
 
 def _key(raw: bytes) -> str:
-    return hashlib.sha256(FORMAT.encode() + b"\0" + _parser_stamp() + b"\0" + raw).hexdigest()
+    return sha256(FORMAT.encode() + b"\0" + _parser_stamp() + b"\0" + raw).hexdigest()
 
 
 def _root_only(path: str) -> bool:
