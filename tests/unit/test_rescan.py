@@ -152,8 +152,8 @@ def test_parse_stat_program_keeps_what_an_exec_changes() -> None:
             b"100 200 300 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 400 500 600 700 800 900 1000 0")
     state, program = parse_stat_program(line)
     assert state == b"S"
-    assert program == [b"a) (b", b"1", b"300", b"100", b"200", b"300",
-                       b"400", b"500", b"600", b"700", b"800", b"900", b"1000"]
+    assert program == (b"a) (b", (b"1", b"300", b"100", b"200", b"300",
+                                  b"400", b"500", b"600", b"700", b"800", b"900", b"1000"))
     with pytest.raises(ValueError):
         parse_stat_program(b"7 a S 1")
 

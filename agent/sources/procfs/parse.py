@@ -6,6 +6,7 @@ Values in, values out, no I/O (psutil's `_pslinux` keeps the same split): the re
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import NamedTuple
 
 from agent.text import decode
@@ -44,8 +45,18 @@ def _stat(data: bytes, comm: bytes, rest: list[bytes]) -> Stat:
                 int(rest[1]), int(rest[6]), int(rest[19]))
 
 
-def _program(comm: bytes, rest: list[bytes]) -> list[bytes]:
-    return [comm, rest[1], rest[19], *rest[23:26], *rest[42:49]]
+# ppid, starttime, start/end of code, start of stack (26-28), data, heap, argv and
+# environment addresses (45-51): one C call picks them all
+_PROGRAM_FIELDS = itemgetter(1, 19, 23, 24, 25, 42, 43, 44, 45, 46, 47, 48)
+
+# The program key: (comm, the fields above), compared whole
+Program = tuple[bytes, tuple[bytes, ...]]
+
+
+def _program(comm: bytes, rest: list[bytes]) -> Program:
+    if len(rest) > 48:
+        return comm, _PROGRAM_FIELDS(rest)
+    return comm, (rest[1], rest[19], *rest[23:26], *rest[42:49])  # a kernel before 3.5
 
 
 def parse_stat(data: bytes) -> Stat:
@@ -58,7 +69,7 @@ def parse_stat(data: bytes) -> Stat:
     return _stat(data, comm, rest)
 
 
-def parse_stat_program(data: bytes) -> tuple[bytes, list[bytes]]:
+def parse_stat_program(data: bytes) -> tuple[bytes, Program]:
     """The state of a process, and what /proc/PID/stat says about the program it runs as
     raw fields to compare (the program key): comm, ppid, starttime and the addresses an
     exec sets anew (start/end of code, start of stack, of data, of the heap, of argv and of
@@ -75,10 +86,23 @@ def parse_stat_program(data: bytes) -> tuple[bytes, list[bytes]]:
     return rest[0], _program(comm, rest)
 
 
-def parse_stat_and_program(data: bytes) -> tuple[Stat, list[bytes]]:
-    """`parse_stat` and the program key of `parse_stat_program`, from one split."""
-    comm, rest = _split_stat(data)
-    return _stat(data, comm, rest), _program(comm, rest)
+def parse_stat_and_program(data: bytes) -> tuple[Stat, Program]:
+    """`parse_stat` and the program key of `parse_stat_program`, from one split (in one
+    body: a first scan parses thousands of these)."""
+    lpar = data.find(b"(")
+    rpar = data.rfind(b")")
+    if lpar < 0 or rpar < lpar:
+        raise ValueError("no (comm) in stat")
+    rest = data[rpar + 2 :].split()
+    if len(rest) < 20:
+        raise ValueError("stat line too short")
+    comm = data[lpar + 1 : rpar]
+    st = tuple.__new__(Stat, (int(data[:lpar]), comm.decode("utf-8", "surrogateescape"),
+                              rest[0].decode("ascii", "replace"), int(rest[1]), int(rest[6]),
+                              int(rest[19])))
+    if len(rest) > 48:
+        return st, (comm, _PROGRAM_FIELDS(rest))
+    return st, _program(comm, rest)
 
 
 def parse_cmdline(data: bytes) -> tuple[str, ...]:

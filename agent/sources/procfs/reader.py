@@ -19,6 +19,7 @@ from agent.sources.cmdline import CmdlineBudget, RawCmdline, read_cmdline
 from agent.sources.procfs.cgroup import CGROUPS, Cgroup
 from agent.sources.procfs.parse import (
     PF_KTHREAD,
+    Program,
     Stat,
     parse_cmdline,
     parse_netns,
@@ -29,6 +30,7 @@ from agent.sources.procfs.parse import (
 )
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 # ENOTDIR: a numeric entry that is not a pid directory (never in a real procfs)
 _GONE = (errno.ESRCH, errno.ENOENT, errno.ENOTDIR)
 
@@ -84,6 +86,33 @@ def _read(name: str, dfd: int, limit: int) -> bytes:
         os.close(fd)
 
 
+def _stat_error(pid: int, e: OSError) -> Exception:
+    """What a failed open or read of /proc/PID/stat means (as `ProcFS._must` tells it)."""
+    if isinstance(e, FdExhausted):
+        return e
+    if e.errno in EXHAUSTED:
+        return FdExhausted(e.errno, e.strerror)
+    if isinstance(e, PermissionError):
+        return AccessDenied(pid, "stat")
+    if e.errno in _GONE:
+        return ProcessGone(pid)
+    return e
+
+
+# namespace link (`net:[4026531840]`) -> its inode: a host has a few, every process of a
+# scan names one; bounded (a tenant making namespaces by the thousand only cycles it)
+_NETNS: dict[str, int] = {}
+_NETNS_MAX = 1024
+
+
+def _netns(link: str) -> int:
+    """`parse_netns(link)`, kept in _NETNS."""
+    if len(_NETNS) >= _NETNS_MAX:
+        _NETNS.clear()
+    value = _NETNS[link] = parse_netns(link)
+    return value
+
+
 def _live_task(pid: int, dfd: int) -> tuple[int, str] | None:
     """A directory fd on /proc/PID/task/TID of a thread other than the leader that has not
     exited, and its state; None when there is none (a true zombie)."""
@@ -130,7 +159,7 @@ class Known(NamedTuple):
     what `ProcFS.refresh` compares to tell whether it must read the process again."""
 
     process: Process
-    program: list[bytes]
+    program: Program
 
 
 class ProcFS:
@@ -225,14 +254,24 @@ class ProcFS:
         return known
 
     def read_known(self, pid: int) -> Known:
-        """`read`, with the program key of the stat it read (for `refresh`)."""
+        """`read`, with the program key of the stat it read (for `refresh`).
+
+        Every file is opened, read and closed inline, not through the helpers `read_exec`
+        uses: a scan reads ~8 files of each of thousands of processes, and the layers of
+        calls cost as much as a read."""
         dfd = self._open(pid)
         try:
-            data = self._must(pid, dfd, "stat", 4096)
             try:
+                fd = os.open("stat", _FILE_FLAGS, dir_fd=dfd)
+                try:
+                    data = os.read(fd, 4096)
+                finally:
+                    os.close(fd)
                 st, program = parse_stat_and_program(data)
             except ValueError:
                 raise ProcessGone(pid) from None
+            except OSError as e:
+                raise _stat_error(pid, e) from None
             if st.flags & PF_KTHREAD:
                 return Known(Process(pid=st.pid, ppid=st.ppid, starttime=st.starttime,
                                      comm=st.comm, uid=0, state=st.state, kthread=True),
@@ -244,30 +283,48 @@ class ProcFS:
                 if live is not None:
                     os.close(dfd)
                     dfd, st = live[0], st._replace(state=live[1])
-            head, tail = self.cmdlines.allowance()
-            raw = self._cmdline(dfd, head, tail)
-            exe, dev, ino = self._exe(pid, dfd)
-            cg = CGROUPS.parse(self._may(pid, dfd, "cgroup", CGROUP_LIMIT))
-            p = Process(
-                pid=st.pid,
-                ppid=st.ppid,
-                starttime=st.starttime,
-                comm=st.comm,
-                exe=exe,
-                cmdline=parse_cmdline(raw.joined()),
-                cmdline_cut=raw.cut,
-                uid=self._uid(pid, dfd),
-                state=st.state,
-                exe_dev=dev,
-                exe_ino=ino,
-                container_id=cg.container_id,
-                pod_uid=cg.pod_uid,
-                netns=parse_netns(self._link(pid, dfd, "ns/net")),
-            )
-            self.cmdlines.hold(p, raw)
-            return Known(p, program)
+            return Known(self._process(pid, dfd, st), program)
         finally:
             os.close(dfd)
+
+    def _process(self, pid: int, dfd: int, st: Stat) -> Process:
+        """The Process of a user-space process whose stat is `st`, the rest read from `dfd`."""
+        head, tail = self.cmdlines.allowance()
+        raw = self._cmdline(dfd, head, tail)
+        exe, dev, ino = self._exe(pid, dfd)
+        try:
+            cgroup = _read("cgroup", dfd, CGROUP_LIMIT)
+        except FdExhausted:
+            raise
+        except OSError:
+            cgroup = b""
+        cg = CGROUPS.parse(cgroup)
+        uid = os.fstat(dfd).st_uid  # the effective uid, unless root's (see _uid)
+        try:
+            net = os.readlink("ns/net", dir_fd=dfd)
+        except OSError:
+            net = ""
+        netns = _NETNS.get(net)
+        if netns is None:
+            netns = _netns(net)
+        p = Process(
+            pid=st.pid,
+            ppid=st.ppid,
+            starttime=st.starttime,
+            comm=st.comm,
+            exe=exe,
+            cmdline=parse_cmdline(raw.joined()),
+            cmdline_cut=raw.cut,
+            uid=uid if uid else self._uid(pid, dfd),
+            state=st.state,
+            exe_dev=dev,
+            exe_ino=ino,
+            container_id=cg.container_id,
+            pod_uid=cg.pod_uid,
+            netns=netns,
+        )
+        self.cmdlines.hold(p, raw)
+        return p
 
     def environ_marker(self, pid: int, markers: Sequence[str]) -> tuple[str, str] | None:
         """The workspace marker in the process's environ, if any. Kernel threads (ESRCH)
