@@ -11,9 +11,10 @@ watch list of its own (WATCH_RULES: 52 paths, prefixes and names, reads and writ
   - `find-cat`: `find /usr -type f -print0 | xargs -0 cat > /dev/null` (page cache warm).
 
 Both pinned to CPU 1, the agent to CPU 0; wall time per workload, conditions alternating,
-medians over `--rounds`. The file records the agent received during the workloads are its
-nodewarden_events_total{source="file"} before and after (0 when the kernel filtered
-everything): the proof that unwatched opens wake nothing.
+medians over `--rounds`. The file records the agent received during the workloads: its
+nodewarden_events_total{source="file"} before and after (the whole machine's: other
+processes read watched files meanwhile), and those of the workloads' own processes (from
+its --record): 0 when the kernel filtered everything they did.
 
     sudo .venv/bin/python bench/file_cost.py --rounds 5 [--rules DIR_WITH_FILE_PACKS]
 
@@ -96,6 +97,7 @@ WATCH_RULES = f"""rules:
 """
 
 FILE_EVENTS = 'nodewarden_events_total{source="file"}'
+WORKLOAD_COMMS = {"openloop", "find", "xargs", "cat", "sh", "taskset"}
 CONDITIONS = ("none", "agent-nofile", "agent")
 
 
@@ -113,10 +115,13 @@ class Agent:
         cfg = work / "config.yaml"
         cfg.write_text(f"sensors: {json.dumps(sensors)}\n" if sensors else "")
         self.log = open(work / "agent.log", "w")  # noqa: SIM115 - closed in stop()
+        self.record = work / "events.jsonl"
+        self.record.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             ["taskset", "-c", "0", sys.executable, "-m", "agent", "run", "--config", str(cfg),
              "--format", "json", "--interval", "3600", "--listen", f"127.0.0.1:{self.port}",
-             "--rules", *rules], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log)
+             "--record", str(self.record), "--rules", *rules], cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 120
         while "ready:" not in (work / "agent.log").read_text():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -140,6 +145,15 @@ class Agent:
             if now != value:
                 value, since = now, time.monotonic()
         return value
+
+    def workload_records(self) -> list[str]:
+        """The paths of the file events the workloads' own processes made (recorded)."""
+        out = []
+        for line in self.record.read_text().splitlines():
+            ev = json.loads(line)
+            if ev.get("kind") == "file" and ev["process"].get("comm") in WORKLOAD_COMMS:
+                out.append(ev["file"]["path"])
+        return out
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -166,16 +180,17 @@ def workloads(work: Path, opens: int) -> dict[str, float]:
 def one(cond: str, work: Path, opens: int, rules: list[str]) -> dict[str, Any]:
     """One condition's run: workload times, and the file records the agent received."""
     if cond == "none":
-        return {"times": workloads(work, opens), "file_records": None}
+        return {"times": workloads(work, opens), "file_records": None, "workload_paths": []}
     sensors = None if cond == "agent" else ["exec", "tcp", "connect_guard", "proc_connector"]
     agent = Agent(work, sensors, rules)
     try:
         before = agent.settled()
         times = workloads(work, opens)
         after = agent.settled()
+        paths = agent.workload_records()
     finally:
         agent.stop()
-    return {"times": times, "file_records": after - before}
+    return {"times": times, "file_records": after - before, "workload_paths": paths}
 
 
 def main() -> int:
@@ -209,6 +224,9 @@ def main() -> int:
     return 0
 
 
+_COUNTS = ("file_records", "workload_records", "workload_paths")
+
+
 def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Medians and spreads by condition and workload, ratios to no agent, records seen."""
     out: dict[str, Any] = {}
@@ -220,12 +238,14 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                             "max_s": max(xs)}
         recs = [r["file_records"] for r in rs if r["file_records"] is not None]
         out[cond]["file_records"] = sum(recs) if recs else None
+        out[cond]["workload_records"] = sum(len(r["workload_paths"]) for r in rs)
+        out[cond]["workload_paths"] = sorted({p for r in rs for p in r["workload_paths"]})
     for cond in CONDITIONS[1:]:
         for w in out["none"]:
-            if w != "file_records":
+            if w not in _COUNTS:
                 out[cond][w]["vs_none"] = out[cond][w]["median_s"] / out["none"][w]["median_s"]
     for w in out["none"]:
-        if w != "file_records":
+        if w not in _COUNTS:
             out["agent"][w]["vs_agent_nofile"] = (out["agent"][w]["median_s"]
                                                   / out["agent-nofile"][w]["median_s"])
     return out
@@ -234,17 +254,20 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 def table(report: dict[str, Any]) -> str:
     """The report as a text table."""
     lines = [f"{'condition':14} {'workload':9} {'median s':>9} {'min':>7} {'max':>7} "
-             f"{'vs none':>8} {'vs no-file':>10} {'file records':>12}"]
+             f"{'vs none':>8} {'vs no-file':>10} {'file records':>12} {'of workload':>11}"]
     for cond, per in report.items():
         for w, v in per.items():
-            if w == "file_records":
+            if w in _COUNTS:
                 continue
             vs = f"{v['vs_none']:.3f}" if "vs_none" in v else "-"
             vf = f"{v['vs_agent_nofile']:.3f}" if "vs_agent_nofile" in v else "-"
             rec = per["file_records"]
+            mine = "-" if rec is None else str(per["workload_records"])
             lines.append(f"{cond:14} {w:9} {v['median_s']:9.3f} {v['min_s']:7.3f} "
                          f"{v['max_s']:7.3f} {vs:>8} {vf:>10} "
-                         f"{'-' if rec is None else int(rec):>12}")
+                         f"{'-' if rec is None else int(rec):>12} {mine:>11}")
+    paths = report["agent"]["workload_paths"]
+    lines.append(f"workload paths recorded: {', '.join(paths) or 'none'}")
     return "\n".join(lines)
 
 

@@ -10,7 +10,9 @@
  *    too, so `cd /etc && cat shadow` or `openat(etc_fd, "shadow")` is sent and resolved
  *    in userspace against the caller's cwd or dirfd.
  *  - file_names: watched last components (file.name rules), tried at each length of
- *    file_cfg.lens, so only as many lookups as there are distinct name lengths.
+ *    file_cfg.lens, so only as many lookups as there are distinct name lengths; and, in
+ *    the values' high 16 bits, the last components of watched exact paths, which count
+ *    only for an absolute path spelled otherwise (`/etc//shadow`).
  *  - file_cfg: the union of every entry's ops (an op no rule wants returns before the path
  *    is read) and the name lengths.
  *  - file_cwd: processes whose working directory is under a watched directory (chdir
@@ -74,9 +76,10 @@ static __always_inline u32 open_op(u64 flags)
     return acc ? NW_FILE_WRITE : NW_FILE_READ;
 }
 
-/* whether a watched name ends the path in s->key (n bytes, the NUL not counted) */
-static __always_inline int name_watched(struct file_scratch *s, struct file_cfg *c, u32 n,
-                                        u32 bit)
+/* The value of the watched name that ends the path in s->key (n bytes, the NUL not
+ * counted), 0 when none: its low 16 bits the ops of a name watch, its high 16 bits those of
+ * exact watched paths with that last component (see non_canonical). */
+static __always_inline u32 name_watched(struct file_scratch *s, struct file_cfg *c, u32 n)
 {
     u32 nlens = c->nlens;
     for (int i = 0; i < NW_FILE_NAME_LENS; i++) {
@@ -101,7 +104,28 @@ static __always_inline int name_watched(struct file_scratch *s, struct file_cfg 
                 s->name.word[w] &= keep ? (1ULL << (keep * 8)) - 1 : 0;
         }
         u32 *ops = file_names.lookup(&s->name);
-        if (ops && (*ops & bit))
+        if (ops)
+            return *ops;
+    }
+    return 0;
+}
+
+/* Whether an absolute path of n bytes has `//`, `/./` or `/../` in it (or ends in `/.` or
+ * `/..`): another spelling of a path the trie may hold. Only run for a path whose last
+ * component is a watched exact path's, so the loop is rare. */
+static __always_inline int non_canonical(struct file_scratch *s, u32 n)
+{
+    for (u32 i = 0; i + 1 < NW_FILE_PATH_LEN; i++) {
+        if (i + 1 >= n)
+            break;
+        if (s->key.path[i & (NW_FILE_PATH_LEN - 1)] != '/')
+            continue;
+        char a = s->key.path[(i + 1) & (NW_FILE_PATH_LEN - 1)];
+        char b = s->key.path[(i + 2) & (NW_FILE_PATH_LEN - 1)];
+        char d = s->key.path[(i + 3) & (NW_FILE_PATH_LEN - 1)];
+        if (a == '/')
+            return 1;
+        if (a == '.' && (b == '/' || b == 0 || (b == '.' && (d == '/' || d == 0))))
             return 1;
     }
     return 0;
@@ -153,9 +177,13 @@ static __always_inline int path_watched(const char *upath, u32 op, int dirfd)
     u32 *ops = file_watch.lookup(&s->key);
     if (ops && (*ops & bit))
         return 1;
-    if (c->nlens && name_watched(s, c, (u32)got - 1, bit))
+    if (!c->nlens)
+        return 0;
+    u32 names = name_watched(s, c, (u32)got - 1);
+    if (names & bit)
         return 1;
-    return 0;
+    /* `/etc//shadow`, `/etc/./shadow`: userspace makes them `/etc/shadow` */
+    return ((names >> 16) & bit) && s->key.path[0] == '/' && non_canonical(s, (u32)got - 1);
 }
 
 #ifdef NW_PERF

@@ -32,6 +32,7 @@ NAME_LEN = 31         # NW_FILE_NAME_LEN - 1
 NAME_LENS = 16        # NW_FILE_NAME_LENS: distinct lengths of watched names
 RELATIVE_DEPTH = 3    # relative forms of a watched path: its last 1..3 components
 TRIE_MAX = 4096       # the LPM trie's entries: every watch and its relative forms
+SPELLED_OTHERWISE = 16  # names map: ops << 16 for an exact path's last component
 
 PATH, PREFIX, NAME = "path", "prefix", "name"
 FIX = ("add e.g. `file.path: {prefix: /etc/cron.d/}` or `file.name: {in: [authorized_keys]}` "
@@ -240,7 +241,8 @@ def relative_forms(value: str) -> list[str]:
 @dataclass(frozen=True)
 class KernelWatch:
     """The kernel maps' contents: LPM trie entries (bytes to match as a prefix -> ops),
-    names (-> ops), the union of every op, and the distinct name lengths."""
+    names (-> ops of name watches | ops of exact paths << SPELLED_OTHERWISE), the union of
+    every op, and the distinct name lengths."""
 
     prefixes: dict[bytes, int]
     names: dict[bytes, int]
@@ -270,12 +272,13 @@ def kernel_entries(watches: Iterable[Watch]) -> KernelWatch:
         if w.kind == NAME:
             continue
         if w.kind == PATH:
-            # its last component too: `/etc//shadow` and `/etc/./shadow` miss the trie's
-            # `/etc/shadow` but end in `shadow`; userspace makes the path canonical
+            # its last component too (ops << SPELLED_OTHERWISE): `/etc//shadow` and
+            # `/etc/./shadow` miss the trie's `/etc/shadow` but end in `shadow`; the kernel
+            # sends such a path only when it is not canonical, userspace makes it so
             base = w.value.rpartition("/")[2].encode("utf-8", "surrogateescape")
             if 0 < len(base) <= NAME_LEN and (len(base) in lens or len(lens) < NAME_LENS):
                 lens.add(len(base))
-                add(names, base, w.ops)
+                add(names, base, w.ops << SPELLED_OTHERWISE)
         end = b"\0" if w.kind == PATH else b""
         for form in relative_forms(w.value):
             if len(prefixes) >= TRIE_MAX:
@@ -286,7 +289,7 @@ def kernel_entries(watches: Iterable[Watch]) -> KernelWatch:
     inherited = {key: ops | _ancestors(key, prefixes) for key, ops in prefixes.items()}
     ops = 0
     for v in (*inherited.values(), *names.values()):
-        ops |= v
+        ops |= (v | v >> SPELLED_OTHERWISE) & ALL_OPS
     return KernelWatch(inherited, names, ops, tuple(sorted({len(n) for n in names})))
 
 

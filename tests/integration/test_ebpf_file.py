@@ -125,7 +125,14 @@ def test_watched_files_give_findings_and_unwatched_ones_never_reach_userspace(eb
                           and f["file"]["path"].endswith("relative-job"))
         assert f["file"]["path"] == str(root / "cron.d" / "relative-job")
 
-        # unwatched: other files, and ops no rule wants of watched ones (cron.d read)
+        # another spelling of a watched path
+        _run(f"open({str(root) + '/.//secret'!r}).read()")
+        f = agent.finding(lambda f: f["rule"] == "t-secret-read")
+        assert f["file"]["path"] == str(root / "secret")
+
+        # unwatched: other files (one with a watched file's name), and ops no rule wants of
+        # watched ones (cron.d read)
+        (root / "log" / "secret").write_text("x\n")
         before = _settled(agent)
         _run(f"""
 import os
@@ -133,6 +140,7 @@ for _ in range(200):
     open({str(root / 'other')!r}).read()
     open({str(root / 'cron.d' / 'existing')!r}).read()
     open({str(root / 'secret')!r}, 'a').close()
+    open({str(root / 'log' / 'secret')!r}).read()
 open({str(root / 'log' / 'keep.log')!r}, 'w').close()
 os.unlink({str(root / 'log' / 'keep.log')!r})
 """)
