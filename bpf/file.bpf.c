@@ -110,12 +110,17 @@ static __always_inline u32 name_watched(struct file_scratch *s, struct file_cfg 
     return 0;
 }
 
-/* Whether an absolute path of n bytes has `//`, `/./` or `/../` in it (or ends in `/.` or
- * `/..`): another spelling of a path the trie may hold. Only run for a path whose last
- * component is a watched exact path's, so the loop is rare. */
+/* Whether the last NW_FILE_SPELLING_SCAN bytes of an absolute path of n bytes have `//`,
+ * `/./` or `/../` in them (or end in `/.` or `/..`): another spelling of a path the trie
+ * may hold (a `..` that climbs back to a watched file is followed by that file's path).
+ * Only run for a path whose last component is a watched exact path's; bounded short
+ * because the verifier walks every iteration of every program. */
+#define NW_FILE_SPELLING_SCAN 64
 static __always_inline int non_canonical(struct file_scratch *s, u32 n)
 {
-    for (u32 i = 0; i + 1 < NW_FILE_PATH_LEN; i++) {
+    u32 start = n > NW_FILE_SPELLING_SCAN ? n - NW_FILE_SPELLING_SCAN : 0;
+    for (u32 j = 0; j < NW_FILE_SPELLING_SCAN; j++) {
+        u32 i = start + j;
         if (i + 1 >= n)
             break;
         if (s->key.path[i & (NW_FILE_PATH_LEN - 1)] != '/')
