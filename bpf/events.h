@@ -3,7 +3,7 @@
  *
  * Every record starts with `u64 ts_ns; u32 kind;` (enum nw_kind); the rest is the layout of
  * its kind: struct nw_exec_event (exec), struct nw_proc_event (fork, exit), struct
- * nw_conn_event (connect, accept, close, connect verdict). The ring buffer gives each
+ * nw_conn_event (connect, accept, close, connect verdict), struct nw_file_event (file). The ring buffer gives each
  * record's size, so a record is as long as its kind needs (a TCP record carries no file
  * name).
  *
@@ -23,6 +23,7 @@ enum nw_kind {
     NW_ACCEPT = 5,
     NW_CLOSE = 6,
     NW_CONNECT_VERDICT = 7,   /* an in-kernel connect rule matched (connect_guard.bpf.c) */
+    NW_FILE = 8,              /* a watched file opened, removed, renamed, ... (file.bpf.c) */
 };
 
 /* the verdict of a record an in-kernel rule matched (exec: verdict; connect verdict: state) */
@@ -118,5 +119,40 @@ struct nw_exec_event {
     char args[NW_ARGS_LEN];
 };
 #define NW_EXEC_FIXED 584   /* offsetof(struct nw_exec_event, args) */
+
+/* The file record (bpf/file.bpf.c; agent/sources/file_sensor.py): a path-taking syscall
+ * on a path the loaded rules watch (the watch maps, filled from the rules, decide in the
+ * kernel). `op` is one of enum nw_file_op; the watch maps' values are bitmasks of
+ * (1 << op). Paths are as the caller passed them: a relative one is resolved in
+ * userspace against `dirfd` (or the caller's cwd for NW_AT_FDCWD). */
+#define NW_FILE_PATH_LEN 256   /* a path's bytes read, NUL included (the LPM trie's limit) */
+#define NW_FILE_NAME_LEN 32    /* a watched name's bytes, NUL included */
+#define NW_FILE_NAME_LENS 16   /* distinct lengths of watched names the kernel tries */
+#define NW_AT_FDCWD 4294967196 /* (u32)AT_FDCWD: relative to the caller's cwd */
+
+enum nw_file_op {
+    NW_FILE_READ = 0,       /* open for reading only (no O_CREAT/O_TRUNC) */
+    NW_FILE_WRITE = 1,      /* open for writing (O_WRONLY/O_RDWR) without O_CREAT/O_TRUNC */
+    NW_FILE_CREATE = 2,     /* open with O_CREAT (the file may have existed), creat() */
+    NW_FILE_TRUNCATE = 3,   /* open with O_TRUNC for writing, truncate() */
+    NW_FILE_UNLINK = 4,     /* unlink(), unlinkat() (AT_REMOVEDIR too: flags says) */
+    NW_FILE_RENAME = 5,     /* rename*(): path the old name, dest the new */
+    NW_FILE_CHMOD = 6,      /* chmod(), fchmodat(), fchmodat2() */
+};
+
+struct nw_file_event {
+    u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    u32 kind;           /* NW_FILE */
+    u32 pid;
+    u32 uid;
+    u32 op;             /* enum nw_file_op */
+    u32 flags;          /* open/openat2 flags; unlinkat, renameat2, fchmodat2 flags */
+    u32 mode;           /* open with O_CREAT, creat, chmod: the mode */
+    u32 dirfd;          /* the directory a relative path is relative to (NW_AT_FDCWD) */
+    u32 dest_dirfd;     /* rename: the new path's */
+    char comm[NW_COMM_LEN];
+    char path[NW_FILE_PATH_LEN];
+    char dest[NW_FILE_PATH_LEN];
+};
 
 #endif

@@ -19,6 +19,7 @@ from agent.engine.files import BUNDLED as BUNDLED  # the public API: the lead's 
 from agent.engine.files import RuleFile, digest, read_rule_file
 from agent.engine.files import bundled_rules_dir as bundled_rules_dir
 from agent.engine.files import rule_files as rule_files
+from agent.engine.filewatch import MAX_WATCHES, NAME_LENS, too_many
 from agent.engine.overrides import apply_overrides
 from agent.engine.problems import Problems
 from agent.engine.rules import RuleCompiler
@@ -42,6 +43,7 @@ def check(paths: Sequence[str], examples: bool = False,
     compiler = RuleCompiler(problems, defs)
     compiler.conditions.check_macros()
     rules = _compile_rules(compiler, sources, problems)
+    _check_watches(rules, problems)
     if examples:
         from agent.engine.examples import attach_examples  # the codec: only when asked
 
@@ -67,6 +69,19 @@ def _compile_rules(compiler: RuleCompiler, sources: Sequence[RuleFile],
                 continue
             seen[r.id] = r
     return seen
+
+
+def _check_watches(rules: dict[str, Rule], problems: Problems) -> None:
+    """The file rules' watches must fit the kernel's maps: refused at the rule that
+    takes them over, here rather than when the agent fills the maps."""
+    over = too_many([(r, r.file_watches) for r in rules.values()])
+    if over is not None:
+        rule, count = over
+        problems.file, problems.rule_id = rule.file, rule.id
+        problems.add(rule.line, f"with this rule the file rules watch {count} paths and "
+                                f"names (the kernel holds {MAX_WATCHES}, and names of at "
+                                f"most {NAME_LENS} different lengths): watch a directory "
+                                f"with file.path prefix instead of its files one by one")
 
 
 def load(paths: Sequence[str], examples: bool = False) -> RuleSet:

@@ -20,6 +20,7 @@ from agent.engine.codegen import Expr
 from agent.engine.conditions import ConditionCompiler, disjunction
 from agent.engine.definitions import Definitions
 from agent.engine.files import RuleFile
+from agent.engine.filewatch import Watch, WatchError, rule_watches
 from agent.engine.kernel import KernelConnectSpec, KernelExecSpec, connect_spec, exec_spec
 from agent.engine.messages import compile_message
 from agent.engine.problems import Problems, Skip, suggest, type_name
@@ -94,6 +95,7 @@ class RuleCompiler:
                                                             node.line_of("match")))
         exc = steps.run(lambda: self._exceptions(node))
         kinds = steps.check(self._kinds(node))
+        watches = steps.run(lambda: self._file_watches(node, kinds))
         window = steps.run(lambda: compile_window(node, self.problems))
         message = steps.run(lambda: compile_message(node, head.description or head.id,
                                                     self.problems))
@@ -103,7 +105,7 @@ class RuleCompiler:
                     action=head.action, mode=head.mode, enabled=head.enabled, tags=head.tags,
                     kinds=kinds, predicate=match[0], exceptions=exc[0] if exc else None,
                     message=message, window=window, file=self.problems.file, line=node.line,
-                    order=order, requirement=match[1],
+                    order=order, requirement=match[1], file_watches=watches or (),
                     compile=_compiler(match[0], match[2], exc, window))
         rule.kernel = self._kernel_exec(node, head.action, kinds)
         rule.kernel_connect = self._kernel_connect(node, head.action, kinds)
@@ -196,6 +198,18 @@ class RuleCompiler:
                                                       f"'on' (or drop 'on')")
                 return None
         return kinds
+
+    def _file_watches(self, node: yamlsrc.Node,
+                      kinds: tuple[EventKind, ...] | None) -> tuple[Watch, ...]:
+        """What the kernel watches for a rule on file events (filewatch.py); a file rule
+        that names no path or name the kernel can test is refused."""
+        if kinds is None or EventKind.FILE not in kinds:
+            return ()
+        try:
+            return rule_watches(node["match"], lambda v: self.defs.expand(v, node.line),
+                                self.defs.macro_node)
+        except WatchError as e:
+            raise self.problems.fail(node.line_of("match"), str(e)) from None
 
     def _prefixes(self, node: Any, stack: tuple[str, ...]) -> set[str]:
         """The field families (`conn`, `file`, ...) a condition tests, through its macros."""

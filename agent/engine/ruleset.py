@@ -17,6 +17,7 @@ from agent.engine.windows import Window
 from agent.model import Event, EventKind, Process, Severity
 
 if TYPE_CHECKING:
+    from agent.engine.filewatch import Watch
     from agent.engine.kernel import KernelConnectSpec, KernelExecSpec
 
 Predicate = Callable[[Event], bool]
@@ -57,6 +58,8 @@ class Rule:
     order: int
     # what the rule index may use to skip this rule (see Requirement)
     requirement: Requirement = None
+    # a rule on file events: the paths and names the kernel watches for it (filewatch.py)
+    file_watches: tuple[Watch, ...] = ()
     examples: list[Example] = field(default_factory=list)
     # the kernel form when the BPF program can enforce the rule at exec
     kernel: KernelExecSpec | None = None

@@ -112,6 +112,18 @@ def check() -> None:
                                 "linux-headers-cloud-amd64 and link it there (scripts/setup.sh)")
 
 
+# syscall tracepoints newer than the oldest supported kernel: a source guards its probe of
+# one with `#ifdef NW_HAVE_SYS_ENTER_NAME`, defined when this kernel has it (a probe of a
+# missing tracepoint would fail the whole program's compile)
+OPTIONAL_TRACEPOINTS = ("sys_enter_openat2", "sys_enter_fchmodat2")
+
+
+def optional_tracepoints(tracefs: str = TRACEFS) -> list[str]:
+    """The -D flags of the OPTIONAL_TRACEPOINTS this kernel has."""
+    return [f"-DNW_HAVE_{name.upper()}" for name in OPTIONAL_TRACEPOINTS
+            if os.path.isdir(f"{tracefs}/events/syscalls/{name}")]
+
+
 def kernel_has_ringbuf(release: str | None = None) -> bool:
     """BPF ring buffers exist from Linux 5.8 on; older kernels get the perf buffer."""
     parts = (release or platform.release()).split(".")
@@ -199,6 +211,7 @@ class BpfProgram:
         cflags = [f"-DNW_RINGBUF_PAGES={ring_pages}", "-w"]
         if perf:
             cflags.append("-DNW_PERF")
+        cflags += optional_tracepoints()
         self.bpf = BPF(text=program_text(self.sources).encode(), cflags=cflags)
         self._lost = self.bpf["lost"]
         self._lost_page = _map_page(self._lost.map_fd)

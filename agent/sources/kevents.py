@@ -21,6 +21,7 @@ from typing import NamedTuple
 from agent import text
 from agent.model import EventKind
 from agent.sources.execrecord import EXEC_FIELDS, exec_decoder
+from agent.sources.filerecord import FILE_FIELDS, file_decoder
 
 
 class RecordKind(IntEnum):
@@ -33,6 +34,7 @@ class RecordKind(IntEnum):
     ACCEPT = 5
     CLOSE = 6
     CONNECT_VERDICT = 7
+    FILE = 8
 
 
 # the event kind each record becomes (a connect verdict is a connect judged in the kernel)
@@ -40,7 +42,7 @@ EVENT_KINDS: dict[RecordKind, EventKind] = {
     RecordKind.EXEC: EventKind.EXEC, RecordKind.FORK: EventKind.FORK,
     RecordKind.EXIT: EventKind.EXIT, RecordKind.CONNECT: EventKind.CONNECT,
     RecordKind.ACCEPT: EventKind.ACCEPT, RecordKind.CLOSE: EventKind.CLOSE,
-    RecordKind.CONNECT_VERDICT: EventKind.CONNECT,
+    RecordKind.CONNECT_VERDICT: EventKind.CONNECT, RecordKind.FILE: EventKind.FILE,
 }
 
 
@@ -68,7 +70,7 @@ FILENAME_LEN = 256   # NW_FILENAME_LEN: an exec's path, NUL included
 ADDR_LEN = 16        # NW_ADDR_LEN: an IPv6 address (IPv4 in the first 4 bytes)
 
 # plain ints for the decoder and the observer's hot path
-EXEC, FORK, EXIT, CONNECT, ACCEPT, CLOSE, CONNECT_VERDICT = (int(k) for k in RecordKind)
+EXEC, FORK, EXIT, CONNECT, ACCEPT, CLOSE, CONNECT_VERDICT, FILE = (int(k) for k in RecordKind)
 VERDICT_WOULD_KILL, VERDICT_KILLED = int(Verdict.WOULD_KILL), int(Verdict.KILLED)
 AF_INET, AF_INET6 = 2, 10
 TCP_CLOSE = 7
@@ -95,6 +97,7 @@ CONN_FORMAT = struct.Struct("<" + "".join(code for _, code in CONN_FIELDS))
 # each record struct of events.h by its C name (the contract test compares them)
 LAYOUTS: dict[str, Fields] = {
     "nw_exec_event": EXEC_FIELDS, "nw_proc_event": PROC_FIELDS, "nw_conn_event": CONN_FIELDS,
+    "nw_file_event": FILE_FIELDS,
 }
 
 
@@ -211,6 +214,7 @@ DECODERS: dict[int, Decoder] = {
     FORK: _decode_proc, EXIT: _decode_proc,
     CONNECT: _decode_conn, ACCEPT: _decode_conn, CLOSE: _decode_conn,
     CONNECT_VERDICT: _decode_conn,
+    FILE: file_decoder(raw_detail),
 }
 _KIND = struct.Struct("<8xI")
 

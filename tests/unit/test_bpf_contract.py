@@ -157,3 +157,26 @@ def test_the_marker_table_matches_struct_nw_markers():
         ("u64", "word", "8"), ("u64", "mask", "8"), ("u32", "len", ""), ("u32", "pad", "")]
     assert re.search(r"u32 count;\s*u32 set_id;[^}]*struct nw_marker m\[NW_MARKERS_MAX\];", src)
     assert len(execrecord.marker_table(["A"])) == 8 + execrecord.MARKERS_MAX * (64 + 64 + 8)
+
+
+def test_the_file_record_and_its_ops_match_events_h():
+    from agent.details import FILE_OPS
+    from agent.engine import filewatch
+    from agent.sources import filerecord
+
+    fields = c_struct_fields("nw_file_event")
+    assert fields == list(filerecord.FILE_FIELDS)
+    codes = "".join(c for _, c in fields)
+    assert struct.calcsize("@" + codes) == struct.calcsize("<" + codes) == 568
+    assert c_enum("nw_file_op") == {f"NW_FILE_{op.upper()}": i for i, op in enumerate(FILE_OPS)}
+    assert {op: 1 << i for i, op in enumerate(FILE_OPS)} == filewatch.OP_BIT
+    defines = c_defines()
+    assert defines["NW_FILE_PATH_LEN"] == filerecord.PATH_LEN == filewatch.PATH_LEN + 1
+    assert defines["NW_FILE_NAME_LEN"] == filerecord.NAME_LEN == filewatch.NAME_LEN + 1
+    assert defines["NW_FILE_NAME_LENS"] == filerecord.NAME_LENS == filewatch.NAME_LENS
+    assert defines["NW_AT_FDCWD"] == filerecord.AT_FDCWD == 2**32 - 100
+    src = (BPF_DIR / "file.bpf.c").read_text()
+    trie = re.search(r"BPF_LPM_TRIE\(file_watch, struct file_key, u32, (\d+)\)", src)
+    names = re.search(r"BPF_HASH\(file_names, struct name_key, u32, (\d+)\)", src)
+    assert trie and int(trie.group(1)) == filewatch.TRIE_MAX
+    assert names and int(names.group(1)) >= filewatch.MAX_WATCHES
