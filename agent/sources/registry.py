@@ -30,6 +30,7 @@ TABLE: tuple[tuple[str, str], ...] = (
     ("tcp", "agent.sources.tcp_sensor:TcpSensor"),
     ("connect_guard", "agent.sources.connect_guard:ConnectGuard"),
     ("proc_connector", "agent.sources.proc_connector:ProcConnector"),
+    ("udp", "agent.sources.udp_sensor:UdpSensor"),
 )
 
 SENSOR_NAMES: tuple[str, ...] = tuple(name for name, _ in TABLE)
