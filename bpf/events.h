@@ -89,7 +89,7 @@ struct nw_udp_event {
     u32 pid;            /* tgid of the sender */
     u32 uid;
     u32 fd;             /* the socket's descriptor in the sender */
-    u32 suppressed;     /* sends to this destination not reported since its last record */
+    u32 suppressed;     /* sends (and connects) to it not reported since its last record */
     u16 family;         /* AF_INET 2, AF_INET6 10 */
     u16 dport;          /* host byte order */
     u8 daddr[NW_ADDR_LEN];   /* IPv4 in the first 4 bytes */

@@ -185,30 +185,24 @@ static __always_inline int read_dest(u64 uaddr, int addrlen, struct udp_dest *d)
 }
 
 /* whether this (process, destination) was reported less than a window ago (then counted) */
-static __always_inline int udp_recent(struct seen_key *k, u64 now, u64 *suppressed)
-{
-    struct seen *s = udp_seen.lookup(k);
-    if (s && now - s->last_ns < NW_UDP_WINDOW_NS) {
-        __sync_fetch_and_add(&s->suppressed, 1);
-        return 1;
-    }
-    *suppressed = s ? s->suppressed : 0;
-    struct seen fresh = {.last_ns = now};
-    udp_seen.update(k, &fresh);
-    return 0;
-}
-
-static __always_inline void udp_record(void *ctx, u32 fd, struct udp_dest *d)
+/* Report a (process, destination) unless it was reported less than a window ago (then
+ * count the send). Returns when it was last reported (`now` when it is now). */
+static __always_inline u64 udp_record(void *ctx, u32 fd, struct udp_dest *d, u64 now)
 {
     struct seen_key k = {};
     k.tgid = bpf_get_current_pid_tgid() >> 32;
     k.dest = *d;
-    u64 suppressed = 0;
-    if (udp_recent(&k, bpf_ktime_get_ns(), &suppressed))
-        return;
+    struct seen *s = udp_seen.lookup(&k);
+    if (s && now - s->last_ns < NW_UDP_WINDOW_NS) {
+        __sync_fetch_and_add(&s->suppressed, 1);
+        return s->last_ns;
+    }
+    u64 suppressed = s ? s->suppressed : 0;
+    struct seen fresh = {.last_ns = now};
+    udp_seen.update(&k, &fresh);
     struct nw_udp_event *e = reserve_udp();
     if (!e)
-        return;
+        return now;
     fill_task(e, NW_UDP);
     e->fd = fd;
     e->suppressed = suppressed > 0xffffffffULL ? 0xffffffff : (u32)suppressed;
@@ -216,6 +210,63 @@ static __always_inline void udp_record(void *ctx, u32 fd, struct udp_dest *d)
     e->dport = d->port;
     __builtin_memcpy(e->daddr, d->addr, NW_ADDR_LEN);
     submit_udp(ctx, e);
+    return now;
+}
+
+/* The flood path. Each CPU keeps the last (process, fd, destination) it saw and when that
+ * was last reported: a send that repeats it within the window is counted there and
+ * nothing else is looked up (no socket lookup, no LRU lookup, no atomic). Any other send
+ * takes the full path, which first adds the count to the destination's `udp_seen` entry,
+ * so the next record's `suppressed` includes it. `udp_gen` changes when a UDP socket
+ * connects elsewhere or a known socket closes, so a send without an address never reuses
+ * an old connection's destination. A DNS destination is never cached: each query's name
+ * is looked at. */
+struct udp_cache {
+    u32 tgid;
+    u32 fd;
+    u64 gen;
+    u64 since;      /* when the destination was last reported */
+    u64 count;      /* sends counted here since the cache was filled */
+    u32 has_addr;   /* the send gave an address (else: the connected destination) */
+    u32 pad;
+    struct udp_dest dest;
+};
+BPF_PERCPU_ARRAY(udp_cache, struct udp_cache, 1);
+BPF_ARRAY(udp_gen, u64, 1);
+
+static __always_inline u64 udp_generation(void)
+{
+    int zero = 0;
+    u64 *g = udp_gen.lookup(&zero);
+    return g ? *g : 0;
+}
+
+static __always_inline void udp_generation_bump(void)
+{
+    int zero = 0;
+    u64 *g = udp_gen.lookup(&zero);
+    if (g)
+        __sync_fetch_and_add(g, 1);
+}
+
+static __always_inline int same_dest(struct udp_dest *a, struct udp_dest *b)
+{
+    u64 *x = (u64 *)a;
+    u64 *y = (u64 *)b;
+    return x[0] == y[0] && x[1] == y[1] && x[2] == y[2];
+}
+
+static __always_inline void cache_flush(struct udp_cache *c)
+{
+    if (!c->count)
+        return;
+    struct seen_key k = {};
+    k.tgid = c->tgid;
+    k.dest = c->dest;
+    struct seen *s = udp_seen.lookup(&k);
+    if (s)
+        __sync_fetch_and_add(&s->suppressed, c->count);
+    c->count = 0;
 }
 
 /* FNV-1a of the question's name as the wire has it (length bytes and labels, ASCII lower
@@ -298,20 +349,31 @@ static __always_inline int on_send(void *ctx, u32 fd, u64 uaddr, int addrlen, u3
     u64 want = wanted();
     if (!want)
         return 0;
+    struct udp_dest d = {};
+    if (uaddr && read_dest(uaddr, addrlen, &d) < 0)
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 now = bpf_ktime_get_ns();
+    u64 gen = udp_generation();
+    int zero = 0;
+    struct udp_cache *c = udp_cache.lookup(&zero);
+    if (c && c->tgid == tgid && c->fd == fd && c->gen == gen && c->has_addr == (uaddr != 0)
+        && (!uaddr || same_dest(&c->dest, &d)) && now - c->since < NW_UDP_WINDOW_NS) {
+        c->count++;
+        return 0;
+    }
     u64 key = sock_key(fd);
     struct sock_info *si = socks.lookup(&key);
-    struct udp_dest d = {};
     if (uaddr) {
         if (si ? !si->udp : (flags & NW_MSG_FASTOPEN) != 0)
-            return 0;
-        if (read_dest(uaddr, addrlen, &d) < 0)
             return 0;
     } else {
         if (!si || !si->udp || !si->connected)
             return 0;
         d = si->dest;
     }
-    if (d.port == NW_DNS_PORT && (want & (1ULL << NW_DNS))) {
+    int dns = d.port == NW_DNS_PORT && (want & (1ULL << NW_DNS));
+    if (dns) {
         if (iov && iovlen) {
             struct nw_iovec v = {};
             bpf_probe_read_user(&v, sizeof(v), (void *)iov);
@@ -320,8 +382,19 @@ static __always_inline int on_send(void *ctx, u32 fd, u64 uaddr, int addrlen, u3
         }
         dns_record(ctx, fd, &d, buf, len);
     }
+    if (c)
+        cache_flush(c);
+    u64 since = now;
     if (want & (1ULL << NW_UDP))
-        udp_record(ctx, fd, &d);
+        since = udp_record(ctx, fd, &d, now);
+    if (c && !dns) {
+        c->tgid = tgid;
+        c->fd = fd;
+        c->gen = gen;
+        c->since = since;
+        c->has_addr = uaddr != 0;
+        c->dest = d;
+    }
     return 0;
 }
 
@@ -368,6 +441,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
     bpf_probe_read_user(&family, sizeof(family), (void *)args->uservaddr);
     if (family == NW_AF_UNSPEC) {
         si->connected = 0;   /* connect(AF_UNSPEC) dissolves the association */
+        udp_generation_bump();
         return 0;
     }
     struct udp_dest d = {};
@@ -375,8 +449,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
         return 0;
     si->dest = d;
     si->connected = 1;
+    udp_generation_bump();
     if (want & (1ULL << NW_UDP))
-        udp_record(args, args->fd, &d);
+        udp_record(args, args->fd, &d, bpf_ktime_get_ns());
     return 0;
 }
 
@@ -417,6 +492,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
     if (!wanted())
         return 0;
     u64 key = sock_key(args->fd);
-    socks.delete(&key);
+    if (socks.delete(&key) == 0)
+        udp_generation_bump();
     return 0;
 }
