@@ -252,15 +252,19 @@ def summarize(runs: dict[str, list[dict[str, Any]]], count: int) -> dict[str, An
     out: dict[str, Any] = {}
     for cond, rs in runs.items():
         row: dict[str, Any] = {}
+        offs = runs["off"]
         for mode in MODES:
             med = statistics.median(r["secs"][mode] for r in rs)
-            base = statistics.median(r["secs"][mode] for r in runs["off"])
             cpu = statistics.median(r["cpu"][mode] for r in rs)
-            cpu_base = statistics.median(r["cpu"][mode] for r in runs["off"])
             spread = max(r["secs"][mode] for r in rs) - min(r["secs"][mode] for r in rs)
-            row[mode] = {"median_s": med, "ratio": med / base, "ns_per_send": med / count * 1e9,
-                         "spread_s": spread, "cpu_s": cpu, "cpu_ratio": cpu / cpu_base,
-                         "cpu_ns_per_send": cpu / count * 1e9}
+            # the median of each round's ratio to the `off` flood of the same round
+            row[mode] = {
+                "median_s": med, "ns_per_send": med / count * 1e9, "spread_s": spread,
+                "cpu_s": cpu, "cpu_ns_per_send": cpu / count * 1e9,
+                "ratio": statistics.median(r["secs"][mode] / o["secs"][mode]
+                                           for r, o in zip(rs, offs, strict=True)),
+                "cpu_ratio": statistics.median(r["cpu"][mode] / o["cpu"][mode]
+                                               for r, o in zip(rs, offs, strict=True))}
         if cond != "off":
             row["records"] = statistics.median(r["records"] for r in rs)
             row["agent_cpu_s"] = statistics.median(r["agent_cpu_s"] for r in rs)
@@ -270,7 +274,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]], count: int) -> dict[str, An
 
 def print_table(summary: dict[str, Any], count: int, rounds: int) -> None:
     """The summary as a Markdown table."""
-    print(f"{count:,} datagrams per flood and mode, {rounds} rounds, medians; "
+    print(f"{count:,} datagrams per flood and mode, {rounds} rounds, medians (vs off: the "
+          "median of each round's ratio); "
           f"{machine()['date']}, {os.cpu_count()} CPUs")
     print("| condition | sendto wall | vs off | sendto CPU | vs off | send (connected) wall | "
           "vs off | send CPU | vs off | udp records read (2 floods) | reader CPU |")

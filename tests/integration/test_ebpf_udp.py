@@ -127,6 +127,24 @@ def test_connected_sockets_and_sendmsg_have_their_destination(agent, udp_port, h
     assert (f["connection"]["dst"], f["connection"]["dport"]) == ("127.0.0.1", udp_port)
 
 
+def test_a_socket_connected_elsewhere_reports_its_new_destination(agent, udp_port):
+    """The sends to the first destination (counted in the kernel) do not hide the second."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+        other.bind(("127.0.0.1", 0))
+        pid = _run_python(f"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("127.0.0.1", {other.getsockname()[1]}))
+for _ in range(100):
+    s.send(b"x")
+s.connect(("127.0.0.1", {udp_port}))
+for _ in range(100):
+    s.send(b"x")
+""")
+    f = agent.finding(lambda f: f["rule"] == "udp-to-test-port" and f["process"]["pid"] == pid)
+    assert f["connection"]["dport"] == udp_port
+
+
 def test_ipv6_destination(agent, udp_port):
     pid = _run_python(f"""
 import socket
