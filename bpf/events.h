@@ -3,7 +3,9 @@
  *
  * Every record starts with `u64 ts_ns; u32 kind;` (enum nw_kind); the rest is the layout of
  * its kind: struct nw_exec_event (exec), struct nw_proc_event (fork, exit), struct
- * nw_conn_event (connect, accept, close, connect verdict), struct nw_file_event (file). The ring buffer gives each
+ * nw_conn_event (connect, accept, close, connect verdict), struct nw_file_event (file),
+ * struct nw_udp_event (udp), struct nw_dns_event (dns), and those of privilege.bpf.c and
+ * kernel.bpf.c. The ring buffer gives each
  * record's size, so a record is as long as its kind needs (a TCP record carries no file
  * name).
  *
@@ -24,6 +26,8 @@ enum nw_kind {
     NW_CLOSE = 6,
     NW_CONNECT_VERDICT = 7,   /* an in-kernel connect rule matched (connect_guard.bpf.c) */
     NW_FILE = 8,              /* a watched file opened, removed, renamed, ... (file.bpf.c) */
+    NW_UDP = 17,              /* a UDP destination (udp.bpf.c), struct nw_udp_event */
+    NW_DNS = 18,              /* a DNS query to port 53 (udp.bpf.c), struct nw_dns_event */
 };
 
 /* the verdict of a record an in-kernel rule matched (exec: verdict; connect verdict: state) */
@@ -75,6 +79,42 @@ struct nw_conn_event {
     u8 saddr[NW_ADDR_LEN];   /* IPv4 in the first 4 bytes */
     u8 daddr[NW_ADDR_LEN];
     char comm[NW_COMM_LEN];
+};
+
+/* udp: a process sending UDP to a destination (connect, sendto, sendmsg, sendmmsg), sent
+ * once per (process, destination) per window; `suppressed` counts the sends to it that the
+ * window left unreported since the previous record. No source address: the socket may not
+ * be bound yet when the call is made. */
+struct nw_udp_event {
+    u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    u32 kind;           /* NW_UDP */
+    u32 pid;            /* tgid of the sender */
+    u32 uid;
+    u32 fd;             /* the socket's descriptor in the sender */
+    u32 suppressed;     /* sends (and connects) to it not reported since its last record */
+    u16 family;         /* AF_INET 2, AF_INET6 10 */
+    u16 dport;          /* host byte order */
+    u8 daddr[NW_ADDR_LEN];   /* IPv4 in the first 4 bytes */
+    char comm[NW_COMM_LEN];
+};
+
+/* dns: the first NW_DNS_LEN bytes of a datagram sent to port 53, once per (process, query
+ * name) per window; userspace parses the name and type (agent/sources/dnswire.py). */
+#define NW_DNS_LEN 512      /* enough for any query: 12 + 255 + 4 bytes, and EDNS */
+struct nw_dns_event {
+    u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    u32 kind;           /* NW_DNS */
+    u32 pid;
+    u32 uid;
+    u32 fd;
+    u32 suppressed;     /* queries of this name not reported since its last record */
+    u16 family;         /* the resolver's address */
+    u16 dport;
+    u8 daddr[NW_ADDR_LEN];
+    char comm[NW_COMM_LEN];
+    u32 len;            /* payload bytes taken (at most NW_DNS_LEN; the rest is undefined) */
+    u32 sent;           /* the datagram's length as the caller gave it */
+    u8 payload[NW_DNS_LEN];
 };
 
 /* The exec record (bpf/exec.bpf.c; agent/sources/execrecord.py decodes it): what the exec

@@ -10,7 +10,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${NODEWARDEN_VENV:-$here/.venv}
 
 apt_pkgs=(python3-venv python3-pip python3-bpfcc linux-headers-cloud-amd64 iproute2 procps make
-          gcc libc6-dev)  # gcc: tests build small C programs (in-kernel kill, thread exit)
+          gcc libc6-dev  # gcc: tests build small C programs (in-kernel kill, thread exit)
+          bind9-dnsutils)  # dig, nslookup: the DNS sensor's tests
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=()
     for p in "${apt_pkgs[@]}"; do

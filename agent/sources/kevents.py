@@ -19,7 +19,9 @@ from enum import IntEnum
 from typing import NamedTuple
 
 from agent import text
+from agent.details import Dns
 from agent.model import EventKind
+from agent.sources import dnswire
 from agent.sources.execrecord import EXEC_FIELDS, exec_decoder
 from agent.sources.filerecord import FILE_FIELDS, file_decoder
 
@@ -35,6 +37,8 @@ class RecordKind(IntEnum):
     CLOSE = 6
     CONNECT_VERDICT = 7
     FILE = 8
+    UDP = 17
+    DNS = 18
 
 
 # the event kind each record becomes (a connect verdict is a connect judged in the kernel)
@@ -43,6 +47,7 @@ EVENT_KINDS: dict[RecordKind, EventKind] = {
     RecordKind.EXIT: EventKind.EXIT, RecordKind.CONNECT: EventKind.CONNECT,
     RecordKind.ACCEPT: EventKind.ACCEPT, RecordKind.CLOSE: EventKind.CLOSE,
     RecordKind.CONNECT_VERDICT: EventKind.CONNECT, RecordKind.FILE: EventKind.FILE,
+    RecordKind.UDP: EventKind.UDP, RecordKind.DNS: EventKind.DNS,
 }
 
 
@@ -68,9 +73,13 @@ KCFG_SLOTS = len(KcfgSlot)
 COMM_LEN = 16        # NW_COMM_LEN: the kernel's comm, NUL included
 FILENAME_LEN = 256   # NW_FILENAME_LEN: an exec's path, NUL included
 ADDR_LEN = 16        # NW_ADDR_LEN: an IPv6 address (IPv4 in the first 4 bytes)
+DNS_LEN = 512        # NW_DNS_LEN: bytes of a DNS query's datagram the kernel takes
 
 # plain ints for the decoder and the observer's hot path
-EXEC, FORK, EXIT, CONNECT, ACCEPT, CLOSE, CONNECT_VERDICT, FILE = (int(k) for k in RecordKind)
+EXEC, FORK, EXIT, CONNECT, ACCEPT, CLOSE, CONNECT_VERDICT = (
+    int(k) for k in list(RecordKind)[:7])
+FILE = int(RecordKind.FILE)
+UDP, DNS = int(RecordKind.UDP), int(RecordKind.DNS)
 VERDICT_WOULD_KILL, VERDICT_KILLED = int(Verdict.WOULD_KILL), int(Verdict.KILLED)
 AF_INET, AF_INET6 = 2, 10
 TCP_CLOSE = 7
@@ -94,10 +103,24 @@ CONN_FIELDS: Fields = (
 )
 CONN_FORMAT = struct.Struct("<" + "".join(code for _, code in CONN_FIELDS))
 
+# struct nw_udp_event: u64 ts_ns; u32 kind, pid, uid, fd, suppressed; u16 family, dport;
+# u8 daddr[16]; char comm[16]
+UDP_FIELDS: Fields = (
+    ("ts_ns", "Q"), ("kind", "I"), ("pid", "I"), ("uid", "I"), ("fd", "I"),
+    ("suppressed", "I"), ("family", "H"), ("dport", "H"), ("daddr", f"{ADDR_LEN}s"),
+    ("comm", f"{COMM_LEN}s"),
+)
+UDP_FORMAT = struct.Struct("<" + "".join(code for _, code in UDP_FIELDS))
+
+# struct nw_dns_event: the udp record's fields, then u32 len, sent; u8 payload[512]
+DNS_FIELDS: Fields = (*UDP_FIELDS, ("len", "I"), ("sent", "I"), ("payload", f"{DNS_LEN}s"))
+DNS_HEAD = struct.Struct("<" + "".join(code for _, code in DNS_FIELDS[:-1]))
+
 # each record struct of events.h by its C name (the contract test compares them)
 LAYOUTS: dict[str, Fields] = {
     "nw_exec_event": EXEC_FIELDS, "nw_proc_event": PROC_FIELDS, "nw_conn_event": CONN_FIELDS,
     "nw_file_event": FILE_FIELDS,
+    "nw_udp_event": UDP_FIELDS, "nw_dns_event": DNS_FIELDS,
 }
 
 
@@ -206,6 +229,27 @@ def _decode_conn(data: bytes | memoryview) -> RawEvent:
                     _addr_text(family, saddr), _addr_text(family, daddr), _comm_text(comm), "")
 
 
+def _decode_udp(data: bytes | memoryview) -> RawEvent:
+    ts, kind, pid, uid, _fd, _suppressed, family, dport, daddr, comm = \
+        UDP_FORMAT.unpack_from(data)
+    return raw_detail(ts, kind, pid, uid, _comm_text(comm), None, family, 0, dport, "",
+                      _addr_text(family, daddr))
+
+
+def _decode_dns(data: bytes | memoryview) -> RawEvent:
+    """A dns event with the question the kernel's bytes hold; a datagram to port 53 that
+    is no query (or is cut) is a udp event to that destination."""
+    (ts, _kind, pid, uid, _fd, _suppressed, family, dport, daddr, comm, n,
+     _sent) = DNS_HEAD.unpack_from(data)
+    start = DNS_HEAD.size
+    q = dnswire.parse_query(bytes(data[start:start + min(n, DNS_LEN)]))
+    dst = _addr_text(family, daddr)
+    if q is None:
+        return raw_detail(ts, UDP, pid, uid, _comm_text(comm), None, family, 0, dport, "", dst)
+    return raw_detail(ts, DNS, pid, uid, _comm_text(comm), Dns(q.name, q.qtype), family, 0,
+                      dport, "", dst)
+
+
 Decoder = Callable[[bytes | memoryview], RawEvent]
 
 # record kind -> its decoder (each kind's layout is its owner's: see bpf/events.h)
@@ -215,6 +259,7 @@ DECODERS: dict[int, Decoder] = {
     CONNECT: _decode_conn, ACCEPT: _decode_conn, CLOSE: _decode_conn,
     CONNECT_VERDICT: _decode_conn,
     FILE: file_decoder(raw_detail),
+    UDP: _decode_udp, DNS: _decode_dns,
 }
 _KIND = struct.Struct("<8xI")
 

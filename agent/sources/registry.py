@@ -31,6 +31,7 @@ TABLE: tuple[tuple[str, str], ...] = (
     ("connect_guard", "agent.sources.connect_guard:ConnectGuard"),
     ("proc_connector", "agent.sources.proc_connector:ProcConnector"),
     ("file", "agent.sources.file_sensor:FileSensor"),
+    ("udp", "agent.sources.udp_sensor:UdpSensor"),
 )
 
 SENSOR_NAMES: tuple[str, ...] = tuple(name for name, _ in TABLE)

@@ -607,11 +607,13 @@ def test_with_only_the_exec_sensor_no_tcp_program_is_attached(start_agent, tmp_p
 
 def test_every_sensor_is_attached_by_default(start_agent):
     agent = start_agent()
-    assert "ready: eBPF sensors (exec, tcp, connect_guard) and procfs scans" in agent.stderr[-1]
+    assert ("ready: eBPF sensors (exec, tcp, connect_guard, udp) and procfs scans"
+            in agent.stderr[-1])
     held = _kernel_handles(agent.proc.pid)
     # exec (with execve/execveat entry and exit), fork, exit, the TCP state change, accept
-    # and accept4 in and out; two guards
-    assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf_link"]) == (12, 2), held
+    # and accept4 in and out; udp: socket in and out, connect, sendto, sendmsg, sendmmsg,
+    # close; two guards
+    assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf_link"]) == (19, 2), held
 
 
 def test_the_compilers_memory_is_given_back_once_ready(start_agent):
