@@ -23,6 +23,14 @@ enum nw_kind {
     NW_ACCEPT = 5,
     NW_CLOSE = 6,
     NW_CONNECT_VERDICT = 7,   /* an in-kernel connect rule matched (connect_guard.bpf.c) */
+    NW_PTRACE = 9,            /* privilege.bpf.c: struct nw_priv_event */
+    NW_SETUID = 10,
+    NW_MEMFD = 11,
+    NW_MOUNT = 12,            /* kernel.bpf.c: struct nw_mount_event */
+    NW_SETNS = 13,            /* kernel.bpf.c: struct nw_kern_event */
+    NW_UNSHARE = 14,
+    NW_MODULE = 15,
+    NW_BPF = 16,
 };
 
 /* the verdict of a record an in-kernel rule matched (exec: verdict; connect verdict: state) */
@@ -118,5 +126,68 @@ struct nw_exec_event {
     char args[NW_ARGS_LEN];
 };
 #define NW_EXEC_FIXED 584   /* offsetof(struct nw_exec_event, args) */
+
+/* struct nw_priv_event.call and nw_kern_event.call: which syscall of a family it was */
+enum nw_call {
+    NW_CALL_SETUID = 1,
+    NW_CALL_SETREUID = 2,
+    NW_CALL_SETRESUID = 3,
+    NW_CALL_SETFSUID = 4,
+    NW_CALL_SETGID = 5,
+    NW_CALL_SETREGID = 6,
+    NW_CALL_SETRESGID = 7,
+    NW_CALL_SETFSGID = 8,
+    NW_CALL_PTRACE = 9,
+    NW_CALL_PROCESS_VM_WRITEV = 10,
+    NW_CALL_INIT_MODULE = 11,
+    NW_CALL_FINIT_MODULE = 12,
+};
+
+#define NW_MEMFD_NAME_LEN 256   /* memfd_create's name: 249 bytes at most, and the NUL */
+
+/* ptrace, setuid, memfd (bpf/privilege.bpf.c) */
+struct nw_priv_event {
+    u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    u32 kind;           /* NW_PTRACE, NW_SETUID, NW_MEMFD */
+    u32 pid;            /* tgid of the caller */
+    u32 uid;            /* the caller's real uid */
+    u32 call;           /* enum nw_call (ptrace: NW_CALL_PTRACE or PROCESS_VM_WRITEV) */
+    u64 arg;            /* ptrace: the request; memfd: the MFD_* flags */
+    u32 target;         /* ptrace: the target pid; setuid: the id asked for (0) */
+    u32 pad;
+    char comm[NW_COMM_LEN];
+    char name[NW_MEMFD_NAME_LEN];   /* memfd: the name given */
+};
+
+#define NW_FSTYPE_LEN 32
+#define NW_MOUNT_PATH_LEN 256
+
+/* mount (bpf/kernel.bpf.c) */
+struct nw_mount_event {
+    u64 ts_ns;
+    u32 kind;           /* NW_MOUNT */
+    u32 pid;
+    u32 uid;
+    u32 pad;
+    u64 flags;          /* MS_* */
+    char comm[NW_COMM_LEN];
+    char fstype[NW_FSTYPE_LEN];
+    char source[NW_MOUNT_PATH_LEN];
+    char target[NW_MOUNT_PATH_LEN];
+};
+
+/* setns, unshare, module, bpf (bpf/kernel.bpf.c) */
+struct nw_kern_event {
+    u64 ts_ns;
+    u32 kind;           /* NW_SETNS, NW_UNSHARE, NW_MODULE, NW_BPF */
+    u32 pid;
+    u32 uid;
+    u32 call;           /* module: NW_CALL_INIT_MODULE or NW_CALL_FINIT_MODULE */
+    u64 flags;          /* setns: nstype; unshare: its flags; bpf: the command */
+    u32 fd;             /* setns, finit_module: the descriptor */
+    u32 prog_type;      /* bpf: the program type (union bpf_attr's first u32) */
+    char comm[NW_COMM_LEN];
+    char name[NW_COMM_LEN];   /* bpf: prog_name (BPF_OBJ_NAME_LEN 16) */
+};
 
 #endif

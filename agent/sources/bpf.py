@@ -72,6 +72,27 @@ def program_text(sources: Sequence[str], directory: Path | None = None) -> str:
     return "\n".join(parts)
 
 
+_TRACEPOINT = re.compile(r"^TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", re.MULTILINE)
+
+
+def tracepoints_of(source: str, directory: Path | None = None) -> list[str]:
+    """The tracepoints (category:name) a sensor source attaches, in its order."""
+    text = ((directory or source_dir()) / source).read_text()
+    return [f"{cat}:{name}" for cat, name in _TRACEPOINT.findall(text)]
+
+
+def missing_tracepoints(names: Sequence[str], tracefs: str = TRACEFS) -> list[str]:
+    """Those of the tracepoints (category:name) this kernel does not have (a syscall it
+    was built without, one newer than it). BCC cannot compile a program that names one."""
+    return [n for n in names if not os.path.isdir(f"{tracefs}/events/{n.replace(':', '/')}")]
+
+
+def without(tracepoint: str) -> str:
+    """The cflag that leaves an optional tracepoint's probe out of its source, which
+    wraps it in `#ifndef NW_NO_<name>`."""
+    return f"-DNW_NO_{tracepoint.partition(':')[2]}"
+
+
 def _tracefs_ready() -> bool:
     return os.path.isdir(f"{TRACEFS}/events/sched")
 
@@ -186,7 +207,8 @@ class BpfProgram:
     they all write to. Polling it delivers every decoded record to `on_record`."""
 
     def __init__(self, sources: Sequence[str], on_record: OnRecord,
-                 ring_pages: int = DEFAULT_RING_PAGES, perf: bool | None = None) -> None:
+                 ring_pages: int = DEFAULT_RING_PAGES, perf: bool | None = None,
+                 cflags: Sequence[str] = ()) -> None:
         from bcc import BPF
 
         if perf is None:
@@ -196,10 +218,13 @@ class BpfProgram:
         self.sources = tuple(sources)
         self.perf = perf
         self._on_record = on_record
-        cflags = [f"-DNW_RINGBUF_PAGES={ring_pages}", "-w"]
+        # NW_AGENT_TGID: the kernel sensor never reports this process's own BPF loads,
+        # which happen while its tracepoint attaches (before any map could be filled)
+        flags = [f"-DNW_RINGBUF_PAGES={ring_pages}", f"-DNW_AGENT_TGID={os.getpid()}", "-w",
+                 *cflags]
         if perf:
-            cflags.append("-DNW_PERF")
-        self.bpf = BPF(text=program_text(self.sources).encode(), cflags=cflags)
+            flags.append("-DNW_PERF")
+        self.bpf = BPF(text=program_text(self.sources).encode(), cflags=flags)
         self._lost = self.bpf["lost"]
         self._lost_page = _map_page(self._lost.map_fd)
         events = self.bpf["events"]
@@ -294,6 +319,9 @@ class BpfSensor:
     kinds: ClassVar[frozenset[EventKind]]
     source: ClassVar[str]
     fallback_for: ClassVar[str | None] = None
+    # tracepoints it runs without when this kernel lacks them (its source wraps each in
+    # `#ifndef NW_NO_<name>`); a missing tracepoint not listed here keeps the sensor off
+    optional_tracepoints: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, program: BpfProgram) -> None:
         self.program = program

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from agent import text
 from agent.model import EventKind
+from agent.sources import kernrecord, privrecord
 from agent.sources.execrecord import EXEC_FIELDS, exec_decoder
 
 
@@ -33,6 +34,14 @@ class RecordKind(IntEnum):
     ACCEPT = 5
     CLOSE = 6
     CONNECT_VERDICT = 7
+    PTRACE = 9
+    SETUID = 10
+    MEMFD = 11
+    MOUNT = 12
+    SETNS = 13
+    UNSHARE = 14
+    MODULE = 15
+    BPF = 16
 
 
 # the event kind each record becomes (a connect verdict is a connect judged in the kernel)
@@ -41,6 +50,10 @@ EVENT_KINDS: dict[RecordKind, EventKind] = {
     RecordKind.EXIT: EventKind.EXIT, RecordKind.CONNECT: EventKind.CONNECT,
     RecordKind.ACCEPT: EventKind.ACCEPT, RecordKind.CLOSE: EventKind.CLOSE,
     RecordKind.CONNECT_VERDICT: EventKind.CONNECT,
+    RecordKind.PTRACE: EventKind.PTRACE, RecordKind.SETUID: EventKind.SETUID,
+    RecordKind.MEMFD: EventKind.MEMFD, RecordKind.MOUNT: EventKind.MOUNT,
+    RecordKind.SETNS: EventKind.SETNS, RecordKind.UNSHARE: EventKind.UNSHARE,
+    RecordKind.MODULE: EventKind.MODULE, RecordKind.BPF: EventKind.BPF,
 }
 
 
@@ -68,7 +81,9 @@ FILENAME_LEN = 256   # NW_FILENAME_LEN: an exec's path, NUL included
 ADDR_LEN = 16        # NW_ADDR_LEN: an IPv6 address (IPv4 in the first 4 bytes)
 
 # plain ints for the decoder and the observer's hot path
-EXEC, FORK, EXIT, CONNECT, ACCEPT, CLOSE, CONNECT_VERDICT = (int(k) for k in RecordKind)
+EXEC, FORK, EXIT, CONNECT, ACCEPT, CLOSE, CONNECT_VERDICT = (int(k) for k in (
+    RecordKind.EXEC, RecordKind.FORK, RecordKind.EXIT, RecordKind.CONNECT, RecordKind.ACCEPT,
+    RecordKind.CLOSE, RecordKind.CONNECT_VERDICT))
 VERDICT_WOULD_KILL, VERDICT_KILLED = int(Verdict.WOULD_KILL), int(Verdict.KILLED)
 AF_INET, AF_INET6 = 2, 10
 TCP_CLOSE = 7
@@ -95,6 +110,8 @@ CONN_FORMAT = struct.Struct("<" + "".join(code for _, code in CONN_FIELDS))
 # each record struct of events.h by its C name (the contract test compares them)
 LAYOUTS: dict[str, Fields] = {
     "nw_exec_event": EXEC_FIELDS, "nw_proc_event": PROC_FIELDS, "nw_conn_event": CONN_FIELDS,
+    "nw_priv_event": privrecord.PRIV_FIELDS, "nw_mount_event": kernrecord.MOUNT_FIELDS,
+    "nw_kern_event": kernrecord.KERN_FIELDS,
 }
 
 
@@ -205,12 +222,30 @@ def _decode_conn(data: bytes | memoryview) -> RawEvent:
 
 Decoder = Callable[[bytes | memoryview], RawEvent]
 
+
+def _with_detail(decode_fields: Callable[[bytes | memoryview], privrecord.Decoded]) -> Decoder:
+    """The decoder of a record kind that carries a detail (privrecord, kernrecord)."""
+
+    def decode_detail(data: bytes | memoryview) -> RawEvent:
+        ts, kind, pid, uid, comm, detail = decode_fields(data)
+        return raw_detail(ts, kind, pid, uid, comm, detail)
+
+    return decode_detail
+
+
+_PRIV = _with_detail(privrecord.decode_priv)
+_KERN = _with_detail(kernrecord.decode_kern)
+
 # record kind -> its decoder (each kind's layout is its owner's: see bpf/events.h)
 DECODERS: dict[int, Decoder] = {
     EXEC: exec_decoder(RawEvent),
     FORK: _decode_proc, EXIT: _decode_proc,
     CONNECT: _decode_conn, ACCEPT: _decode_conn, CLOSE: _decode_conn,
     CONNECT_VERDICT: _decode_conn,
+    RecordKind.PTRACE: _PRIV, RecordKind.SETUID: _PRIV, RecordKind.MEMFD: _PRIV,
+    RecordKind.MOUNT: _with_detail(kernrecord.decode_mount),
+    RecordKind.SETNS: _KERN, RecordKind.UNSHARE: _KERN, RecordKind.MODULE: _KERN,
+    RecordKind.BPF: _KERN,
 }
 _KIND = struct.Struct("<8xI")
 

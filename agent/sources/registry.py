@@ -30,6 +30,8 @@ TABLE: tuple[tuple[str, str], ...] = (
     ("tcp", "agent.sources.tcp_sensor:TcpSensor"),
     ("connect_guard", "agent.sources.connect_guard:ConnectGuard"),
     ("proc_connector", "agent.sources.proc_connector:ProcConnector"),
+    ("privilege", "agent.sources.privilege_sensor:PrivilegeSensor"),
+    ("kernel", "agent.sources.kernel_sensor:KernelSensor"),
 )
 
 SENSOR_NAMES: tuple[str, ...] = tuple(name for name, _ in TABLE)

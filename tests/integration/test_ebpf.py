@@ -607,11 +607,16 @@ def test_with_only_the_exec_sensor_no_tcp_program_is_attached(start_agent, tmp_p
 
 def test_every_sensor_is_attached_by_default(start_agent):
     agent = start_agent()
-    assert "ready: eBPF sensors (exec, tcp, connect_guard) and procfs scans" in agent.stderr[-1]
+    assert ("ready: eBPF sensors (exec, tcp, connect_guard, privilege, kernel) and procfs "
+            "scans") in agent.stderr[-1]
     held = _kernel_handles(agent.proc.pid)
     # exec (with execve/execveat entry and exit), fork, exit, the TCP state change, accept
-    # and accept4 in and out; two guards
-    assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf_link"]) == (12, 2), held
+    # and accept4 in and out; two guards; privilege: ptrace, process_vm_writev, eight set*id,
+    # memfd_create; kernel: mount, setns, unshare, bpf and, where the kernel has modules,
+    # init_module and finit_module
+    modules = 2 * os.path.isdir("/sys/kernel/tracing/events/syscalls/sys_enter_init_module")
+    assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf_link"]) == (
+        12 + 11 + 4 + modules, 2), held
 
 
 def test_the_compilers_memory_is_given_back_once_ready(start_agent):
