@@ -194,7 +194,7 @@ class SensorSet:
         self.sensors.clear()
 
 
-def attachable(wanted: Sequence[SensorClass], tracefs: str = bpf.TRACEFS,
+def attachable(wanted: Sequence[SensorClass], tracefs: str | None = None,
                ) -> tuple[list[type[bpf.BpfSensor]], dict[str, str], list[str]]:
     """Which of the wanted BPF sensors this kernel has the tracepoints for: (those,
     sensor name -> why each other cannot attach, the cflags that leave out the optional
@@ -206,7 +206,8 @@ def attachable(wanted: Sequence[SensorClass], tracefs: str = bpf.TRACEFS,
     for cls in wanted:
         if not issubclass(cls, bpf.BpfSensor):
             continue
-        missing = bpf.missing_tracepoints(bpf.tracepoints_of(cls.source), tracefs)
+        missing = bpf.missing_tracepoints(bpf.tracepoints_of(cls.source),
+                                          tracefs or bpf.TRACEFS)
         needed = [t for t in missing if t not in cls.optional_tracepoints]
         if needed:
             dropped[cls.name] = (f"this kernel has no tracepoint {', '.join(needed)}; "
