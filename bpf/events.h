@@ -141,6 +141,8 @@ enum nw_call {
     NW_CALL_PROCESS_VM_WRITEV = 10,
     NW_CALL_INIT_MODULE = 11,
     NW_CALL_FINIT_MODULE = 12,
+    NW_CALL_MOVE_MOUNT = 13,    /* a mount through the new API: fsopen, fsconfig, fsmount
+                                 * (or open_tree), then move_mount */
 };
 
 #define NW_MEMFD_NAME_LEN 256   /* memfd_create's name: 249 bytes at most, and the NUL */
@@ -168,8 +170,9 @@ struct nw_mount_event {
     u32 kind;           /* NW_MOUNT */
     u32 pid;
     u32 uid;
-    u32 pad;
-    u64 flags;          /* MS_* */
+    u32 call;           /* 0: mount(2); NW_CALL_MOVE_MOUNT: the new mount API */
+    u64 flags;          /* MS_* (move_mount: fsmount's MOUNT_ATTR_RDONLY, NOSUID, NODEV,
+                         * NOEXEC, the same bits) */
     char comm[NW_COMM_LEN];
     char fstype[NW_FSTYPE_LEN];
     char source[NW_MOUNT_PATH_LEN];

@@ -29,7 +29,7 @@ MOUNT, SETNS, UNSHARE, MODULE, BPF = 12, 13, 14, 15, 16
 
 # struct nw_mount_event
 MOUNT_FIELDS: tuple[tuple[str, str], ...] = (
-    ("ts_ns", "Q"), ("kind", "I"), ("pid", "I"), ("uid", "I"), ("pad", "I"),
+    ("ts_ns", "Q"), ("kind", "I"), ("pid", "I"), ("uid", "I"), ("call", "I"),
     ("flags", "Q"), ("comm", f"{COMM_LEN}s"), ("fstype", f"{FSTYPE_LEN}s"),
     ("source", f"{MOUNT_PATH_LEN}s"), ("target", f"{MOUNT_PATH_LEN}s"),
 )

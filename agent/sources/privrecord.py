@@ -39,6 +39,7 @@ class Call(IntEnum):
     PROCESS_VM_WRITEV = 10
     INIT_MODULE = 11
     FINIT_MODULE = 12
+    MOVE_MOUNT = 13
 
 
 # ptrace requests the kernel sends (bpf/privilege.bpf.c `injects`), by the name rules test

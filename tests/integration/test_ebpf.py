@@ -612,11 +612,11 @@ def test_every_sensor_is_attached_by_default(start_agent):
     held = _kernel_handles(agent.proc.pid)
     # exec (with execve/execveat entry and exit), fork, exit, the TCP state change, accept
     # and accept4 in and out; two guards; privilege: ptrace, process_vm_writev, eight set*id,
-    # memfd_create; kernel: mount, setns, unshare, bpf and, where the kernel has modules,
-    # init_module and finit_module
+    # memfd_create; kernel: mount, fsopen, fsconfig, fsmount, open_tree, move_mount, setns,
+    # unshare, bpf and, where the kernel has modules, init_module and finit_module
     modules = 2 * os.path.isdir("/sys/kernel/tracing/events/syscalls/sys_enter_init_module")
     assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf_link"]) == (
-        12 + 11 + 4 + modules, 2), held
+        12 + 11 + 9 + modules, 2), held
 
 
 def test_the_compilers_memory_is_given_back_once_ready(start_agent):

@@ -55,7 +55,9 @@ def agent(ebpf, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAge
     tmp = tmp_path_factory.mktemp("priv")
     rules = tmp / "priv.yaml"
     rules.write_text(RULES)
-    a = RunningAgent(tmp, "", ["--interval", "3600", "--rules", str(rules)])
+    # a lock file of its own: the per-test one (conftest.py) is set after this fixture
+    a = RunningAgent(tmp, "", ["--interval", "3600", "--rules", str(rules)],
+                     env={"NODEWARDEN_LOCK_FILE": str(tmp / "agent.lock")})
     assert any("ready: eBPF sensors" in line and "privilege, kernel" in line
                for line in a.stderr), a.stderr
     yield a
@@ -151,6 +153,30 @@ def test_a_tmpfs_mounted_in_a_new_mount_namespace(agent):
     assert f["process"]["comm"] == "mount"
     u = next(f for f in agent.all_findings if _by(pid, "saw-ns")(f))
     assert u["ns"] == {"call": "unshare", "types": ["mnt"], "host": False, "target_pid": 0}
+
+
+NEW_API_MOUNT = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+sc = libc.syscall
+fs = sc(430, b"tmpfs", 0)                                         # fsopen
+assert fs >= 0, ctypes.get_errno()
+assert sc(431, fs, 1, b"source", sys.argv[1].encode(), 0) == 0    # fsconfig SET_STRING
+assert sc(431, fs, 6, None, None, 0) == 0                         # fsconfig CMD_CREATE
+mnt = sc(432, fs, 0, 1)                                           # fsmount, MOUNT_ATTR_RDONLY
+assert mnt >= 0, ctypes.get_errno()
+assert sc(429, mnt, b"", -100, b"/mnt", 4) == 0, ctypes.get_errno()   # move_mount F_EMPTY_PATH
+"""
+
+
+def test_a_mount_through_the_new_mount_api(agent):
+    """fsopen, fsconfig, fsmount, move_mount (what util-linux 2.39+ mount(8) does)."""
+    src = f"nw-test-new-{os.getpid()}"
+    pid = _run(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
+                NEW_API_MOUNT, src])
+    f = agent.finding(_by(pid, "saw-mount"))
+    assert f["mount"] == {"source": src, "target": "/mnt", "fstype": "tmpfs", "flags": 1,
+                          "options": ["rdonly"]}
 
 
 def _ns_inode(path: str) -> int:
