@@ -3,7 +3,9 @@
  *
  * Every record starts with `u64 ts_ns; u32 kind;` (enum nw_kind); the rest is the layout of
  * its kind: struct nw_exec_event (exec), struct nw_proc_event (fork, exit), struct
- * nw_conn_event (connect, accept, close, connect verdict). The ring buffer gives each
+ * nw_conn_event (connect, accept, close, connect verdict), struct nw_priv_event (ptrace,
+ * setuid, memfd), struct nw_mount_event (mount), struct nw_kern_event (setns, unshare,
+ * module, bpf). The ring buffer gives each
  * record's size, so a record is as long as its kind needs (a TCP record carries no file
  * name).
  *
