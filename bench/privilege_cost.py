@@ -7,10 +7,14 @@ a busy node makes all the time and that no rule wants reported: setuid(own uid) 
 setresgid(-1, -1, -1) (root asking for root: filtered in the kernel), ptrace(PEEKDATA) of
 no process (not an injecting request: filtered), and getuid() (no tracepoint of ours: the
 floor). A second loop makes memfd_create + close (sent only when a rule is on memfd).
-Each round times both loops (the median of `--reps` runs) with no agent, then with a
-`nodewarden run` of this checkout: the shipped rules (no rule on these kinds: the kernel
-sends nothing), then with `--rules-on` (rules on ptrace, setuid, memfd, so memfd records
-are sent and judged). Rounds alternate the order.
+Each round times both loops (the median of `--reps` runs) with no agent; with a
+`nodewarden run` of this checkout whose `sensors:` are those before these two (exec, tcp,
+connect_guard, proc_connector: `before`); with the default sensors, these two included,
+and the shipped rules (no rule on these kinds: the kernel sends nothing; `after`); and
+with rules on ptrace, setuid and memfd (`rules-on`: memfd records are sent and judged).
+Rounds alternate the order. `after` against `before` is what these sensors cost: any
+`syscalls:` tracepoint (the exec sensor's execve) already puts every syscall on the
+kernel's tracing path.
 
 Wall time on a shared 2-core machine is noisy, so the run also measures what the kernel
 side costs exactly: the sensors' programs loaded here (through agent/sources/bpf.py, the
@@ -101,9 +105,9 @@ def timed(exe: Path, loop: str, iters: int, reps: int) -> float:
 class Agent:
     """`nodewarden run` of this checkout until `stop`."""
 
-    def __init__(self, tmp: Path, rules: Path | None) -> None:
+    def __init__(self, tmp: Path, rules: Path | None, config: str = "") -> None:
         cfg = tmp / "bench-config.yaml"
-        cfg.write_text("")
+        cfg.write_text(config)
         args = [sys.executable, "-m", "agent", "run", "--config", str(cfg), "--interval",
                 "3600", "--listen", "off", "--format", "json"]
         if rules is not None:
@@ -131,7 +135,9 @@ def measure(exe: Path, tmp: Path, setup: str, iters: int, reps: int) -> dict[str
         if setup == "rules-on":
             rules = tmp / "rules-on.yaml"
             rules.write_text(RULES_ON)
-        agent = Agent(tmp, rules)
+        config = ("sensors: [exec, tcp, connect_guard, proc_connector]\n"
+                  if setup == "before" else "")
+        agent = Agent(tmp, rules, config)
     try:
         return {"ids": timed(exe, "ids", iters, reps),
                 "memfd": timed(exe, "memfd", iters, reps)}
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=100_000)
     ap.add_argument("--reps", type=int, default=5, help="runs per loop per round (median)")
     args = ap.parse_args(argv)
-    setups = ["none", "shipped", "rules-on"]
+    setups = ["none", "before", "after", "rules-on"]
     got: dict[str, list[dict[str, float]]] = {s: [] for s in setups}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
