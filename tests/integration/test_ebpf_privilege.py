@@ -194,20 +194,35 @@ def test_setns_into_pid_1s_mount_namespace_is_host_and_into_another_is_not(agent
     if shutil.which("nsenter") is None:
         pytest.fail("util-linux (nsenter) is missing")
     # `nsenter -t 1 -m` needs /proc/1/ns readable: where it is not (a pid 1 that is not
-    # dumpable), enter pid 1's namespace through this process's, when it is in it
+    # dumpable), enter pid 1's namespace through this process's, when it is in it. nsenter
+    # closes the descriptor at once, so the namespace it is in stands for the one it entered:
+    # `sleep 1`, not `true`, which may be gone before the agent reads it (SECURITY.md)
     own = _ns_inode("/proc/self/ns/mnt")
     ns_file = "/proc/1/ns/mnt" if os.access("/proc/1/ns/mnt", os.R_OK) else \
         f"/proc/{os.getpid()}/ns/mnt"
-    pid = _run(["nsenter", f"--mount={ns_file}", "true"])
+    pid = _run(["nsenter", f"--mount={ns_file}", "sleep", "1"])
     f = agent.finding(_by(pid, "saw-ns"))
     assert f["ns"] == {"call": "setns", "types": ["mnt"], "host": own == _host_mnt(),
                        "target_pid": 0}
     other = subprocess.Popen(["unshare", "-m", "sleep", "30"])
     try:
         time.sleep(0.3)
-        pid = _run(["nsenter", "-t", str(other.pid), "-m", "true"])
+        pid = _run(["nsenter", "-t", str(other.pid), "-m", "sleep", "1"])
         f = agent.finding(_by(pid, "saw-ns"))
         assert f["ns"] == {"call": "setns", "types": ["mnt"], "host": False, "target_pid": 0}
+        # through a pidfd held open: the target named, its namespace not the host's
+        caller = subprocess.Popen([sys.executable, "-c", f"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.pidfd_open({other.pid})
+assert libc.setns(fd, 0x00020000) == 0, ctypes.get_errno()   # CLONE_NEWNS
+sys.stdin.read()
+"""], stdin=subprocess.PIPE)
+        f = agent.finding(_by(caller.pid, "saw-ns"))
+        assert f["ns"] == {"call": "setns", "types": ["mnt"], "host": False,
+                           "target_pid": other.pid}
+        caller.communicate(b"", timeout=10)
+        assert caller.returncode == 0
     finally:
         other.kill()
         other.wait()
