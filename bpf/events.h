@@ -4,8 +4,9 @@
  * Every record starts with `u64 ts_ns; u32 kind;` (enum nw_kind); the rest is the layout of
  * its kind: struct nw_exec_event (exec), struct nw_proc_event (fork, exit), struct
  * nw_conn_event (connect, accept, close, connect verdict), struct nw_file_event (file),
- * struct nw_udp_event (udp), struct nw_dns_event (dns), and those of privilege.bpf.c and
- * kernel.bpf.c. The ring buffer gives each
+ * struct nw_priv_event (ptrace, setuid, memfd), struct nw_mount_event (mount), struct
+ * nw_kern_event (setns, unshare, module, bpf), struct nw_udp_event (udp), struct
+ * nw_dns_event (dns). The ring buffer gives each
  * record's size, so a record is as long as its kind needs (a TCP record carries no file
  * name).
  *
@@ -26,6 +27,14 @@ enum nw_kind {
     NW_CLOSE = 6,
     NW_CONNECT_VERDICT = 7,   /* an in-kernel connect rule matched (connect_guard.bpf.c) */
     NW_FILE = 8,              /* a watched file opened, removed, renamed, ... (file.bpf.c) */
+    NW_PTRACE = 9,            /* privilege.bpf.c: struct nw_priv_event */
+    NW_SETUID = 10,
+    NW_MEMFD = 11,
+    NW_MOUNT = 12,            /* kernel.bpf.c: struct nw_mount_event */
+    NW_SETNS = 13,            /* kernel.bpf.c: struct nw_kern_event */
+    NW_UNSHARE = 14,
+    NW_MODULE = 15,
+    NW_BPF = 16,
     NW_UDP = 17,              /* a UDP destination (udp.bpf.c), struct nw_udp_event */
     NW_DNS = 18,              /* a DNS query to port 53 (udp.bpf.c), struct nw_dns_event */
 };
@@ -193,6 +202,70 @@ struct nw_file_event {
     char comm[NW_COMM_LEN];
     char path[NW_FILE_PATH_LEN];
     char dest[NW_FILE_PATH_LEN];
+/* struct nw_priv_event.call and nw_kern_event.call: which syscall of a family it was */
+enum nw_call {
+    NW_CALL_SETUID = 1,
+    NW_CALL_SETREUID = 2,
+    NW_CALL_SETRESUID = 3,
+    NW_CALL_SETFSUID = 4,
+    NW_CALL_SETGID = 5,
+    NW_CALL_SETREGID = 6,
+    NW_CALL_SETRESGID = 7,
+    NW_CALL_SETFSGID = 8,
+    NW_CALL_PTRACE = 9,
+    NW_CALL_PROCESS_VM_WRITEV = 10,
+    NW_CALL_INIT_MODULE = 11,
+    NW_CALL_FINIT_MODULE = 12,
+    NW_CALL_MOVE_MOUNT = 13,    /* a mount through the new API: fsopen, fsconfig, fsmount
+                                 * (or open_tree), then move_mount */
+};
+
+#define NW_MEMFD_NAME_LEN 256   /* memfd_create's name: 249 bytes at most, and the NUL */
+
+/* ptrace, setuid, memfd (bpf/privilege.bpf.c) */
+struct nw_priv_event {
+    u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    u32 kind;           /* NW_PTRACE, NW_SETUID, NW_MEMFD */
+    u32 pid;            /* tgid of the caller */
+    u32 uid;            /* the caller's real uid */
+    u32 call;           /* enum nw_call (ptrace: NW_CALL_PTRACE or PROCESS_VM_WRITEV) */
+    u64 arg;            /* ptrace: the request; memfd: the MFD_* flags */
+    u32 target;         /* ptrace: the target pid; setuid: the id asked for (0) */
+    u32 pad;
+    char comm[NW_COMM_LEN];
+    char name[NW_MEMFD_NAME_LEN];   /* memfd: the name given */
+};
+
+#define NW_FSTYPE_LEN 32
+#define NW_MOUNT_PATH_LEN 256
+
+/* mount (bpf/kernel.bpf.c) */
+struct nw_mount_event {
+    u64 ts_ns;
+    u32 kind;           /* NW_MOUNT */
+    u32 pid;
+    u32 uid;
+    u32 call;           /* 0: mount(2); NW_CALL_MOVE_MOUNT: the new mount API */
+    u64 flags;          /* MS_* (move_mount: fsmount's MOUNT_ATTR_RDONLY, NOSUID, NODEV,
+                         * NOEXEC, the same bits) */
+    char comm[NW_COMM_LEN];
+    char fstype[NW_FSTYPE_LEN];
+    char source[NW_MOUNT_PATH_LEN];
+    char target[NW_MOUNT_PATH_LEN];
+};
+
+/* setns, unshare, module, bpf (bpf/kernel.bpf.c) */
+struct nw_kern_event {
+    u64 ts_ns;
+    u32 kind;           /* NW_SETNS, NW_UNSHARE, NW_MODULE, NW_BPF */
+    u32 pid;
+    u32 uid;
+    u32 call;           /* module: NW_CALL_INIT_MODULE or NW_CALL_FINIT_MODULE */
+    u64 flags;          /* setns: nstype; unshare: its flags; bpf: the command */
+    u32 fd;             /* setns, finit_module: the descriptor */
+    u32 prog_type;      /* bpf: the program type (union bpf_attr's first u32) */
+    char comm[NW_COMM_LEN];
+    char name[NW_COMM_LEN];   /* bpf: prog_name (BPF_OBJ_NAME_LEN 16) */
 };
 
 #endif

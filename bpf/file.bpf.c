@@ -267,7 +267,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_open)
                    args->mode);
 }
 
-#ifdef NW_HAVE_SYS_ENTER_OPENAT2
+#ifndef NW_NO_sys_enter_openat2
 TRACEPOINT_PROBE(syscalls, sys_enter_openat2)
 {
     /* struct open_how (UAPI): u64 flags, mode, resolve */
@@ -309,7 +309,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_fchmodat)
     return on_path(args, NW_FILE_CHMOD, args->filename, (int)args->dfd, 0, args->mode);
 }
 
-#ifdef NW_HAVE_SYS_ENTER_FCHMODAT2
+#ifndef NW_NO_sys_enter_fchmodat2
 TRACEPOINT_PROBE(syscalls, sys_enter_fchmodat2)
 {
     return on_path(args, NW_FILE_CHMOD, args->filename, (int)args->dfd, args->flags,

@@ -72,6 +72,27 @@ def program_text(sources: Sequence[str], directory: Path | None = None) -> str:
     return "\n".join(parts)
 
 
+_TRACEPOINT = re.compile(r"^TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", re.MULTILINE)
+
+
+def tracepoints_of(source: str, directory: Path | None = None) -> list[str]:
+    """The tracepoints (category:name) a sensor source attaches, in its order."""
+    text = ((directory or source_dir()) / source).read_text()
+    return [f"{cat}:{name}" for cat, name in _TRACEPOINT.findall(text)]
+
+
+def missing_tracepoints(names: Sequence[str], tracefs: str = TRACEFS) -> list[str]:
+    """Those of the tracepoints (category:name) this kernel does not have (a syscall it
+    was built without, one newer than it). BCC cannot compile a program that names one."""
+    return [n for n in names if not os.path.isdir(f"{tracefs}/events/{n.replace(':', '/')}")]
+
+
+def without(tracepoint: str) -> str:
+    """The cflag that leaves an optional tracepoint's probe out of its source, which
+    wraps it in `#ifndef NW_NO_<name>`."""
+    return f"-DNW_NO_{tracepoint.partition(':')[2]}"
+
+
 def _tracefs_ready() -> bool:
     return os.path.isdir(f"{TRACEFS}/events/sched")
 
@@ -110,18 +131,6 @@ def check() -> None:
         raise SensorUnavailable(f"kernel headers are missing ({build})",
                                 "apt-get install linux-headers-$(uname -r) or "
                                 "linux-headers-cloud-amd64 and link it there (scripts/setup.sh)")
-
-
-# syscall tracepoints newer than the oldest supported kernel: a source guards its probe of
-# one with `#ifdef NW_HAVE_SYS_ENTER_NAME`, defined when this kernel has it (a probe of a
-# missing tracepoint would fail the whole program's compile)
-OPTIONAL_TRACEPOINTS = ("sys_enter_openat2", "sys_enter_fchmodat2")
-
-
-def optional_tracepoints(tracefs: str = TRACEFS) -> list[str]:
-    """The -D flags of the OPTIONAL_TRACEPOINTS this kernel has."""
-    return [f"-DNW_HAVE_{name.upper()}" for name in OPTIONAL_TRACEPOINTS
-            if os.path.isdir(f"{tracefs}/events/syscalls/{name}")]
 
 
 def kernel_has_ringbuf(release: str | None = None) -> bool:
@@ -198,7 +207,8 @@ class BpfProgram:
     they all write to. Polling it delivers every decoded record to `on_record`."""
 
     def __init__(self, sources: Sequence[str], on_record: OnRecord,
-                 ring_pages: int = DEFAULT_RING_PAGES, perf: bool | None = None) -> None:
+                 ring_pages: int = DEFAULT_RING_PAGES, perf: bool | None = None,
+                 cflags: Sequence[str] = ()) -> None:
         from bcc import BPF
 
         if perf is None:
@@ -208,11 +218,13 @@ class BpfProgram:
         self.sources = tuple(sources)
         self.perf = perf
         self._on_record = on_record
-        cflags = [f"-DNW_RINGBUF_PAGES={ring_pages}", "-w"]
+        # NW_AGENT_TGID: the kernel sensor never reports this process's own BPF loads,
+        # which happen while its tracepoint attaches (before any map could be filled)
+        flags = [f"-DNW_RINGBUF_PAGES={ring_pages}", f"-DNW_AGENT_TGID={os.getpid()}", "-w",
+                 *cflags]
         if perf:
-            cflags.append("-DNW_PERF")
-        cflags += optional_tracepoints()
-        self.bpf = BPF(text=program_text(self.sources).encode(), cflags=cflags)
+            flags.append("-DNW_PERF")
+        self.bpf = BPF(text=program_text(self.sources).encode(), cflags=flags)
         self._lost = self.bpf["lost"]
         self._lost_page = _map_page(self._lost.map_fd)
         events = self.bpf["events"]
@@ -307,6 +319,9 @@ class BpfSensor:
     kinds: ClassVar[frozenset[EventKind]]
     source: ClassVar[str]
     fallback_for: ClassVar[str | None] = None
+    # tracepoints it runs without when this kernel lacks them (its source wraps each in
+    # `#ifndef NW_NO_<name>`); a missing tracepoint not listed here keeps the sensor off
+    optional_tracepoints: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, program: BpfProgram) -> None:
         self.program = program

@@ -21,7 +21,7 @@ from typing import NamedTuple
 from agent import text
 from agent.details import Dns
 from agent.model import EventKind
-from agent.sources import dnswire
+from agent.sources import dnswire, kernrecord, privrecord
 from agent.sources.execrecord import EXEC_FIELDS, exec_decoder
 from agent.sources.filerecord import FILE_FIELDS, file_decoder
 
@@ -37,6 +37,14 @@ class RecordKind(IntEnum):
     CLOSE = 6
     CONNECT_VERDICT = 7
     FILE = 8
+    PTRACE = 9
+    SETUID = 10
+    MEMFD = 11
+    MOUNT = 12
+    SETNS = 13
+    UNSHARE = 14
+    MODULE = 15
+    BPF = 16
     UDP = 17
     DNS = 18
 
@@ -48,6 +56,10 @@ EVENT_KINDS: dict[RecordKind, EventKind] = {
     RecordKind.ACCEPT: EventKind.ACCEPT, RecordKind.CLOSE: EventKind.CLOSE,
     RecordKind.CONNECT_VERDICT: EventKind.CONNECT, RecordKind.FILE: EventKind.FILE,
     RecordKind.UDP: EventKind.UDP, RecordKind.DNS: EventKind.DNS,
+    RecordKind.PTRACE: EventKind.PTRACE, RecordKind.SETUID: EventKind.SETUID,
+    RecordKind.MEMFD: EventKind.MEMFD, RecordKind.MOUNT: EventKind.MOUNT,
+    RecordKind.SETNS: EventKind.SETNS, RecordKind.UNSHARE: EventKind.UNSHARE,
+    RecordKind.MODULE: EventKind.MODULE, RecordKind.BPF: EventKind.BPF,
 }
 
 
@@ -76,10 +88,10 @@ ADDR_LEN = 16        # NW_ADDR_LEN: an IPv6 address (IPv4 in the first 4 bytes)
 DNS_LEN = 512        # NW_DNS_LEN: bytes of a DNS query's datagram the kernel takes
 
 # plain ints for the decoder and the observer's hot path
-EXEC, FORK, EXIT, CONNECT, ACCEPT, CLOSE, CONNECT_VERDICT = (
-    int(k) for k in list(RecordKind)[:7])
-FILE = int(RecordKind.FILE)
-UDP, DNS = int(RecordKind.UDP), int(RecordKind.DNS)
+EXEC, FORK, EXIT, CONNECT, ACCEPT, CLOSE, CONNECT_VERDICT = (int(k) for k in (
+    RecordKind.EXEC, RecordKind.FORK, RecordKind.EXIT, RecordKind.CONNECT, RecordKind.ACCEPT,
+    RecordKind.CLOSE, RecordKind.CONNECT_VERDICT))
+FILE, UDP, DNS = int(RecordKind.FILE), int(RecordKind.UDP), int(RecordKind.DNS)
 VERDICT_WOULD_KILL, VERDICT_KILLED = int(Verdict.WOULD_KILL), int(Verdict.KILLED)
 AF_INET, AF_INET6 = 2, 10
 TCP_CLOSE = 7
@@ -121,6 +133,8 @@ LAYOUTS: dict[str, Fields] = {
     "nw_exec_event": EXEC_FIELDS, "nw_proc_event": PROC_FIELDS, "nw_conn_event": CONN_FIELDS,
     "nw_file_event": FILE_FIELDS,
     "nw_udp_event": UDP_FIELDS, "nw_dns_event": DNS_FIELDS,
+    "nw_priv_event": privrecord.PRIV_FIELDS, "nw_mount_event": kernrecord.MOUNT_FIELDS,
+    "nw_kern_event": kernrecord.KERN_FIELDS,
 }
 
 
@@ -252,6 +266,20 @@ def _decode_dns(data: bytes | memoryview) -> RawEvent:
 
 Decoder = Callable[[bytes | memoryview], RawEvent]
 
+
+def _with_detail(decode_fields: Callable[[bytes | memoryview], privrecord.Decoded]) -> Decoder:
+    """The decoder of a record kind that carries a detail (privrecord, kernrecord)."""
+
+    def decode_detail(data: bytes | memoryview) -> RawEvent:
+        ts, kind, pid, uid, comm, detail = decode_fields(data)
+        return raw_detail(ts, kind, pid, uid, comm, detail)
+
+    return decode_detail
+
+
+_PRIV = _with_detail(privrecord.decode_priv)
+_KERN = _with_detail(kernrecord.decode_kern)
+
 # record kind -> its decoder (each kind's layout is its owner's: see bpf/events.h)
 DECODERS: dict[int, Decoder] = {
     EXEC: exec_decoder(RawEvent),
@@ -260,6 +288,10 @@ DECODERS: dict[int, Decoder] = {
     CONNECT_VERDICT: _decode_conn,
     FILE: file_decoder(raw_detail),
     UDP: _decode_udp, DNS: _decode_dns,
+    RecordKind.PTRACE: _PRIV, RecordKind.SETUID: _PRIV, RecordKind.MEMFD: _PRIV,
+    RecordKind.MOUNT: _with_detail(kernrecord.decode_mount),
+    RecordKind.SETNS: _KERN, RecordKind.UNSHARE: _KERN, RecordKind.MODULE: _KERN,
+    RecordKind.BPF: _KERN,
 }
 _KIND = struct.Struct("<8xI")
 

@@ -31,6 +31,8 @@ TABLE: tuple[tuple[str, str], ...] = (
     ("connect_guard", "agent.sources.connect_guard:ConnectGuard"),
     ("proc_connector", "agent.sources.proc_connector:ProcConnector"),
     ("file", "agent.sources.file_sensor:FileSensor"),
+    ("privilege", "agent.sources.privilege_sensor:PrivilegeSensor"),
+    ("kernel", "agent.sources.kernel_sensor:KernelSensor"),
     ("udp", "agent.sources.udp_sensor:UdpSensor"),
 )
 

@@ -145,8 +145,16 @@ class SensorSet:
         every kind with `everything` (a recording). The others are not sent at all (with
         the shipped rules, which judge connects only, a loopback connection is one record
         instead of four). Called after every rules or config change; until the first call
-        every kind is sent. Returns the kinds left out."""
+        every kind is sent. Returns the TCP kinds left out. A sensor with a
+        `send_kinds(wanted)` method (privilege, kernel) is told the same."""
         wanted = set(RULE_KINDS) if everything else {k for r in rules for k in r.kinds}
+        for s in self.sensors:
+            send_kinds = getattr(s, "send_kinds", None)
+            if send_kinds is not None:
+                left = send_kinds(frozenset(wanted))
+                if left:
+                    log.info("%s records not sent (no loaded rule uses them): %s", s.name,
+                             ", ".join(sorted(left)))
         mask = skipped_kinds(wanted)
         if self.program is not None:
             bpf.set_kcfg(self.program["kcfg"], KcfgSlot.SKIP_KINDS, mask)
@@ -186,19 +194,51 @@ class SensorSet:
         self.sensors.clear()
 
 
-def _load_program(wanted: Sequence[SensorClass], cfg: Config,
-                  on_record: OnRecord) -> tuple[bpf.BpfProgram | None, str]:
-    """The BPF program of the wanted BPF sensors, or None and why it did not load."""
-    sources = [s.source for s in wanted if issubclass(s, bpf.BpfSensor)]
-    if not sources:
-        return None, ""
+def attachable(wanted: Sequence[SensorClass], tracefs: str | None = None,
+               ) -> tuple[list[type[bpf.BpfSensor]], dict[str, str], list[str]]:
+    """Which of the wanted BPF sensors this kernel has the tracepoints for: (those,
+    sensor name -> why each other cannot attach, the cflags that leave out the optional
+    tracepoints it lacks). BCC cannot compile a program naming a missing tracepoint, so
+    one sensor's would stop them all. A missing optional one is said once here."""
+    keep: list[type[bpf.BpfSensor]] = []
+    dropped: dict[str, str] = {}
+    cflags: list[str] = []
+    for cls in wanted:
+        if not issubclass(cls, bpf.BpfSensor):
+            continue
+        missing = bpf.missing_tracepoints(bpf.tracepoints_of(cls.source),
+                                          tracefs or bpf.TRACEFS)
+        needed = [t for t in missing if t not in cls.optional_tracepoints]
+        if needed:
+            dropped[cls.name] = (f"this kernel has no tracepoint {', '.join(needed)}; "
+                                 "fix: a kernel with that syscall")
+            continue
+        if missing:
+            log.warning("sensor %s runs without %s: this kernel does not have %s", cls.name,
+                        ", ".join(missing), "it" if len(missing) == 1 else "them")
+            cflags.extend(bpf.without(t) for t in missing)
+        keep.append(cls)
+    return keep, dropped, cflags
+
+
+def _load_program(wanted: Sequence[SensorClass], cfg: Config, on_record: OnRecord,
+                  ) -> tuple[bpf.BpfProgram | None, str, dict[str, str]]:
+    """The BPF program of the wanted BPF sensors this kernel can attach, or None and why
+    it did not load; and why each BPF sensor left out of it could not attach."""
+    if not any(issubclass(s, bpf.BpfSensor) for s in wanted):
+        return None, "", {}
     if cfg.bpf == "off":
-        return None, "disabled in the configuration (bpf: off)"
+        return None, "disabled in the configuration (bpf: off)", {}
+    dropped: dict[str, str] = {}
     try:
         bpf.check()
+        keep, dropped, cflags = attachable(wanted)
+        if not keep:
+            return None, "", dropped
         transport = {"auto": None, "ring": False, "perf": True}[cfg.bpf_transport]
-        program = bpf.BpfProgram(sources, on_record, ring_pages=cfg.ring_buffer_pages,
-                                 perf=transport)
+        program = bpf.BpfProgram([s.source for s in keep], on_record,
+                                 ring_pages=cfg.ring_buffer_pages, perf=transport,
+                                 cflags=cflags)
     except SensorUnavailable as e:
         why = f"{e.reason}; fix: {e.fix}"
     except Exception as e:  # noqa: BLE001 - BCC raises bare Exception on compile errors
@@ -206,10 +246,10 @@ def _load_program(wanted: Sequence[SensorClass], cfg: Config,
     else:
         log.info("eBPF sensors loaded (%s buffer): %s", "perf" if program.perf else "ring",
                  ", ".join(program.tracepoints()))
-        return program, ""
+        return program, "", dropped
     if cfg.bpf == "required":
         raise ConfigError(f"eBPF is required (bpf: required) but unavailable: {why}")
-    return None, why
+    return None, why, dropped
 
 
 def _start(cls: SensorClass, program: bpf.BpfProgram | None,
@@ -231,12 +271,13 @@ def open_sensors(cfg: Config, on_record: OnRecord, metrics: Metrics,
     for cls in registry:
         metrics.sensor_up.labels(sensor=cls.name).set(0)
     wanted = selected(cfg.sensors, registry)
-    program, bpf_why = _load_program(wanted, cfg, on_record)
+    program, bpf_why, why = _load_program(wanted, cfg, on_record)
     running: list[Sensor] = []
-    why: dict[str, str] = {}
     for cls in wanted:
         if cls.fallback_for and cls.fallback_for in (s.name for s in running):
             continue   # what it stands in for runs
+        if cls.name in why:
+            continue   # this kernel cannot attach it
         if issubclass(cls, bpf.BpfSensor) and program is None:
             why[cls.name] = bpf_why
             continue

@@ -230,7 +230,7 @@ def test_a_launcher_that_execs_a_miner_after_starting_the_agent_is_not_protected
     launcher = subprocess.Popen(["sh", "-c", script], cwd=Path.cwd())
     agent_pid = 0
     try:
-        rc = _wait_exit(launcher, 20)
+        rc = _wait_exit(launcher, 45)   # the agent compiles its BPF program first
         agent_pid = int(pidfile.read_text())
         assert rc == -signal.SIGKILL, err.read_text()
         deadline = time.monotonic() + 10
