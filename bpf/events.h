@@ -202,6 +202,8 @@ struct nw_file_event {
     char comm[NW_COMM_LEN];
     char path[NW_FILE_PATH_LEN];
     char dest[NW_FILE_PATH_LEN];
+};
+
 /* struct nw_priv_event.call and nw_kern_event.call: which syscall of a family it was */
 enum nw_call {
     NW_CALL_SETUID = 1,
