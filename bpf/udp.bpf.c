@@ -68,12 +68,12 @@ struct seen {
 };
 BPF_TABLE("lru_hash", struct seen_key, struct seen, udp_seen, 16384);
 
-struct name_key {
+struct dns_name_key {
     u32 tgid;
     u32 pad;
     u64 hash;       /* FNV-1a of the query name's wire bytes, ASCII lower-cased */
 };
-BPF_TABLE("lru_hash", struct name_key, struct seen, dns_seen, 16384);
+BPF_TABLE("lru_hash", struct dns_name_key, struct seen, dns_seen, 16384);
 
 /* the UAPI layouts (struct msghdr / mmsghdr of the syscall ABI; struct iovec) */
 struct nw_msghdr {
@@ -317,7 +317,7 @@ static __always_inline void dns_record(void *ctx, u32 fd, struct udp_dest *d, u6
         return;
     }
     u64 h = qname_hash(e, n);
-    struct name_key k = {};
+    struct dns_name_key k = {};
     k.tgid = bpf_get_current_pid_tgid() >> 32;
     k.hash = h;
     u64 now = bpf_ktime_get_ns();

@@ -181,3 +181,20 @@ def test_the_file_record_and_its_ops_match_events_h():
     names = re.search(r"BPF_HASH\(file_names, struct name_key, u32, (\d+)\)", src)
     assert trie and int(trie.group(1)) == filewatch.TRIE_MAX
     assert names and int(names.group(1)) >= filewatch.MAX_WATCHES
+
+
+_TOP_LEVEL = re.compile(r"^(?:struct (\w+) \{|BPF_\w+\((\w+)|static[^(\n]*?[ *](\w+)\()", re.M)
+
+
+def test_no_two_sensors_define_the_same_name():
+    """Every enabled sensor's source is compiled into one BCC module: a struct, map or
+    function name defined in two sources fails the whole compile (and every sensor)."""
+    defined: dict[str, str] = {}
+    clashes = []
+    for path in sorted(bpf.source_dir().glob("*.bpf.c")):
+        for m in _TOP_LEVEL.finditer(path.read_text()):
+            name = next(g for g in m.groups() if g)
+            if name in defined and defined[name] != path.name:
+                clashes.append((name, defined[name], path.name))
+            defined.setdefault(name, path.name)
+    assert clashes == []
