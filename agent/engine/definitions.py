@@ -1,8 +1,11 @@
 """Named lists and macros, shared across the files of one rule set, and list expansion.
 
 A later file may use the lists and macros of an earlier one (`$miners` from the shipped
-`lists.yaml`); a name is defined once in the whole set. Expansion is bounded: a reload
-compiles while the agent runs, and a file of 10**6 list entries stalled it for seconds.
+`lists.yaml`); a name is defined once in the whole set. A list is extended, in any file of
+the set, by `NAME: {append: [...]}`: a user trusts one more namespace or installer without
+copying the shipped list (a copy would fork it from future releases), and every rule that
+uses `$NAME` sees the entries. Expansion is bounded: a reload compiles while the agent runs,
+and a file of 10**6 list entries stalled it for seconds.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ MAX_VALUES_TOTAL = 200_000  # values of every condition of a rule set
 
 # name -> (value, file, line)
 Defined = dict[str, tuple[Any, str, int]]
+APPEND = "append"
 
 
 class Definitions:
@@ -28,6 +32,8 @@ class Definitions:
         self.lists: Defined = {}
         self.macros: Defined = {}
         self.expanded = 0  # values of every expanded list so far (MAX_VALUES_TOTAL)
+        # name -> [(entries, file, line)]: `NAME: {append: [...]}`, merged by finish()
+        self.appends: dict[str, list[tuple[list[Any], str, int]]] = {}
 
     def collect(self, src: RuleFile) -> None:
         """Take the lists and macros of one file, reporting names defined twice."""
@@ -46,10 +52,15 @@ class Definitions:
 
     def _define(self, section: str, store: Defined, name: str, value: Any, line: int,
                 file: str) -> None:
+        if section == "lists" and isinstance(value, dict):
+            self._append(name, value, line, file)
+            return
         if name in store:
             _, other_file, other_line = store[name]
+            hint = (f"; to add entries to it write `{name}: {{append: [...]}}`"
+                    if section == "lists" else "")
             self.problems.add(line, f"{section[:-1]} '{name}' is already defined at "
-                                    f"{other_file}:{other_line}; rename one")
+                                    f"{other_file}:{other_line}; rename one{hint}")
             return
         if section == "lists" and not isinstance(value, list):
             self.problems.add(line, f"list '{name}' must be a YAML list, not {type_name(value)}")
@@ -59,6 +70,39 @@ class Definitions:
                                     f"{MAX_LIST_VALUES}")
             value = value[:MAX_LIST_VALUES]  # refused above; users need not fail too
         store[name] = (value, file, line)
+
+    def _append(self, name: str, value: dict[str, Any], line: int, file: str) -> None:
+        """`NAME: {append: [...]}`: entries for a list defined in any file of the set."""
+        entries = value.get(APPEND)
+        if set(value) != {APPEND} or not isinstance(entries, list):
+            self.problems.add(line, f"list '{name}' must be a YAML list, or {{append: [...]}} "
+                                    f"to add entries to a list defined in another file")
+            return
+        self.appends.setdefault(name, []).append((entries, file, line))
+
+    def finish(self) -> None:
+        """Merge the appended entries into their lists (after every file is collected, so
+        a user's file may come before or after the shipped one); an append to a list no
+        file defines is a problem at its line."""
+        for name, parts in self.appends.items():
+            found = self.lists.get(name)
+            if found is None:
+                for _, file, line in parts:
+                    self.problems.file = file
+                    self.problems.add(line, f"append to unknown list '{name}'"
+                                            f"{suggest(name, self.lists)}; a list is "
+                                            f"extended only where some file defines it")
+                continue
+            value, file, line = found
+            merged = _union(value, *(entries for entries, _, _ in parts))
+            if len(merged) > MAX_LIST_VALUES:
+                self.problems.file = parts[-1][1]
+                self.problems.add(parts[-1][2], f"list '{name}' has {len(merged)} entries "
+                                                f"with those appended; the limit is "
+                                                f"{MAX_LIST_VALUES}")
+                merged = merged[:MAX_LIST_VALUES]
+            self.lists[name] = (merged, file, line)
+        self.appends.clear()
 
     def macro_node(self, name: str) -> Any:
         """A macro's condition as written, or None (for the kernel compilers)."""
@@ -98,3 +142,20 @@ class Definitions:
             raise self.problems.fail(line, f"list cycle: {' -> '.join((*stack, name))}")
         value, _, lline = self.lists[name]
         return self._expand(value, lline, (*stack, name))
+
+
+def _union(*lists: list[Any]) -> list[Any]:
+    """The entries of every list in order, each once (unhashable ones, which expansion
+    refuses with a message, are kept as they are)."""
+    seen: set[Any] = set()
+    out: list[Any] = []
+    for entries in lists:
+        for e in entries:
+            try:
+                if e in seen:
+                    continue
+                seen.add(e)
+            except TypeError:
+                pass
+            out.append(e)
+    return out

@@ -40,6 +40,7 @@ def check(paths: Sequence[str], examples: bool = False,
     defs = Definitions(problems)
     for src in sources:
         defs.collect(src)
+    defs.finish()
     compiler = RuleCompiler(problems, defs)
     compiler.conditions.check_macros()
     rules = _compile_rules(compiler, sources, problems)

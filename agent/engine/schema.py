@@ -241,7 +241,19 @@ def _build_fields() -> dict[str, Field]:
                                   expr=_optional("ev.connection", attr))
     for fam in details.FAMILIES:
         f.update(_detail_fields(fam))
+    # a field of two values: the language compares a field with literals only
+    f["ptrace.same_uid"] = Field(
+        "ptrace.same_uid", BOOL, _ptrace_same_uid, kinds=details.Ptrace.kinds,
+        help="the traced process runs as the tracer's uid (proc.uid); no value if unknown")
     return f
+
+
+def _ptrace_same_uid(ev: Event) -> bool | None:
+    """A debugger on the user's own process (true) or on another user's (false)."""
+    d = ev.detail
+    if type(d) is not details.Ptrace or d.target_uid < 0:
+        return None
+    return d.target_uid == ev.process.uid
 
 
 def _detail_fields(cls: type[Any]) -> dict[str, Field]:
