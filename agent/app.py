@@ -176,6 +176,7 @@ class Runtime:
             in_kernel=self.cfg.kernel_enforcement)
         self.agent.use_kernel_rules(exec_rules, connect_rules)
         self.sensors.send_only(self.ruleset.rules, everything=self._record_file is not None)
+        self.sensors.use_rules(self.ruleset.rules)
 
     # -- what flows ------------------------------------------------------------------------
 

@@ -22,13 +22,15 @@ from typing import Any
 
 import msgspec
 
+from agent import details
 from agent.model import COMM_LEN, RULE_KINDS, Connection, Event, Pod, Process
 from agent.text import json_line
 
 _PROCESS_KEYS = {"pid", "ppid", "starttime", "id", "comm", "exe", "cmdline", "uid", "ancestors",
                  "container_id", "netns", "cmdline_truncated", "cmdline_cut_bytes"}
+# each agent.details family is a key too (`"file": {"path": ...}`)
 _EVENT_KEYS = {"kind", "time", "process", "workspace", "container", "pod", "connection",
-               "repeat"}
+               "repeat", *details.BY_FAMILY}
 _CONN_KEYS = {"src", "sport", "dst", "dport", "family", "direction", "netns"}
 
 
@@ -169,7 +171,20 @@ def event_from_json(obj: Any) -> Event:
     pod = pod_from_json(obj["pod"]) if obj.get("pod") else None
     conn = connection_from_json(obj["connection"]) if obj.get("connection") else None
     return Event(kind=kind, time=t, process=process, ancestors=ancestors,
-                 workspace=workspace, pod=pod, connection=conn)
+                 workspace=workspace, pod=pod, connection=conn, detail=_detail_of(obj))
+
+
+def _detail_of(obj: dict[str, Any]) -> Any:
+    """The event's detail (one family key at most), or None."""
+    present = [k for k in details.BY_FAMILY if obj.get(k) is not None]
+    if len(present) > 1:
+        raise EventFormatError(f"an event carries one detail, not {' and '.join(present)}")
+    if not present:
+        return None
+    try:
+        return details.from_json(present[0], obj[present[0]])
+    except details.DetailFormatError as e:
+        raise EventFormatError(str(e)) from None
 
 
 def event_to_json(ev: Event) -> dict[str, Any]:
@@ -184,7 +199,16 @@ def event_to_json(ev: Event) -> dict[str, Any]:
         "container": {"id": ev.process.container_id} if ev.process.container_id else None,
         "pod": ev.pod.to_json() if ev.pod else None,
         "connection": ev.connection.to_json() if ev.connection else None,
+        **_detail_json(ev.detail),
     }
+
+
+def _detail_json(detail: Any) -> dict[str, Any]:
+    """`{family: its JSON}` for an event or finding with a detail, else nothing."""
+    if detail is None:
+        return {}
+    family, obj = details.to_json(detail)
+    return {family: obj}
 
 
 def _ancestor_json(p: Process) -> dict[str, Any]:

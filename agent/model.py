@@ -34,6 +34,19 @@ class EventKind(StrEnum):
     CLOSE = "close"
     EXIT = "exit"
     FORK = "fork"
+    # issue 11's sensors: each carries an agent.details family as Event.detail (udp: none,
+    # its Connection is the destination)
+    FILE = "file"
+    PTRACE = "ptrace"
+    SETUID = "setuid"
+    MEMFD = "memfd"
+    MOUNT = "mount"
+    SETNS = "setns"
+    UNSHARE = "unshare"
+    MODULE = "module"
+    BPF = "bpf"
+    UDP = "udp"
+    DNS = "dns"
 
 
 EVENT_KINDS = tuple(EventKind)
@@ -42,6 +55,9 @@ RULE_KINDS = tuple(k for k in EventKind if k is not EventKind.FORK)
 # kinds that judge a process instance, and kinds that carry a connection
 PROCESS_KINDS = (EventKind.EXEC, EventKind.SCAN)
 CONNECTION_KINDS = (EventKind.CONNECT, EventKind.ACCEPT)
+# every kind whose events may carry a Connection
+WITH_CONNECTION = frozenset({EventKind.CONNECT, EventKind.ACCEPT, EventKind.CLOSE,
+                             EventKind.UDP, EventKind.DNS})
 
 
 class Severity(StrEnum):
@@ -263,4 +279,6 @@ class Event:
     ktime_ns: int = 0
     # an in-kernel rule's verdict on this exec: (kernel rule slot, killed) or None
     kernel_verdict: tuple[int, bool] | None = None
+    # what a file, ptrace, mount, ... event is about: one of agent.details' families
+    detail: Any = None
     # its JSON form (`--record`, `replay`) is agent.codec.event_to_json

@@ -73,7 +73,32 @@ class Observer:
     def handle(self, raw: RawEvent) -> Event | None:
         """The Event for one kernel record, or None when there is nothing to judge."""
         handler = self._handlers.get(raw.kind)
-        return handler(raw, raw.ts_ns / 1e9 + self._offset) if handler is not None else None
+        if handler is None:
+            if raw.detail is None and raw.kind not in kevents.EVENT_KINDS:
+                return None
+            handler = self._activity
+        return handler(raw, raw.ts_ns / 1e9 + self._offset)
+
+    def _activity(self, raw: RawEvent, t: float) -> Event | None:
+        """A record of issue 11's sensors (file, ptrace, mount, udp, dns, ...): the event of
+        its kind for the process that made the call, carrying the record's detail, resolved
+        against procfs first when the detail needs that (an fd's path, a namespace), and
+        the destination when the record has one."""
+        kind = kevents.EVENT_KINDS.get(raw.kind)  # type: ignore[call-overload]
+        if kind is None:
+            return None
+        p = self._process(raw.pid) or self._from_record(raw)
+        detail = raw.detail
+        resolve = getattr(detail, "resolve", None)
+        if resolve is not None:
+            detail = resolve(raw.pid, self.tree.procfs)
+        conn = None
+        if raw.family:
+            conn = Connection(raw.saddr, raw.sport, raw.daddr, raw.dport, _family(raw.family),
+                              "outbound", p.netns)
+        ev = self._event(kind, p, t, raw.ts_ns, conn)
+        ev.detail = detail
+        return ev
 
     def _exec(self, raw: RawEvent, t: float) -> Event:
         if raw.argv_cut < 0:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from agent.details import BY_FAMILY as DETAIL_PREFIXES
 from agent.engine import codegen, yamlsrc
 from agent.engine.codegen import Expr
 from agent.engine.conditions import ConditionCompiler, disjunction
@@ -171,9 +172,13 @@ class RuleCompiler:
                 codegen.some_of([e for _, _, e in terms]))
 
     def _kinds(self, node: yamlsrc.Node) -> tuple[EventKind, ...] | None:
+        tested = self._prefixes([node.get("match"), node.get("except")], ())
+        families = [DETAIL_PREFIXES[p] for p in sorted(tested) if p in DETAIL_PREFIXES]
         if "on" not in node:
-            uses_conn = self._mentions_connection([node.get("match"), node.get("except")], ())
-            return CONNECTION_KINDS if uses_conn else PROCESS_KINDS
+            # a rule that tests a detail family's fields is on that family's kinds
+            if families:
+                return tuple(sorted({k for fam in families for k in fam.kinds}))
+            return CONNECTION_KINDS if "conn" in tested else PROCESS_KINDS
         raw = node["on"]
         items = raw if isinstance(raw, list) else [raw]
         for k in items:
@@ -182,24 +187,36 @@ class RuleCompiler:
                                                       f"({', '.join(RULE_KINDS)}), not {k!r}"
                                                       f"{suggest(str(k), RULE_KINDS)}")
                 return None
-        return tuple(EventKind(k) for k in items)
+        kinds = tuple(EventKind(k) for k in items)
+        for fam in families:
+            if not fam.kinds & set(kinds):
+                on = ", ".join(sorted(fam.kinds))
+                self.problems.add(node.line_of("on"), f"the rule tests {fam.family}.* fields, "
+                                                      f"which only {on} events have, but is "
+                                                      f"on {', '.join(kinds)}: add {on} to "
+                                                      f"'on' (or drop 'on')")
+                return None
+        return kinds
 
-    def _mentions_connection(self, node: Any, stack: tuple[str, ...]) -> bool:
-        """Whether a condition (through its macros) tests a conn.* field."""
+    def _prefixes(self, node: Any, stack: tuple[str, ...]) -> set[str]:
+        """The field families (`conn`, `file`, ...) a condition tests, through its macros."""
+        out: set[str] = set()
         if isinstance(node, list):
-            return any(self._mentions_connection(v, stack) for v in node)
+            for v in node:
+                out |= self._prefixes(v, stack)
+            return out
         if not isinstance(node, dict):
-            return False
+            return out
         macros = self.defs.macros
         for k, v in node.items():
-            if str(k).startswith("conn."):
-                return True
+            key = str(k)
+            if "." in key:
+                out.add(key.partition(".")[0])
             if k == "macro" and isinstance(v, str) and v in macros and v not in stack:
-                if self._mentions_connection(macros[v][0], (*stack, v)):
-                    return True
-            elif self._mentions_connection(v, stack):
-                return True
-        return False
+                out |= self._prefixes(macros[v][0], (*stack, v))
+            else:
+                out |= self._prefixes(v, stack)
+        return out
 
     def _kernel_exec(self, node: yamlsrc.Node, action: str,
                      kinds: tuple[EventKind, ...]) -> KernelExecSpec | None:

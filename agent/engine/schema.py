@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
-from agent.model import COMM_LEN, RULE_KINDS, Event, Process
+from agent import details
+from agent.model import COMM_LEN, RULE_KINDS, Event, EventKind, Process
 
 STR, INT, PORT, IP, STRS, BOOL = "string", "integer", "port", "ip", "list of strings", "boolean"
 
@@ -45,6 +46,9 @@ class Field:
     # the value as Python expression text over `ev`, for rules compiled into one function
     # (codegen.py); fixed text of this module, never a rule's. None: the getter serves.
     expr: str | None = None
+    # the event kinds on which it has a value (None: any kind); a rule on other kinds that
+    # tests it is an error at load time
+    kinds: frozenset[EventKind] | None = None
 
 
 # Process attributes exposed as proc.X, parent.X and ancestor.X: (field suffix, attribute, type)
@@ -235,7 +239,27 @@ def _build_fields() -> dict[str, Field]:
     for name, attr, typ, help_ in conn:
         f[f"conn.{name}"] = Field(f"conn.{name}", typ, _conn_getter(attr), help=help_,
                                   expr=_optional("ev.connection", attr))
+    for fam in details.FAMILIES:
+        f.update(_detail_fields(fam))
     return f
+
+
+def _detail_fields(cls: type[Any]) -> dict[str, Field]:
+    """The rule fields of one agent.details family: `FAMILY.SUFFIX`, a value only on events
+    that carry a detail of that class."""
+    out: dict[str, Field] = {}
+    glob = f"_dt_{cls.__name__}"
+    EXPR_GLOBALS[glob] = cls
+    for suffix, attr, typ, help_ in cls.FIELDS:
+        def get(ev: Event, _attr: str = attr) -> Any:
+            d = ev.detail
+            return getattr(d, _attr) if type(d) is cls else None
+
+        name = f"{cls.family}.{suffix}"
+        out[name] = Field(name, typ, get, typ == STRS, help_,
+                          expr=f"(_o.{attr} if type(_o := ev.detail) is {glob} else None)",
+                          kinds=cls.kinds)
+    return out
 
 
 def _optional(obj: str, attr: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from agent import details
 from agent.decide import Decision
 from agent.model import Connection, EventKind, Pod, Process, Severity
 from agent.text import human, json_line
@@ -46,6 +47,8 @@ class Finding:
     pod: Pod | None = None
     connection: Connection | None = None
     reason: str = ""
+    # what a file, ptrace, mount, dns ... event was about (agent.details), or None
+    detail: Any = None
 
     @classmethod
     def of(cls, decision: Decision, host: str, now: float | None = None) -> Finding:
@@ -59,7 +62,7 @@ class Finding:
                    action=rule.action, mode=decision.mode, outcome=decision.outcome,
                    process=ev.process, message=m.message, ancestors=ev.ancestors,
                    workspace=ev.workspace, pod=ev.pod, connection=ev.connection,
-                   reason=decision.reason)
+                   reason=decision.reason, detail=ev.detail)
 
     @property
     def container(self) -> str:
@@ -100,6 +103,10 @@ class Finding:
             "connection": self.connection.to_json() if self.connection else None,
             "message": self.message,
         }
+        if self.detail is not None:
+            # under its family's name: "file": {"path": ..., "op": ...}
+            family, obj = details.to_json(self.detail)
+            out[family] = obj
         if self.reason:
             out["reason"] = self.reason
         return out

@@ -122,6 +122,17 @@ class RawEvent(NamedTuple):
     argv_cut: int = -1   # bytes of argv left out; -1: argv not taken in the kernel
     markers_scanned: tuple[str, ...] = ()   # names `marker` answers for; (): not scanned
     cgroup_id: int = 0   # the cgroup v2 id the exec ran in
+    # records of issue 11's sensors: what the event is about (an agent.details family)
+    detail: object = None
+
+
+def raw_detail(ts_ns: int, kind: int, pid: int, uid: int, comm: str, detail: object,
+               family: int = 0, sport: int = 0, dport: int = 0, saddr: str = "",
+               daddr: str = "") -> RawEvent:
+    """The RawEvent of a record of a kind that carries a detail (file, ptrace, mount, ...);
+    `family`..`daddr` for one that also has a destination (udp, dns)."""
+    return RawEvent(ts_ns, kind, pid, 0, uid, 0, family, sport, dport, 0, saddr, daddr, comm,
+                    "", detail=detail)
 
 
 def _cstr(b: bytes) -> str:

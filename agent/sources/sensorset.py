@@ -156,6 +156,15 @@ class SensorSet:
                      ", ".join(sorted(skipped)))
         return skipped
 
+    def use_rules(self, rules: Sequence[Rule]) -> None:
+        """Give every sensor that filters in the kernel by what the rules test (the file
+        sensor's watched prefixes, say) the loaded rules: at start and on every reload. A
+        sensor says so by having a `use_rules(rules)` method."""
+        for s in self.sensors:
+            use = getattr(s, "use_rules", None)
+            if use is not None:
+                use(rules)
+
     def load_workspace_markers(self, names: Sequence[str]) -> None:
         """The workspace marker names the exec sensor looks for in the kernel (the process
         tree's `workspace_markers`); nothing when it does not run."""

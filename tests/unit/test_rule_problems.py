@@ -83,8 +83,12 @@ import pytest
     ("rules:\n  - id: r\n    match: {proc.name: x}\n    message: 7\n",
      "bad.yaml:4: rule 'r': 'message' must be a string"),
     ("rules:\n  - id: r\n    on: exce\n    match: {proc.name: x}\n",
-     "bad.yaml:3: rule 'r': 'on' takes event kinds (exec, scan, connect, accept, close, exit), "
+     "bad.yaml:3: rule 'r': 'on' takes event kinds (exec, scan, connect, accept, close, exit, "
+     "file, ptrace, setuid, memfd, mount, setns, unshare, module, bpf, udp, dns), "
      "not 'exce' (did you mean 'exec'?)"),
+    ("rules:\n  - id: r\n    on: exec\n    match: {file.path: /etc/shadow}\n",
+     "bad.yaml:3: rule 'r': the rule tests file.* fields, which only file events have, but is "
+     "on exec: add file to 'on' (or drop 'on')"),
     ("rules:\n  - id: r\n    match: {proc.name: x}\n    examples:\n      mtch: []\n",
      "bad.yaml:5: rule 'r': unknown examples key 'mtch' (did you mean 'match'?)"),
     ("rules:\n  - id: r\n    match: {proc.name: x}\n    examples:\n      match:\n"

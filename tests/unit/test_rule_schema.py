@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from agent.details import BY_FAMILY
 from agent.engine.schema import FIELDS, LABEL_PREFIX, OPERATORS
 
 README = Path(__file__).resolve().parents[2] / "rules" / "README.md"
@@ -28,7 +29,8 @@ def test_every_field_has_a_row_in_the_rules_readme() -> None:
 
 def test_every_documented_field_exists() -> None:
     stale = sorted(n for n in _documented()
-                   if n.startswith(("proc.", "conn.", "pod.", "workspace.", "container."))
+                   if n.startswith(("proc.", "conn.", "pod.", "workspace.", "container.",
+                                    *(f"{f}." for f in BY_FAMILY)))
                    and n not in FIELDS and n != LABEL_PREFIX + "KEY")
     assert stale == []
 
