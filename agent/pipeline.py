@@ -13,11 +13,10 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
-from cachetools import LRUCache
-
 from agent.decide import Decision, Protection, decide
 from agent.engine.ruleset import Match, Rule, RuleSet
 from agent.fdlimit import Bursts
+from agent.lru import LRU
 from agent.model import Event, InstanceKey, Process
 from agent.sources.proctree import SCAN_CHUNK, ProcessTree, run_steps
 from agent.text import human
@@ -81,7 +80,7 @@ class Judge:
         self.protection = protection or Protection()
         self.metrics = metrics
         self.can_act = can_act
-        self.seen: LRUCache[InstanceKey, int] = LRUCache(maxsize=cache_size)
+        self.seen: LRU[InstanceKey, int] = LRU(cache_size)
         # labelled counter children, looked up once per kind rather than once per event
         self._event_counters: dict[str, Counter] = {}
 

@@ -78,19 +78,53 @@ class Not(Expr):
 
 
 def all_of(parts: list[Expr]) -> Expr:
-    """The AND of `parts`, nested ANDs flattened."""
+    """The AND of `parts`, nested ANDs flattened, dear parts last (`_dear_last`)."""
     flat: list[Expr] = []
     for p in parts:
         flat.extend(p.parts if isinstance(p, All) else (p,))
-    return flat[0] if len(flat) == 1 else All(tuple(flat))
+    return flat[0] if len(flat) == 1 else All(_dear_last(flat))
 
 
 def some_of(parts: list[Expr]) -> Expr:
-    """The OR of `parts`, nested ORs flattened."""
+    """The OR of `parts`, nested ORs flattened, dear parts last (`_dear_last`)."""
     flat: list[Expr] = []
     for p in parts:
         flat.extend(p.parts if isinstance(p, Some) else (p,))
-    return flat[0] if len(flat) == 1 else Some(tuple(flat))
+    return flat[0] if len(flat) == 1 else Some(_dear_last(flat))
+
+
+# what a test costs, roughly, by template: one C-level lookup is 1; a test of each element
+# of a list, a regex or a closure's calls cost more
+_OP_COST = {"in": 1.0, "is": 1.0, "exists": 1.0, "startswith": 2.0, "endswith": 2.0,
+            "disjoint": 3.0, "contains": 1.0, "any": 6.0, "call": 8.0}
+# field values made on demand (a join, a normal form, a slice): their making costs too
+_DEAR_ACCESS = ("cmdline_str", "_d_", ".args", "ev.ancestors")
+
+
+# a part costing this much or more runs after the cheaper parts of its AND or OR
+_DEAR = 6.0
+
+
+def _dear_last(parts: list[Expr]) -> tuple[Expr, ...]:
+    """`parts` with the dear ones (a test of every element of a list, a regex, a closure)
+    moved after the others, each group in the rule's order. The parts of an AND or an OR
+    are pure tests of one event, so the order they run in changes no answer, only its
+    cost; the rule's own order is kept otherwise, as it says which test is selective."""
+    return (*(p for p in parts if cost(p) < _DEAR), *(p for p in parts if cost(p) >= _DEAR))
+
+
+def cost(e: Expr) -> float:
+    """A rough cost of evaluating `e` once."""
+    if isinstance(e, Test):
+        c = _OP_COST.get(e.op, 8.0)
+        if e.op == "contains":
+            c += 0.5 * len(e.value)
+        return c + (1.0 if any(d in e.access for d in _DEAR_ACCESS) else 0.0)
+    if isinstance(e, (All, Some)):
+        return sum(cost(p) for p in e.parts)
+    if isinstance(e, Not):
+        return cost(e.part)
+    return 10.0  # a Call: a closure, with its own calls inside
 
 
 class _Names:
@@ -108,9 +142,17 @@ class _Names:
             self.ns[name] = value
         return name
 
+    def access(self, text: str) -> str:
+        """How the source reads a field's value (`_Shared`: at most once per event)."""
+        return text
+
+    def shared(self, e: Expr) -> str | None:
+        """The local that holds `e`'s answer once known, if several rules ask it."""
+        return None
+
 
 def _render_test(t: Test, names: _Names) -> str:
-    a = t.access
+    a = names.access(t.access)
     if t.op == "in":  # Members: `None in` a set of strings or integers is False
         return f"({a} in {names.of(t.value)})"
     if t.op == "is":  # a boolean: `None is True` is False
@@ -132,6 +174,19 @@ def _render_test(t: Test, names: _Names) -> str:
 
 
 def _render(e: Expr, names: _Names) -> str:
+    memo = names.shared(e)
+    if memo is not None:
+        return _once(memo, _render_part(e, names))
+    return _render_part(e, names)
+
+
+def _once(local: str, text: str) -> str:
+    """`text`'s value, computed on the first use in a call and kept in `local` (which starts
+    as _U, a value no field or test gives)."""
+    return f"({local} if {local} is not _U else ({local} := {text}))"
+
+
+def _render_part(e: Expr, names: _Names) -> str:
     if isinstance(e, Test):
         return _render_test(e, names)
     if isinstance(e, All):
@@ -144,7 +199,7 @@ def _render(e: Expr, names: _Names) -> str:
     return f"{names.of(e.fn)}(ev)"
 
 
-def _compile(body: list[str], names: _Names) -> Predicate | None:
+def _compile(body: list[str], names: _Names) -> Callable[[Event], Any] | None:
     src = "def check(ev):\n" + "".join(f"    {line}\n" for line in body)
     if len(src) > _MAX_SOURCE:
         return None
@@ -153,7 +208,7 @@ def _compile(body: list[str], names: _Names) -> Predicate | None:
         exec(code, names.ns)  # noqa: S102 (schema text and generated names only)
     except (SyntaxError, RecursionError, MemoryError, ValueError):
         return None  # too deeply nested for the parser: the closures serve
-    fn: Predicate = names.ns["check"]
+    fn: Callable[[Event], Any] = names.ns["check"]
     return fn
 
 
@@ -192,3 +247,110 @@ def rule_check(match: Expr, exceptions: Expr | None,
     body.append(f"return {names.of(observe)}(ev) is not None" if observe is not None
                 else "return True")
     return _compile(body, names)
+
+
+# -- the rules of one candidate set in one function ---------------------------------------
+
+# what a shared local holds until its value is known (no field or test gives it)
+_UNKNOWN = object()
+# tests cheaper to repeat than to keep (one C-level membership or identity test)
+_CHEAP_OPS = frozenset({"in", "is", "exists"})
+
+
+@dataclass(frozen=True, eq=False)
+class RuleForm:
+    """One rule as `set_function` judges it: what a firing appends (the rule), its match
+    and exceptions as Exprs (match None: `check` serves), its window's `observe`, and its
+    own check (for a rule whose form cannot be rendered)."""
+
+    rule: Any
+    match: Expr | None
+    exceptions: Expr | None
+    observe: Callable[[Event], Any] | None
+    check: Predicate
+
+
+class _Shared(_Names):
+    """Names for the rules of one set judged in one function: the event's process in a
+    local, and each field value and sub-condition that several of them use (a macro is
+    one Expr object shared by the rules that use it) computed at most once per event."""
+
+    def __init__(self, exprs: list[Expr]) -> None:
+        super().__init__()
+        self.ns["_U"] = _UNKNOWN
+        accesses: dict[str, int] = {}
+        nodes: dict[int, int] = {}
+        seen: dict[int, Expr] = {}
+        for e in exprs:
+            _count(e, accesses, nodes, seen)
+        self._access = {a: f"_f{i}" for i, a in
+                        enumerate(a for a, n in accesses.items() if n > 1)}
+        self._nodes = {i: f"_m{n}" for n, i in
+                       enumerate(i for i, n in nodes.items() if n > 1)}
+        self.locals = [*self._access.values(), *self._nodes.values()]
+
+    def access(self, text: str) -> str:
+        text = _local_process(text)
+        local = self._access.get(text)
+        return _once(local, text) if local is not None else text
+
+    def shared(self, e: Expr) -> str | None:
+        return self._nodes.get(id(e))
+
+
+def _local_process(access: str) -> str:
+    """A schema access expression over the local `_p` (the event's process) instead of
+    `ev.process` (fixed schema text, rewritten the same way every time)."""
+    return access.replace("ev.process", "_p")
+
+
+def _count(e: Expr, accesses: dict[str, int], nodes: dict[int, int],
+           seen: dict[int, Expr]) -> None:
+    """Count the uses of each sub-condition (by identity) and of each field access. A node
+    met again is counted, not walked again: its parts run once inside its shared answer."""
+    key = id(e)
+    if key in seen:
+        if key in nodes:
+            nodes[key] += 1
+        return
+    seen[key] = e
+    if not (isinstance(e, Test) and e.op in _CHEAP_OPS):
+        nodes[key] = 1
+    if isinstance(e, Test):
+        a = _local_process(e.access)
+        accesses[a] = accesses.get(a, 0) + 1
+    elif isinstance(e, (All, Some)):
+        for p in e.parts:
+            _count(p, accesses, nodes, seen)
+    elif isinstance(e, Not):
+        _count(e.part, accesses, nodes, seen)
+
+
+def set_function(forms: list[RuleForm]) -> Callable[[Event], list[Any]] | None:
+    """One function judging every rule of `forms` in their order, returning the `rule` of
+    each that fires: each rule's match, then its exceptions, then its window, as `fires`
+    does, with what the rules share computed once. None when it cannot be compiled (the
+    rules' own checks serve)."""
+    names = _Shared([x for f in forms for x in (f.match, f.exceptions) if x is not None])
+    body = ["_p = ev.process", "_out = []"]
+    if names.locals:
+        body.insert(1, " = ".join([*names.locals, "_U"]))
+    for f in forms:
+        try:
+            cond = _rule_condition(f, names)
+        except RecursionError:
+            cond = f"{names.of(f.check)}(ev)"
+        body.append(f"if {cond}: _out.append({names.of(f.rule)})")
+    body.append("return _out")
+    return _compile(body, names)
+
+
+def _rule_condition(f: RuleForm, names: _Names) -> str:
+    if f.match is None:
+        return f"{names.of(f.check)}(ev)"
+    cond = _render(f.match, names)
+    if f.exceptions is not None:
+        cond += f" and not {_render(f.exceptions, names)}"
+    if f.observe is not None:
+        cond += f" and {names.of(f.observe)}(ev) is not None"
+    return cond

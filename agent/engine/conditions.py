@@ -24,9 +24,12 @@ from agent.engine.schema import (
     EXE_PREFIX_INDEX,
     NORM_NEEDLE_INDEX,
     OPERATORS,
+    TRUNCATED,
+    TRUNCATED_INDEX,
     Field,
     field,
     field_names,
+    normalise,
 )
 from agent.model import COMM_LEN, Event
 
@@ -176,17 +179,38 @@ class ConditionCompiler:
             if prefixes and all(isinstance(v, str) and v for v in prefixes):
                 return {EXE_PREFIX_INDEX: frozenset(prefixes)}
             return None
-        if fld.name == "proc.cmdline_norm" and op == "contains":
-            needles = self.defs.expand(arg, line)
-            if needles and all(isinstance(v, str) and v for v in needles):
-                return {NORM_NEEDLE_INDEX: frozenset(needles)}
-            return None
+        if fld.name in _NEEDLE_FIELDS and op == "contains":
+            return _needles(self.defs.expand(arg, line), normal=fld.name in _NORMAL_FIELDS)
+        if fld.name == "proc.cmdline_truncated" and op == "equals" and arg is True:
+            return {TRUNCATED_INDEX: frozenset({TRUNCATED})}
         if fld.index is None or op not in ("equals", "in"):
             return None
         values = self.defs.expand(arg, line)
         if fld.comm:
             values = [str(v)[:COMM_LEN] for v in values]
         return {fld.index: frozenset(str(v) for v in values)}
+
+
+# fields whose text, where it contains a value, makes `proc.cmdline_norm` contain that
+# value normalised: the command line, its arguments, and their normal forms
+_NEEDLE_FIELDS = frozenset({"proc.cmdline", "proc.args", "proc.argv", "proc.cmdline_norm",
+                            "proc.args_norm"})
+_NORMAL_FIELDS = frozenset({"proc.cmdline_norm", "proc.args_norm"})
+
+
+def _needles(values: list[Any], normal: bool) -> Requirement:
+    """The needles of the normalised command line one of which an event must contain for
+    `contains: values` to hold on a needle field. Quotes and backslashes removed from the
+    text remove the same ones from a value found in it, and lower case keeps an ASCII
+    value where it was (a non-ASCII one may change length or sigma's form: not used); so
+    `v in cmdline` implies `normalise(v) in cmdline_norm`, and each argument is a piece of
+    the command line (its normal form a piece of the normal form: arguments are joined
+    with a space, which no case rule looks across). None when a value cannot serve (the
+    index rules nothing out)."""
+    if not values or not all(isinstance(v, str) and (normal or v.isascii()) for v in values):
+        return None
+    needles = frozenset(v if normal else normalise(v) for v in values)
+    return {NORM_NEEDLE_INDEX: needles} if all(needles) else None
 
 
 def _exists(fld: Field, want: bool) -> Predicate:
@@ -242,11 +266,19 @@ _INLINE_NEEDLES = 12
 
 
 def all_of(terms: Sequence[Compiled]) -> Compiled:
-    """The AND of compiled terms; it requires what its most selective term requires."""
+    """The AND of compiled terms; it requires what its cheapest term requires (`_cost`)."""
     preds = tuple(p for p, _, _ in terms)
     reqs = [r for _, r, _ in terms if r]
-    req = min(reqs, key=lambda r: sum(len(v) for v in r.values())) if reqs else None
+    req = min(reqs, key=_cost) if reqs else None
     return conjunction(preds), req, codegen.all_of([e for _, _, e in terms])
+
+
+def _cost(req: dict[str, frozenset[str]]) -> tuple[int, int]:
+    """How dear a requirement is to the index: first the needles it adds (each one more
+    substring search on every event of the kind; a name or a prefix costs one lookup
+    however many values it has), then its values (the fewer, the fewer events it lets
+    through)."""
+    return len(req.get(NORM_NEEDLE_INDEX, ())), sum(len(v) for v in req.values())
 
 
 def any_of(terms: Sequence[Compiled]) -> Compiled:

@@ -106,6 +106,7 @@ class RuleCompiler:
                     kinds=kinds, predicate=match[0], exceptions=exc[0] if exc else None,
                     message=message, window=window, file=self.problems.file, line=node.line,
                     order=order, requirement=match[1], file_watches=watches or (),
+                    forms=(match[2], exc[1] if exc is not None else None),
                     compile=_compiler(match[0], match[2], exc, window))
         rule.kernel = self._kernel_exec(node, head.action, kinds)
         rule.kernel_connect = self._kernel_connect(node, head.action, kinds)

@@ -1,8 +1,12 @@
 """A compiled rule set and its evaluation (pure: events in, matches out).
 
-Rules are bucketed by event kind, and within a kind indexed by the executable names their
-conditions require, so an exec of `ls` never runs the miner or reverse-shell rules; only
-rules the index cannot rule out are run, in file order.
+Rules are bucketed by event kind, and within a kind indexed by what their conditions
+require (executable names, executable prefixes, substrings of the command line, a cut
+command line), so an exec of `ls` never runs the miner or reverse-shell rules; only rules
+the index cannot rule out are run, in file order. The rules one event leaves to run (a
+candidate set: a few dozen distinct ones on a busy node) are judged by one generated
+function per set, which computes what its rules share (the command line's forms, a
+macro's answer) once per event.
 """
 
 from __future__ import annotations
@@ -12,7 +16,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent.engine import codegen
-from agent.engine.schema import EXE_PREFIX_INDEX, NORM_NEEDLE_INDEX, cmdline_norm
+from agent.engine.schema import (
+    EXE_PREFIX_INDEX,
+    NORM_NEEDLE_INDEX,
+    TRUNCATED,
+    TRUNCATED_INDEX,
+    cmdline_norm,
+)
 from agent.engine.windows import Window
 from agent.model import Event, EventKind, Process, Severity
 
@@ -65,6 +75,9 @@ class Rule:
     kernel: KernelExecSpec | None = None
     # the kernel form of a connect rule the cgroup connect programs can refuse
     kernel_connect: KernelConnectSpec | None = None
+    # the match and exceptions as codegen forms: the candidate set an event selects judges
+    # its rules in one function made of them (codegen.set_function); None: `check` serves
+    forms: tuple[codegen.Expr, codegen.Expr | None] | None = field(default=None, repr=False)
     # makes (predicate, exceptions, check) compiled into single functions (codegen.py),
     # the same tests as the closures above; called on the rule's first event, so loading
     # (and `scan` start-up) pays no compiling for rules no event reaches
@@ -108,34 +121,102 @@ class Match:
     message: str
 
 
+# a candidate set judges its rules in one generated function from its COMPILE_AFTER-th
+# event on (a set seen once, as some rare combination of index hits, is never compiled);
+# at most MAX_UNION_FUNCTIONS sets made of several hits have one at a time (bounded
+# memory and compiling, whatever command lines a workload makes up)
+COMPILE_AFTER = 3
+MAX_UNION_FUNCTIONS = 512
+_UNIONS_MAX = 4096
+
+
+def _nothing(ev: Event) -> Sequence[Rule]:
+    return ()
+
+
+class _Set:
+    """Rules that could match an event, in file order, and what judges them: each rule's
+    check at first, then one function (codegen.set_function) that judges them all with
+    what they share (the command line, a macro's answer) computed once per event."""
+
+    __slots__ = ("_owner", "_uses", "rules", "run")
+
+    def __init__(self, rules: tuple[Rule, ...], owner: _Bucket | None = None) -> None:
+        self.rules = rules
+        # the bucket whose budget of union functions this set draws on (None: no limit)
+        self._owner = owner
+        self._uses = 0
+        # the rules of `rules` that fire on an event, in file order
+        self.run: Callable[[Event], Sequence[Rule]] = self._counted if rules else _nothing
+
+    def each(self, ev: Event) -> list[Rule]:
+        """The rules that fire, each by its own check."""
+        return [r for r in self.rules if r.check(ev)]
+
+    def _counted(self, ev: Event) -> Sequence[Rule]:
+        self._uses += 1
+        if self._uses >= COMPILE_AFTER:
+            self.run = self._function()
+        return self.each(ev)
+
+    def _function(self) -> Callable[[Event], Sequence[Rule]]:
+        owner = self._owner
+        if owner is not None:
+            if owner.union_functions >= MAX_UNION_FUNCTIONS:
+                return self.each
+            owner.union_functions += 1
+        return codegen.set_function([_form(r) for r in self.rules]) or self.each
+
+
+def _form(rule: Rule) -> codegen.RuleForm:
+    match, exceptions = rule.forms or (None, None)
+    return codegen.RuleForm(rule, match, exceptions,
+                            rule.window.observe if rule.window is not None else None,
+                            lambda ev: rule.check(ev))
+
+
 class _Bucket:
     """The rules of one event kind: those always run, and indexes from a key of the event
-    (comm, exe basename, argv0, the parent's, the executable's directories) to the rules
-    that need it. Index entries are pre-merged with the always-run rules, so the usual event
-    does a few dict lookups and iterates a ready tuple."""
+    (comm, exe basename, argv0, the parent's, the executable's prefixes, the command line's
+    needles, a cut command line) to the rules that need it. Index entries are pre-merged
+    with the always-run rules, so the usual event does a few dict lookups and runs a ready
+    set."""
 
-    __slots__ = ("_unions", "always", "exe_prefixes", "indexed", "lookup", "needles",
-                 "parent_tables", "prefix_hits", "proc_tables")
+    __slots__ = ("_sets", "_unions", "always", "exe_prefixes", "indexed", "lookup", "needles",
+                 "parent_tables", "prefix_hits", "proc_tables", "truncated", "union_functions")
 
     def __init__(self) -> None:
-        self.always: tuple[Rule, ...] = ()
+        self._sets: dict[tuple[Rule, ...], _Set] = {}
+        self.always = self.set_of(())
         # (the Process attribute, its table)
-        self.proc_tables: list[tuple[str, dict[str, tuple[Rule, ...]]]] = []
-        self.parent_tables: list[tuple[str, dict[str, tuple[Rule, ...]]]] = []
-        # candidates of an event, as one generated function (None: RuleSet.candidates')
-        self.lookup: Callable[[Event], Sequence[Rule]] | None = None
+        self.proc_tables: list[tuple[str, dict[str, _Set]]] = []
+        self.parent_tables: list[tuple[str, dict[str, _Set]]] = []
+        # candidates of an event, as one generated function (None: RuleSet.candidate_set's)
+        self.lookup: Callable[[Event], _Set] | None = None
         # whether any index can rule a rule out (else every event runs `always`)
         self.indexed = False
         # executable prefixes and their rules; all the prefixes, for one startswith
-        self.prefix_hits: tuple[tuple[str, tuple[Rule, ...]], ...] = ()
+        self.prefix_hits: tuple[tuple[str, _Set], ...] = ()
         self.exe_prefixes: tuple[str, ...] = ()
         # needles of the normalised command line and their rules
-        self.needles: tuple[tuple[str, tuple[Rule, ...]], ...] = ()
-        # several index hits for one event: their union, cached by the hits' identities
-        self._unions: dict[tuple[int, ...], tuple[Rule, ...]] = {}
+        self.needles: tuple[tuple[str, _Set], ...] = ()
+        # the rules of a process whose command line was cut
+        self.truncated: _Set | None = None
+        # several index hits for one event: their union, cached by the hits' identities;
+        # how many of those have a function now
+        self._unions: dict[tuple[int, ...], _Set] = {}
+        self.union_functions = 0
 
-    def text_hits(self, p: Process, hits: list[tuple[Rule, ...]]) -> None:
-        """Add the hits of the executable's prefixes and the command line's needles."""
+    def set_of(self, rules: tuple[Rule, ...]) -> _Set:
+        """The one set of these rules (index entries with the same rules share it)."""
+        found = self._sets.get(rules)
+        if found is None:
+            found = self._sets[rules] = _Set(rules)
+        return found
+
+    def text_hits(self, p: Process, hits: list[_Set]) -> None:
+        """Add the hits of the executable's prefixes, the command line's needles and a cut
+        command line."""
         if self.exe_prefixes:
             exe = p.exe
             if exe.startswith(self.exe_prefixes):
@@ -147,8 +228,10 @@ class _Bucket:
             for needle, hit in self.needles:
                 if needle in norm:
                     hits.append(hit)
+        if self.truncated is not None and p.cmdline_cut:
+            hits.append(self.truncated)
 
-    def union(self, hits: list[tuple[Rule, ...]]) -> tuple[Rule, ...]:
+    def union(self, hits: list[_Set]) -> _Set:
         """The rules of several index hits, in file order (cached by the hits' identities,
         in the order the tables gave them: the same hits come in the same order)."""
         key = tuple(map(id, hits))
@@ -156,11 +239,13 @@ class _Bucket:
         if found is None:
             merged: set[Rule] = set()
             for h in hits:
-                merged.update(h)
-            found = tuple(sorted(merged, key=_order))
-            if len(self._unions) >= 4096:
+                merged.update(h.rules)
+            rules = tuple(sorted(merged, key=_order))
+            if len(self._unions) >= _UNIONS_MAX:
                 self._unions.clear()  # bounded; combinations seen again are rebuilt
-            self._unions[key] = found
+                self.union_functions = 0
+            # the same rules as an index entry (a name and its exe basename): that entry
+            found = self._unions[key] = self._sets.get(rules) or _Set(rules, self)
         return found
 
 
@@ -181,7 +266,8 @@ class RuleSet:
     @staticmethod
     def _bucket(rules: list[Rule]) -> _Bucket:
         b = _Bucket()
-        b.always = tuple(r for r in rules if not r.requirement)
+        always = tuple(r for r in rules if not r.requirement)
+        b.always = b.set_of(always)
         indexed: dict[str, dict[str, set[Rule]]] = {}
         for r in rules:
             for index, values in (r.requirement or {}).items():
@@ -189,13 +275,15 @@ class RuleSet:
                 for v in values:
                     table.setdefault(v, set()).add(r)
         for index, table in indexed.items():
-            merged = {k: tuple(sorted(hits.union(b.always), key=_order))
+            merged = {k: b.set_of(tuple(sorted(hits.union(always), key=_order)))
                       for k, hits in table.items()}
             if index == EXE_PREFIX_INDEX:
                 b.prefix_hits = tuple(sorted(merged.items()))
                 b.exe_prefixes = tuple(merged)
             elif index == NORM_NEEDLE_INDEX:
                 b.needles = tuple(sorted(merged.items()))
+            elif index == TRUNCATED_INDEX:
+                b.truncated = merged.get(TRUNCATED)
             elif index.startswith("parent."):
                 b.parent_tables.append((index[len("parent."):], merged))
             else:
@@ -209,11 +297,14 @@ class RuleSet:
         b = self._buckets.get(ev.kind)
         if b is None:
             return ()
-        if b.lookup is not None:
-            return b.lookup(ev)
+        return (b.lookup(ev) if b.lookup is not None else self._candidate_set(b, ev)).rules
+
+    @staticmethod
+    def _candidate_set(b: _Bucket, ev: Event) -> _Set:
+        """`b.lookup` as a loop over the tables."""
         if not b.indexed:
             return b.always
-        hits: list[tuple[Rule, ...]] = []
+        hits: list[_Set] = []
         p = ev.process
         for attr, table in b.proc_tables:
             hit = table.get(getattr(p, attr))
@@ -225,8 +316,7 @@ class RuleSet:
                 hit = table.get(getattr(parent, attr))
                 if hit is not None:
                     hits.append(hit)
-        if b.exe_prefixes or b.needles:
-            b.text_hits(p, hits)
+        b.text_hits(p, hits)
         if not hits:
             return b.always
         first = hits[0]
@@ -236,7 +326,13 @@ class RuleSet:
 
     def evaluate(self, ev: Event) -> list[Match]:
         """Every rule that fires on `ev`."""
-        return [Match(rule, ev, rule.message(ev)) for rule in self.candidates(ev) if rule.check(ev)]
+        b = self._buckets.get(ev.kind)
+        if b is None:
+            return []
+        fired = (b.lookup(ev) if b.lookup is not None else self._candidate_set(b, ev)).run(ev)
+        if not fired:
+            return []
+        return [Match(rule, ev, rule.message(ev)) for rule in fired]
 
     def reset_windows(self) -> None:
         """Forget the state of every window (a fresh start for `rules test`)."""
@@ -252,15 +348,16 @@ class RuleSet:
 _INDEX_ATTRS = frozenset({"comm", "exe_name", "argv0"})
 
 
-def _lookup_function(b: _Bucket) -> Callable[[Event], Sequence[Rule]] | None:
-    """`RuleSet.candidates` for bucket `b` as one function (codegen.py): its tables,
+def _lookup_function(b: _Bucket) -> Callable[[Event], _Set] | None:
+    """`RuleSet._candidate_set` for bucket `b` as one function (codegen.py): its tables,
     prefixes and needles unrolled, each a constant by generated name; attribute names
     only from _INDEX_ATTRS. None when it cannot be (the loop serves)."""
     attrs = [a for a, _ in (*b.proc_tables, *b.parent_tables)]
     if not all(a in _INDEX_ATTRS for a in attrs):
         return None
     consts: dict[str, Any] = {"_always": b.always, "_union": b.union,
-                              "_prefix_hits": b.prefix_hits, "_norm": cmdline_norm}
+                              "_prefix_hits": b.prefix_hits, "_norm": cmdline_norm,
+                              "_truncated": b.truncated}
     body = ["p = ev.process", "hits = []"]
     for i, (attr, table) in enumerate(b.proc_tables):
         consts[f"_t{i}"] = table
@@ -280,6 +377,8 @@ def _lookup_function(b: _Bucket) -> Callable[[Event], Sequence[Rule]] | None:
         for i, (needle, hit) in enumerate(b.needles):
             consts[f"_n{i}"], consts[f"_h{i}"] = needle, hit
             body.append(f"if _n{i} in n: hits.append(_h{i})")
+    if b.truncated is not None:
+        body.append("if p.cmdline_cut: hits.append(_truncated)")
     body += ["if not hits: return _always", "if len(hits) == 1: return hits[0]",
              "return _union(hits)"]
     return codegen.source_function(body, consts)

@@ -320,3 +320,6 @@ ALL_OPERATORS = sorted({op for ops in OPERATORS.values() for op in ops})
 # command line, made once per process) and only rules that could match run.
 EXE_PREFIX_INDEX = "exe_prefix"
 NORM_NEEDLE_INDEX = "cmdline_norm_contains"
+# and `proc.cmdline_truncated: true` under this name, its one value TRUNCATED
+TRUNCATED_INDEX = "cmdline_truncated"
+TRUNCATED = "true"

@@ -120,3 +120,19 @@ def test_ancestors_repeated_across_a_file_are_read_once_and_stay_right(tmp_path:
     assert [repr(e) for e in got] == [_slow(line) for line in lines]
     assert got[0].ancestors[0] is got[2].ancestors[0]
     assert got[1].connection is not None and got[1].connection.dst_ip == 0xFFFFCB007109
+
+
+def test_events_with_a_detail_replay_among_fast_ones(tmp_path: Path) -> None:
+    # a line with a detail is no typed struct: the lenient reader reads it, in its place
+    from agent import details
+
+    proc = Process(pid=7, ppid=1, starttime=3, comm="sh", exe="/usr/bin/dash",
+                   cmdline=("sh", "-c", "echo x > /etc/cron.d/x"))
+    events = [Event("exec", 1.0, proc),
+              Event("file", 2.0, proc, detail=details.FileOp("/etc/cron.d/x", "create", 65)),
+              Event("exec", 3.0, proc)]
+    path = tmp_path / "rec.jsonl"
+    path.write_text("".join(event_line(e) + "\n" for e in events))
+    back = list(read_events(str(path)))
+    assert [event_line(e) for e in back] == [event_line(e) for e in events]
+    assert back[1].detail == details.FileOp("/etc/cron.d/x", "create", 65)

@@ -55,3 +55,22 @@ def test_naive_loop_agrees_with_the_golden_answers() -> None:
     for line, want in _golden():
         got = [[m.rule.id, m.message] for m in naive_evaluate(ruleset.rules, event_from_line(line))]
         assert got == want, line[:200]
+
+
+def test_candidate_sets_judged_in_one_function_from_the_first_event_match_as_before(
+        monkeypatch) -> None:
+    # each set of candidate rules runs its generated function (codegen.set_function) from
+    # its first event on, rather than rule by rule for its first few: the same answers
+    from agent.engine import ruleset as rulesets
+
+    monkeypatch.setattr(rulesets, "COMPILE_AFTER", 1)
+    then = loader.load([str(RULES_THEN)])
+    now = loader.load([loader.bundled_rules_dir()])
+    naive = loader.load([loader.bundled_rules_dir()])
+    for line, want in _golden():
+        got = [[m.rule.id, m.message] for m in then.evaluate(event_from_line(line))]
+        assert got == want, line[:200]
+        want_now = [[m.rule.id, m.message]
+                    for m in naive_evaluate(naive.rules, event_from_line(line))]
+        got_now = [[m.rule.id, m.message] for m in now.evaluate(event_from_line(line))]
+        assert got_now == want_now, line[:200]
