@@ -330,7 +330,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     if (events.perf_submit(args, x, NW_EXEC_FIXED + len) < 0)
         count_lost();
 #else
-    if (events.ringbuf_output(x, NW_EXEC_FIXED + len, BPF_RB_FORCE_WAKEUP) < 0)
+    if (events.ringbuf_output(x, NW_EXEC_FIXED + len, immediate_wakeup()) < 0)
         count_lost();
 #endif
     exec_pending.delete(&old);
