@@ -81,18 +81,20 @@ static __always_inline void submit_conn_now(void *ctx, struct nw_conn_event *e)
 /* Wake-ups. By default the ring buffer wakes its consumer for every record that finds it
  * caught up: at a few thousand records a second that is a wake-up per record, which costs
  * the consumer more than the record (on a VM, 20-40 us of CPU per wake-up, whatever the
- * consumer does). Only exec records and in-kernel verdicts (a kill to carry out, a finding
- * to report) wake it at once; every other record (TCP, fork, exit) wakes it only when no
- * wake-up of any kind came in the last NW_WAKE_GAP_NS, so the fork before an exec and the
- * exit after it ride on the exec's wake-up. One sent without a wake-up waits for the next
- * one, and agent/sources/bpf.py polls with a timeout of 2 * NW_WAKE_GAP_NS while records
- * flow, so none waits longer. */
+ * consumer does). Exec records and in-kernel verdicts (a kill to carry out, a finding to
+ * report) wake it at once. TCP records wake it at most once per NW_WAKE_GAP_NS. Fork and
+ * exit records, which no rule waits for, wake it only when no exec record or fork/exit
+ * wake-up came in the last NW_WAKE_GAP_NS: the fork before an exec and the exit after it
+ * ride on the exec's wake-up. One sent without a wake-up waits for the next one, and
+ * agent/sources/bpf.py polls with a timeout of 2 * NW_WAKE_GAP_NS while records flow, so
+ * none waits longer. */
 #define NW_WAKE_GAP_NS 1000000ULL
-BPF_ARRAY(last_wake, u64, 1);
-static __always_inline u64 coalesced_wakeup(void)
+#define NW_WAKE_TCP 0     /* last_wake slots: TCP records' last wake-up */
+#define NW_WAKE_PROC 1    /* the last exec, fork or exit wake-up */
+BPF_ARRAY(last_wake, u64, 2);
+static __always_inline u64 coalesced_wakeup_of(int slot)
 {
-    int zero = 0;
-    u64 *last = last_wake.lookup(&zero);
+    u64 *last = last_wake.lookup(&slot);
     if (!last)
         return 0;
     u64 now = bpf_ktime_get_ns();
@@ -102,12 +104,17 @@ static __always_inline u64 coalesced_wakeup(void)
     return BPF_RB_FORCE_WAKEUP;
 }
 
-/* a record that must be handled at once: it wakes the consumer, and the records that
- * follow it within NW_WAKE_GAP_NS need not */
+static __always_inline u64 coalesced_wakeup(void)
+{
+    return coalesced_wakeup_of(NW_WAKE_TCP);
+}
+
+/* an exec record: it wakes the consumer at once, and the fork and exit records that follow
+ * within NW_WAKE_GAP_NS need not */
 static __always_inline u64 immediate_wakeup(void)
 {
-    int zero = 0;
-    u64 *last = last_wake.lookup(&zero);
+    int slot = NW_WAKE_PROC;
+    u64 *last = last_wake.lookup(&slot);
     if (last)
         *last = bpf_ktime_get_ns();
     return BPF_RB_FORCE_WAKEUP;
@@ -126,7 +133,7 @@ static __always_inline struct nw_proc_event *reserve_proc(void)
 }
 static __always_inline void submit_proc(void *ctx, struct nw_proc_event *e)
 {
-    events.ringbuf_submit(e, coalesced_wakeup());
+    events.ringbuf_submit(e, coalesced_wakeup_of(NW_WAKE_PROC));
 }
 static __always_inline struct nw_conn_event *reserve_conn(void)
 {
@@ -145,7 +152,7 @@ static __always_inline void submit_conn(void *ctx, struct nw_conn_event *e)
 /* a record that must be handled at once (an in-kernel verdict: a caller to kill) */
 static __always_inline void submit_conn_now(void *ctx, struct nw_conn_event *e)
 {
-    events.ringbuf_submit(e, immediate_wakeup());
+    events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }
 #endif
 
