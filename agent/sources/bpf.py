@@ -200,6 +200,10 @@ class BpfProgram:
         cflags = [f"-DNW_RINGBUF_PAGES={ring_pages}", "-w"]
         if perf:
             cflags.append("-DNW_PERF")
+        if "exec.bpf.c" in self.sources:
+            # where the running kernel keeps the task facts an exec record carries
+            from agent.sources.btf import task_cflags
+            cflags += task_cflags()
         self.bpf = BPF(text=program_text(self.sources).encode(), cflags=cflags)
         self._lost = self.bpf["lost"]
         self._lost_page = _map_page(self._lost.map_fd)
