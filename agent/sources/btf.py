@@ -69,12 +69,14 @@ class Btf:
     def _index(self, at: int, end: int) -> list[int]:
         """The position of each type (index = its id; id 0 is void)."""
         data, unpack = self._data, _TYPE.unpack_from
+        extra, per_member = _EXTRA.get, _PER_MEMBER.get
         pos = [0]
+        append = pos.append
         while at < end:
-            pos.append(at)
+            append(at)
             info = unpack(data, at)[1]
             kind = (info >> 24) & 0x1F
-            at += 12 + _EXTRA.get(kind, 0) + _PER_MEMBER.get(kind, 0) * (info & 0xFFFF)
+            at += 12 + extra(kind, 0) + per_member(kind, 0) * (info & 0xFFFF)
         return pos
 
     def _name(self, off: int) -> str:
@@ -91,15 +93,26 @@ class Btf:
 
     def struct_id(self, name: str) -> int:
         """The id of `struct name` (a full definition, not a forward declaration)."""
-        if not self._structs:
-            for tid in range(1, len(self._pos)):
-                noff, kind, vlen, _kf, _size = self._type(tid)
-                if kind == STRUCT and noff and vlen:
-                    self._structs.setdefault(self._name(noff), tid)
         found = self._structs.get(name)
-        if found is None:
-            raise BtfError(f"no struct {name}")
-        return found
+        if found is not None:
+            return found
+        # the name's offsets in the string section (BTF keeps each string once, but a
+        # blob may not), compared as numbers: no name of another type is decoded
+        want = set()
+        key = b"\0" + name.encode() + b"\0"
+        at = self._strings.find(key)
+        while at >= 0:
+            want.add(at + 1)
+            at = self._strings.find(key, at + 1)
+        if self._strings.startswith(key[1:]):
+            want.add(0)
+        data, unpack, pos = self._data, _TYPE.unpack_from, self._pos
+        for tid in range(1, len(pos)):
+            noff, info, _size = unpack(data, pos[tid])
+            if noff in want and (info >> 24) & 0x1F == STRUCT and info & 0xFFFF:
+                self._structs[name] = tid
+                return tid
+        raise BtfError(f"no struct {name}")
 
     def resolve(self, type_id: int) -> int:
         """`type_id` with typedefs and qualifiers followed."""
