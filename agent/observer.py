@@ -25,6 +25,7 @@ from agent.sources.kevents import RawEvent
 from agent.sources.netstate import ESTABLISHED, LISTEN, NetState
 from agent.sources.procfs import Cgroup, parse_cgroup, parse_cmdline
 from agent.sources.procfs.cgroupids import CgroupPaths
+from agent.sources.procfs.reader import ExecRead, ImageRead
 from agent.sources.proctree import ProcessTree
 
 log = logging.getLogger("nodewarden.observer")
@@ -133,42 +134,72 @@ class Observer:
 
     def _exec_from_kernel(self, raw: RawEvent) -> Process:
         """The new image from its record (argv, comm, path) and one read of what the kernel
-        cannot send: stat (parent, start time), the executable's identity, uid, netns, and
-        the cgroup once per cgroup. A process already gone keeps what the record says."""
+        did not send: the executable's identity, and stat (parent, start time), uid and
+        netns unless the record carries them; the cgroup once per cgroup. A process already
+        gone keeps what the record says."""
         cached = self._cgroups.get(raw.cgroup_id) if raw.cgroup_id else None
-        try:
-            got = self.tree.procfs.read_exec(raw.pid, cgroup=cached is None,
-                                             cmdline=raw.argv_cut > 0, ruid=raw.uid)
-        except (ProcessGone, AccessDenied):
-            got = None
-        if got is not None and raw.state == kevents.VERDICT_KILLED and not (
-                got.stat.comm == raw.comm and got.stat.starttime * _NS_PER_TICK <= raw.ts_ns):
-            got = None   # reaped already, and the pid names a later process
+        facts: Process | None
+        got: ImageRead | ExecRead | None
+        if raw.task is not None:
+            facts, got = self._task_facts(raw, raw.task, cached)
+        else:
+            facts, got = self._procfs_facts(raw, cached)
         if got is None or not got.exe:
-            # killed in the kernel, gone, or read mid-exit: the record, and the stat if read
-            p = self._from_record(raw, None if got is None else Process(
-                pid=raw.pid, ppid=got.stat.ppid, starttime=got.stat.starttime,
-                comm=got.stat.comm))
+            # killed in the kernel, gone, or read mid-exit: the record, and the facts known
+            p = self._from_record(raw, facts)
             p = self._in_cgroup(p, raw.cgroup_id, cached)
             self._hold_argv(p, raw)
             return p
+        assert facts is not None
         cg = cached
         if got.cgroup is not None:
             cg = got.cgroup
             if raw.cgroup_id and cg.v2 and not cg.v1:
                 # cgroup v2 only: the id names the path, and the path is all that is parsed
                 self._cgroups[raw.cgroup_id] = cg
-        st = got.stat
         argv, cut, why = raw.argv, raw.argv_cut, "long"
         if got.cmdline is not None and got.cmdline.head:
             # cut in the kernel: procfs keeps the head and the tail, as a scan does
             argv, cut, why = parse_cmdline(got.cmdline.joined()), got.cmdline.cut, ""
-        p = Process(pid=st.pid, ppid=st.ppid, starttime=st.starttime, comm=st.comm,
-                    exe=got.exe, cmdline=argv, cmdline_cut=cut, uid=got.uid, state=st.state,
-                    exe_dev=got.exe_dev, exe_ino=got.exe_ino,
+        p = Process(pid=facts.pid, ppid=facts.ppid, starttime=facts.starttime, comm=facts.comm,
+                    exe=got.exe, cmdline=argv, cmdline_cut=cut, uid=facts.uid,
+                    state=facts.state, exe_dev=got.exe_dev, exe_ino=got.exe_ino,
                     container_id=cg.container_id if cg else "",
-                    pod_uid=cg.pod_uid if cg else "", netns=got.netns)
+                    pod_uid=cg.pod_uid if cg else "", netns=facts.netns)
         return self._held(p, why)
+
+    def _task_facts(self, raw: RawEvent, task: tuple[int, int, int],
+                    cached: Cgroup | None) -> tuple[Process, ImageRead | None]:
+        """What the kernel read from the task (parent, start time, effective uid, netns),
+        and the executable from procfs: not read for a process the kernel killed at its
+        exec (its image is gone, or going)."""
+        starttime, euid, netns = task
+        facts = Process(pid=raw.pid, ppid=raw.ppid, starttime=starttime, comm=raw.comm,
+                        uid=euid, netns=netns)
+        if raw.state == kevents.VERDICT_KILLED:
+            return facts, None
+        return facts, self.tree.procfs.read_image(raw.pid, cgroup=cached is None,
+                                                  cmdline=raw.argv_cut > 0)
+
+    def _procfs_facts(self, raw: RawEvent,
+                      cached: Cgroup | None) -> tuple[Process | None, ExecRead | None]:
+        """The stat facts, uid, netns and executable read from procfs (a record without
+        its task's facts)."""
+        try:
+            got = self.tree.procfs.read_exec(raw.pid, cgroup=cached is None,
+                                             cmdline=raw.argv_cut > 0, ruid=raw.uid)
+        except (ProcessGone, AccessDenied):
+            return None, None
+        st = got.stat
+        if raw.state == kevents.VERDICT_KILLED and not (
+                st.comm == raw.comm and st.starttime * _NS_PER_TICK <= raw.ts_ns):
+            return None, None   # reaped already, and the pid names a later process
+        if not got.exe:
+            # read mid-exit: its stat still names its parent and start time, not its uid
+            return Process(pid=raw.pid, ppid=st.ppid, starttime=st.starttime,
+                           comm=st.comm), got
+        return Process(pid=st.pid, ppid=st.ppid, starttime=st.starttime, comm=st.comm,
+                       uid=got.uid, state=st.state, netns=got.netns), got
 
     def _in_cgroup(self, p: Process, cgroup_id: int, cached: Cgroup | None) -> Process:
         """A process gone before its /proc/PID/cgroup was read (killed in the kernel at its
@@ -331,9 +362,11 @@ class Observer:
             # the exec's time stands in for the unreadable start time, in clock ticks, so
             # two short-lived processes that reused a pid are still two identities
             ppid, starttime = self._parent_of.get(raw.pid, 0), raw.ts_ns // _NS_PER_TICK
+        uid = partial.uid if partial is not None and partial.uid >= 0 else raw.uid
         return Process(pid=raw.pid, ppid=ppid, starttime=starttime, comm=raw.comm or
                        (partial.comm if partial else ""), exe=exe, cmdline=argv,
-                       cmdline_cut=max(raw.argv_cut, 0) if raw.argv else 0, uid=raw.uid)
+                       cmdline_cut=max(raw.argv_cut, 0) if raw.argv else 0, uid=uid,
+                       netns=partial.netns if partial is not None else 0)
 
     def _event(self, kind: EventKind, p: Process, t: float, ktime: int,
                conn: Connection | None = None) -> Event:

@@ -8,7 +8,9 @@ of a short-lived command), each exec followed by its exit record.
     .venv/bin/python bench/exec_path.py --tree base=$BASE --tree new=. --rounds 3
 
 Each tree's own agent code runs in its own child process (`--child`); the records are made
-in the layout of that tree (struct nw_event before, struct nw_exec_event after).
+in the layout of that tree (struct nw_event before, struct nw_exec_event after), with the
+task's facts (start time, parent, effective uid, netns) where that tree's records carry
+them, as the kernel sends them when it has BTF.
 """
 
 from __future__ import annotations
@@ -39,12 +41,25 @@ def child(n: int) -> dict[str, float]:
     from agent.sources.proctree import ProcessTree
 
     try:
+        import inspect
+
         from agent.enrich.workspace import DEFAULT_MARKERS
         from agent.sources.execrecord import exec_record
+        # records that carry the task's facts (start time, parent, euid, netns), as the
+        # kernel sends them with BTF (this tree: `task`), as read from procfs here
+        with_task = "task" in inspect.signature(exec_record).parameters
+        tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
         def make(pid: int, comm: bytes, path: bytes, argv: list[bytes]) -> bytes:
+            extra: dict[str, Any] = {}
+            if with_task:
+                try:
+                    p = ProcFS().read(pid)
+                    extra["task"] = (p.starttime * tick_ns, p.ppid, max(p.uid, 0), p.netns)
+                except Exception:   # gone (the pids beyond pid_max): what the kernel read
+                    extra["task"] = (time.monotonic_ns(), 1, 0, 4026531840)
             return exec_record(pid, comm=comm, filename=path, argv=argv, ts=time.monotonic_ns(),
-                               markers=DEFAULT_MARKERS)
+                               markers=DEFAULT_MARKERS, **extra)
     except ImportError:
         def make(pid: int, comm: bytes, path: bytes, argv: list[bytes]) -> bytes:
             return kevents.NW_EVENT_FORMAT.pack(time.monotonic_ns(), kevents.EXEC, pid, 0, 0, 0,

@@ -145,6 +145,8 @@ enum nw_exec_flag {
     NW_EXEC_ENV = 8,            /* the whole environment was scanned for the markers of
                                  * marker_set: `marker` is the answer (empty: none) */
     NW_EXEC_MARKER_MORE = 16,   /* another configured marker was set too */
+    NW_EXEC_TASK = 32,          /* start_ns, ppid, euid and netns were read from the task
+                                 * (at offsets the running kernel's BTF gave) */
 };
 
 struct nw_exec_event {
@@ -157,6 +159,10 @@ struct nw_exec_event {
     u16 flags;          /* enum nw_exec_flag */
     u32 marker_set;     /* the id of the marker names scanned for (NW_EXEC_ENV) */
     u64 cgroup_id;      /* bpf_get_current_cgroup_id(): the cgroup v2 id */
+    u64 start_ns;       /* NW_EXEC_TASK: when the process started, ns since boot */
+    u32 ppid;           /* NW_EXEC_TASK: the parent's tgid */
+    u32 euid;           /* NW_EXEC_TASK: the effective uid */
+    u64 netns;          /* NW_EXEC_TASK: the network namespace's inode number */
     u32 argc;           /* arguments in args */
     u32 args_len;       /* bytes of args sent: each argument NUL-terminated */
     u32 args_cut;       /* argv bytes left out, at least (NW_EXEC_ARGS_CUT) */
@@ -167,7 +173,7 @@ struct nw_exec_event {
     char marker[NW_MARKER_VALUE_LEN];
     char args[NW_ARGS_LEN];
 };
-#define NW_EXEC_FIXED 584   /* offsetof(struct nw_exec_event, args) */
+#define NW_EXEC_FIXED 608   /* offsetof(struct nw_exec_event, args) */
 
 /* The file record (bpf/file.bpf.c; agent/sources/file_sensor.py): a path-taking syscall
  * on a path the loaded rules watch (the watch maps, filled from the rules, decide in the

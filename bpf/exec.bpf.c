@@ -241,6 +241,40 @@ static __always_inline struct nw_exec_event *take_from_stack(void)
 }
 #endif
 
+#ifdef NW_TASK_START_BOOTTIME_0
+/* What /proc/PID/stat, status and ns/net would say (start time, parent, effective uid,
+ * network namespace), read from the task at the offsets the running kernel's BTF names
+ * (agent/sources/btf.py passes them: the headers BCC compiles with may be another
+ * kernel's, so no struct layout of theirs is used). The observer then reads only the
+ * executable's path and identity from /proc. Without the offsets, or when a read fails,
+ * NW_EXEC_TASK stays clear and it reads all of them. */
+static __always_inline u64 task_ptr(u64 at)
+{
+    u64 p = 0;
+    if (bpf_probe_read_kernel(&p, sizeof(p), (void *)at) < 0)
+        return 0;
+    return p;
+}
+
+static __always_inline void take_task(struct nw_exec_event *x)
+{
+    u64 task = bpf_get_current_task();
+    u64 parent = task_ptr(task + NW_TASK_REAL_PARENT_0);
+    u64 cred = task_ptr(task + NW_TASK_CRED_0);
+    u64 nsproxy = task_ptr(task + NW_TASK_NSPROXY_0);
+    u64 net = nsproxy ? task_ptr(nsproxy + NW_TASK_NSPROXY_1) : 0;
+    u32 inum = 0;
+    if (!parent || !cred || !net ||
+        bpf_probe_read_kernel(&x->start_ns, 8, (void *)(task + NW_TASK_START_BOOTTIME_0)) < 0 ||
+        bpf_probe_read_kernel(&x->ppid, 4, (void *)(parent + NW_TASK_REAL_PARENT_1)) < 0 ||
+        bpf_probe_read_kernel(&x->euid, 4, (void *)(cred + NW_TASK_CRED_1)) < 0 ||
+        bpf_probe_read_kernel(&inum, 4, (void *)(net + NW_TASK_NSPROXY_2)) < 0)
+        return;
+    x->netns = inum;
+    x->flags |= NW_EXEC_TASK;
+}
+#endif
+
 TRACEPOINT_PROBE(syscalls, sys_enter_execve)
 {
     return exec_enter(args->argv, args->envp);
@@ -299,6 +333,14 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     x->slot = 0;
     x->verdict = 0;
     x->cgroup_id = bpf_get_current_cgroup_id();
+    x->start_ns = 0;
+    x->ppid = 0;
+    x->euid = 0;
+    x->netns = 0;
+    x->flags &= ~NW_EXEC_TASK;
+#ifdef NW_TASK_START_BOOTTIME_0
+    take_task(x);
+#endif
     bpf_get_current_comm(&x->comm, sizeof(x->comm));
     __builtin_memset(x->filename, 0, NW_FILENAME_LEN);
     TP_DATA_LOC_READ_STR(&x->filename, filename, sizeof(x->filename));
@@ -330,7 +372,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     if (events.perf_submit(args, x, NW_EXEC_FIXED + len) < 0)
         count_lost();
 #else
-    if (events.ringbuf_output(x, NW_EXEC_FIXED + len, BPF_RB_FORCE_WAKEUP) < 0)
+    if (events.ringbuf_output(x, NW_EXEC_FIXED + len, immediate_wakeup()) < 0)
         count_lost();
 #endif
     exec_pending.delete(&old);

@@ -79,23 +79,44 @@ static __always_inline void submit_conn_now(void *ctx, struct nw_conn_event *e)
 }
 #else
 /* Wake-ups. By default the ring buffer wakes its consumer for every record that finds it
- * caught up: at a few thousand TCP records a second that is a wake-up per record, which
- * costs the consumer more than the record. TCP records wake it at most once per
- * NW_WAKE_GAP_NS; one sent sooner waits for the next wake-up, and agent/sources/bpf.py
- * polls with a timeout of 2 * NW_WAKE_GAP_NS while records flow, so none waits longer.
- * Exec records and in-kernel verdicts (a kill to carry out) wake it at once. */
+ * caught up: at a few thousand records a second that is a wake-up per record, which costs
+ * the consumer more than the record (on a VM, 20-40 us of CPU per wake-up, whatever the
+ * consumer does). Exec records and in-kernel verdicts (a kill to carry out, a finding to
+ * report) wake it at once. TCP records wake it at most once per NW_WAKE_GAP_NS. Fork and
+ * exit records, which no rule waits for, wake it only when no exec record or fork/exit
+ * wake-up came in the last NW_WAKE_GAP_NS: the fork before an exec and the exit after it
+ * ride on the exec's wake-up. One sent without a wake-up waits for the next one, and
+ * agent/sources/bpf.py polls with a timeout of 2 * NW_WAKE_GAP_NS while records flow, so
+ * none waits longer. */
 #define NW_WAKE_GAP_NS 1000000ULL
-BPF_ARRAY(last_wake, u64, 1);
-static __always_inline u64 coalesced_wakeup(void)
+#define NW_WAKE_TCP 0     /* last_wake slots: TCP records' last wake-up */
+#define NW_WAKE_PROC 1    /* the last exec, fork or exit wake-up */
+BPF_ARRAY(last_wake, u64, 2);
+static __always_inline u64 coalesced_wakeup_of(int slot)
 {
-    int zero = 0;
-    u64 *last = last_wake.lookup(&zero);
+    u64 *last = last_wake.lookup(&slot);
     if (!last)
         return 0;
     u64 now = bpf_ktime_get_ns();
     if (now - *last < NW_WAKE_GAP_NS)
         return BPF_RB_NO_WAKEUP;
     *last = now;   /* two CPUs racing here wake it twice: harmless */
+    return BPF_RB_FORCE_WAKEUP;
+}
+
+static __always_inline u64 coalesced_wakeup(void)
+{
+    return coalesced_wakeup_of(NW_WAKE_TCP);
+}
+
+/* an exec record: it wakes the consumer at once, and the fork and exit records that follow
+ * within NW_WAKE_GAP_NS need not */
+static __always_inline u64 immediate_wakeup(void)
+{
+    int slot = NW_WAKE_PROC;
+    u64 *last = last_wake.lookup(&slot);
+    if (last)
+        *last = bpf_ktime_get_ns();
     return BPF_RB_FORCE_WAKEUP;
 }
 
@@ -112,7 +133,7 @@ static __always_inline struct nw_proc_event *reserve_proc(void)
 }
 static __always_inline void submit_proc(void *ctx, struct nw_proc_event *e)
 {
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, coalesced_wakeup_of(NW_WAKE_PROC));
 }
 static __always_inline struct nw_conn_event *reserve_conn(void)
 {

@@ -36,9 +36,10 @@ log = logging.getLogger("nodewarden.bpf")
 TRACEFS = "/sys/kernel/tracing"
 DEFAULT_RING_PAGES = 1024  # 4 MiB: ~12,000 events of headroom for a stalled consumer
 MAX_BATCH = 4096  # records per poll, so the agent's loop turns at least every few ms
-# While records flow the kernel wakes us at most once per millisecond for TCP records
-# (NW_WAKE_GAP_NS in bpf/sensor.h); one sent in between is picked up by a poll that waits
-# at most this long after the last records came
+# While records flow the kernel wakes us at most once per millisecond for TCP, fork and
+# exit records (NW_WAKE_GAP_NS in bpf/sensor.h; exec records and verdicts wake us at once);
+# one sent in between is picked up by a poll that waits at most this long after the last
+# records came
 LINGER_MS = 2
 
 # the compatibility name of what check() raises
@@ -224,6 +225,10 @@ class BpfProgram:
                  *cflags]
         if perf:
             flags.append("-DNW_PERF")
+        if "exec.bpf.c" in self.sources:
+            # where the running kernel keeps the task facts an exec record carries
+            from agent.sources.btf import task_cflags
+            flags += task_cflags()
         self.bpf = BPF(text=program_text(self.sources).encode(), cflags=flags)
         self._lost = self.bpf["lost"]
         self._lost_page = _map_page(self._lost.map_fd)

@@ -16,6 +16,7 @@ the kernel cannot compare (more than NW_MARKERS_MAX, longer than NW_MARKER_NAME_
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 import zlib
@@ -45,12 +46,14 @@ class ExecFlag(IntEnum):
     ARGS_FAULT = 4
     ENV = 8
     MARKER_MORE = 16
+    TASK = 32
 
 
 # struct nw_exec_event up to args (NW_EXEC_FIXED bytes), field by field
 EXEC_FIELDS: tuple[tuple[str, str], ...] = (
     ("ts_ns", "Q"), ("kind", "I"), ("pid", "I"), ("uid", "I"), ("slot", "I"),
     ("verdict", "H"), ("flags", "H"), ("marker_set", "I"), ("cgroup_id", "Q"),
+    ("start_ns", "Q"), ("ppid", "I"), ("euid", "I"), ("netns", "Q"),
     ("argc", "I"), ("args_len", "I"), ("args_cut", "I"), ("marker_idx", "H"),
     ("marker_len", "H"), ("comm", f"{COMM_LEN}s"), ("filename", f"{FILENAME_LEN}s"),
     ("marker", f"{MARKER_VALUE_LEN}s"),
@@ -58,7 +61,9 @@ EXEC_FIELDS: tuple[tuple[str, str], ...] = (
 EXEC_FORMAT = struct.Struct("<" + "".join(code for _, code in EXEC_FIELDS))
 EXEC_FIXED = EXEC_FORMAT.size   # NW_EXEC_FIXED: where args starts
 
-_ARGS, _CUT, _FAULT, _ENV, _MORE = (int(f) for f in ExecFlag)
+_ARGS, _CUT, _FAULT, _ENV, _MORE, _TASK = (int(f) for f in ExecFlag)
+# clock ticks of /proc/PID/stat's start time (USER_HZ), in ns
+_NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 _T = TypeVar("_T")
 
 # marker set id -> the names the kernel scanned for under it (set by `marker_table`)
@@ -98,8 +103,8 @@ def exec_decoder(make: Callable[..., _T]) -> Callable[[bytes | memoryview], _T]:
     unpack = _HEAD.unpack_from
 
     def decode_exec(data: bytes | memoryview) -> _T:
-        (ts, kind, pid, uid, slot, verdict, flags, mset, cgroup_id, _argc, alen, acut, midx,
-         mlen, comm, filename) = unpack(data)
+        (ts, kind, pid, uid, slot, verdict, flags, mset, cgroup_id, start_ns, ppid, euid,
+         netns, _argc, alen, acut, midx, mlen, comm, filename) = unpack(data)
         argv: tuple[str, ...] = ()
         cut = -1   # argv not taken in the kernel
         if flags & _ARGS and not flags & _FAULT:
@@ -112,6 +117,10 @@ def exec_decoder(make: Callable[..., _T]) -> Callable[[bytes | memoryview], _T]:
             if names:
                 value = bytes(data[_MARKER_AT:_MARKER_AT + min(mlen, MARKER_VALUE_LEN)])
                 found, scanned = _marker(flags, names, midx, value)
+        if flags & _TASK:
+            return make(ts, kind, pid, ppid, uid, slot, 0, 0, 0, verdict, "", "", _cstr(comm),
+                        _cstr(filename), argv, found, cut, scanned, cgroup_id,
+                        task=(start_ns // _NS_PER_TICK, euid, netns))
         return make(ts, kind, pid, 0, uid, slot, 0, 0, 0, verdict, "", "", _cstr(comm),
                     _cstr(filename), argv, found, cut, scanned, cgroup_id)
 
@@ -147,12 +156,14 @@ def exec_record(pid: int, *, comm: bytes = b"", filename: bytes = b"", ts: int =
                 uid: int = 0, argv: Sequence[bytes] | None = None, cut: int = 0,
                 slot: int = 0, verdict: int = 0, markers: Sequence[str] = (),
                 marker: tuple[int, bytes] | None = None, more: bool = False,
-                cgroup_id: int = 0, fault: bool = False) -> bytes:
+                cgroup_id: int = 0, fault: bool = False,
+                task: tuple[int, int, int, int] | None = None) -> bytes:
     """An exec record as the kernel writes it (for tests and benchmarks): `argv` None as
     when the kernel did not take it; `markers` the names the environment was scanned for
     (none: not scanned), `marker` (index, value) the one it found; `cut` argv bytes left
-    out."""
-    flags = 0
+    out; `task` (start ns since boot, ppid, euid, netns) as read from the task in the
+    kernel (None: not read)."""
+    flags = _TASK if task is not None else 0
     args = b""
     if argv is not None:
         flags |= _ARGS | (_CUT if cut else 0) | (_FAULT if fault else 0)
@@ -164,5 +175,5 @@ def exec_record(pid: int, *, comm: bytes = b"", filename: bytes = b"", ts: int =
         mset = marker_set_id(markers)
     idx, value = marker or (0, b"")
     return EXEC_FORMAT.pack(ts, 1, pid, uid, slot, verdict, flags, mset, cgroup_id,
-                            len(argv or ()), len(args), cut, idx, len(value), comm, filename,
-                            value) + args
+                            *(task or (0, 0, 0, 0)), len(argv or ()), len(args), cut, idx,
+                            len(value), comm, filename, value) + args

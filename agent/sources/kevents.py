@@ -164,6 +164,9 @@ class RawEvent(NamedTuple):
     cgroup_id: int = 0   # the cgroup v2 id the exec ran in
     # records of issue 11's sensors: what the event is about (an agent.details family)
     detail: object = None
+    # exec records whose task the kernel read (ExecFlag.TASK): (start time in clock ticks,
+    # effective uid, network namespace inode), with the parent in `ppid`; None: not read
+    task: tuple[int, int, int] | None = None
 
 
 def raw_detail(ts_ns: int, kind: int, pid: int, uid: int, comm: str, detail: object,

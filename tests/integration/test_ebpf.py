@@ -666,3 +666,39 @@ def test_only_the_first_configured_markers_value_leaves_the_kernel(ebpf):
     assert rec[EXEC_FIXED:] == b"/bin/true\0nwmarkertest\0"
     for secret in (b"hunter2", b"second-choice", b"third-choice", b"SECRET_TOKEN"):
         assert secret not in rec
+
+
+def test_the_exec_record_carries_the_start_parent_euid_and_netns_procfs_gives(ebpf):
+    """Read from the task in the kernel at the offsets the running kernel's BTF names (not
+    the installed headers'): for a process whose real and effective uids differ, the same
+    start time, parent, effective uid and network namespace as /proc says."""
+    from agent.sources.bpf import BpfProgram
+    from agent.sources.exec_sensor import ExecSensor
+    from agent.sources.kevents import RawEvent
+    from agent.sources.procfs import ProcFS
+
+    got: list[RawEvent] = []
+    program = BpfProgram(["exec.bpf.c"], got.append)
+    child = None
+    try:
+        ExecSensor(program).start()
+        code = ("import os; os.setreuid(1000, 65534); "
+                "os.execv('/bin/sleep', ['/bin/sleep', '5', 'nwtaskfacts'])")
+        child = subprocess.Popen([sys.executable, "-c", code])
+        deadline = time.monotonic() + 5
+        mine: list[RawEvent] = []
+        while not mine and time.monotonic() < deadline:
+            program.poll(100)
+            mine = [r for r in got if r.kind == 1 and "nwtaskfacts" in r.argv]
+        assert len(mine) == 1
+        rec = mine[0]
+        if rec.task is None:
+            pytest.skip("no BTF on this kernel: the observer reads /proc for these")
+        p = ProcFS().read(child.pid)
+        assert (rec.pid, rec.ppid, rec.task) == (p.pid, p.ppid, (p.starttime, 65534, p.netns))
+        assert rec.uid == 1000 and p.uid == 65534
+    finally:
+        if child is not None:
+            child.kill()
+            child.wait()
+        program.close()

@@ -231,3 +231,65 @@ def test_a_cgroup_v1_host_reads_the_cgroup_every_time(proc, monkeypatch):
     a = _exec(obs, 920, cgroup_id=1)
     b = _exec(obs, 921, cgroup_id=1)
     assert (a.process.container_id, b.process.container_id) == (CONTAINER, "")
+
+
+# -- records that carry the task's facts (start time, parent, effective uid, netns) ----------
+
+TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def test_the_task_facts_decode_to_a_start_time_in_clock_ticks():
+    r = dec(argv=[b"/usr/bin/tool"], task=(1234 * TICK_NS + 5, 77, 1000, 4026532001))
+    assert (r.ppid, r.task) == (77, (1234, 1000, 4026532001))
+    assert dec(argv=[b"/usr/bin/tool"]).task is None   # not read: procfs says
+
+
+def test_a_live_process_with_task_facts_is_read_for_its_executable_only(proc, monkeypatch):
+    # stat, status and ns/net say otherwise: what the kernel read at the exec counts, and
+    # they are not read at all
+    obs = _observer(proc)
+    d = _proc(proc, 930, ppid=1, starttime=5000, cgroup="0::/\n")
+    for name in ("stat", "status"):
+        (d / name).unlink()
+    (d / "ns" / "net").unlink()
+    ev = _exec(obs, 930, task=(6000 * TICK_NS, 1, 1000, 4026532002))
+    p = ev.process
+    assert (p.ppid, p.starttime, p.uid, p.netns, p.exe) == (1, 6000, 1000, 4026532002,
+                                                            "/bin/true")
+    st = os.stat("/bin/true")
+    assert (p.exe_dev, p.exe_ino) == (st.st_dev, st.st_ino)
+    assert p.cmdline == ("/usr/bin/tool", "--from-kernel") and p.comm == "tool"
+
+
+def test_a_gone_process_with_task_facts_keeps_them_its_argv_and_workspace(proc):
+    obs = _observer(proc)
+    ev = _exec(obs, 931, argv=[b"/usr/bin/tool", b"-o", b"stratum+tcp://pool:3333"],
+               marker=(0, b"ws-gone"), task=(7000 * TICK_NS, 1, 1000, 4026532003))
+    p = ev.process
+    assert p.cmdline == ("/usr/bin/tool", "-o", "stratum+tcp://pool:3333")
+    assert (p.exe, p.ppid, p.starttime, p.uid, p.netns) == (
+        "/usr/bin/tool", 1, 7000, 1000, 4026532003)
+    assert ev.workspace == "ws-gone" and obs.tree.environ_reads == 0
+
+
+def test_a_process_killed_in_the_kernel_with_task_facts_is_not_read(proc, monkeypatch):
+    obs = _observer(proc)
+    _proc(proc, 932, exe="/bin/false")   # a later process on the pid: not what was killed
+    monkeypatch.setattr(ProcFS, "read_image", lambda *a, **k: pytest.fail("read /proc"))
+    ev = _exec(obs, 932, verdict=kevents.VERDICT_KILLED, slot=1, marker=(2, b"ws-k"),
+               task=(8000 * TICK_NS, 1, 0, 4026532004))
+    p = ev.process
+    assert (p.exe, p.starttime, p.ppid, p.netns) == ("/usr/bin/tool", 8000, 1, 4026532004)
+    assert p.cmdline == ("/usr/bin/tool", "--from-kernel") and ev.workspace == "ws-k"
+    assert ev.kernel_verdict == (1, True)
+
+
+def test_a_second_exec_in_a_known_cgroup_reads_the_executable_by_path_alone(proc,
+                                                                            monkeypatch):
+    obs = _observer(proc)
+    _proc(proc, 933)
+    _proc(proc, 934, exe="/bin/false")
+    _exec(obs, 933, cgroup_id=55, task=(1, 1, 0, 1))
+    monkeypatch.setattr(ProcFS, "_open", lambda *a: pytest.fail("opened the directory"))
+    ev = _exec(obs, 934, cgroup_id=55, task=(1, 1, 0, 1))
+    assert ev.process.exe == "/bin/false" and ev.process.container_id == CONTAINER

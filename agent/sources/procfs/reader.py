@@ -154,6 +154,17 @@ class ExecRead(NamedTuple):
     cmdline: RawCmdline | None
 
 
+class ImageRead(NamedTuple):
+    """What `ProcFS.read_image` gives: the executable of a process whose other facts its
+    exec record carries, and its cgroup and command line only when asked for."""
+
+    exe: str
+    exe_dev: int
+    exe_ino: int
+    cgroup: Cgroup | None
+    cmdline: RawCmdline | None
+
+
 class Known(NamedTuple):
     """A process as last read, and the program key its stat had then (parse_stat_program):
     what `ProcFS.refresh` compares to tell whether it must read the process again."""
@@ -402,6 +413,38 @@ class ProcFS:
             uid = owner if owner != 0 or ruid == 0 else self._uid(pid, dfd)
             return ExecRead(st, exe, dev, ino, uid,
                             parse_netns(self._link(pid, dfd, "ns/net")), cg, raw)
+        finally:
+            os.close(dfd)
+
+    def read_image(self, pid: int, cgroup: bool, cmdline: bool) -> ImageRead:
+        """A process just seen exec whose record carries its stat facts, uid and network
+        namespace (read from the task in the kernel): only its executable (path, dev,
+        inode), plus its cgroup and its command line (head and tail) when asked. Without
+        those, two calls by path: no directory descriptor, no stat. The executable is
+        empty when the process is gone (or exiting); raises FdExhausted only."""
+        if not (cgroup or cmdline):
+            exe = f"{self.root}/{pid}/exe"
+            try:
+                path = os.readlink(exe)
+            except OSError as e:
+                if e.errno in EXHAUSTED:
+                    raise FdExhausted(e.errno, e.strerror) from None
+                return ImageRead("", 0, 0, None, None)
+            try:
+                st = os.stat(exe)
+            except OSError:
+                return ImageRead(path, 0, 0, None, None)
+            return ImageRead(path, st.st_dev, st.st_ino, None, None)
+        try:
+            dfd = self._open(pid)
+        except (ProcessGone, AccessDenied):
+            return ImageRead("", 0, 0, None, None)
+        try:
+            exe, dev, ino = self._exe(pid, dfd)
+            cg = (CGROUPS.parse(self._may(pid, dfd, "cgroup", CGROUP_LIMIT))
+                  if cgroup else None)
+            raw = self._cmdline(dfd, *self.cmdlines.allowance()) if cmdline else None
+            return ImageRead(exe, dev, ino, cg, raw)
         finally:
             os.close(dfd)
 
