@@ -130,6 +130,14 @@ class RunningAgent:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def expect_sensors(self, *names: str) -> None:
+        """Fail unless the ready line names these eBPF sensors, stopping the agent first (an
+        agent whose test failed at start must not outlive it)."""
+        if not any("ready: eBPF sensors" in line and all(n in line for n in names)
+                   for line in self.stderr):
+            self.stop()
+            raise AssertionError("".join(self.stderr))
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

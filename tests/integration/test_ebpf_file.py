@@ -74,8 +74,7 @@ def _settled(agent: RunningAgent, quiet: float = 1.0, limit: float = 20) -> floa
 
 def _agent(tmp: Path, rules: Path) -> RunningAgent:
     agent = RunningAgent(tmp, "", ["--interval", "3600", "--rules", str(rules)])
-    assert any("ready: eBPF sensors" in line and "file" in line for line in agent.stderr), \
-        agent.stderr
+    agent.expect_sensors("file")
     return agent
 
 

@@ -58,8 +58,7 @@ def agent(ebpf, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAge
     # a lock file of its own: the per-test one (conftest.py) is set after this fixture
     a = RunningAgent(tmp, "", ["--interval", "3600", "--rules", str(rules)],
                      env={"NODEWARDEN_LOCK_FILE": str(tmp / "agent.lock")})
-    assert any("ready: eBPF sensors" in line and "privilege, kernel" in line
-               for line in a.stderr), a.stderr
+    a.expect_sensors("privilege, kernel")
     yield a
     assert a.stop() == 0, "".join(a.stderr)
     assert "Traceback" not in "".join(a.stderr)

@@ -60,7 +60,7 @@ def agent(ebpf: None, tmp_path_factory: pytest.TempPathFactory,
     # a lock of its own: module scope runs before the per-test lock fixture
     a = RunningAgent(tmp, "", ["--interval", "3600", "--rules", str(rules)],
                      env={"NODEWARDEN_LOCK_FILE": str(tmp / "agent.lock")})
-    assert any("ready: eBPF sensors" in line and "udp" in line for line in a.stderr), a.stderr
+    a.expect_sensors("udp")
     yield a
     assert a.stop() == 0, "".join(a.stderr)
     assert "Traceback" not in "".join(a.stderr)
