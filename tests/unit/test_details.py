@@ -5,7 +5,6 @@ attaches it to the process that made the call."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,9 @@ from agent.decide import Protection, decide
 from agent.engine.ruleset import naive_evaluate
 from agent.errors import RuleError
 from agent.model import EventKind
-from agent.observer import Observer
 from agent.sinks.findings import Finding
 from agent.sources import kevents
-from agent.sources.netstate import NetState
 from agent.sources.procfs import ProcFS
-from agent.sources.proctree import ProcessTree
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "proc"
 
@@ -131,15 +127,6 @@ def test_a_finding_carries_the_detail_under_its_family(rules_from):
     assert f["file"] == {"path": "/etc/shadow", "op": "read", "flags": 0, "dest": "",
                          "mode": 0}
     assert f["message"] == "/usr/bin/python3 read /etc/shadow"
-
-
-@pytest.fixture
-def observer(tmp_path: Path) -> Observer:
-    root = tmp_path / "proc"
-    shutil.copytree(FIXTURE, root, symlinks=True)
-    tree = ProcessTree(ProcFS(str(root)))
-    tree.scan()
-    return Observer(tree, NetState(str(root)), wall=lambda: 1000.0, mono=lambda: 10.0)
 
 
 class _NeedsProc:

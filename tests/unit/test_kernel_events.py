@@ -119,15 +119,6 @@ def test_parse_tcp_tables():
     assert (v6[1].local, v6[1].remote, v6[1].rport) == ("127.0.0.1", "127.0.0.1", 50001)
 
 
-@pytest.fixture
-def observer(tmp_path: Path) -> Observer:
-    root = tmp_path / "proc"
-    shutil.copytree(FIXTURE, root, symlinks=True)
-    tree = ProcessTree(ProcFS(str(root)))
-    tree.scan()
-    return Observer(tree, NetState(str(root)), wall=lambda: 1000.0, mono=lambda: 10.0)
-
-
 def raw(data: bytes) -> RawEvent:
     return decode(data)
 

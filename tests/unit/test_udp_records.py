@@ -5,7 +5,6 @@ that is no query is a udp event; and which kinds the kernel is told to send."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import struct
 from pathlib import Path
@@ -14,11 +13,7 @@ import pytest
 
 from agent import details
 from agent.model import EventKind
-from agent.observer import Observer
 from agent.sources import kevents
-from agent.sources.netstate import NetState
-from agent.sources.procfs import ProcFS
-from agent.sources.proctree import ProcessTree
 from agent.sources.udp_sensor import wanted_mask
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "proc"
@@ -78,15 +73,6 @@ def test_a_datagram_to_port_53_that_is_no_query_is_a_udp_event(payload):
     raw = kevents.decode(dns_record(payload))
     assert raw.kind == kevents.UDP and raw.detail is None
     assert (raw.daddr, raw.dport) == ("10.0.0.53", 53)
-
-
-@pytest.fixture
-def observer(tmp_path: Path) -> Observer:
-    root = tmp_path / "proc"
-    shutil.copytree(FIXTURE, root, symlinks=True)
-    tree = ProcessTree(ProcFS(str(root)))
-    tree.scan()
-    return Observer(tree, NetState(str(root)), wall=lambda: 1000.0, mono=lambda: 10.0)
 
 
 def test_the_observer_makes_udp_and_dns_events_of_the_sender(observer):
