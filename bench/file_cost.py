@@ -2,8 +2,10 @@
 """Benchmark: what the file sensor costs an open-heavy workload, and that unwatched opens
 never reach userspace.
 
-Each round runs, in turn, with no agent, with the agent without the file sensor (its other
-sensors attach syscall tracepoints too) and with the whole agent (every sensor), the agent
+Each round runs, in turn, with no agent, with the agent without the file sensor (every
+other sensor: they attach syscall tracepoints too), the same plus an empty program on
+`sys_enter_openat` (`floor`: what any file sensor on that tracepoint costs before it does
+anything) and with the whole agent (every sensor), the agent
 loading the shipped rules (or the `--rules` given: with the file rule packs) and a representative
 watch list of its own (WATCH_RULES: 52 paths, prefixes and names, reads and writes):
 
@@ -98,7 +100,12 @@ WATCH_RULES = f"""rules:
 
 FILE_EVENTS = 'nodewarden_events_total{source="file"}'
 WORKLOAD_COMMS = {"openloop", "find", "xargs", "cat", "sh", "taskset"}
-CONDITIONS = ("none", "agent-nofile", "agent")
+CONDITIONS = ("none", "agent-nofile", "floor", "agent")
+# every sensor but `file`
+NOFILE = ["exec", "tcp", "connect_guard", "proc_connector", "privilege", "kernel", "udp"]
+EMPTY_OPENAT = ("from bcc import BPF; import sys, time; "
+                "b = BPF(text='TRACEPOINT_PROBE(syscalls, sys_enter_openat) { return 0; }'); "
+                "print('attached', flush=True); sys.stdin.read()")
 
 
 def _port() -> int:
@@ -181,14 +188,22 @@ def one(cond: str, work: Path, opens: int, rules: list[str]) -> dict[str, Any]:
     """One condition's run: workload times, and the file records the agent received."""
     if cond == "none":
         return {"times": workloads(work, opens), "file_records": None, "workload_paths": []}
-    sensors = None if cond == "agent" else ["exec", "tcp", "connect_guard", "proc_connector"]
-    agent = Agent(work, sensors, rules)
+    agent = Agent(work, None if cond == "agent" else NOFILE, rules)
+    empty = None
     try:
+        if cond == "floor":
+            # /usr/bin/python3: the system interpreter has bcc
+            empty = subprocess.Popen(["taskset", "-c", "0", "/usr/bin/python3", "-c",
+                                      EMPTY_OPENAT], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+            assert empty.stdout is not None and empty.stdout.readline().strip() == "attached"
         before = agent.settled()
         times = workloads(work, opens)
         after = agent.settled()
         paths = agent.workload_records()
     finally:
+        if empty is not None:
+            empty.communicate(timeout=30)
         agent.stop()
     return {"times": times, "file_records": after - before, "workload_paths": paths}
 
@@ -246,8 +261,9 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 out[cond][w]["vs_none"] = out[cond][w]["median_s"] / out["none"][w]["median_s"]
     for w in out["none"]:
         if w not in _COUNTS:
-            out["agent"][w]["vs_agent_nofile"] = (out["agent"][w]["median_s"]
-                                                  / out["agent-nofile"][w]["median_s"])
+            for cond in ("floor", "agent"):
+                out[cond][w]["vs_agent_nofile"] = (out[cond][w]["median_s"]
+                                                   / out["agent-nofile"][w]["median_s"])
     return out
 
 

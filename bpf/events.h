@@ -182,7 +182,8 @@ struct nw_exec_event {
  * userspace against `dirfd` (or the caller's cwd for NW_AT_FDCWD). */
 #define NW_FILE_PATH_LEN 256   /* a path's bytes read, NUL included (the LPM trie's limit) */
 #define NW_FILE_NAME_LEN 32    /* a watched name's bytes, NUL included */
-#define NW_FILE_NAME_LENS 16   /* distinct lengths of watched names the kernel tries */
+#define NW_FILE_FIRST_BITS 16  /* file_cfg's filter of the trie's first bytes: 2^16 bits */
+#define NW_FILE_NAME_BITS 14   /* file_cfg's filter of the watched names: 2^14 bits */
 #define NW_AT_FDCWD 4294967196 /* (u32)AT_FDCWD: relative to the caller's cwd */
 
 enum nw_file_op {

@@ -14,7 +14,12 @@
  *    the values' high 16 bits, the last components of watched exact paths, which count
  *    only for an absolute path spelled otherwise (`/etc//shadow`).
  *  - file_cfg: the union of every entry's ops (an op no rule wants returns before the path
- *    is read) and the name lengths.
+ *    is read), the watched names' lengths, and two bit filters that answer "surely not watched" in a
+ *    few instructions for almost every path, so the trie and the names map (hundreds of ns
+ *    each) are looked up only for paths that may be watched: `first` has a bit per trie
+ *    entry's first 16, 8 or 4 bytes (first_ks: which of those lengths occur), `names` a
+ *    bit per watched name's (length, first two bytes, last byte). The hashes are
+ *    agent/engine/filewatch.py's first_hash and name_hash.
  *  - file_cwd: processes whose working directory is under a watched directory (chdir
  *    there, inherited at fork, seeded from /proc at start): their relative paths are sent.
  * Every value is a bitmask of (1 << enum nw_file_op): a watch on /etc/cron.d/ for writes
@@ -25,6 +30,13 @@
 #define NW_O_CREAT 0100
 #define NW_O_TRUNC 01000
 #define NW_AT_FDCWD_S (-100)
+#ifndef NW_O_DIRECTORY
+#define NW_O_DIRECTORY 0200000        /* x86's; the agent passes its own arch's */
+#endif
+/* not an op of enum nw_file_op: no watch has it, so the call returns before the path is
+ * read. A read-only open with O_DIRECTORY opens a directory to list it (find, ls, fts
+ * walks): no file's contents are read, and listing is not what a file rule is about */
+#define NW_FILE_LISTING 31
 
 struct file_key {
     u32 prefixlen;                    /* bits: 8 * bytes compared */
@@ -37,10 +49,15 @@ struct name_key {
 };
 BPF_HASH(file_names, struct name_key, u32, 1024);
 
+#define NW_FILE_FIRST_WORDS ((1 << NW_FILE_FIRST_BITS) / 64)
+#define NW_FILE_NAME_WORDS ((1 << NW_FILE_NAME_BITS) / 64)
 struct file_cfg {
     u32 ops;                          /* union of every watch's ops; 0: nothing watched */
-    u32 nlens;                        /* entries of lens in use */
-    u32 lens[NW_FILE_NAME_LENS];      /* distinct lengths of the watched names */
+    u32 lens_mask;                    /* bit n: some watched name is n bytes long */
+    u32 first_ks;                     /* bit k: some trie entry's filter key is k bytes */
+    u32 has_cwd;                      /* some process may be marked in file_cwd */
+    u64 first[NW_FILE_FIRST_WORDS];   /* filter of the trie entries' first bytes */
+    u64 names[NW_FILE_NAME_WORDS];    /* filter of the watched names */
 };
 BPF_ARRAY(file_cfg, struct file_cfg, 1);
 
@@ -53,7 +70,17 @@ struct file_scratch {
     struct file_key key;
     char slack[NW_FILE_NAME_LEN];
     struct name_key name;
+    /* Values passed through memory, read back volatile: the verifier then goes on with
+     * one state of an unknown value where the loops that compare with them would leave
+     * one state per exit, each with its own range (which multiplied past its limit) */
+    u32 got;    /* the path's bytes, the NUL counted */
+    u32 last;   /* the last component's length */
 };
+
+static __always_inline u32 reread(u32 *p)
+{
+    return *(volatile u32 *)p;
+}
 BPF_PERCPU_ARRAY(file_scratch, struct file_scratch, 1);
 #ifdef NW_PERF
 BPF_PERCPU_ARRAY(file_rec_scratch, struct nw_file_event, 1);
@@ -73,41 +100,86 @@ static __always_inline u32 open_op(u64 flags)
         return NW_FILE_CREATE;
     if ((flags & NW_O_TRUNC) && acc)
         return NW_FILE_TRUNCATE;
-    return acc ? NW_FILE_WRITE : NW_FILE_READ;
+    if (acc)
+        return NW_FILE_WRITE;
+    return (flags & NW_O_DIRECTORY) ? NW_FILE_LISTING : NW_FILE_READ;
+}
+
+/* Whether some trie entry may be a prefix of the path in s->key (got bytes, the NUL
+ * counted): the filter has every entry's first k bytes, k the largest of 16, 8 and 4 not
+ * over its length (its whole length when under 4), so a path none of whose first k bytes,
+ * for each k some entry has, are in it is not watched by the trie (no false "no"). Few
+ * k, few tries, few false "maybe"s; 16: `/usr/lib/systemd/` is watched, `/usr/lib/python3/`
+ * opened all day. */
+static __always_inline int trie_may_match(struct file_scratch *s, struct file_cfg *c)
+{
+    u32 got = reread(&s->got);
+    u64 w[2];
+    __builtin_memcpy(w, s->key.path, sizeof(w));
+    u32 ks = c->first_ks;
+#pragma unroll
+    for (u32 k = 1; k <= 16; k++) {
+        if (!(ks & (1U << k)) || got < k)
+            continue;
+        u64 lo = k >= 8 ? w[0] : w[0] & ((1ULL << (k * 8)) - 1);
+        u64 hi = k <= 8 ? 0 : (k == 16 ? w[1] : w[1] & ((1ULL << ((k - 8) * 8)) - 1));
+        u64 x = ((lo ^ ((u64)k << 56)) * 0x9E3779B97F4A7C15ULL) ^ hi;
+        u32 h = (x * 0xC2B2AE3D27D4EB4FULL) >> (64 - NW_FILE_FIRST_BITS);
+        if (c->first[(h >> 6) & (NW_FILE_FIRST_WORDS - 1)] & (1ULL << (h & 63)))
+            return 1;
+    }
+    return 0;
 }
 
 /* The value of the watched name that ends the path in s->key (n bytes, the NUL not
  * counted), 0 when none: its low 16 bits the ops of a name watch, its high 16 bits those of
- * exact watched paths with that last component (see non_canonical). */
-static __always_inline u32 name_watched(struct file_scratch *s, struct file_cfg *c, u32 n)
+ * exact watched paths with that last component (see non_canonical). The last component is
+ * found by a backward scan of at most NW_FILE_NAME_LEN bytes (a longer one is no watched
+ * name); its length must be one a watched name has, then the filter must have it, and only
+ * then is the names map looked up. */
+static __always_inline u32 name_watched(struct file_scratch *s, struct file_cfg *c)
 {
-    u32 nlens = c->nlens;
-    for (int i = 0; i < NW_FILE_NAME_LENS; i++) {
-        if (i >= nlens)
+    u32 n = reread(&s->got) - 1;
+    if (n >= NW_FILE_PATH_LEN)
+        return 0;
+    s->last = NW_FILE_NAME_LEN;
+    for (u32 j = 0; j < NW_FILE_NAME_LEN; j++) {
+        if (j >= n || s->key.path[(n - 1 - j) & (NW_FILE_PATH_LEN - 1)] == '/') {
+            s->last = j;   /* reached a '/', or the start of a relative path */
             break;
-        u32 len = c->lens[i];
-        if (len == 0 || len >= NW_FILE_NAME_LEN || len > n)
-            continue;
-        u32 start = n - len;
-        if (start >= NW_FILE_PATH_LEN)
-            continue;
-        if (start > 0 && s->key.path[(start - 1) & (NW_FILE_PATH_LEN - 1)] != '/')
-            continue;
-        /* a fixed-size copy (the slack covers its end), then the bytes after the name
-         * zeroed a word at a time: keys are zero-padded */
-        bpf_probe_read_kernel(&s->name, sizeof(s->name),
-                              &s->key.path[start & (NW_FILE_PATH_LEN - 1)]);
-#pragma unroll
-        for (int w = 0; w < NW_FILE_NAME_LEN / 8; w++) {
-            u32 keep = len > (u32)w * 8 ? len - (u32)w * 8 : 0;
-            if (keep < 8)
-                s->name.word[w] &= keep ? (1ULL << (keep * 8)) - 1 : 0;
         }
-        u32 *ops = file_names.lookup(&s->name);
-        if (ops)
-            return *ops;
     }
-    return 0;
+    u32 len = reread(&s->last);
+    n = reread(&s->got) - 1;
+    if (n >= NW_FILE_PATH_LEN || len > n)
+        return 0;
+    if (len == 0 || len >= NW_FILE_NAME_LEN || !(c->lens_mask & (1U << len)))
+        return 0;
+    u32 start = n - len;
+    /* the filter: (length, first two bytes, last byte); a 1-byte name's second is the
+     * NUL the read left after it */
+    u32 i0 = start, i1 = start + 1, il = n - 1;
+    /* the masks below are what the verifier bounds the reads by: keep clang from dropping
+     * them as redundant */
+    asm volatile("" : "+r"(i0), "+r"(i1), "+r"(il));
+    u32 v = (len << 24) | ((u32)(u8)s->key.path[i0 & (NW_FILE_PATH_LEN - 1)] << 16) |
+            ((u32)(u8)s->key.path[i1 & (NW_FILE_PATH_LEN - 1)] << 8) |
+            (u32)(u8)s->key.path[il & (NW_FILE_PATH_LEN - 1)];
+    u32 h = (v * 0x9E3779B1U) >> (32 - NW_FILE_NAME_BITS);
+    if (!(c->names[(h >> 6) & (NW_FILE_NAME_WORDS - 1)] & (1ULL << (h & 63))))
+        return 0;
+    /* a fixed-size copy (the slack covers its end), then the bytes after the name zeroed a
+     * word at a time: keys are zero-padded */
+    bpf_probe_read_kernel(&s->name, sizeof(s->name),
+                          &s->key.path[start & (NW_FILE_PATH_LEN - 1)]);
+#pragma unroll
+    for (int w = 0; w < NW_FILE_NAME_LEN / 8; w++) {
+        u32 keep = len > (u32)w * 8 ? len - (u32)w * 8 : 0;
+        if (keep < 8)
+            s->name.word[w] &= keep ? (1ULL << (keep * 8)) - 1 : 0;
+    }
+    u32 *ops = file_names.lookup(&s->name);
+    return ops ? *ops : 0;
 }
 
 /* Whether the last NW_FILE_SPELLING_SCAN bytes of an absolute path of n bytes have `//`,
@@ -171,20 +243,23 @@ static __always_inline int path_watched(const char *upath, u32 op, int dirfd)
             if (got <= 0)
                 return 0;
         }
-        if (dirfd == NW_AT_FDCWD_S) {
+        if (dirfd == NW_AT_FDCWD_S && c->has_cwd) {
             u32 tgid = bpf_get_current_pid_tgid() >> 32;
             u32 *cwd = file_cwd.lookup(&tgid);
             if (cwd && (*cwd & bit))
                 return 1;
         }
     }
-    s->key.prefixlen = (u32)got * 8;
-    u32 *ops = file_watch.lookup(&s->key);
-    if (ops && (*ops & bit))
-        return 1;
-    if (!c->nlens)
+    s->got = (u32)got;
+    if (trie_may_match(s, c)) {
+        s->key.prefixlen = (u32)got * 8;
+        u32 *ops = file_watch.lookup(&s->key);
+        if (ops && (*ops & bit))
+            return 1;
+    }
+    if (!c->lens_mask)
         return 0;
-    u32 names = name_watched(s, c, (u32)got - 1);
+    u32 names = name_watched(s, c);
     if (names & bit)
         return 1;
     /* `/etc//shadow`, `/etc/./shadow`: userspace makes them `/etc/shadow` */
@@ -362,9 +437,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_chdir)
     }
     s->key.prefixlen = n * 8;
     u32 *ops = file_watch.lookup(&s->key);
-    if (ops)
+    if (ops) {
         file_cwd.update(&tgid, ops);
-    else if (absolute)
+        c->has_cwd = 1;
+    } else if (absolute)
         file_cwd.delete(&tgid);
     return 0;
 }

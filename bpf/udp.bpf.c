@@ -56,6 +56,11 @@ struct sock_info {
 BPF_TABLE("lru_hash", u64, struct sock_info, socks, 65536);
 /* socket() in flight, by thread: 1 for UDP, 2 for another inet socket */
 BPF_HASH(socket_pending, u64, u32, 4096);
+/* Processes that made inet sockets since the sensor turned on (tgid -> how many), so that
+ * close() of anything else (files, pipes: nearly every close) costs one lookup and no
+ * deletion attempt in `socks`. An entry outlives its process until evicted: a pid reused
+ * only costs the new process the deletion attempts. */
+BPF_TABLE("lru_hash", u32, u32, sock_owners, 32768);
 
 struct seen_key {
     u32 tgid;
@@ -490,12 +495,23 @@ TRACEPOINT_PROBE(syscalls, sys_exit_socket)
     struct sock_info si = {};
     si.udp = udp;
     socks.update(&key, &si);
+    u32 tgid = key >> 32;
+    u32 *owned = sock_owners.lookup(&tgid);
+    if (owned) {
+        __sync_fetch_and_add(owned, 1);
+    } else {
+        u32 one = 1;
+        sock_owners.update(&tgid, &one);
+    }
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
     if (!wanted())
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!sock_owners.lookup(&tgid))
         return 0;
     u64 key = sock_key(args->fd);
     if (socks.delete(&key) == 0)

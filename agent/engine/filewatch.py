@@ -29,10 +29,21 @@ RENAME = OP_BIT["rename"]
 MAX_WATCHES = 1024    # watched paths, prefixes and names of a rule set (the kernel's maps)
 PATH_LEN = 255        # NW_FILE_PATH_LEN - 1: bytes of a path the kernel compares
 NAME_LEN = 31         # NW_FILE_NAME_LEN - 1
-NAME_LENS = 16        # NW_FILE_NAME_LENS: distinct lengths of watched names
 RELATIVE_DEPTH = 3    # relative forms of a watched path: its last 1..3 components
 TRIE_MAX = 4096       # the LPM trie's entries: every watch and its relative forms
 SPELLED_OTHERWISE = 16  # names map: ops << 16 for an exact path's last component
+FIRST_BITS = 16       # NW_FILE_FIRST_BITS: the kernel's filter of the trie's first bytes
+NAME_BITS = 14        # NW_FILE_NAME_BITS: its filter of the watched names
+FIRST_KS = (16, 8, 4)  # a trie entry's filter key: its first 16, 8 or 4 bytes
+
+
+def first_key(entry: bytes) -> bytes:
+    """The bytes of a trie entry the first-bytes filter has: its first k, k the largest
+    of FIRST_KS not over its length, or all of it when shorter than the smallest."""
+    for k in FIRST_KS:
+        if len(entry) >= k:
+            return entry[:k]
+    return entry
 
 PATH, PREFIX, NAME = "path", "prefix", "name"
 FIX = ("add e.g. `file.path: {prefix: /etc/cron.d/}` or `file.name: {in: [authorized_keys]}` "
@@ -214,13 +225,10 @@ def too_many(per_rule: Sequence[tuple[Any, Sequence[Watch]]]) -> tuple[Any, int]
     """(the first rule whose watches take the rule set past what the kernel's maps hold,
     the count then), or None when they fit. `per_rule`: (rule, its watches) in file order."""
     seen: set[tuple[str, str]] = set()
-    lens: set[int] = set()
     for rule, watches in per_rule:
         for w in watches:
             seen.add((w.kind, w.value))
-            if w.kind == NAME:
-                lens.add(len(w.value.encode("utf-8", "surrogateescape")))
-        if len(seen) > MAX_WATCHES or len(lens) > NAME_LENS:
+        if len(seen) > MAX_WATCHES:
             return rule, len(seen)
     return None
 
@@ -238,16 +246,64 @@ def relative_forms(value: str) -> list[str]:
     return out
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def first_hash(head: bytes) -> int:
+    """The filter bit of a path's first len(head) (1..16) bytes: bpf/file.bpf.c's
+    trie_may_match computes the same from the path it read."""
+    lo = int.from_bytes(head[:8], "little") ^ (len(head) << 56)
+    hi = int.from_bytes(head[8:16], "little")
+    x = ((lo * 0x9E3779B97F4A7C15) & _MASK64) ^ hi
+    return ((x * 0xC2B2AE3D27D4EB4F) & _MASK64) >> (64 - FIRST_BITS)
+
+
+def name_hash(name: bytes) -> int:
+    """The filter bit of a last component: its length, first two bytes (the second of a
+    one-byte name is the NUL after it) and last byte, as bpf/file.bpf.c's name_watched."""
+    v = (len(name) << 24) | (name[0] << 16) | ((name[1] if len(name) > 1 else 0) << 8) \
+        | name[-1]
+    return ((v * 0x9E3779B1) & 0xFFFFFFFF) >> (32 - NAME_BITS)
+
+
+def bloom(bits: Iterable[int], size_bits: int) -> tuple[int, ...]:
+    """The filter's 64-bit words with these bits set."""
+    words = [0] * ((1 << size_bits) // 64)
+    for b in bits:
+        words[b >> 6] |= 1 << (b & 63)
+    return tuple(words)
+
+
 @dataclass(frozen=True)
 class KernelWatch:
     """The kernel maps' contents: LPM trie entries (bytes to match as a prefix -> ops),
     names (-> ops of name watches | ops of exact paths << SPELLED_OTHERWISE), the union of
-    every op, and the distinct name lengths."""
+    every op, the distinct name lengths, and the filters before the trie and the names map
+    (`first_ks`: bit k set when some entry's filter key is k bytes long)."""
 
     prefixes: dict[bytes, int]
     names: dict[bytes, int]
     ops: int
     name_lens: tuple[int, ...]
+    first_ks: int = 0
+    first_bloom: tuple[int, ...] = ()
+    name_bloom: tuple[int, ...] = ()
+
+    def may_be_watched(self, path: bytes) -> bool:
+        """What the kernel's filters say of a path (as read: no NUL): False when neither
+        a trie entry can be its prefix nor a name its last component."""
+        raw = path + b"\0"
+        for k in range(1, FIRST_KS[0] + 1):
+            if self.first_ks >> k & 1 and len(raw) >= k and _bit(self.first_bloom,
+                                                                   first_hash(raw[:k])):
+                return True
+        last = path.rpartition(b"/")[2]
+        return bool(last) and len(last) in self.name_lens and _bit(self.name_bloom,
+                                                                   name_hash(last))
+
+
+def _bit(words: tuple[int, ...], b: int) -> bool:
+    return bool(words) and bool(words[b >> 6] >> (b & 63) & 1)
 
 
 def kernel_entries(watches: Iterable[Watch]) -> KernelWatch:
@@ -267,7 +323,6 @@ def kernel_entries(watches: Iterable[Watch]) -> KernelWatch:
             continue
         end = b"\0" if w.kind == PATH else b""
         add(prefixes, raw + end, w.ops)
-    lens = {len(n) for n in names}
     for w in merged:   # relative forms after every absolute entry: the cut keeps those
         if w.kind == NAME:
             continue
@@ -276,8 +331,7 @@ def kernel_entries(watches: Iterable[Watch]) -> KernelWatch:
             # `/etc/./shadow` miss the trie's `/etc/shadow` but end in `shadow`; the kernel
             # sends such a path only when it is not canonical, userspace makes it so
             base = w.value.rpartition("/")[2].encode("utf-8", "surrogateescape")
-            if 0 < len(base) <= NAME_LEN and (len(base) in lens or len(lens) < NAME_LENS):
-                lens.add(len(base))
+            if 0 < len(base) <= NAME_LEN:
                 add(names, base, w.ops << SPELLED_OTHERWISE)
         end = b"\0" if w.kind == PATH else b""
         for form in relative_forms(w.value):
@@ -290,7 +344,11 @@ def kernel_entries(watches: Iterable[Watch]) -> KernelWatch:
     ops = 0
     for v in (*inherited.values(), *names.values()):
         ops |= (v | v >> SPELLED_OTHERWISE) & ALL_OPS
-    return KernelWatch(inherited, names, ops, tuple(sorted({len(n) for n in names})))
+    heads = {first_key(key) for key in inherited}
+    return KernelWatch(inherited, names, ops, tuple(sorted({len(n) for n in names})),
+                       first_ks=sum({1 << len(h) for h in heads}),
+                       first_bloom=bloom((first_hash(h) for h in heads), FIRST_BITS),
+                       name_bloom=bloom((name_hash(n) for n in names if n), NAME_BITS))
 
 
 def _ancestors(key: bytes, prefixes: dict[bytes, int]) -> int:

@@ -19,7 +19,7 @@ from agent.engine.files import BUNDLED as BUNDLED  # the public API: the lead's 
 from agent.engine.files import RuleFile, digest, read_rule_file
 from agent.engine.files import bundled_rules_dir as bundled_rules_dir
 from agent.engine.files import rule_files as rule_files
-from agent.engine.filewatch import MAX_WATCHES, NAME_LENS, too_many
+from agent.engine.filewatch import MAX_WATCHES, too_many
 from agent.engine.overrides import apply_overrides
 from agent.engine.problems import Problems
 from agent.engine.rules import RuleCompiler
@@ -80,8 +80,7 @@ def _check_watches(rules: dict[str, Rule], problems: Problems) -> None:
         rule, count = over
         problems.file, problems.rule_id = rule.file, rule.id
         problems.add(rule.line, f"with this rule the file rules watch {count} paths and "
-                                f"names (the kernel holds {MAX_WATCHES}, and names of at "
-                                f"most {NAME_LENS} different lengths): watch a directory "
+                                f"names (the kernel holds {MAX_WATCHES}): watch a directory "
                                 f"with file.path prefix instead of its files one by one")
 
 

@@ -221,8 +221,9 @@ class BpfProgram:
         self._on_record = on_record
         # NW_AGENT_TGID: the kernel sensor never reports this process's own BPF loads,
         # which happen while its tracepoint attaches (before any map could be filled)
-        flags = [f"-DNW_RINGBUF_PAGES={ring_pages}", f"-DNW_AGENT_TGID={os.getpid()}", "-w",
-                 *cflags]
+        # O_DIRECTORY differs between architectures: this machine's (the agent runs there)
+        flags = [f"-DNW_RINGBUF_PAGES={ring_pages}", f"-DNW_AGENT_TGID={os.getpid()}",
+                 f"-DNW_O_DIRECTORY={os.O_DIRECTORY}", "-w", *cflags]
         if perf:
             flags.append("-DNW_PERF")
         if "exec.bpf.c" in self.sources:

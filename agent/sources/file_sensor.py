@@ -19,7 +19,7 @@ from agent.engine.filewatch import KernelWatch, Watch, kernel_entries, under_wat
 from agent.engine.ruleset import Rule
 from agent.model import EventKind
 from agent.sources.bpf import BpfSensor
-from agent.sources.filerecord import NAME_LEN, NAME_LENS, PATH_LEN
+from agent.sources.filerecord import NAME_LEN, PATH_LEN
 
 log = logging.getLogger("nodewarden")
 
@@ -71,10 +71,13 @@ def write_watch(trie: Any, names: Any, cfg: Any, cwd: Any, kw: KernelWatch,
         names[k] = ctypes.c_uint(ops)
     for pid, ops in marks.items():
         cwd[ctypes.c_uint(pid)] = ctypes.c_uint(ops)
-    lens = kw.name_lens[:NAME_LENS]
-    leaf.nlens = len(lens)
-    for i, n in enumerate(lens):
-        leaf.lens[i] = n
+    leaf.lens_mask = sum(1 << n for n in kw.name_lens if n < NAME_LEN)
+    leaf.first_ks = kw.first_ks
+    leaf.has_cwd = 1 if marks else 0
+    for i, word in enumerate(kw.first_bloom):
+        leaf.first[i] = word
+    for i, word in enumerate(kw.name_bloom):
+        leaf.names[i] = word
     leaf.ops = kw.ops
     cfg[ctypes.c_int(0)] = leaf
 

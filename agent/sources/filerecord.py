@@ -24,7 +24,6 @@ from agent.details import FILE_OPS, FileOp
 COMM_LEN = 16
 PATH_LEN = 256        # NW_FILE_PATH_LEN
 NAME_LEN = 32         # NW_FILE_NAME_LEN
-NAME_LENS = 16        # NW_FILE_NAME_LENS
 AT_FDCWD = 4294967196  # NW_AT_FDCWD: (u32)-100
 
 # struct nw_file_event

@@ -49,6 +49,7 @@ class UdpSensor(BpfSensor):
         mask = wanted_mask(wanted)
         if mask and not self.mask:
             self.program["socks"].clear()
+            self.program["sock_owners"].clear()
         self.program["udp_want"][ctypes.c_int(0)] = ctypes.c_ulonglong(mask)
         self.mask = mask
         return frozenset(k for k in self.kinds if k not in wanted)

@@ -174,7 +174,8 @@ def test_the_file_record_and_its_ops_match_events_h():
     defines = c_defines()
     assert defines["NW_FILE_PATH_LEN"] == filerecord.PATH_LEN == filewatch.PATH_LEN + 1
     assert defines["NW_FILE_NAME_LEN"] == filerecord.NAME_LEN == filewatch.NAME_LEN + 1
-    assert defines["NW_FILE_NAME_LENS"] == filerecord.NAME_LENS == filewatch.NAME_LENS
+    assert defines["NW_FILE_FIRST_BITS"] == filewatch.FIRST_BITS
+    assert defines["NW_FILE_NAME_BITS"] == filewatch.NAME_BITS
     assert defines["NW_AT_FDCWD"] == filerecord.AT_FDCWD == 2**32 - 100
     src = (BPF_DIR / "file.bpf.c").read_text()
     trie = re.search(r"BPF_LPM_TRIE\(file_watch, struct file_key, u32, (\d+)\)", src)
