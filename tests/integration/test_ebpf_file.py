@@ -143,6 +143,11 @@ for _ in range(200):
 open({str(root / 'log' / 'keep.log')!r}, 'w').close()
 os.unlink({str(root / 'log' / 'keep.log')!r})
 """)
+        # a listing (O_DIRECTORY) of a directory spelled like a watched file, relative to
+        # the caller's cwd: `secret` is a relative form of the watched {root}/secret, but a
+        # listing reads no file
+        (tmp_path / "elsewhere" / "secret").mkdir(parents=True)
+        _run("import os\nfor _ in range(50): os.listdir('secret')", cwd=tmp_path / "elsewhere")
         assert _settled(agent) == before
     finally:
         _stop(agent)
