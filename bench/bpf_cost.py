@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import common  # bench/common.py
+
 HERE = Path(__file__).resolve().parent
 
 CHILD = r"""
@@ -74,24 +76,7 @@ finally:
 print(json.dumps(out))
 """
 
-OPENLOOP_C = r"""
-#include <fcntl.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-    long n = atol(argv[1]);
-    char path[100][512];
-    for (int i = 0; i < 100; i++)
-        snprintf(path[i], sizeof(path[i]), "%s/file-%d", argv[2], i);
-    for (long i = 0; i < n; i++) {
-        int fd = open(path[i % 100], O_RDONLY);
-        if (fd < 0) { perror("open"); return 1; }
-        close(fd);
-    }
-    return 0;
-}
-"""
+OPENLOOP_C = common.OPENLOOP_C
 
 
 def build(work: Path) -> None:

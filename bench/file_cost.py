@@ -38,26 +38,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import common  # bench/common.py
+
 ROOT = Path(__file__).resolve().parents[1]
 
-OPENLOOP_C = r"""
-#include <fcntl.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-    long n = atol(argv[1]);
-    char path[100][512];
-    for (int i = 0; i < 100; i++)
-        snprintf(path[i], sizeof(path[i]), "%s/file-%d", argv[2], i);
-    for (long i = 0; i < n; i++) {
-        int fd = open(path[i % 100], O_RDONLY);
-        if (fd < 0) { perror("open"); return 1; }
-        close(fd);
-    }
-    return 0;
-}
-"""
+OPENLOOP_C = common.OPENLOOP_C
 
 # read watches on credentials; write watches on configuration every process reads (a read
 # watch on /etc/passwd or /etc/hosts would count the whole machine's lookups)
