@@ -95,7 +95,7 @@ def _kinds_sent(source: str) -> set[EventKind]:
     text = (BPF_DIR / source).read_text()
     names = set(re.findall(r"fill_task\(\w+, NW_(\w+)\)", text))
     names |= set(re.findall(r"->kind = NW_(\w+);", text))
-    names |= set(re.findall(r"reserve_\w+\(NW_(\w+)\)", text))
+    names |= set(re.findall(r"(?:reserve|new)_\w+\(NW_(\w+)\)", text))
     return {kevents.EVENT_KINDS[RecordKind[n]] for n in names}
 
 
