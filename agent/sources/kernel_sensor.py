@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from agent.model import EventKind
 from agent.sources import kevents
-from agent.sources.privilege_sensor import KindFilter
+from agent.sources.bpf import BpfSensor, KindSwitch
 
 RECORDS: dict[EventKind, int] = {
     EventKind.MOUNT: kevents.RecordKind.MOUNT, EventKind.SETNS: kevents.RecordKind.SETNS,
@@ -20,14 +20,13 @@ RECORDS: dict[EventKind, int] = {
 }
 
 
-class KernelSensor(KindFilter):
+class KernelSensor(BpfSensor):
     """mount, setns, unshare (CLONE_NEW* only), init_module/finit_module, and
     bpf(BPF_PROG_LOAD) by any process but the agent."""
 
     name = "kernel"
     kinds = frozenset(RECORDS)
     source = "kernel.bpf.c"
-    records = RECORDS
-    skip_map = "kern_skip"
+    kind_switch = KindSwitch(map="kern_skip", records=RECORDS)
     optional_tracepoints = ("syscalls:sys_enter_init_module",
                             "syscalls:sys_enter_finit_module")
