@@ -10,14 +10,11 @@ agent's own BPF loads are never sent: its pid is compiled into the program.
 from __future__ import annotations
 
 from agent.model import EventKind
-from agent.sources import kevents
 from agent.sources.bpf import BpfSensor, KindSwitch
+from agent.sources.recordkind import records_of
 
-RECORDS: dict[EventKind, int] = {
-    EventKind.MOUNT: kevents.RecordKind.MOUNT, EventKind.SETNS: kevents.RecordKind.SETNS,
-    EventKind.UNSHARE: kevents.RecordKind.UNSHARE, EventKind.MODULE: kevents.RecordKind.MODULE,
-    EventKind.BPF: kevents.RecordKind.BPF,
-}
+RECORDS = records_of({EventKind.MOUNT, EventKind.SETNS, EventKind.UNSHARE, EventKind.MODULE,
+                      EventKind.BPF})
 
 
 class KernelSensor(BpfSensor):

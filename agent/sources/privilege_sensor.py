@@ -9,14 +9,11 @@ kind costs no wake-up and no userspace work.
 from __future__ import annotations
 
 from agent.model import EventKind
-from agent.sources import kevents
 from agent.sources.bpf import BpfSensor, KindSwitch
+from agent.sources.recordkind import records_of
 
 # record kind of each event kind this sensor sends
-RECORDS: dict[EventKind, int] = {
-    EventKind.PTRACE: kevents.RecordKind.PTRACE, EventKind.SETUID: kevents.RecordKind.SETUID,
-    EventKind.MEMFD: kevents.RecordKind.MEMFD,
-}
+RECORDS = records_of({EventKind.PTRACE, EventKind.SETUID, EventKind.MEMFD})
 
 
 class PrivilegeSensor(BpfSensor):

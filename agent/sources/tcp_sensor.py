@@ -11,12 +11,10 @@ from __future__ import annotations
 from agent.model import EventKind
 from agent.sources import kevents
 from agent.sources.bpf import BpfSensor, KindSwitch
+from agent.sources.recordkind import records_of
 
 # the record kinds the kernel can leave out, by the event kind each becomes
-SKIPPABLE: dict[EventKind, int] = {
-    EventKind.CONNECT: kevents.CONNECT, EventKind.ACCEPT: kevents.ACCEPT,
-    EventKind.CLOSE: kevents.CLOSE,
-}
+SKIPPABLE = records_of({EventKind.CONNECT, EventKind.ACCEPT, EventKind.CLOSE})
 
 
 class TcpSensor(BpfSensor):

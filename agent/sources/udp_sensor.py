@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from agent.model import EventKind
-from agent.sources import kevents
 from agent.sources.bpf import BpfSensor, KindSwitch
+from agent.sources.recordkind import records_of
 
 # the record kind each event kind of this sensor is sent as
-RECORDS: dict[EventKind, int] = {EventKind.UDP: kevents.UDP, EventKind.DNS: kevents.DNS}
+RECORDS = records_of({EventKind.UDP, EventKind.DNS})
 
 # `udp_want` holds the kinds to send: 0 (none) turns the sensor's programs into one map
 # lookup per call. Turned back on, the kernel forgets the sockets it knew (it stopped

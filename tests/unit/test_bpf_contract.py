@@ -14,6 +14,7 @@ from agent.engine import kernel
 from agent.model import EventKind
 from agent.sources import bpf, execrecord, kevents
 from agent.sources.kevents import KcfgSlot, RecordKind, Verdict
+from agent.sources.recordkind import records_of
 from agent.sources.registry import SENSORS
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
@@ -57,6 +58,18 @@ def test_record_kinds_match_enum_nw_kind():
     # every record kind becomes one of the event kinds of agent.model
     assert set(kevents.EVENT_KINDS) == set(RecordKind)
     assert all(isinstance(v, EventKind) for v in kevents.EVENT_KINDS.values())
+
+
+def test_each_sensor_skips_its_kinds_by_the_record_each_is_sent_as():
+    assert records_of({EventKind.CONNECT, EventKind.DNS, EventKind.MOUNT}) == {
+        EventKind.CONNECT: RecordKind.CONNECT, EventKind.DNS: RecordKind.DNS,
+        EventKind.MOUNT: RecordKind.MOUNT}
+    switched = [s for s in SENSORS if getattr(s, "kind_switch", None) is not None]
+    assert {s.name for s in switched} == {"tcp", "privilege", "kernel", "udp"}
+    for s in switched:
+        records = s.kind_switch.records
+        assert all(kevents.EVENT_KINDS[RecordKind(r)] == k for k, r in records.items())
+        assert set(records) <= s.kinds
 
 
 def test_verdicts_and_config_slots_match_their_enums():
