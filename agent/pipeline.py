@@ -150,19 +150,10 @@ def scan_steps(tree: ProcessTree, judge: Judge, on_decisions: Callable[[list[Dec
     they run nothing (a process killed in the kernel at its exec is one until its parent
     reaps it, and was reported then); a process whose main thread exited while others run
     on is not a zombie (procfs reads it through a live thread)."""
-    busy = 0.0
-    resumed = time.monotonic()
     started_ns = time.monotonic_ns()  # an exec the kernel saw before this, the scan sees
-    reading = tree.scan_steps(chunk)
-    while True:
-        try:
-            next(reading)
-        except StopIteration as done:
-            procs: list[Process] = done.value
-            break
-        busy += time.monotonic() - resumed
-        yield
-        resumed = time.monotonic()
+    procs = yield from tree.scan_steps(chunk)
+    busy = tree.read_ns / 1e9   # its steps' time, not the pauses between them
+    resumed = time.monotonic()
     now = clock()
     read_at = tree.read_at
     out: list[Decision] = []

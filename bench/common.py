@@ -1,11 +1,15 @@
-"""What every benchmark script reports the same way: the machine, and cProfile excerpts."""
+"""What every benchmark script does the same way: report the machine and cProfile excerpts,
+and load CPUs with hogs."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import platform
 import pstats
+import signal
+import subprocess
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,3 +52,26 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
+
+
+class Hogs:
+    """A busy shell loop pinned to each CPU, at normal priority whatever the bench's (the
+    latency benches run in SCHED_FIFO), killed by stop() or when the bench dies. Started
+    through setpriv, chrt and taskset rather than a preexec_fn: the bench has threads."""
+
+    def __init__(self, cpus: list[int]) -> None:
+        self.cpus = cpus
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        for cpu in self.cpus:
+            self.procs.append(subprocess.Popen(
+                ["setpriv", "--pdeathsig", "KILL", "chrt", "-o", "0", "taskset", "-c", str(cpu),
+                 "sh", "-c", "while :; do :; done"], start_new_session=True))
+
+    def stop(self) -> None:
+        for p in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+        self.procs.clear()

@@ -46,15 +46,11 @@ and SIGTERM; every loop is bounded in time.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import math
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +59,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from common import Hogs  # bench/common.py
 from events import (  # bench/events.py
     Generators,
     agent_sensors,
@@ -87,36 +84,6 @@ from agent.sources.proctree import ProcessTree
 
 RULE = "crypto-miner-exec"
 P99_TARGET_MS = 5.0
-PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class Hogs:
-    """One busy shell loop pinned to each CPU, dying with us, killed by stop()."""
-
-    def __init__(self, cpus: list[int]) -> None:
-        self.cpus = cpus
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> None:
-        me = os.getpid()
-        for cpu in self.cpus:
-            def prep(cpu: int = cpu) -> None:
-                os.sched_setaffinity(0, {cpu})
-                _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-                if os.getppid() != me:
-                    os._exit(1)
-
-            self.procs.append(subprocess.Popen(["sh", "-c", "while :; do :; done"],
-                                               preexec_fn=prep,  # noqa: PLW1509 (no threads)
-                                               process_group=0))
-
-    def stop(self) -> None:
-        for p in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=10)
-        self.procs.clear()
 
 
 class LatencyConsumer:

@@ -53,6 +53,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from common import Hogs  # bench/common.py
 from latency import pct  # bench/latency.py
 
 GEN_C = r"""
@@ -181,27 +182,6 @@ class Agent:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self.proc = None
-
-
-class Hogs:
-    """A busy shell loop pinned to each CPU, at normal priority (the bench is SCHED_FIFO)."""
-
-    def __init__(self, cpus: list[int]) -> None:
-        self.cpus = cpus
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> None:
-        for cpu in self.cpus:
-            self.procs.append(subprocess.Popen(
-                ["chrt", "-o", "0", "taskset", "-c", str(cpu), "sh", "-c", "while :; do :; done"],
-                start_new_session=True))
-
-    def stop(self) -> None:
-        for p in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=10)
-        self.procs.clear()
 
 
 def build(tmp: Path) -> tuple[str, str, str]:

@@ -82,9 +82,6 @@ static __always_inline u32 reread(u32 *p)
     return *(volatile u32 *)p;
 }
 BPF_PERCPU_ARRAY(file_scratch, struct file_scratch, 1);
-#ifdef NW_PERF
-BPF_PERCPU_ARRAY(file_rec_scratch, struct nw_file_event, 1);
-#endif
 
 static __always_inline struct file_cfg *file_config(void)
 {
@@ -266,30 +263,7 @@ static __always_inline int path_watched(const char *upath, u32 op, int dirfd)
     return ((names >> 16) & bit) && s->key.path[0] == '/' && non_canonical(s, (u32)got - 1);
 }
 
-#ifdef NW_PERF
-static __always_inline struct nw_file_event *reserve_file(void)
-{
-    int zero = 0;
-    return file_rec_scratch.lookup(&zero);
-}
-static __always_inline void submit_file(void *ctx, struct nw_file_event *e)
-{
-    if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
-        count_lost();
-}
-#else
-static __always_inline struct nw_file_event *reserve_file(void)
-{
-    struct nw_file_event *e = events.ringbuf_reserve(sizeof(struct nw_file_event));
-    if (!e)
-        count_lost();
-    return e;
-}
-static __always_inline void submit_file(void *ctx, struct nw_file_event *e)
-{
-    events.ringbuf_submit(e, coalesced_wakeup());
-}
-#endif
+NW_RECORD_IO(file, struct nw_file_event, NW_SCRATCH_FILE, NW_WAKE_TCP, 0)
 
 /* Send the record of a watched call (paths read again into the record). */
 static __always_inline int send_file(void *ctx, u32 op, const char *upath, int dirfd,

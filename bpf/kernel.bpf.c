@@ -33,11 +33,6 @@
 
 BPF_ARRAY(kern_skip, u64, 1);
 
-#ifdef NW_PERF
-BPF_PERCPU_ARRAY(mount_scratch, struct nw_mount_event, 1);
-BPF_PERCPU_ARRAY(kern_scratch, struct nw_kern_event, 1);
-#endif
-
 static __always_inline int kern_skipped(u32 kind)
 {
     int zero = 0;
@@ -45,69 +40,31 @@ static __always_inline int kern_skipped(u32 kind)
     return skip && (*skip >> kind) & 1;
 }
 
-static __always_inline struct nw_kern_event *reserve_kern(u32 kind)
-{
-    if (kern_skipped(kind))
-        return 0;
-#ifdef NW_PERF
-    int zero = 0;
-    struct nw_kern_event *e = kern_scratch.lookup(&zero);
-#else
-    struct nw_kern_event *e = events.ringbuf_reserve(sizeof(struct nw_kern_event));
-#endif
-    if (!e) {
-        count_lost();
-        return 0;
-    }
-    __builtin_memset(e, 0, sizeof(*e));
-    fill_task(e, kind);
-    return e;
-}
-
 /* Records wake the reader at once: they are rare, and setns is resolved from /proc while
  * the caller still holds the descriptor (nsenter execs right after). */
-static __always_inline void submit_kern(void *ctx, struct nw_kern_event *e)
-{
-#ifdef NW_PERF
-    if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
-        count_lost();
-#else
-    events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
-#endif
-}
+NW_RECORD_IO(kern, struct nw_kern_event, NW_SCRATCH_KERN, NW_WAKE_NOW, 1)
+NW_RECORD_IO(mount, struct nw_mount_event, NW_SCRATCH_MOUNT, NW_WAKE_NOW, 1)
 
-static __always_inline struct nw_mount_event *reserve_mount(void)
+/* a record of this kind with the caller's task fields; 0 when no rule wants the kind */
+static __always_inline struct nw_kern_event *new_kern(u32 kind)
 {
-    if (kern_skipped(NW_MOUNT))
-        return 0;
-#ifdef NW_PERF
-    int zero = 0;
-    struct nw_mount_event *e = mount_scratch.lookup(&zero);
-#else
-    struct nw_mount_event *e = events.ringbuf_reserve(sizeof(struct nw_mount_event));
-#endif
-    if (!e) {
-        count_lost();
-        return 0;
-    }
-    __builtin_memset(e, 0, sizeof(*e));
-    fill_task(e, NW_MOUNT);
+    struct nw_kern_event *e = kern_skipped(kind) ? 0 : reserve_kern();
+    if (e)
+        fill_task(e, kind);
     return e;
 }
 
-static __always_inline void submit_mount(void *ctx, struct nw_mount_event *e)
+static __always_inline struct nw_mount_event *new_mount(void)
 {
-#ifdef NW_PERF
-    if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
-        count_lost();
-#else
-    events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
-#endif
+    struct nw_mount_event *e = kern_skipped(NW_MOUNT) ? 0 : reserve_mount();
+    if (e)
+        fill_task(e, NW_MOUNT);
+    return e;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_mount)
 {
-    struct nw_mount_event *e = reserve_mount();
+    struct nw_mount_event *e = new_mount();
     if (!e)
         return 0;
     e->flags = args->flags;
@@ -190,7 +147,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_open_tree)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_move_mount)
 {
-    struct nw_mount_event *e = reserve_mount();
+    struct nw_mount_event *e = new_mount();
     if (!e)
         return 0;
     e->call = NW_CALL_MOVE_MOUNT;
@@ -211,7 +168,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_move_mount)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_setns)
 {
-    struct nw_kern_event *e = reserve_kern(NW_SETNS);
+    struct nw_kern_event *e = new_kern(NW_SETNS);
     if (!e)
         return 0;
     e->fd = (u32)args->fd;
@@ -224,7 +181,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_unshare)
 {
     if (!(args->unshare_flags & NW_CLONE_NEW_ANY))
         return 0;
-    struct nw_kern_event *e = reserve_kern(NW_UNSHARE);
+    struct nw_kern_event *e = new_kern(NW_UNSHARE);
     if (!e)
         return 0;
     e->flags = args->unshare_flags;
@@ -235,7 +192,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_unshare)
 #ifndef NW_NO_sys_enter_init_module
 TRACEPOINT_PROBE(syscalls, sys_enter_init_module)
 {
-    struct nw_kern_event *e = reserve_kern(NW_MODULE);
+    struct nw_kern_event *e = new_kern(NW_MODULE);
     if (!e)
         return 0;
     e->call = NW_CALL_INIT_MODULE;
@@ -248,7 +205,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_init_module)
 #ifndef NW_NO_sys_enter_finit_module
 TRACEPOINT_PROBE(syscalls, sys_enter_finit_module)
 {
-    struct nw_kern_event *e = reserve_kern(NW_MODULE);
+    struct nw_kern_event *e = new_kern(NW_MODULE);
     if (!e)
         return 0;
     e->call = NW_CALL_FINIT_MODULE;
@@ -263,7 +220,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_bpf)
 {
     if (args->cmd != BPF_PROG_LOAD || bpf_get_current_pid_tgid() >> 32 == NW_AGENT_TGID)
         return 0;
-    struct nw_kern_event *e = reserve_kern(NW_BPF);
+    struct nw_kern_event *e = new_kern(NW_BPF);
     if (!e)
         return 0;
     e->flags = BPF_PROG_LOAD;

@@ -27,38 +27,17 @@
 
 BPF_ARRAY(priv_skip, u64, 1);
 
-#ifdef NW_PERF
-BPF_PERCPU_ARRAY(priv_scratch, struct nw_priv_event, 1);
-#endif
+NW_RECORD_IO(priv, struct nw_priv_event, NW_SCRATCH_PRIV, NW_WAKE_NOW, 1)
 
-static __always_inline struct nw_priv_event *reserve_priv(u32 kind)
+/* a record of this kind with the caller's task fields; 0 when no rule wants the kind */
+static __always_inline struct nw_priv_event *new_priv(u32 kind)
 {
     int zero = 0;
     u64 *skip = priv_skip.lookup(&zero);
-    if (skip && (*skip >> kind) & 1)
-        return 0;
-#ifdef NW_PERF
-    struct nw_priv_event *e = priv_scratch.lookup(&zero);
-#else
-    struct nw_priv_event *e = events.ringbuf_reserve(sizeof(struct nw_priv_event));
-#endif
-    if (!e) {
-        count_lost();
-        return 0;
-    }
-    __builtin_memset(e, 0, sizeof(*e));
-    fill_task(e, kind);
+    struct nw_priv_event *e = skip && (*skip >> kind) & 1 ? 0 : reserve_priv();
+    if (e)
+        fill_task(e, kind);
     return e;
-}
-
-static __always_inline void submit_priv(void *ctx, struct nw_priv_event *e)
-{
-#ifdef NW_PERF
-    if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
-        count_lost();
-#else
-    events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
-#endif
 }
 
 static __always_inline int injects(long request)
@@ -82,7 +61,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ptrace)
 {
     if (!injects(args->request))
         return 0;
-    struct nw_priv_event *e = reserve_priv(NW_PTRACE);
+    struct nw_priv_event *e = new_priv(NW_PTRACE);
     if (!e)
         return 0;
     e->call = NW_CALL_PTRACE;
@@ -94,7 +73,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ptrace)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_process_vm_writev)
 {
-    struct nw_priv_event *e = reserve_priv(NW_PTRACE);
+    struct nw_priv_event *e = new_priv(NW_PTRACE);
     if (!e)
         return 0;
     e->call = NW_CALL_PROCESS_VM_WRITEV;
@@ -109,7 +88,7 @@ static __always_inline int to_root(void *ctx, u32 call, int asks_root)
 {
     if (!asks_root || (u32)bpf_get_current_uid_gid() == 0)
         return 0;
-    struct nw_priv_event *e = reserve_priv(NW_SETUID);
+    struct nw_priv_event *e = new_priv(NW_SETUID);
     if (!e)
         return 0;
     e->call = call;
@@ -161,7 +140,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_setfsgid)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_memfd_create)
 {
-    struct nw_priv_event *e = reserve_priv(NW_MEMFD);
+    struct nw_priv_event *e = new_priv(NW_MEMFD);
     if (!e)
         return 0;
     e->arg = args->flags;

@@ -43,41 +43,6 @@ static __always_inline void count_lost(void)
         __sync_fetch_and_add(n, 1);
 }
 
-#ifdef NW_PERF
-/* The perf path fills a per-CPU scratch record, then copies it out. */
-BPF_PERCPU_ARRAY(proc_scratch, struct nw_proc_event, 1);
-BPF_PERCPU_ARRAY(conn_scratch, struct nw_conn_event, 1);
-static __always_inline struct nw_proc_event *reserve_proc(void)
-{
-    int zero = 0;
-    struct nw_proc_event *e = proc_scratch.lookup(&zero);
-    if (e)
-        __builtin_memset(e, 0, sizeof(*e));
-    return e;
-}
-static __always_inline void submit_proc(void *ctx, struct nw_proc_event *e)
-{
-    if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
-        count_lost();
-}
-static __always_inline struct nw_conn_event *reserve_conn(void)
-{
-    int zero = 0;
-    struct nw_conn_event *e = conn_scratch.lookup(&zero);
-    if (e)
-        __builtin_memset(e, 0, sizeof(*e));
-    return e;
-}
-static __always_inline void submit_conn(void *ctx, struct nw_conn_event *e)
-{
-    if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
-        count_lost();
-}
-static __always_inline void submit_conn_now(void *ctx, struct nw_conn_event *e)
-{
-    submit_conn(ctx, e);
-}
-#else
 /* Wake-ups. By default the ring buffer wakes its consumer for every record that finds it
  * caught up: at a few thousand records a second that is a wake-up per record, which costs
  * the consumer more than the record (on a VM, 20-40 us of CPU per wake-up, whatever the
@@ -87,10 +52,40 @@ static __always_inline void submit_conn_now(void *ctx, struct nw_conn_event *e)
  * wake-up came in the last NW_WAKE_GAP_NS: the fork before an exec and the exit after it
  * ride on the exec's wake-up. One sent without a wake-up waits for the next one, and
  * agent/sources/bpf.py polls with a timeout of 2 * NW_WAKE_GAP_NS while records flow, so
- * none waits longer. */
+ * none waits longer. (The perf buffer wakes its reader by its own rule.) */
 #define NW_WAKE_GAP_NS 1000000ULL
 #define NW_WAKE_TCP 0     /* last_wake slots: TCP records' last wake-up */
 #define NW_WAKE_PROC 1    /* the last exec, fork or exit wake-up */
+#define NW_WAKE_NOW 2     /* not a slot: the record wakes the consumer at once */
+
+/* The per-CPU scratch slot of each record layout filled in place on the perf path, where
+ * a record is built in a scratch slot and copied out by perf_submit; one slot a layout,
+ * so two layouts never share one. */
+enum nw_scratch_slot {
+    NW_SCRATCH_PROC = 0,
+    NW_SCRATCH_CONN = 1,
+    NW_SCRATCH_FILE = 2,
+    NW_SCRATCH_PRIV = 3,
+    NW_SCRATCH_MOUNT = 4,
+    NW_SCRATCH_KERN = 5,
+    NW_SCRATCH_UDP = 6,
+    NW_SCRATCH_DNS = 7,
+    NW_SCRATCH_SLOTS = 8,
+};
+
+#ifdef NW_PERF
+union nw_scratch_record {
+    struct nw_proc_event proc;
+    struct nw_conn_event conn;
+    struct nw_file_event file;
+    struct nw_priv_event priv;
+    struct nw_mount_event mount;
+    struct nw_kern_event kern;
+    struct nw_udp_event udp;
+    struct nw_dns_event dns;
+};
+BPF_PERCPU_ARRAY(record_scratch, union nw_scratch_record, NW_SCRATCH_SLOTS);
+#else
 BPF_ARRAY(last_wake, u64, 2);
 static __always_inline u64 coalesced_wakeup_of(int slot)
 {
@@ -104,11 +99,6 @@ static __always_inline u64 coalesced_wakeup_of(int slot)
     return BPF_RB_FORCE_WAKEUP;
 }
 
-static __always_inline u64 coalesced_wakeup(void)
-{
-    return coalesced_wakeup_of(NW_WAKE_TCP);
-}
-
 /* an exec record: it wakes the consumer at once, and the fork and exit records that follow
  * within NW_WAKE_GAP_NS need not */
 static __always_inline u64 immediate_wakeup(void)
@@ -119,42 +109,62 @@ static __always_inline u64 immediate_wakeup(void)
         *last = bpf_ktime_get_ns();
     return BPF_RB_FORCE_WAKEUP;
 }
+#endif
 
-/* the compact records: as long as their kind needs (the ring buffer gives each size) */
-static __always_inline struct nw_proc_event *reserve_proc(void)
+/* A record of `size` bytes: from the ring buffer (the compact records: as long as their
+ * layout), or with NW_PERF the per-CPU scratch `slot`; zeroed when `zero`. 0, counted in
+ * `lost`, when there is no room. */
+static __always_inline void *nw_reserve(u32 size, int slot, int zero)
 {
-    struct nw_proc_event *e = events.ringbuf_reserve(sizeof(struct nw_proc_event));
+#ifdef NW_PERF
+    void *e = record_scratch.lookup(&slot);
+#else
+    void *e = events.ringbuf_reserve(size);
+#endif
     if (!e) {
         count_lost();
         return 0;
     }
-    __builtin_memset(e, 0, sizeof(*e));
+    if (zero)
+        __builtin_memset(e, 0, size);
     return e;
 }
-static __always_inline void submit_proc(void *ctx, struct nw_proc_event *e)
+
+/* Send a reserved record (a copy of the scratch one with NW_PERF, counted in `lost` when
+ * the perf buffer is full), waking the consumer as `wake` says. */
+static __always_inline void nw_submit(void *ctx, void *e, u32 size, int wake)
 {
-    events.ringbuf_submit(e, coalesced_wakeup_of(NW_WAKE_PROC));
-}
-static __always_inline struct nw_conn_event *reserve_conn(void)
-{
-    struct nw_conn_event *e = events.ringbuf_reserve(sizeof(struct nw_conn_event));
-    if (!e) {
+#ifdef NW_PERF
+    if (events.perf_submit(ctx, e, size) < 0)
         count_lost();
-        return 0;
+#else
+    events.ringbuf_submit(e, wake == NW_WAKE_NOW ? BPF_RB_FORCE_WAKEUP
+                                                 : coalesced_wakeup_of(wake));
+#endif
+}
+
+/* reserve_NAME(): a record of layout TYPE (zeroed when ZERO, else as the buffer left it),
+ * or 0 when the buffer is full (counted in `lost`); submit_NAME(ctx, e) sends it, waking
+ * the consumer as WAKE says (NW_WAKE_NOW, or a last_wake slot to coalesce with). SLOT is
+ * its perf scratch slot. A macro of calls only: BCC refuses map calls written in macros. */
+#define NW_RECORD_IO(name, type, slot, wake, zero)                          \
+    static __always_inline type *reserve_##name(void)                       \
+    {                                                                       \
+        return nw_reserve(sizeof(type), slot, zero);                        \
+    }                                                                       \
+    static __always_inline void submit_##name(void *ctx, type *e)           \
+    {                                                                       \
+        nw_submit(ctx, e, sizeof(type), wake);                              \
     }
-    __builtin_memset(e, 0, sizeof(*e));
-    return e;
-}
-static __always_inline void submit_conn(void *ctx, struct nw_conn_event *e)
-{
-    events.ringbuf_submit(e, coalesced_wakeup());
-}
+
+NW_RECORD_IO(proc, struct nw_proc_event, NW_SCRATCH_PROC, NW_WAKE_PROC, 1)
+NW_RECORD_IO(conn, struct nw_conn_event, NW_SCRATCH_CONN, NW_WAKE_TCP, 1)
+
 /* a record that must be handled at once (an in-kernel verdict: a caller to kill) */
 static __always_inline void submit_conn_now(void *ctx, struct nw_conn_event *e)
 {
-    events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+    nw_submit(ctx, e, sizeof(*e), NW_WAKE_NOW);
 }
-#endif
 
 /* The task fields every record kind has (ts_ns, kind, pid, uid, comm): a macro, so it
  * fills any of the record structs. */

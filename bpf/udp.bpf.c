@@ -97,61 +97,16 @@ struct nw_iovec {
     u64 len;
 };
 
-#ifdef NW_PERF
-BPF_PERCPU_ARRAY(udp_scratch, struct nw_udp_event, 1);
-BPF_PERCPU_ARRAY(dns_scratch, struct nw_dns_event, 1);
-static __always_inline struct nw_udp_event *reserve_udp(void)
-{
-    int zero = 0;
-    return udp_scratch.lookup(&zero);
-}
-static __always_inline struct nw_dns_event *reserve_dns(void)
-{
-    int zero = 0;
-    return dns_scratch.lookup(&zero);
-}
-static __always_inline void submit_udp(void *ctx, struct nw_udp_event *e)
-{
-    if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
-        count_lost();
-}
-static __always_inline void submit_dns(void *ctx, struct nw_dns_event *e)
-{
-    if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
-        count_lost();
-}
-static __always_inline void discard_dns(struct nw_dns_event *e)
-{
-}
-#else
-static __always_inline struct nw_udp_event *reserve_udp(void)
-{
-    struct nw_udp_event *e = events.ringbuf_reserve(sizeof(struct nw_udp_event));
-    if (!e)
-        count_lost();
-    return e;
-}
-static __always_inline struct nw_dns_event *reserve_dns(void)
-{
-    struct nw_dns_event *e = events.ringbuf_reserve(sizeof(struct nw_dns_event));
-    if (!e)
-        count_lost();
-    return e;
-}
-static __always_inline void submit_udp(void *ctx, struct nw_udp_event *e)
-{
-    events.ringbuf_submit(e, coalesced_wakeup());
-}
-static __always_inline void submit_dns(void *ctx, struct nw_dns_event *e)
-{
-    events.ringbuf_submit(e, coalesced_wakeup());
-}
+NW_RECORD_IO(udp, struct nw_udp_event, NW_SCRATCH_UDP, NW_WAKE_TCP, 0)
+NW_RECORD_IO(dns, struct nw_dns_event, NW_SCRATCH_DNS, NW_WAKE_TCP, 0)
+
 /* a query not worth a record: given back without waking anyone */
 static __always_inline void discard_dns(struct nw_dns_event *e)
 {
+#ifndef NW_PERF
     events.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
-}
 #endif
+}
 
 static __always_inline u64 wanted(void)
 {

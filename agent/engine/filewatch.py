@@ -88,10 +88,15 @@ def _condition(node: Any, expand: Expand, macro: MacroNode, stack: tuple[str, ..
     """A mapping's terms are ANDed: any one restricting term restricts the whole."""
     if not isinstance(node, dict):
         return None, ALL_OPS
+    return _and(_term(str(key), value, expand, macro, stack) for key, value in node.items())
+
+
+def _and(terms: Iterable[_Found]) -> _Found:
+    """Terms ANDed: the cheapest restricting term's watches, with the ops every term
+    allows (None: no term restricts)."""
     ops = ALL_OPS
     candidates: list[tuple[Watch, ...]] = []
-    for key, value in node.items():
-        found, term_ops = _term(str(key), value, expand, macro, stack)
+    for found, term_ops in terms:
         ops &= term_ops
         if found is not None:
             candidates.append(found)
@@ -119,17 +124,7 @@ def _term(key: str, value: Any, expand: Expand, macro: MacroNode,
 
 
 def _all(items: list[Any], expand: Expand, macro: MacroNode, stack: tuple[str, ...]) -> _Found:
-    ops = ALL_OPS
-    candidates = []
-    for sub in items:
-        found, sub_ops = _condition(sub, expand, macro, stack)
-        ops &= sub_ops
-        if found is not None:
-            candidates.append(found)
-    if not candidates:
-        return None, ops
-    best = min(candidates, key=_cost)
-    return tuple(Watch(w.kind, w.value, w.ops & ops) for w in best), ops
+    return _and(_condition(sub, expand, macro, stack) for sub in items)
 
 
 def _any(items: list[Any], expand: Expand, macro: MacroNode, stack: tuple[str, ...]) -> _Found:
@@ -316,28 +311,24 @@ def kernel_entries(watches: Iterable[Watch]) -> KernelWatch:
         table[key] = table.get(key, 0) | ops
 
     merged = merge(watches)
+    paths = [w for w in merged if w.kind != NAME]
     for w in merged:
-        raw = w.value.encode("utf-8", "surrogateescape")
         if w.kind == NAME:
-            add(names, raw, w.ops)
-            continue
-        end = b"\0" if w.kind == PATH else b""
-        add(prefixes, raw + end, w.ops)
-    for w in merged:   # relative forms after every absolute entry: the cut keeps those
-        if w.kind == NAME:
-            continue
+            add(names, _raw(w.value), w.ops)
+        else:
+            add(prefixes, _trie_key(w, w.value), w.ops)
+    for w in paths:   # relative forms after every absolute entry: the cut keeps those
         if w.kind == PATH:
             # its last component too (ops << SPELLED_OTHERWISE): `/etc//shadow` and
             # `/etc/./shadow` miss the trie's `/etc/shadow` but end in `shadow`; the kernel
             # sends such a path only when it is not canonical, userspace makes it so
-            base = w.value.rpartition("/")[2].encode("utf-8", "surrogateescape")
+            base = _raw(w.value.rpartition("/")[2])
             if 0 < len(base) <= NAME_LEN:
                 add(names, base, w.ops << SPELLED_OTHERWISE)
-        end = b"\0" if w.kind == PATH else b""
         for form in relative_forms(w.value):
             if len(prefixes) >= TRIE_MAX:
                 break
-            add(prefixes, form.encode("utf-8", "surrogateescape") + end, w.ops)
+            add(prefixes, _trie_key(w, form), w.ops)
     # the trie answers with its LONGEST matching entry only: each entry carries the ops of
     # the shorter entries it starts with (`/etc/` for writes, `/etc/shadow` for reads)
     inherited = {key: ops | _ancestors(key, prefixes) for key, ops in prefixes.items()}
@@ -349,6 +340,16 @@ def kernel_entries(watches: Iterable[Watch]) -> KernelWatch:
                        first_ks=sum({1 << len(h) for h in heads}),
                        first_bloom=bloom((first_hash(h) for h in heads), FIRST_BITS),
                        name_bloom=bloom((name_hash(n) for n in names if n), NAME_BITS))
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _trie_key(w: Watch, form: str) -> bytes:
+    """A trie entry of a path or prefix watch (its value or a relative form of it): an
+    exact path's bytes and a NUL, a prefix's bytes."""
+    return _raw(form) + (b"\0" if w.kind == PATH else b"")
 
 
 def _ancestors(key: bytes, prefixes: dict[bytes, int]) -> int:

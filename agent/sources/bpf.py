@@ -21,7 +21,8 @@ import platform
 import re
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, ClassVar
@@ -314,11 +315,44 @@ class BpfProgram:
         self.bpf.cleanup()
 
 
+@dataclass(frozen=True)
+class KindSwitch:
+    """How a BPF sensor's kernel side is told which of its record kinds to send: a u64 at
+    `slot` of the array `map`, bit (1 << record kind) per event kind of `records`. The set
+    bits are the kinds to leave out, or with `sends` the kinds to send (so the zero the
+    map starts with sends all, or with `sends` none). A kind in `needs` is sent whenever
+    the kind it maps from is wanted. The maps of `resume_clears` are emptied when the
+    sensor sends again after sending nothing (the kernel stopped tracking while it sent
+    nothing). `label` names its records in the log (default: the sensor's name)."""
+
+    map: str
+    records: Mapping[EventKind, int]
+    slot: int = 0
+    sends: bool = False
+    needs: Mapping[EventKind, EventKind] = field(default_factory=dict)
+    resume_clears: tuple[str, ...] = ()
+    label: str = ""
+
+    def mask(self, wanted: Collection[EventKind]) -> tuple[int, frozenset[EventKind]]:
+        """(the map's bitmask, the kinds left out) when `wanted` are the event kinds the
+        loaded rules (or a recording) use (pure)."""
+        need = set(wanted)
+        need.update(self.needs[k] for k in wanted if k in self.needs)
+        left = frozenset(k for k in self.records if k not in need)
+        bits = 0
+        for kind, record in self.records.items():
+            if (kind in left) != self.sends:
+                bits |= 1 << record
+        return bits, left
+
+
 class BpfSensor:
     """A sensor whose programs are a bpf/ source compiled into the shared `BpfProgram`.
 
     Subclasses name their `source`; BCC attached its tracepoints when it compiled them.
-    `poll`, `fileno` and `lost` are the shared program's: one ring buffer serves them all."""
+    `poll`, `fileno` and `lost` are the shared program's: one ring buffer serves them all.
+    One whose kernel side leaves out the record kinds no rule wants declares where it
+    reads them (`kind_switch`); SensorSet.send_only sets them through `send_kinds`."""
 
     name: ClassVar[str]
     title: ClassVar[str] = "eBPF sensor"
@@ -328,10 +362,31 @@ class BpfSensor:
     # tracepoints it runs without when this kernel lacks them (its source wraps each in
     # `#ifndef NW_NO_<name>`); a missing tracepoint not listed here keeps the sensor off
     optional_tracepoints: ClassVar[tuple[str, ...]] = ()
+    kind_switch: ClassVar[KindSwitch | None] = None
 
     def __init__(self, program: BpfProgram) -> None:
         self.program = program
         self._up = False
+        switch = self.kind_switch
+        # whether the kernel sends any of its kinds (until send_kinds: all, or with a
+        # `sends` switch none)
+        self._sending = switch is None or not switch.sends
+
+    def send_kinds(self, wanted: Collection[EventKind]) -> frozenset[EventKind]:
+        """Send only the record kinds the `wanted` event kinds need (those some loaded
+        rule is on, or all with a recording), where `kind_switch` says. Returns its kinds
+        left out (none without a switch)."""
+        switch = self.kind_switch
+        if switch is None:
+            return frozenset()
+        bits, left = switch.mask(wanted)
+        sending = len(left) < len(switch.records)
+        if sending and not self._sending:
+            for name in switch.resume_clears:
+                self.program[name].clear()
+        self.program[switch.map][ctypes.c_int(switch.slot)] = ctypes.c_ulonglong(bits)
+        self._sending = sending
+        return left
 
     @property
     def up(self) -> bool:

@@ -10,24 +10,20 @@ agent's own BPF loads are never sent: its pid is compiled into the program.
 from __future__ import annotations
 
 from agent.model import EventKind
-from agent.sources import kevents
-from agent.sources.privilege_sensor import KindFilter
+from agent.sources.bpf import BpfSensor, KindSwitch
+from agent.sources.recordkind import records_of
 
-RECORDS: dict[EventKind, int] = {
-    EventKind.MOUNT: kevents.RecordKind.MOUNT, EventKind.SETNS: kevents.RecordKind.SETNS,
-    EventKind.UNSHARE: kevents.RecordKind.UNSHARE, EventKind.MODULE: kevents.RecordKind.MODULE,
-    EventKind.BPF: kevents.RecordKind.BPF,
-}
+RECORDS = records_of({EventKind.MOUNT, EventKind.SETNS, EventKind.UNSHARE, EventKind.MODULE,
+                      EventKind.BPF})
 
 
-class KernelSensor(KindFilter):
+class KernelSensor(BpfSensor):
     """mount, setns, unshare (CLONE_NEW* only), init_module/finit_module, and
     bpf(BPF_PROG_LOAD) by any process but the agent."""
 
     name = "kernel"
     kinds = frozenset(RECORDS)
     source = "kernel.bpf.c"
-    records = RECORDS
-    skip_map = "kern_skip"
+    kind_switch = KindSwitch(map="kern_skip", records=RECORDS)
     optional_tracepoints = ("syscalls:sys_enter_init_module",
                             "syscalls:sys_enter_finit_module")

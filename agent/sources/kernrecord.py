@@ -19,13 +19,11 @@ from dataclasses import dataclass
 
 from agent.details import BpfLoad, ModuleLoad, Mount, Namespaces
 from agent.sources.privrecord import COMM_LEN, Call, Decoded, ProcRoot, cstr
+from agent.sources.recordkind import RecordKind
 from agent.text import decode
 
 FSTYPE_LEN = 32         # NW_FSTYPE_LEN
 MOUNT_PATH_LEN = 256    # NW_MOUNT_PATH_LEN
-
-# record kinds (enum nw_kind)
-MOUNT, SETNS, UNSHARE, MODULE, BPF = 12, 13, 14, 15, 16
 
 # struct nw_mount_event
 MOUNT_FIELDS: tuple[tuple[str, str], ...] = (
@@ -217,14 +215,14 @@ def decode_kern(data: bytes | memoryview) -> Decoded:
     Raises ValueError for a kind this layout does not carry."""
     ts, kind, pid, uid, call, flags, fd, prog_type, comm, name = KERN_FORMAT.unpack_from(data)
     detail: object
-    if kind == SETNS:
+    if kind == RecordKind.SETNS:
         detail = PendingSetns(fd, flags)
-    elif kind == UNSHARE:
+    elif kind == RecordKind.UNSHARE:
         detail = Namespaces(call="unshare", types=ns_types(flags))
-    elif kind == MODULE:
+    elif kind == RecordKind.MODULE:
         detail = (PendingModule(fd) if call == Call.FINIT_MODULE
                   else ModuleLoad(call="init_module"))
-    elif kind == BPF:
+    elif kind == RecordKind.BPF:
         detail = BpfLoad(cmd="prog_load", prog_type=prog_type_name(prog_type),
                          prog_name=cstr(name))
     else:

@@ -1,5 +1,6 @@
-"""The kernel's event records (bpf/events.h) in Python: their kinds, verdicts and config
-slots, and the decoders from bytes to tuples (pure).
+"""The kernel's event records (bpf/events.h) in Python: their kinds (from
+agent/sources/recordkind.py), verdicts and config slots, and the decoders from bytes to
+tuples (pure).
 
 Every number here mirrors an enum or #define of bpf/events.h, which is the one source of
 truth; tests/unit/test_bpf_contract.py parses the header and fails when they differ. Each
@@ -20,47 +21,11 @@ from typing import NamedTuple
 
 from agent import text
 from agent.details import Dns
-from agent.model import EventKind
 from agent.sources import dnswire, kernrecord, privrecord
 from agent.sources.execrecord import EXEC_FIELDS, exec_decoder
 from agent.sources.filerecord import FILE_FIELDS, file_decoder
-
-
-class RecordKind(IntEnum):
-    """`enum nw_kind`: what a record reports (`NW_` + the member's name)."""
-
-    EXEC = 1
-    FORK = 2
-    EXIT = 3
-    CONNECT = 4
-    ACCEPT = 5
-    CLOSE = 6
-    CONNECT_VERDICT = 7
-    FILE = 8
-    PTRACE = 9
-    SETUID = 10
-    MEMFD = 11
-    MOUNT = 12
-    SETNS = 13
-    UNSHARE = 14
-    MODULE = 15
-    BPF = 16
-    UDP = 17
-    DNS = 18
-
-
-# the event kind each record becomes (a connect verdict is a connect judged in the kernel)
-EVENT_KINDS: dict[RecordKind, EventKind] = {
-    RecordKind.EXEC: EventKind.EXEC, RecordKind.FORK: EventKind.FORK,
-    RecordKind.EXIT: EventKind.EXIT, RecordKind.CONNECT: EventKind.CONNECT,
-    RecordKind.ACCEPT: EventKind.ACCEPT, RecordKind.CLOSE: EventKind.CLOSE,
-    RecordKind.CONNECT_VERDICT: EventKind.CONNECT, RecordKind.FILE: EventKind.FILE,
-    RecordKind.UDP: EventKind.UDP, RecordKind.DNS: EventKind.DNS,
-    RecordKind.PTRACE: EventKind.PTRACE, RecordKind.SETUID: EventKind.SETUID,
-    RecordKind.MEMFD: EventKind.MEMFD, RecordKind.MOUNT: EventKind.MOUNT,
-    RecordKind.SETNS: EventKind.SETNS, RecordKind.UNSHARE: EventKind.UNSHARE,
-    RecordKind.MODULE: EventKind.MODULE, RecordKind.BPF: EventKind.BPF,
-}
+from agent.sources.recordkind import EVENT_KINDS as EVENT_KINDS  # re-exported
+from agent.sources.recordkind import RecordKind as RecordKind
 
 
 class Verdict(IntEnum):

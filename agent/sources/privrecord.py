@@ -18,6 +18,7 @@ from typing import Protocol
 
 from agent.details import Memfd, PrivChange, Ptrace
 from agent.sources.procfs.parse import parse_status_uid
+from agent.sources.recordkind import RecordKind
 from agent.text import decode
 
 COMM_LEN = 16
@@ -58,9 +59,6 @@ PRIV_FIELDS: tuple[tuple[str, str], ...] = (
     ("name", f"{MEMFD_NAME_LEN}s"),
 )
 PRIV_FORMAT = struct.Struct("<" + "".join(code for _, code in PRIV_FIELDS))
-
-# record kinds (enum nw_kind)
-PTRACE, SETUID, MEMFD = 9, 10, 11
 
 
 class ProcRoot(Protocol):
@@ -107,13 +105,13 @@ def decode_priv(data: bytes | memoryview) -> Decoded:
     a kind or call this layout does not carry."""
     ts, kind, pid, uid, call, arg, target, _, comm, name = PRIV_FORMAT.unpack_from(data)
     detail: object
-    if kind == PTRACE:
+    if kind == RecordKind.PTRACE:
         request = VM_WRITEV if call == Call.PROCESS_VM_WRITEV else PTRACE_REQUESTS.get(
             arg, str(arg))
         detail = PtraceTarget(request, target)
-    elif kind == SETUID:
+    elif kind == RecordKind.SETUID:
         detail = PrivChange(call=Call(call).name.lower(), id=target)
-    elif kind == MEMFD:
+    elif kind == RecordKind.MEMFD:
         detail = Memfd(name=cstr(name), flags=arg)
     else:
         raise ValueError(f"not a privilege record kind: {kind}")

@@ -96,6 +96,8 @@ class ProcessTree:
         self.pod_of = pod_of
         # pid -> when the last pass read it (CLOCK_MONOTONIC ns)
         self.read_at: dict[int, int] = {}
+        # how long the last pass read, in ns, not counting the pauses between its steps
+        self.read_ns = 0
         # while a pass runs in steps: pid -> (the process before, after) an exec or exit
         # record changed it; and the count of passes done, so an overtaken pass knows it
         self._changed: dict[int, tuple[Process | None, Process | None]] | None = None
@@ -130,9 +132,11 @@ class ProcessTree:
         generation = self._generation
         self._changed = {}
         stamp = time.monotonic_ns()
+        busy = 0
         try:
             for i, pid in enumerate(fs.pids()):
                 if chunk and i and i % chunk == 0:
+                    busy += time.monotonic_ns() - stamp
                     yield
                     stamp = time.monotonic_ns()
                 prev = last.get(pid)
@@ -144,6 +148,7 @@ class ProcessTree:
         finally:
             # also when abandoned or failed (out of descriptors): stop noting records
             changed, self._changed = self._changed, None
+            self.read_ns = busy + time.monotonic_ns() - stamp
         if generation != self._generation or changed is None:
             return list(self.procs.values())  # overtaken: the newer pass's tree stands
         self._generation += 1

@@ -23,10 +23,8 @@ from agent.model import RULE_KINDS, EventKind
 from agent.sources import bpf
 from agent.sources.connect_guard import ConnectGuard
 from agent.sources.exec_sensor import ExecSensor
-from agent.sources.kevents import KcfgSlot
 from agent.sources.registry import SENSORS, SensorClass, selected
 from agent.sources.sensor import OnRecord, Sensor, SensorUnavailable
-from agent.sources.tcp_sensor import SKIPPABLE, skipped_kinds
 
 log = logging.getLogger("nodewarden")
 
@@ -141,28 +139,24 @@ class SensorSet:
         return exec_rules, conn_rules
 
     def send_only(self, rules: Sequence[Rule], everything: bool = False) -> frozenset[EventKind]:
-        """Tell the kernel which TCP record kinds are used: those the `rules` are `on`, or
+        """Tell the kernel which record kinds are used: those the `rules` are `on`, or
         every kind with `everything` (a recording). The others are not sent at all (with
         the shipped rules, which judge connects only, a loopback connection is one record
         instead of four). Called after every rules or config change; until the first call
-        every kind is sent. Returns the TCP kinds left out. A sensor with a
-        `send_kinds(wanted)` method (privilege, kernel) is told the same."""
-        wanted = set(RULE_KINDS) if everything else {k for r in rules for k in r.kinds}
+        every kind is sent (udp: none). Each BPF sensor with a `kind_switch` (tcp,
+        privilege, kernel, udp) is told. Returns the kinds left out."""
+        wanted = frozenset(RULE_KINDS) if everything else frozenset(
+            k for r in rules for k in r.kinds)
+        left_out: set[EventKind] = set()
         for s in self.sensors:
-            send_kinds = getattr(s, "send_kinds", None)
-            if send_kinds is not None:
-                left = send_kinds(frozenset(wanted))
-                if left:
-                    log.info("%s records not sent (no loaded rule uses them): %s", s.name,
-                             ", ".join(sorted(left)))
-        mask = skipped_kinds(wanted)
-        if self.program is not None:
-            bpf.set_kcfg(self.program["kcfg"], KcfgSlot.SKIP_KINDS, mask)
-        skipped = frozenset(k for k, rec in SKIPPABLE.items() if mask >> rec & 1)
-        if skipped and EventKind.CONNECT in self.kinds:
-            log.info("TCP records not sent (no loaded rule uses them): %s",
-                     ", ".join(sorted(skipped)))
-        return skipped
+            if not isinstance(s, bpf.BpfSensor) or s.kind_switch is None:
+                continue
+            left = s.send_kinds(wanted)
+            if left:
+                log.info("%s records not sent (no loaded rule uses them): %s",
+                         s.kind_switch.label or s.name, ", ".join(sorted(left)))
+            left_out |= left
+        return frozenset(left_out)
 
     def use_rules(self, rules: Sequence[Rule]) -> None:
         """Give every sensor that filters in the kernel by what the rules test (the file

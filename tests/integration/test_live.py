@@ -217,3 +217,47 @@ def test_without_ebpf_the_proc_connector_reports_execs_as_they_happen(tmp_path):
             miner.kill()
             miner.wait()
     assert agent.returncode == 0
+
+
+def test_a_scan_reads_the_network_namespace_of_processes_whose_uids_differ(tmp_path):
+    """Processes that are not dumpable (real and effective uids differ: after setresuid, or
+    a setuid program) keep their /proc/PID/ns/net readable to root with CAP_SYS_PTRACE:
+    a scan names their namespace, not 0 (SECURITY.md: where it cannot)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to change uids)")
+    from agent.sources.procfs import ProcFS
+    from agent.sources.proctree import ProcessTree
+
+    setuid_sleep = tmp_path / "nw-setuid-sleep"
+    shutil.copy("/bin/sleep", setuid_sleep)
+    os.chown(setuid_sleep, 65534, 65534)
+    setuid_sleep.chmod(0o4755)
+    tmp_path.chmod(0o755)
+    children = [
+        subprocess.Popen([sys.executable, "-c",
+                          "import os, time; os.setresuid(0, 65534, 0); time.sleep(30)"]),
+        subprocess.Popen([str(setuid_sleep), "30"]),
+    ]
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # both have changed their uids
+            if all(_uids(c.pid)[:2] == (0, 65534) for c in children):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.skip("the setuid program did not change its uid (a nosuid /tmp?)")
+        tree = ProcessTree(ProcFS())
+        tree.scan()
+        own = os.stat("/proc/self/ns/net").st_ino
+        assert [(tree.procs[c.pid].uid, tree.procs[c.pid].netns) for c in children] == \
+            [(65534, own), (65534, own)]
+    finally:
+        for c in children:
+            c.kill()
+            c.wait()
+
+
+def _uids(pid: int) -> tuple[int, ...]:
+    with open(f"/proc/{pid}/status") as f:
+        line = next(x for x in f if x.startswith("Uid:"))
+    return tuple(int(x) for x in line.split()[1:])

@@ -14,6 +14,7 @@ from agent.engine import kernel
 from agent.model import EventKind
 from agent.sources import bpf, execrecord, kevents
 from agent.sources.kevents import KcfgSlot, RecordKind, Verdict
+from agent.sources.recordkind import records_of
 from agent.sources.registry import SENSORS
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
@@ -59,6 +60,18 @@ def test_record_kinds_match_enum_nw_kind():
     assert all(isinstance(v, EventKind) for v in kevents.EVENT_KINDS.values())
 
 
+def test_each_sensor_skips_its_kinds_by_the_record_each_is_sent_as():
+    assert records_of({EventKind.CONNECT, EventKind.DNS, EventKind.MOUNT}) == {
+        EventKind.CONNECT: RecordKind.CONNECT, EventKind.DNS: RecordKind.DNS,
+        EventKind.MOUNT: RecordKind.MOUNT}
+    switched = [s for s in SENSORS if getattr(s, "kind_switch", None) is not None]
+    assert {s.name for s in switched} == {"tcp", "privilege", "kernel", "udp"}
+    for s in switched:
+        records = s.kind_switch.records
+        assert all(kevents.EVENT_KINDS[RecordKind(r)] == k for k, r in records.items())
+        assert set(records) <= s.kinds
+
+
 def test_verdicts_and_config_slots_match_their_enums():
     assert c_enum("nw_verdict") == {f"NW_VERDICT_{v.name}": v.value for v in Verdict}
     slots = c_enum("nw_kcfg_slot")
@@ -95,7 +108,7 @@ def _kinds_sent(source: str) -> set[EventKind]:
     text = (BPF_DIR / source).read_text()
     names = set(re.findall(r"fill_task\(\w+, NW_(\w+)\)", text))
     names |= set(re.findall(r"->kind = NW_(\w+);", text))
-    names |= set(re.findall(r"reserve_\w+\(NW_(\w+)\)", text))
+    names |= set(re.findall(r"(?:reserve|new)_\w+\(NW_(\w+)\)", text))
     return {kevents.EVENT_KINDS[RecordKind[n]] for n in names}
 
 

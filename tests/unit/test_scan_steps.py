@@ -138,3 +138,19 @@ def test_the_loop_judges_records_between_the_steps_of_a_periodic_pass(
     assert agent.scans >= 3
     assert not runner.is_alive()
     assert tree._changed is None, "a pass cut short by the stop notes nothing more"
+
+
+def test_a_stepped_pass_counts_its_steps_time_not_the_pauses_between_them(root: Path) -> None:
+    tree = ProcessTree(CountingProcFS(str(root)))
+    metrics = Metrics()
+    judge = Judge(loader.load([loader.bundled_rules_dir()]), metrics=metrics)
+    steps = pipeline.scan_steps(tree, judge, lambda _: None, metrics, chunk=1)
+    pauses = 0
+    for _ in steps:
+        pauses += 1
+        time.sleep(0.02)
+    assert pauses >= len(ALL_PIDS)
+    assert 0 < tree.read_ns < 0.02e9 * len(ALL_PIDS) / 2
+    observed = metrics.scan_duration.collect()[0].samples
+    total = next(s.value for s in observed if s.name.endswith("_sum"))
+    assert tree.read_ns / 1e9 <= total < 0.02 * pauses / 2

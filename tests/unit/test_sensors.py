@@ -200,6 +200,24 @@ def test_the_kernel_sends_only_the_tcp_kinds_a_rule_or_the_recording_uses(
     assert mask == sum(1 << getattr(kevents, k.upper()) for k in skipped)
 
 
+def test_udp_sends_only_the_kinds_a_rule_uses_and_forgets_its_sockets_when_turned_back_on(
+        tmp_path):
+    from agent.sources import kevents
+    from agent.sources.udp_sensor import UdpSensor
+
+    program = FakeProgram()
+    sensors = SensorSet([UdpSensor(program)], program)  # type: ignore[arg-type]
+    turns = [(("dns",), 1 << kevents.DNS, {"udp"}), (("udp", "dns"), 1 << kevents.UDP
+                                                     | 1 << kevents.DNS, set()),
+             (("exec",), 0, {"udp", "dns"}), (("udp",), 1 << kevents.UDP, {"dns"})]
+    for kinds, want, left in turns:
+        assert sensors.send_only(_rules_on(tmp_path, *kinds)) == left
+        assert program["udp_want"].items == {0: want}
+    # the socket maps are emptied each time it sends again after sending nothing: at the
+    # first turn and the last, not in between
+    assert program["socks"].log == program["sock_owners"].log == ["clear", "clear"]
+
+
 # -- the registry: enable, disable, fall back, say why --------------------------------------
 
 
