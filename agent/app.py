@@ -28,7 +28,7 @@ from agent.engine import loader
 from agent.engine.ruleset import RuleSet
 from agent.errors import ConfigError
 from agent.httpserver import StatusServer
-from agent.metrics import Metrics, rule_windows
+from agent.metrics import CacheTotal, Metrics, rule_windows
 from agent.model import Event
 from agent.observer import Observer
 from agent.pipeline import Agent, Judge
@@ -131,6 +131,7 @@ class Runtime:
         metrics.watch_caches({"judged": lambda: self.judge.seen,
                               "processes": lambda: self.tree.procs,
                               "rule_windows": rule_windows(lambda: self.judge.ruleset.all_rules),
+                              "rule_verdicts": lambda: CacheTotal(self.judge.ruleset.remembered),
                               **self.tree.caches()})
         self.enforcer = Enforcer(procfs, ProcessTree(procfs, cfg.workspace_markers),
                                  self._own, metrics=metrics)

@@ -41,9 +41,11 @@ class Expr:
 
 @dataclass(frozen=True, eq=False)
 class Call(Expr):
-    """A compiled predicate, called as it is: `_k(ev)`."""
+    """A compiled predicate, called as it is: `_k(ev)`. `reads`: the names of the fields
+    it tests (verdicts.py keys remembered answers by them); None when not known."""
 
     fn: Predicate
+    reads: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, eq=False)

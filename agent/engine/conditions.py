@@ -43,7 +43,7 @@ def _never(ev: Event) -> bool:
     return False
 
 
-_BROKEN: Compiled = (_never, None, codegen.Call(_never))
+_BROKEN: Compiled = (_never, None, codegen.Call(_never, reads=()))
 
 
 class ConditionCompiler:
@@ -166,7 +166,7 @@ class ConditionCompiler:
                 raise self.problems.fail(line, f"'exists' on {fld.name} takes true or false")
             pred = _exists(fld, arg)
             if fld.expr is None:
-                return pred, codegen.Call(pred)
+                return pred, codegen.Call(pred, reads=(fld.name,))
             return pred, codegen.Test(fld.expr, "exists", arg)
         test = value_test(fld, op, self.defs.expand(arg, line), line, self.problems)
         pred = _lift(fld, test)
@@ -243,7 +243,7 @@ def _lift(fld: Field, test: Callable[[Any], bool]) -> Predicate:
 def _test_expr(fld: Field, test: Callable[[Any], bool], pred: Predicate) -> Expr:
     """The codegen form of `_lift(fld, test)`: the same test of the same value."""
     if fld.expr is None:
-        return codegen.Call(pred)
+        return codegen.Call(pred, reads=(fld.name,))
     form = form_of(test)
     if fld.many:
         if isinstance(test, Members):

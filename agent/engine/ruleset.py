@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.engine import codegen
+from agent.engine import codegen, verdicts
 from agent.engine.schema import (
     EXE_PREFIX_INDEX,
     NORM_NEEDLE_INDEX,
@@ -24,7 +24,7 @@ from agent.engine.schema import (
     cmdline_norm,
 )
 from agent.engine.windows import Window
-from agent.model import Event, EventKind, Process, Severity
+from agent.model import PROCESS_KINDS, Event, EventKind, Process, Severity
 
 if TYPE_CHECKING:
     from agent.engine.filewatch import Watch
@@ -182,8 +182,9 @@ class _Bucket:
     with the always-run rules, so the usual event does a few dict lookups and runs a ready
     set."""
 
-    __slots__ = ("_sets", "_unions", "always", "exe_prefixes", "indexed", "lookup", "needles",
-                 "parent_tables", "prefix_hits", "proc_tables", "truncated", "union_functions")
+    __slots__ = ("_sets", "_unions", "always", "exe_prefixes", "fired", "indexed", "lookup",
+                 "needles", "parent_tables", "prefix_hits", "proc_tables", "truncated",
+                 "union_functions", "verdicts")
 
     def __init__(self) -> None:
         self._sets: dict[tuple[Rule, ...], _Set] = {}
@@ -206,6 +207,22 @@ class _Bucket:
         # how many of those have a function now
         self._unions: dict[tuple[int, ...], _Set] = {}
         self.union_functions = 0
+        # the rules that fire on an event: `judged`, or its answers remembered by what the
+        # rules read (verdicts.py; `remember`), which `verdicts` holds
+        self.fired: Callable[[Event], Sequence[Rule]] = self.judged
+        self.verdicts: verdicts.Store | None = None
+
+    def judged(self, ev: Event) -> Sequence[Rule]:
+        """The rules that fire on `ev`: its candidate set's, judged."""
+        s = self.lookup(ev) if self.lookup is not None else RuleSet._candidate_set(self, ev)
+        return s.run(ev)
+
+    def remember(self, rules: Sequence[Rule]) -> None:
+        """Remember answers by what `rules` (this kind's) read, when they can be."""
+        store = verdicts.Store()
+        fired = verdicts.remembering(rules, self.judged, store)
+        if fired is not None:
+            self.fired, self.verdicts = fired, store
 
     def set_of(self, rules: tuple[Rule, ...]) -> _Set:
         """The one set of these rules (index entries with the same rules share it)."""
@@ -262,6 +279,10 @@ class RuleSet:
         # keyed by the kinds' text (exact str): the dict's fastest lookup for any event kind
         for kind in {str(k) for r in self.rules for k in r.kinds}:
             self._buckets[kind] = self._bucket([r for r in self.rules if kind in r.kinds])
+        for kind in PROCESS_KINDS:  # a program's execs repeat; file paths, addresses less
+            b = self._buckets.get(kind)
+            if b is not None:
+                b.remember([r for r in self.rules if kind in r.kinds])
 
     @staticmethod
     def _bucket(rules: list[Rule]) -> _Bucket:
@@ -329,10 +350,14 @@ class RuleSet:
         b = self._buckets.get(ev.kind)
         if b is None:
             return []
-        fired = (b.lookup(ev) if b.lookup is not None else self._candidate_set(b, ev)).run(ev)
+        fired = b.fired(ev)
         if not fired:
             return []
         return [Match(rule, ev, rule.message(ev)) for rule in fired]
+
+    def remembered(self) -> list[verdicts.Store]:
+        """The stores of remembered answers, one per kind that has one (cache metrics)."""
+        return [b.verdicts for b in self._buckets.values() if b.verdicts is not None]
 
     def reset_windows(self) -> None:
         """Forget the state of every window (a fresh start for `rules test`)."""
