@@ -289,7 +289,7 @@ class RuleSet:
             else:
                 b.proc_tables.append((index, merged))
         b.indexed = bool(indexed)
-        b.lookup = _lookup_function(b)
+        b.lookup = _first_lookup(b)  # generated on the first event: `scan` may need none
         return b
 
     def candidates(self, ev: Event) -> Sequence[Rule]:
@@ -346,6 +346,20 @@ class RuleSet:
 
 # the Process attributes an index may key (the schema's indexed fields)
 _INDEX_ATTRS = frozenset({"comm", "exe_name", "argv0"})
+
+
+def _first_lookup(b: _Bucket) -> Callable[[Event], _Set]:
+    """`b.lookup` until the first event of its kind: makes the generated function (or None:
+    the loop serves from then on), puts it in place and answers with it. Compiling it is
+    most of what building the index costs, and a command that judges nothing of a kind
+    (`scan` of an empty procfs, `rules check`) never pays it. Two threads racing here both
+    make the same function; either is right."""
+
+    def first(ev: Event) -> _Set:
+        b.lookup = lookup = _lookup_function(b)
+        return lookup(ev) if lookup is not None else RuleSet._candidate_set(b, ev)
+
+    return first
 
 
 def _lookup_function(b: _Bucket) -> Callable[[Event], _Set] | None:
