@@ -150,8 +150,11 @@ def _string_test(fld: Field, op: str, values: list[Any], line: int,
 def _regex(patterns: Sequence[str], name: str, line: int, problems: Problems) -> ValueTest:
     # RE2: linear time whatever the pattern or the (attacker-controlled) cmdline.
     for p in patterns:
+        if p in KNOWN_VALID:
+            continue
         try:
             re2.compile(p, _RE2_OPTIONS)
+            KNOWN_VALID.add(p)
         except re2.error as e:
             arg = e.args[0] if e.args else None
             why = arg.decode(errors="replace") if isinstance(arg, bytes) else str(e)
@@ -165,6 +168,10 @@ def _regex(patterns: Sequence[str], name: str, line: int, problems: Problems) ->
         test = _REGEX_TESTS[key] = _regex_test(key)
     return test
 
+
+# Patterns that compiled, here or in an earlier command (regexmemo.py): not compiled again
+# only to be checked
+KNOWN_VALID: set[str] = set()
 
 # One test per distinct pattern list, shared by every rule that uses it (the same regex
 # in one rule's match and another's exception runs once per value: see the memo below).

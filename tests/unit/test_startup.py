@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli import main
-from agent.engine import loader, operators
+from agent.engine import files, loader, operators
+from agent.engine.parsecache import ParseCache
 from agent.model import Event, EventKind, Process
 from agent.sources import registry
 
@@ -111,7 +112,9 @@ def test_a_regex_is_compiled_when_it_first_tests_a_value(tmp_path, monkeypatch):
         return real(pattern, *args)
 
     monkeypatch.setattr(operators.re2, "compile", spy)
+    monkeypatch.setattr(files, "CACHE", ParseCache(str(tmp_path / "cache")))
     operators._REGEX_TESTS.clear()
+    monkeypatch.setattr(operators, "KNOWN_VALID", set())
     ruleset = loader.load([str(tmp_path)])
     assert compiled == ["stratum\\+tcp://", "--donate-level=\\d+"]
     assert [m.rule.id for m in ruleset.evaluate(_exec(("xmrig", "-o", "stratum+tcp://x")))] \
