@@ -272,11 +272,14 @@ class RuleSet:
         for r in rules:
             for index, values in (r.requirement or {}).items():
                 table = indexed.setdefault(index, {})
-                for v in values:
-                    table.setdefault(v, set()).add(r)
+                for v in values:  # (no throwaway set per value, as setdefault would make)
+                    hits = table.get(v)
+                    if hits is None:
+                        table[v] = {r}
+                    else:
+                        hits.add(r)
         for index, table in indexed.items():
-            merged = {k: b.set_of(tuple(sorted(hits.union(always), key=_order)))
-                      for k, hits in table.items()}
+            merged = _merged(b, table, always)
             if index == EXE_PREFIX_INDEX:
                 b.prefix_hits = tuple(sorted(merged.items()))
                 b.exe_prefixes = tuple(merged)
@@ -346,6 +349,21 @@ class RuleSet:
 
 # the Process attributes an index may key (the schema's indexed fields)
 _INDEX_ATTRS = frozenset({"comm", "exe_name", "argv0"})
+
+
+def _merged(b: _Bucket, table: dict[str, set[Rule]], always: tuple[Rule, ...]
+            ) -> dict[str, _Set]:
+    """Each key's rules with the always-run ones, in file order, as `b`'s shared sets; the
+    many keys of one list (names of miners, shells) share one set, sorted once."""
+    by_rules: dict[frozenset[Rule], _Set] = {}
+    merged: dict[str, _Set] = {}
+    for key, hits in table.items():
+        rules = frozenset(hits)
+        found = by_rules.get(rules)
+        if found is None:
+            found = by_rules[rules] = b.set_of(tuple(sorted(rules.union(always), key=_order)))
+        merged[key] = found
+    return merged
 
 
 def _first_lookup(b: _Bucket) -> Callable[[Event], _Set]:
