@@ -7,10 +7,11 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from agent.engine import files, loader, operators, yamlsrc
+from agent.engine import files, loader, operators, parsecache, yamlsrc
 from agent.engine.parsecache import ParseCache, _key
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the cache is root's")
@@ -198,3 +199,25 @@ def test_a_pattern_that_compiled_is_not_compiled_again_to_be_checked(tmp_path, m
     assert told == ["(unclosed"]   # the second command compiled only the bad one
     (rules / "r.yaml").write_text(REGEX_RULES.replace("(unclosed", "ok"))
     assert len(loader.load([str(rules)]).rules) == 2
+
+
+def test_a_copy_of_the_same_parser_shares_entries_and_a_changed_one_does_not(
+        tmp_path, monkeypatch):
+    """Entries are keyed by the parser's source, not its file's mtime: another checkout of
+    the same yamlsrc.py reads them, a changed one parses afresh."""
+    raw = TEXT.encode()
+    key = _key(raw)
+    copy = tmp_path / "yamlsrc.py"
+    copy.write_bytes(Path(yamlsrc.__file__).read_bytes())
+    os.utime(copy, ns=(10**9, 10**9))
+    monkeypatch.setattr(yamlsrc, "__file__", str(copy))
+    try:
+        parsecache._parser_stamp.cache_clear()
+        assert _key(raw) == key
+        copy.write_bytes(copy.read_bytes() + b"\n# changed\n")
+        parsecache._parser_stamp.cache_clear()
+        assert _key(raw) != key
+    finally:
+        monkeypatch.undo()
+        parsecache._parser_stamp.cache_clear()
+    assert _key(raw) == key
