@@ -293,11 +293,14 @@ class RuleSet:
         for r in rules:
             for index, values in (r.requirement or {}).items():
                 table = indexed.setdefault(index, {})
-                for v in values:
-                    table.setdefault(v, set()).add(r)
+                for v in values:  # (no throwaway set per value, as setdefault would make)
+                    hits = table.get(v)
+                    if hits is None:
+                        table[v] = {r}
+                    else:
+                        hits.add(r)
         for index, table in indexed.items():
-            merged = {k: b.set_of(tuple(sorted(hits.union(always), key=_order)))
-                      for k, hits in table.items()}
+            merged = _merged(b, table, always)
             if index == EXE_PREFIX_INDEX:
                 b.prefix_hits = tuple(sorted(merged.items()))
                 b.exe_prefixes = tuple(merged)
@@ -310,7 +313,7 @@ class RuleSet:
             else:
                 b.proc_tables.append((index, merged))
         b.indexed = bool(indexed)
-        b.lookup = _lookup_function(b)
+        b.lookup = _first_lookup(b)  # generated on the first event: `scan` may need none
         return b
 
     def candidates(self, ev: Event) -> Sequence[Rule]:
@@ -371,6 +374,35 @@ class RuleSet:
 
 # the Process attributes an index may key (the schema's indexed fields)
 _INDEX_ATTRS = frozenset({"comm", "exe_name", "argv0"})
+
+
+def _merged(b: _Bucket, table: dict[str, set[Rule]], always: tuple[Rule, ...]
+            ) -> dict[str, _Set]:
+    """Each key's rules with the always-run ones, in file order, as `b`'s shared sets; the
+    many keys of one list (names of miners, shells) share one set, sorted once."""
+    by_rules: dict[frozenset[Rule], _Set] = {}
+    merged: dict[str, _Set] = {}
+    for key, hits in table.items():
+        rules = frozenset(hits)
+        found = by_rules.get(rules)
+        if found is None:
+            found = by_rules[rules] = b.set_of(tuple(sorted(rules.union(always), key=_order)))
+        merged[key] = found
+    return merged
+
+
+def _first_lookup(b: _Bucket) -> Callable[[Event], _Set]:
+    """`b.lookup` until the first event of its kind: makes the generated function (or None:
+    the loop serves from then on), puts it in place and answers with it. Compiling it is
+    most of what building the index costs, and a command that judges nothing of a kind
+    (`scan` of an empty procfs, `rules check`) never pays it. Two threads racing here both
+    make the same function; either is right."""
+
+    def first(ev: Event) -> _Set:
+        b.lookup = lookup = _lookup_function(b)
+        return lookup(ev) if lookup is not None else RuleSet._candidate_set(b, ev)
+
+    return first
 
 
 def _lookup_function(b: _Bucket) -> Callable[[Event], _Set] | None:

@@ -63,7 +63,7 @@ def test_the_re2_fast_path_answers_as_search() -> None:
                                    for _ in range(2000))]
     for p in patterns:
         rx = re2.compile(p, _RE2_OPTIONS)
-        fast = _regex_test(rx)
+        fast = _regex_test([p])
         for v in values:
             try:
                 want = rx.search(v) is not None

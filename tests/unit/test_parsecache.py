@@ -7,10 +7,11 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from agent.engine import files, loader, yamlsrc
+from agent.engine import files, loader, operators, parsecache, yamlsrc
 from agent.engine.parsecache import ParseCache, _key
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the cache is root's")
@@ -129,9 +130,11 @@ def test_at_most_max_entries_are_kept_the_newest(tmp_path):
 
 def test_the_shipped_rules_load_the_same_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(files, "CACHE", ParseCache(str(tmp_path / "cache")))
+    monkeypatch.setattr(operators, "KNOWN_VALID", set())  # as in a new command
     first = loader.load([loader.bundled_rules_dir()])
     shipped = loader.rule_files([loader.bundled_rules_dir()])
-    assert len(os.listdir(tmp_path / "cache")) == len(shipped)
+    # each file parsed, and the regex patterns found to compile (regexmemo.py)
+    assert len(os.listdir(tmp_path / "cache")) == len(shipped) + 1
     again = loader.load([loader.bundled_rules_dir()])
     assert again.digest == first.digest
     assert [(r.id, r.line, r.file, r.kinds, r.severity) for r in again.all_rules] == \
@@ -157,3 +160,64 @@ def test_a_scan_from_the_cache_imports_no_yaml(tmp_path):
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True).stdout.strip() for _ in range(2)]
     assert runs == ["True", "False"]   # parsed once, then read back without PyYAML
+
+
+REGEX_RULES = """\
+rules:
+  - id: r
+    match:
+      proc.cmdline: {regex: ['^x{2}y', 'z+$']}
+  - id: bad
+    match:
+      proc.cmdline: {regex: '(unclosed'}
+"""
+
+
+def test_a_pattern_that_compiled_is_not_compiled_again_to_be_checked(tmp_path, monkeypatch):
+    """The next command takes the patterns that compiled from the cache; a bad one is never
+    kept, so it is reported at its line every time."""
+    monkeypatch.setattr(files, "CACHE", ParseCache(str(tmp_path / "cache")))
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "r.yaml").write_text(REGEX_RULES)
+    bad = (f"{rules}/r.yaml:7: rule 'bad': bad regex '(unclosed' for proc.cmdline: missing ): "
+           f"(unclosed; RE2 syntax has no backreferences or lookaround")
+    compiled: list[str] = []
+    real = operators.re2.compile
+
+    def spy(pattern: str, *args: object) -> object:
+        compiled.append(pattern)
+        return real(pattern, *args)
+
+    monkeypatch.setattr(operators.re2, "compile", spy)
+    for _ in range(2):
+        monkeypatch.setattr(operators, "KNOWN_VALID", set())  # a new command
+        compiled.clear()
+        ruleset, problems = loader.check([str(rules)])
+        assert ruleset is None and [str(p) for p in problems] == [bad]
+        told = compiled[:]
+    assert told == ["(unclosed"]   # the second command compiled only the bad one
+    (rules / "r.yaml").write_text(REGEX_RULES.replace("(unclosed", "ok"))
+    assert len(loader.load([str(rules)]).rules) == 2
+
+
+def test_a_copy_of_the_same_parser_shares_entries_and_a_changed_one_does_not(
+        tmp_path, monkeypatch):
+    """Entries are keyed by the parser's source, not its file's mtime: another checkout of
+    the same yamlsrc.py reads them, a changed one parses afresh."""
+    raw = TEXT.encode()
+    key = _key(raw)
+    copy = tmp_path / "yamlsrc.py"
+    copy.write_bytes(Path(yamlsrc.__file__).read_bytes())
+    os.utime(copy, ns=(10**9, 10**9))
+    monkeypatch.setattr(yamlsrc, "__file__", str(copy))
+    try:
+        parsecache._parser_stamp.cache_clear()
+        assert _key(raw) == key
+        copy.write_bytes(copy.read_bytes() + b"\n# changed\n")
+        parsecache._parser_stamp.cache_clear()
+        assert _key(raw) != key
+    finally:
+        monkeypatch.undo()
+        parsecache._parser_stamp.cache_clear()
+    assert _key(raw) == key

@@ -12,9 +12,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from agent.cli import main
-from agent.engine import loader
+from agent.engine import files, loader, operators
+from agent.engine.parsecache import ParseCache
+from agent.model import Event, EventKind, Process
 from agent.sources import registry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,3 +83,59 @@ def test_shipped_examples_still_run(capsys):
     assert main(["rules", "test"]) == 0
     out = capsys.readouterr().out
     assert " 0 failed" in out and int(out.split()[-4]) > 100
+
+
+REGEX_RULE = """\
+rules:
+  - id: miner
+    severity: high
+    match:
+      proc.cmdline: {regex: ['stratum\\+tcp://', '--donate-level=\\d+']}
+"""
+
+
+def _exec(cmdline: tuple[str, ...]) -> Event:
+    proc = Process(pid=7, ppid=1, starttime=1, comm="xmrig", exe="/usr/bin/xmrig",
+                   cmdline=cmdline)
+    return Event(kind=EventKind.EXEC, time=1.0, process=proc)
+
+
+def test_a_regex_is_compiled_when_it_first_tests_a_value(tmp_path, monkeypatch):
+    """Loading checks each pattern (a bad one is a file:line problem); the alternation
+    the rule runs is compiled only when a value reaches it, and only once."""
+    (tmp_path / "r.yaml").write_text(REGEX_RULE)
+    compiled: list[str] = []
+    real = operators.re2.compile
+
+    def spy(pattern: str, *args: Any) -> Any:
+        compiled.append(pattern)
+        return real(pattern, *args)
+
+    monkeypatch.setattr(operators.re2, "compile", spy)
+    monkeypatch.setattr(files, "CACHE", ParseCache(str(tmp_path / "cache")))
+    operators._REGEX_TESTS.clear()
+    monkeypatch.setattr(operators, "KNOWN_VALID", set())
+    ruleset = loader.load([str(tmp_path)])
+    assert compiled == ["stratum\\+tcp://", "--donate-level=\\d+"]
+    assert [m.rule.id for m in ruleset.evaluate(_exec(("xmrig", "-o", "stratum+tcp://x")))] \
+        == ["miner"]
+    assert ruleset.evaluate(_exec(("xmrig", "--donate-level=1x"))) != []
+    assert ruleset.evaluate(_exec(("xmrig", "--donate-level=x"))) == []
+    assert compiled[2:] == ["(?:stratum\\+tcp://)|(?:--donate-level=\\d+)"]
+
+
+def test_patterns_too_large_together_are_tried_one_by_one(monkeypatch):
+    """Should RE2 refuse the alternation (too large), the rule still answers as each of its
+    patterns would."""
+    real = operators.re2.compile
+
+    def refuse_alternations(pattern: str, *args: Any) -> Any:
+        if pattern.startswith("(?:"):
+            raise operators.re2.error("pattern too large - compile failed")
+        return real(pattern, *args)
+
+    monkeypatch.setattr(operators.re2, "compile", refuse_alternations)
+    test = operators._regex_test(("^a+$", "b{2}", "é$"))
+    answers = {v: test(v) for v in ("aaa", "xbbx", "café", "ab", "", "\udcff")}
+    assert answers == {"aaa": True, "xbbx": True, "café": True, "ab": False, "": False,
+                       "\udcff": False}

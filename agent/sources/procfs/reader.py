@@ -326,7 +326,7 @@ class ProcFS:
             exe=exe,
             cmdline=parse_cmdline(raw.joined()),
             cmdline_cut=raw.cut,
-            uid=uid if uid else self._uid(pid, dfd),
+            uid=uid if uid else self._status_uid(pid, dfd),  # (the dir's owner: root)
             state=st.state,
             exe_dev=dev,
             exe_ino=ino,
@@ -509,9 +509,12 @@ class ProcFS:
         # The owner of /proc/PID is the effective uid, except for non-dumpable processes
         # (setuid programs), whose directory is root's; only then pay for `status`.
         owner = os.fstat(dfd).st_uid
-        if owner != 0:
-            return owner
+        return owner if owner != 0 else self._status_uid(pid, dfd)
+
+    def _status_uid(self, pid: int, dfd: int) -> int:
+        """The uid `status` gives, for a process whose directory is root's (0 when it
+        cannot be read)."""
         try:
             return parse_status_uid(self._may(pid, dfd, "status", 8192))
         except ValueError:
-            return owner
+            return 0
