@@ -24,3 +24,20 @@ def observer(tmp_path: Path) -> Observer:
     tree = ProcessTree(ProcFS(str(root)))
     tree.scan()
     return Observer(tree, NetState(str(root)), wall=lambda: 1000.0, mono=lambda: 10.0)
+
+
+@pytest.fixture
+def re2_compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The patterns RE2 compiles from now on in this test, in order (the compile is
+    still RE2's own)."""
+    from agent.engine import operators
+
+    compiled: list[str] = []
+    real = operators.re2.compile
+
+    def spy(pattern: str, *args: object) -> object:
+        compiled.append(pattern)
+        return real(pattern, *args)
+
+    monkeypatch.setattr(operators.re2, "compile", spy)
+    return compiled

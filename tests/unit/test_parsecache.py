@@ -173,7 +173,8 @@ rules:
 """
 
 
-def test_a_pattern_that_compiled_is_not_compiled_again_to_be_checked(tmp_path, monkeypatch):
+def test_a_pattern_that_compiled_is_not_compiled_again_to_be_checked(tmp_path, monkeypatch,
+                                                                  re2_compiles):
     """The next command takes the patterns that compiled from the cache; a bad one is never
     kept, so it is reported at its line every time."""
     monkeypatch.setattr(files, "CACHE", ParseCache(str(tmp_path / "cache")))
@@ -182,14 +183,7 @@ def test_a_pattern_that_compiled_is_not_compiled_again_to_be_checked(tmp_path, m
     (rules / "r.yaml").write_text(REGEX_RULES)
     bad = (f"{rules}/r.yaml:7: rule 'bad': bad regex '(unclosed' for proc.cmdline: missing ): "
            f"(unclosed; RE2 syntax has no backreferences or lookaround")
-    compiled: list[str] = []
-    real = operators.re2.compile
-
-    def spy(pattern: str, *args: object) -> object:
-        compiled.append(pattern)
-        return real(pattern, *args)
-
-    monkeypatch.setattr(operators.re2, "compile", spy)
+    compiled = re2_compiles
     for _ in range(2):
         monkeypatch.setattr(operators, "KNOWN_VALID", set())  # a new command
         compiled.clear()

@@ -100,18 +100,11 @@ def _exec(cmdline: tuple[str, ...]) -> Event:
     return Event(kind=EventKind.EXEC, time=1.0, process=proc)
 
 
-def test_a_regex_is_compiled_when_it_first_tests_a_value(tmp_path, monkeypatch):
+def test_a_regex_is_compiled_when_it_first_tests_a_value(tmp_path, monkeypatch, re2_compiles):
     """Loading checks each pattern (a bad one is a file:line problem); the alternation
     the rule runs is compiled only when a value reaches it, and only once."""
     (tmp_path / "r.yaml").write_text(REGEX_RULE)
-    compiled: list[str] = []
-    real = operators.re2.compile
-
-    def spy(pattern: str, *args: Any) -> Any:
-        compiled.append(pattern)
-        return real(pattern, *args)
-
-    monkeypatch.setattr(operators.re2, "compile", spy)
+    compiled = re2_compiles
     monkeypatch.setattr(files, "CACHE", ParseCache(str(tmp_path / "cache")))
     operators._REGEX_TESTS.clear()
     monkeypatch.setattr(operators, "KNOWN_VALID", set())
