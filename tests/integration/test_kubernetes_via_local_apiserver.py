@@ -122,6 +122,7 @@ def test_410_gone_relists_and_retires_pods_deleted_while_not_watching(server, wa
     watcher.start()
     assert watcher.synced.wait(10)
     assert watcher.index.lookup(CID) is not None
+    server.wait_for(lambda: server.open_watches >= 1)   # ended below: open it first
     server.held = True              # the watch misses what follows...
     server.delete_pod("team-a", "old")
     server.put_pod(pod("team-a", "new", "uid-new", NODE, {}, (CID2,)))
@@ -225,6 +226,9 @@ def test_kubernetes_sensor_is_up_again_after_a_resumed_watch_via_local_apiserver
     up = m.sensor_up.labels(sensor="kubernetes")
     w.start()
     assert w.synced.wait(10) and up._value.get() == 1
+    # the watch must be open before it is ended: one opened after the end would run its
+    # whole 30 s (synced is set by the list, before the watch request)
+    server.wait_for(lambda: server.open_watches >= 1)
     server.inject.append(("GET", "/api/v1/pods", 503))   # the next watch request fails
     server.end_watches()
     server.wait_for(lambda: up._value.get() == 0)
