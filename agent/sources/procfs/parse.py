@@ -87,17 +87,11 @@ def parse_stat_program(data: bytes) -> tuple[bytes, Program]:
 
 
 def parse_stat_and_program(data: bytes) -> tuple[Stat, Program]:
-    """`parse_stat` and the program key of `parse_stat_program`, from one split (in one
-    body: a first scan parses thousands of these)."""
-    lpar = data.find(b"(")
-    rpar = data.rfind(b")")
-    if lpar < 0 or rpar < lpar:
-        raise ValueError("no (comm) in stat")
-    rest = data[rpar + 2 :].split()
-    if len(rest) < 20:
-        raise ValueError("stat line too short")
-    comm = data[lpar + 1 : rpar]
-    st = tuple.__new__(Stat, (int(data[:lpar]), comm.decode("utf-8", "surrogateescape"),
+    """`parse_stat` and the program key of `parse_stat_program`, from one split (a first
+    scan parses thousands of these)."""
+    comm, rest = _split_stat(data)
+    st = tuple.__new__(Stat, (int(data[: data.find(b"(")]),
+                              comm.decode("utf-8", "surrogateescape"),
                               rest[0].decode("ascii", "replace"), int(rest[1]), int(rest[6]),
                               int(rest[19])))
     if len(rest) > 48:
