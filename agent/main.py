@@ -9,8 +9,9 @@ from agent import signals
 
 
 def main() -> int:
-    """Record early signals first, then import and run the CLI (its imports are slow)."""
+    """Record early signals first, then import and run the CLI (its imports are slow); a
+    command other than `run` ends the process as soon as its output is flushed."""
     signals.record_early()
     from agent.cli import main as cli_main
 
-    return cli_main()
+    return cli_main(quick_exit=True)
