@@ -25,14 +25,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("nodewarden")
 
 
-def load_rules(paths: Sequence[str], err: TextIO, examples: bool = False) -> RuleSet | None:
-    """The rule set of `paths` (with the rules' examples if asked), or None after printing
-    every problem to `err`."""
+def load_rules(paths: Sequence[str], err: TextIO, examples: bool = False,
+               lazy: bool = False) -> RuleSet | None:
+    """The rule set of `paths` (with the rules' examples if asked; `lazy`: see
+    loader.load), or None after printing every problem to `err`."""
     from agent.engine import loader
     from agent.errors import RuleError
 
     try:
-        return loader.load(list(paths), examples)
+        return loader.load(list(paths), examples, lazy)
     except RuleError as e:
         for problem in e.problems:
             print(problem, file=err)
@@ -117,7 +118,8 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     cfg = load_config(args.config)
     _warn_if_unprivileged()
-    ruleset = load_rules(_paths(args.rules or cfg.rules), err)
+    # checked now; on a set checked before (setcache.py) compiled on the first process
+    ruleset = load_rules(_paths(args.rules or cfg.rules), err, lazy=True)
     if ruleset is None:
         return 2
     if not os.path.isdir(args.proc_root):

@@ -74,11 +74,20 @@ def _read(path: Path, problems: Problems) -> bytes | None:
     return raw
 
 
-def read_rule_file(path: Path, problems: Problems) -> RuleFile | None:
-    """Read and parse one rule file, or None (with the problem recorded) when it cannot be
-    read or is not a YAML mapping. Unknown top-level keys are reported but do not stop it."""
+def read_bytes(path: Path, problems: Problems) -> bytes | None:
+    """The bytes of one rule file, or None (with the problem recorded)."""
     problems.file = str(path)
-    raw = _read(path, problems)
+    return _read(path, problems)
+
+
+def read_rule_file(path: Path, problems: Problems, raw: bytes | None = None
+                   ) -> RuleFile | None:
+    """Read (unless its bytes are given) and parse one rule file, or None (with the problem
+    recorded) when it cannot be read or is not a YAML mapping. Unknown top-level keys are
+    reported but do not stop it."""
+    problems.file = str(path)
+    if raw is None:
+        raw = _read(path, problems)
     if raw is None:
         return None
     try:
@@ -113,7 +122,12 @@ def read_rule_file(path: Path, problems: Problems) -> RuleFile | None:
 
 def digest(files: Sequence[RuleFile]) -> str:
     """16 hex digits of SHA-256 over each file's name and the very bytes that were parsed."""
+    return digest_of([(f.path, f.raw) for f in files])
+
+
+def digest_of(files: Iterable[tuple[Path, bytes]]) -> str:
+    """`digest` of (path, bytes) pairs."""
     h = sha256()
-    for f in files:
-        h.update(f.path.name.encode() + b"\0" + f.raw + b"\0")
+    for path, raw in files:
+        h.update(path.name.encode() + b"\0" + raw + b"\0")
     return h.hexdigest()[:16]

@@ -14,20 +14,25 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent.engine import regexmemo
-from agent.engine.definitions import Definitions
+from agent.engine import setcache
 from agent.engine.files import BUNDLED as BUNDLED  # the public API: the lead's and reload's
-from agent.engine.files import RuleFile, digest, read_rule_file
+from agent.engine.files import RuleFile, digest, digest_of, read_bytes, read_rule_file
 from agent.engine.files import bundled_rules_dir as bundled_rules_dir
 from agent.engine.files import rule_files as rule_files
-from agent.engine.filewatch import MAX_WATCHES, too_many
-from agent.engine.overrides import apply_overrides
 from agent.engine.problems import Problems
-from agent.engine.rules import RuleCompiler
 from agent.engine.ruleset import Rule, RuleSet
 from agent.errors import RuleError, RuleProblem
+from agent.model import EventKind, Severity
+
+# the compiler (conditions, patterns, RE2, the kernel's forms) is imported when a rule set
+# is compiled, not with this module: a set recalled from setcache.py may never need it
+if TYPE_CHECKING:
+    from agent.engine.rules import RuleCompiler
 
 
 def check(paths: Sequence[str], examples: bool = False,
@@ -57,8 +62,20 @@ def _check(paths: Sequence[str], examples: bool) -> tuple[RuleSet | None, list[R
     if not files:
         return None, [RuleProblem(", ".join(paths) or "-", 0,
                                   "no rule files (*.yaml) found; pass a file or a directory")]
+    return _compile(files, None, examples)
+
+
+def _compile(files: list[Path], raws: list[bytes] | None, examples: bool
+             ) -> tuple[RuleSet | None, list[RuleProblem]]:
+    """Compile `files` (from `raws`, their bytes, when given; else read here)."""
+    from agent.engine import regexmemo
+    from agent.engine.definitions import Definitions
+    from agent.engine.overrides import apply_overrides
+    from agent.engine.rules import RuleCompiler
+
     problems = Problems()
-    sources = [src for f in files if (src := read_rule_file(f, problems)) is not None]
+    sources = [src for i, f in enumerate(files)
+               if (src := read_rule_file(f, problems, raws[i] if raws else None)) is not None]
     defs = Definitions(problems)
     for src in sources:
         defs.collect(src)
@@ -99,6 +116,8 @@ def _compile_rules(compiler: RuleCompiler, sources: Sequence[RuleFile],
 def _check_watches(rules: dict[str, Rule], problems: Problems) -> None:
     """The file rules' watches must fit the kernel's maps: refused at the rule that
     takes them over, here rather than when the agent fills the maps."""
+    from agent.engine.filewatch import MAX_WATCHES, too_many
+
     over = too_many([(r, r.file_watches) for r in rules.values()])
     if over is not None:
         rule, count = over
@@ -108,9 +127,82 @@ def _check_watches(rules: dict[str, Rule], problems: Problems) -> None:
                                 f"with file.path prefix instead of its files one by one")
 
 
-def load(paths: Sequence[str], examples: bool = False) -> RuleSet:
-    """Load and compile a rule set; raises RuleError with every problem found."""
+def load(paths: Sequence[str], examples: bool = False, lazy: bool = False) -> RuleSet:
+    """Load and compile a rule set; raises RuleError with every problem found.
+
+    With `lazy` (a short command such as `scan`), a set whose very files and compiler
+    compiled without a problem before is built from what setcache.py kept of it, and its
+    rules' conditions compile from the bytes read now on their first use; any other set is
+    checked and compiled here, and kept for the next time."""
+    if lazy and not examples:
+        return _recalled_or_loaded(paths)
     ruleset, problems = check(paths, examples)
     if ruleset is None:
         raise RuleError(problems)
     return ruleset
+
+
+def _recalled_or_loaded(paths: Sequence[str]) -> RuleSet:
+    files = rule_files(paths)
+    problems = Problems()
+    raws = [read_bytes(f, problems) for f in files]
+    entry = None
+    if files and not problems.found:
+        entry = setcache.name([(str(f), raw) for f, raw in zip(files, raws, strict=True)
+                               if raw is not None])
+    kept = setcache.recall(entry) if entry is not None else None
+    if kept is not None:
+        whole = [raw for raw in raws if raw is not None]
+        ruleset = _from_skeleton(kept, files, whole)
+        if ruleset is not None:
+            return ruleset
+    ruleset = load(paths)
+    if entry is not None:
+        setcache.keep(entry, ruleset.all_rules)
+    return ruleset
+
+
+def _from_skeleton(kept: setcache.Skeleton, files: list[Path], raws: list[bytes]
+                   ) -> RuleSet | None:
+    """The rule set of a kept skeleton: each rule's own facts now, the rest on first use;
+    None when the entry does not read as one."""
+    rules: list[Rule] = []
+    compile_all = _materializer(rules, files, raws)
+    try:
+        for values in kept:
+            rule = Rule.__new__(Rule)
+            facts = dict(zip(setcache.FIELDS, values, strict=True))
+            facts["severity"] = Severity(facts["severity"])
+            facts["kinds"] = tuple(EventKind(k) for k in facts["kinds"])
+            rule.__dict__.update(facts, _pending=compile_all)
+            rules.append(rule)
+        return RuleSet(rules, digest_of(zip(files, raws, strict=True)), [str(f) for f in files])
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _materializer(rules: list[Rule], files: list[Path], raws: list[bytes]
+                  ) -> Callable[[], None]:
+    """What compiles `rules` (recalled) from `raws`, once, and gives each rule its
+    conditions, message, window and the rest of what compiling makes."""
+    lock = threading.Lock()
+
+    def compile_all() -> None:
+        with lock:
+            if not rules or "_pending" not in rules[0].__dict__:
+                return  # another thread did
+            with _no_collection():
+                ruleset, problems = _compile(files, raws, False)
+            if ruleset is None:
+                raise RuleError(problems)
+            fresh = {r.id: r for r in ruleset.all_rules}
+            for rule in rules:
+                made = fresh.get(rule.id)
+                if made is None:  # the same bytes and code compiled otherwise: say so
+                    raise RuleError([RuleProblem(rule.file, rule.line, f"rule '{rule.id}' "
+                                                 "did not compile as it did before")])
+                del rule.__dict__["_pending"]
+                rule.__dict__.update(made.__dict__)
+                rule.__post_init__()
+
+    return compile_all

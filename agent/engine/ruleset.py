@@ -92,6 +92,21 @@ class Rule:
         if self.compile is not None:
             self.check = self._compile_then_check
 
+    if not TYPE_CHECKING:  # (mypy would take any attribute of a Rule for a real one)
+        def __getattr__(self, name: str) -> Any:
+            """A rule recalled from setcache.py holds its own facts only (id, kinds, what
+            the index may use, ...): anything else (its conditions, message, window,
+            `check`) is compiled, for the whole set, the first time it is asked for."""
+            pending = self.__dict__.get("_pending")
+            if pending is None or name.startswith("__"):
+                raise AttributeError(name)
+            pending()
+            return object.__getattribute__(self, name)
+
+    def recalled(self) -> bool:
+        """Whether this rule was recalled from setcache.py and is not compiled yet."""
+        return "_pending" in self.__dict__
+
     def _compile_then_check(self, ev: Event) -> bool:
         """The first check: compile, then check as compiled from now on (two threads
         racing here both compile the same functions; either result is right)."""
@@ -279,9 +294,14 @@ class RuleSet:
         # keyed by the kinds' text (exact str): the dict's fastest lookup for any event kind
         for kind in {str(k) for r in self.rules for k in r.kinds}:
             self._buckets[kind] = self._bucket([r for r in self.rules if kind in r.kinds])
+        recalled = any(r.recalled() for r in self.rules)
         for kind in PROCESS_KINDS:  # a program's execs repeat; file paths, addresses less
             b = self._buckets.get(kind)
-            if b is not None:
+            if b is None:
+                continue
+            if recalled:  # what remembering reads is compiled on the first event
+                b.fired = _remember_first(b, [r for r in self.rules if kind in r.kinds])
+            else:
                 b.remember([r for r in self.rules if kind in r.kinds])
 
     @staticmethod
@@ -389,6 +409,19 @@ def _merged(b: _Bucket, table: dict[str, set[Rule]], always: tuple[Rule, ...]
             found = by_rules[rules] = b.set_of(tuple(sorted(rules.union(always), key=_order)))
         merged[key] = found
     return merged
+
+
+def _remember_first(b: _Bucket, rules: list[Rule]) -> Callable[[Event], Sequence[Rule]]:
+    """`b.fired` until the first event of its kind: sets up the remembered answers
+    (`_Bucket.remember`, which reads the rules' compiled forms) and answers with them; a
+    command that judges nothing of a kind never compiles its rules for it."""
+
+    def first(ev: Event) -> Sequence[Rule]:
+        b.fired = b.judged
+        b.remember(rules)
+        return b.fired(ev)
+
+    return first
 
 
 def _first_lookup(b: _Bucket) -> Callable[[Event], _Set]:
