@@ -291,18 +291,33 @@ class RuleSet:
         self.digest = digest
         self.sources = list(sources)
         self._buckets: dict[str, _Bucket] = {}
+        # a set recalled from setcache.py (`scan`) builds each kind's bucket on its first
+        # event: the index and what remembering reads are not needed before
+        recalled = any(r.recalled() for r in self.rules)
         # keyed by the kinds' text (exact str): the dict's fastest lookup for any event kind
         for kind in {str(k) for r in self.rules for k in r.kinds}:
-            self._buckets[kind] = self._bucket([r for r in self.rules if kind in r.kinds])
-        recalled = any(r.recalled() for r in self.rules)
-        for kind in PROCESS_KINDS:  # a program's execs repeat; file paths, addresses less
-            b = self._buckets.get(kind)
-            if b is None:
-                continue
-            if recalled:  # what remembering reads is compiled on the first event
-                b.fired = _remember_first(b, [r for r in self.rules if kind in r.kinds])
-            else:
-                b.remember([r for r in self.rules if kind in r.kinds])
+            rules_of = [r for r in self.rules if kind in r.kinds]
+            self._buckets[kind] = (self._unbuilt(kind, rules_of) if recalled
+                                   else self._built(kind, rules_of))
+
+    def _built(self, kind: str, rules: list[Rule]) -> _Bucket:
+        b = self._bucket(rules)
+        if kind in PROCESS_KINDS:  # a program's execs repeat; file paths, addresses less
+            b.remember(rules)
+        return b
+
+    def _unbuilt(self, kind: str, rules: list[Rule]) -> _Bucket:
+        """A stand-in for the bucket of `kind` that builds it, and takes its place, on the
+        first event (two threads racing here build two equal buckets; either serves)."""
+        b = _Bucket()
+
+        def build() -> _Bucket:
+            built = self._buckets[kind] = self._built(kind, rules)
+            return built
+
+        b.fired = lambda ev: build().fired(ev)
+        b.lookup = lambda ev: _looked_up(build(), ev)
+        return b
 
     @staticmethod
     def _bucket(rules: list[Rule]) -> _Bucket:
@@ -411,17 +426,8 @@ def _merged(b: _Bucket, table: dict[str, set[Rule]], always: tuple[Rule, ...]
     return merged
 
 
-def _remember_first(b: _Bucket, rules: list[Rule]) -> Callable[[Event], Sequence[Rule]]:
-    """`b.fired` until the first event of its kind: sets up the remembered answers
-    (`_Bucket.remember`, which reads the rules' compiled forms) and answers with them; a
-    command that judges nothing of a kind never compiles its rules for it."""
-
-    def first(ev: Event) -> Sequence[Rule]:
-        b.fired = b.judged
-        b.remember(rules)
-        return b.fired(ev)
-
-    return first
+def _looked_up(b: _Bucket, ev: Event) -> _Set:
+    return b.lookup(ev) if b.lookup is not None else RuleSet._candidate_set(b, ev)
 
 
 def _first_lookup(b: _Bucket) -> Callable[[Event], _Set]:
