@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from agent.engine import setcache
 from agent.engine.files import BUNDLED as BUNDLED  # the public API: the lead's and reload's
-from agent.engine.files import RuleFile, digest, digest_of, read_bytes, read_rule_file
+from agent.engine.files import RuleFile, digest, read_bytes, read_rule_file
 from agent.engine.files import bundled_rules_dir as bundled_rules_dir
 from agent.engine.files import rule_files as rule_files
 from agent.engine.problems import Problems
@@ -153,16 +153,16 @@ def _recalled_or_loaded(paths: Sequence[str]) -> RuleSet:
     kept = setcache.recall(entry) if entry is not None else None
     if kept is not None:
         whole = [raw for raw in raws if raw is not None]
-        ruleset = _from_skeleton(kept, files, whole)
+        ruleset = _from_skeleton(kept[0], kept[1], files, whole)
         if ruleset is not None:
             return ruleset
     ruleset = load(paths)
     if entry is not None:
-        setcache.keep(entry, ruleset.all_rules)
+        setcache.keep(entry, ruleset.digest, ruleset.all_rules)
     return ruleset
 
 
-def _from_skeleton(kept: setcache.Skeleton, files: list[Path], raws: list[bytes]
+def _from_skeleton(digest: str, kept: setcache.Skeleton, files: list[Path], raws: list[bytes]
                    ) -> RuleSet | None:
     """The rule set of a kept skeleton: each rule's own facts now, the rest on first use;
     None when the entry does not read as one."""
@@ -176,7 +176,7 @@ def _from_skeleton(kept: setcache.Skeleton, files: list[Path], raws: list[bytes]
             facts["kinds"] = tuple(EventKind(k) for k in facts["kinds"])
             rule.__dict__.update(facts, _pending=compile_all)
             rules.append(rule)
-        return RuleSet(rules, digest_of(zip(files, raws, strict=True)), [str(f) for f in files])
+        return RuleSet(rules, digest, [str(f) for f in files])
     except (TypeError, ValueError, AttributeError):
         return None
 

@@ -40,20 +40,22 @@ Skeleton = list[tuple[Any, ...]]
 
 @functools.cache
 def code_stamp() -> bytes:
-    """The digest of the compiler's source: every module of agent/engine and the event
-    model it compiles against. Any edit (an upgrade, a patch) names every entry anew."""
-    h = sha256()
+    """What names the compiler's source: each module of agent/engine and of the event
+    model it compiles against, by path, size and modification time (what CPython itself
+    trusts a module's bytecode by). An edit, an upgrade or another checkout names every
+    entry anew."""
+    parts = []
     engine = os.path.join(_AGENT_DIR, "engine")
     try:
-        names = sorted(n for n in os.listdir(engine) if n.endswith(".py"))
-        paths = [os.path.join(engine, n) for n in names]
+        with os.scandir(engine) as it:
+            paths = sorted(e.path for e in it if e.name.endswith(".py"))
         paths += [os.path.join(_AGENT_DIR, n) for n in _CODE]
         for path in paths:
-            with open(path, "rb") as f:
-                h.update(path.encode() + b"\0" + f.read() + b"\0")
+            st = os.stat(path)
+            parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
     except OSError:
         return b"?"
-    return h.hexdigest().encode()
+    return "\0".join(parts).encode()
 
 
 def name(files: Sequence[tuple[str, bytes]]) -> bytes | None:
@@ -68,26 +70,28 @@ def name(files: Sequence[tuple[str, bytes]]) -> bytes | None:
     return _TAG + h.hexdigest().encode()
 
 
-def recall(entry: bytes) -> Skeleton | None:
-    """The rules of a set kept under `entry`, or None (none kept, or not in this form)."""
+def recall(entry: bytes) -> tuple[str, Skeleton] | None:
+    """The digest and the rules of a set kept under `entry`, or None (none kept, or not in
+    this form)."""
     if not files.CACHE.usable():
         return None
     parsed = files.CACHE.get(entry)
-    if parsed is None:
+    if parsed is None or not isinstance(parsed[0], tuple) or len(parsed[0]) != 2:
         return None
-    rules = parsed[0]
-    if not isinstance(rules, list) or not all(
+    digest, rules = parsed[0]
+    if not isinstance(digest, str) or not isinstance(rules, list) or not all(
             isinstance(r, tuple) and len(r) == len(FIELDS) for r in rules):
         return None
-    return rules
+    return digest, rules
 
 
-def keep(entry: bytes, rules: Sequence[Any]) -> None:
-    """Keep the facts of a set's rules (all of them, compiled without a problem)."""
+def keep(entry: bytes, digest: str, rules: Sequence[Any]) -> None:
+    """Keep the digest of a set and the facts of its rules (all of them, compiled without
+    a problem)."""
     if not files.CACHE.usable():
         return
     skeleton = [tuple(_plain(getattr(r, f)) for f in FIELDS) for r in rules]
-    files.CACHE.put(entry, (skeleton, []))
+    files.CACHE.put(entry, ((digest, skeleton), []))
 
 
 def _plain(value: Any) -> Any:
