@@ -8,7 +8,6 @@ disagree).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,14 +52,11 @@ def rule_files(paths: Iterable[str]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         path = Path(bundled_rules_dir() if p == BUNDLED else p)
-        try:
-            with os.scandir(path) as it:  # (its entries' types need no stat each)
-                found = sorted(e.path for e in it
-                               if os.path.splitext(e.name)[1] in (".yaml", ".yml") and e.is_file())
-        except (NotADirectoryError, FileNotFoundError):
+        if path.is_dir():
+            out.extend(sorted(q for q in path.iterdir()
+                              if q.suffix in (".yaml", ".yml") and q.is_file()))
+        else:
             out.append(path)
-            continue
-        out.extend(map(Path, found))
     return out
 
 

@@ -15,20 +15,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.engine import codegen, verdicts
-from agent.engine.schema import (
+from agent.engine.indexkeys import (
     EXE_PREFIX_INDEX,
     NORM_NEEDLE_INDEX,
     TRUNCATED,
     TRUNCATED_INDEX,
     cmdline_norm,
 )
-from agent.engine.windows import Window
 from agent.model import PROCESS_KINDS, Event, EventKind, Process, Severity
 
+# codegen.py and verdicts.py (and the schema they read) are imported where a bucket first
+# needs them: a rule set recalled by `scan` (setcache.py) may judge nothing
 if TYPE_CHECKING:
+    from agent.engine import codegen, verdicts
     from agent.engine.filewatch import Watch
     from agent.engine.kernel import KernelConnectSpec, KernelExecSpec
+    from agent.engine.windows import Window
 
 Predicate = Callable[[Event], bool]
 # a rule's (predicate, exceptions, check) compiled; check None: `fires` serves
@@ -180,10 +182,14 @@ class _Set:
             if owner.union_functions >= MAX_UNION_FUNCTIONS:
                 return self.each
             owner.union_functions += 1
+        from agent.engine import codegen
+
         return codegen.set_function([_form(r) for r in self.rules]) or self.each
 
 
 def _form(rule: Rule) -> codegen.RuleForm:
+    from agent.engine import codegen
+
     match, exceptions = rule.forms or (None, None)
     return codegen.RuleForm(rule, match, exceptions,
                             rule.window.observe if rule.window is not None else None,
@@ -234,6 +240,8 @@ class _Bucket:
 
     def remember(self, rules: Sequence[Rule]) -> None:
         """Remember answers by what `rules` (this kind's) read, when they can be."""
+        from agent.engine import verdicts
+
         store = verdicts.Store()
         fired = verdicts.remembering(rules, self.judged, store)
         if fired is not None:
@@ -477,6 +485,8 @@ def _lookup_function(b: _Bucket) -> Callable[[Event], _Set] | None:
         body.append("if p.cmdline_cut: hits.append(_truncated)")
     body += ["if not hits: return _always", "if len(hits) == 1: return hits[0]",
              "return _union(hits)"]
+    from agent.engine import codegen
+
     return codegen.source_function(body, consts)
 
 

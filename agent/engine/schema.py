@@ -15,6 +15,13 @@ from operator import attrgetter
 from typing import Any
 
 from agent import details
+from agent.engine.indexkeys import EXE_PREFIX_INDEX as EXE_PREFIX_INDEX
+from agent.engine.indexkeys import NORM_NEEDLE_INDEX as NORM_NEEDLE_INDEX
+from agent.engine.indexkeys import TRUNCATED as TRUNCATED
+from agent.engine.indexkeys import TRUNCATED_INDEX as TRUNCATED_INDEX
+from agent.engine.indexkeys import args_norm as args_norm
+from agent.engine.indexkeys import cmdline_norm as cmdline_norm
+from agent.engine.indexkeys import normalise as normalise
 from agent.model import COMM_LEN, RULE_KINDS, Event, EventKind, Process
 
 STR, INT, PORT, IP, STRS, BOOL = "string", "integer", "port", "ip", "list of strings", "boolean"
@@ -90,45 +97,6 @@ def whole_name(p: Process) -> str:
         if len(cand) > len(comm) and cand.encode("utf-8", "surrogateescape").startswith(raw):
             return cand
     return comm
-
-
-# one event is judged by several rules in a row: keep the last process's normal forms
-_norm_cache: tuple[Process | None, str] = (None, "")
-_args_norm_cache: tuple[Process | None, tuple[str, ...]] = (None, ())
-
-
-def normalise(text: str) -> str:
-    """Quotes and backslashes removed, lower case: what a shell makes of `/dev/tc""p/` and
-    `/dev/t\\cp/`, and what case-blind programs make of `STRATUM+TCP://`. An approximation
-    (`$'\\x2f'` and variables are not expanded) for matching, never for display."""
-    # str.replace finds nothing at memchr speed: 10x faster than str.translate here
-    if "'" in text:
-        text = text.replace("'", "")
-    if '"' in text:
-        text = text.replace('"', "")
-    if "\\" in text:
-        text = text.replace("\\", "")
-    return text.lower()
-
-
-def cmdline_norm(p: Process) -> str:
-    """The command line joined with spaces, normalised: one cheap substring gate."""
-    global _norm_cache
-    last, norm = _norm_cache
-    if last is not p:
-        norm = normalise(p.cmdline_str)
-        _norm_cache = (p, norm)
-    return norm
-
-
-def args_norm(p: Process) -> tuple[str, ...]:
-    """argv[1:], each argument normalised: per-token patterns on `sh -c` strings."""
-    global _args_norm_cache
-    last, norm = _args_norm_cache
-    if last is not p:
-        norm = tuple(normalise(a) for a in p.args)
-        _args_norm_cache = (p, norm)
-    return norm
 
 
 # Process fields computed when a rule asks, not stored per process: field suffix -> function
@@ -314,12 +282,6 @@ OPERATORS: dict[str, tuple[str, ...]] = {
 }
 ALL_OPERATORS = sorted({op for ops in OPERATORS.values() for op in ops})
 
-# The rule index (Field.index) also keys `proc.exe` prefixes ("/tmp/", "/memfd:") and the
-# needles of `proc.cmdline_norm: {contains: ...}` under these names: an event is checked
-# against them (one `startswith` over a tuple; one `in` per needle on the normalised
-# command line, made once per process) and only rules that could match run.
-EXE_PREFIX_INDEX = "exe_prefix"
-NORM_NEEDLE_INDEX = "cmdline_norm_contains"
-# and `proc.cmdline_truncated: true` under this name, its one value TRUNCATED
-TRUNCATED_INDEX = "cmdline_truncated"
-TRUNCATED = "true"
+# The rule index (Field.index) also keys `proc.exe` prefixes, the needles of the normalised
+# command line and a cut command line under names of its own: indexkeys.py (EXE_PREFIX_INDEX,
+# NORM_NEEDLE_INDEX, TRUNCATED_INDEX, TRUNCATED), re-exported above.

@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from agent import details
 from agent.decide import Decision
 from agent.model import Connection, EventKind, Pod, Process, Severity
 from agent.text import human, json_line
@@ -104,6 +103,8 @@ class Finding:
             "message": self.message,
         }
         if self.detail is not None:
+            from agent import details  # (made the detail: imported already)
+
             # under its family's name: "file": {"path": ..., "op": ...}
             family, obj = details.to_json(self.detail)
             out[family] = obj
