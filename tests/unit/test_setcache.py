@@ -160,8 +160,8 @@ def test_rules_check_and_a_plain_load_compile_everything(cache, rules_dir):
 
 
 def test_a_scan_of_an_empty_procfs_from_the_cache_compiles_nothing(tmp_path):
-    """The second `scan` imports no compiler module and no RE2; a broken rule file is still
-    an error at start."""
+    """The second `scan` imports no compiler module, no detail family and no RE2; a broken
+    rule file is still an error at start."""
     empty = tmp_path / "proc"
     empty.mkdir()
     code = ("import io, sys\n"
@@ -181,7 +181,7 @@ def test_a_scan_of_an_empty_procfs_from_the_cache_compiles_nothing(tmp_path):
         return rc, err, set(modules)
 
     compiler = {"agent.engine.conditions", "agent.engine.rules", "agent.engine.operators",
-                "re2", "yaml"}
+                "agent.engine.codegen", "agent.engine.schema", "agent.details", "re2", "yaml"}
     assert scan()[2] & compiler                      # the first compiles (and keeps)
     rc, err, modules = scan()
     assert rc == 0 and "0 processes scanned" in err and not modules & compiler
