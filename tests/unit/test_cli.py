@@ -173,3 +173,32 @@ def test_default_rules_are_the_shipped_ones():
     assert code == 0
     code, out, _ = run("rules", "test")
     assert code == 0 and " 0 failed" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["scan", "--proc-root", "/x", "--format", "json", "--rules", "a", "b"],
+    ["-v", "run", "--once", "--interval", "2", "--no-bpf"],
+    ["rules", "test", "p", "--verbose"],
+    ["replay", "f.jsonl", "--format", "json"],
+])
+def test_the_parser_of_one_command_reads_it_as_the_whole_parser_does(argv):
+    """Only the named command's parser is made (start-up); what it parses is the same."""
+    from agent.cli import _command, _parser
+
+    assert _command(argv) == argv[argv[0] == "-v"]
+    assert _parser(_command(argv)).parse_args(argv) == _parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["--version"], ["scna"], ["--verb", "scan"],
+                                  ["-h", "scan"]])
+def test_help_version_and_unknown_words_get_every_command(argv):
+    from agent.cli import _command
+
+    assert _command(argv) is None
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    assert all(f"    {c} " in listed for c in ("run", "scan", "rules", "replay"))
