@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from agent.config import Config
     from agent.decide import Decision
     from agent.engine.ruleset import RuleSet
+    from agent.errors import RuleError
     from agent.pipeline import Judge
     from agent.sinks.findings import FindingWriter
 
@@ -35,11 +36,15 @@ def load_rules(paths: Sequence[str], err: TextIO, examples: bool = False,
     try:
         return loader.load(list(paths), examples, lazy)
     except RuleError as e:
-        for problem in e.problems:
-            print(problem, file=err)
-        print(f"nodewarden: {len(e.problems)} problem(s) in the rules; nothing was loaded",
-              file=err)
+        _tell(e, err)
         return None
+
+
+def _tell(e: RuleError, err: TextIO) -> None:
+    for problem in e.problems:
+        print(problem, file=err)
+    print(f"nodewarden: {len(e.problems)} problem(s) in the rules; nothing was loaded",
+          file=err)
 
 
 def _paths(paths: Sequence[str] | None) -> list[str]:
@@ -111,6 +116,7 @@ def _offline_judge(cfg: Config, ruleset: RuleSet) -> Judge:
 def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """`scan`: one procfs pass, judged and reported; exit 1 when something was found."""
     from agent.config import load_config
+    from agent.errors import RuleError
     from agent.pipeline import scan_once
     from agent.sinks.findings import FindingWriter
     from agent.sources.procfs import ProcFS
@@ -126,7 +132,11 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"nodewarden: procfs root {args.proc_root} is not a directory", file=err)
         return 2
     tree = ProcessTree(ProcFS(args.proc_root), cfg.workspace_markers)
-    decisions = scan_once(tree, _offline_judge(cfg, ruleset))
+    try:
+        decisions = scan_once(tree, _offline_judge(cfg, ruleset))
+    except RuleError as e:  # a recalled set whose bytes no longer compile (setcache.py)
+        _tell(e, err)
+        return 2
     _emit(decisions, FindingWriter(out, args.format), cfg.host)
     if args.format == "table":
         print(f"{len(tree.procs)} processes scanned, {len(decisions)} finding(s)", file=err)

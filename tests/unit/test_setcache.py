@@ -189,3 +189,21 @@ def test_a_scan_of_an_empty_procfs_from_the_cache_compiles_nothing(tmp_path):
     bad.write_text(RULES.replace("in: $miners", "in: $nothing"))
     rc, err, _ = scan("--rules", str(bad))
     assert rc == 2 and "problem(s) in the rules" in err
+
+
+def test_a_recalled_set_that_no_longer_compiles_is_told_by_scan(cache, rules_dir, tmp_path,
+                                                                 monkeypatch):
+    """Same bytes and code compile the same; were it not so (another RE2 build refusing a
+    pattern), `scan` reports the problems and exits 2 at the first process, no traceback."""
+    import io
+
+    from agent.cli import main
+    from agent.errors import RuleProblem
+
+    loader.load([str(rules_dir)], lazy=True)
+    told = RuleProblem(str(rules_dir / "r.yaml"), 8, "bad regex")
+    monkeypatch.setattr(loader, "_compile", lambda *a: (None, [told]))
+    out, err = io.StringIO(), io.StringIO()
+    fixture = Path(__file__).parent.parent / "fixtures" / "proc"
+    rc = main(["scan", "--proc-root", str(fixture), "--rules", str(rules_dir)], out, err)
+    assert rc == 2 and str(told) in err.getvalue() and out.getvalue() == ""
