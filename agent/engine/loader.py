@@ -8,6 +8,8 @@ The steps, each in its own module: files.py reads each file once (the digest is 
 bytes compiled), definitions.py collects lists and macros, rules.py compiles each rule
 (conditions.py and operators.py its condition; windows.py and messages.py the rest),
 overrides.py applies overrides; examples.py compiles the examples when asked for.
+setcache.py keeps what a set that compiled without a problem says of its rules, so that
+`scan` (`load(..., lazy=True)`) recalls it and compiles on first use only.
 """
 
 from __future__ import annotations

@@ -183,13 +183,11 @@ class _Set:
                 return self.each
             owner.union_functions += 1
         from agent.engine import codegen
-
         return codegen.set_function([_form(r) for r in self.rules]) or self.each
 
 
 def _form(rule: Rule) -> codegen.RuleForm:
     from agent.engine import codegen
-
     match, exceptions = rule.forms or (None, None)
     return codegen.RuleForm(rule, match, exceptions,
                             rule.window.observe if rule.window is not None else None,
@@ -241,7 +239,6 @@ class _Bucket:
     def remember(self, rules: Sequence[Rule]) -> None:
         """Remember answers by what `rules` (this kind's) read, when they can be."""
         from agent.engine import verdicts
-
         store = verdicts.Store()
         fired = verdicts.remembering(rules, self.judged, store)
         if fired is not None:
@@ -486,7 +483,6 @@ def _lookup_function(b: _Bucket) -> Callable[[Event], _Set] | None:
     body += ["if not hits: return _always", "if len(hits) == 1: return hits[0]",
              "return _union(hits)"]
     from agent.engine import codegen
-
     return codegen.source_function(body, consts)
 
 
