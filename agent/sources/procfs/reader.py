@@ -341,12 +341,12 @@ class ProcFS:
             cgroup = b""
         else:
             try:
-                cgroup = _read_fd(fd, CGROUP_LIMIT)
+                cgroup = os.read(fd, CGROUP_LIMIT)  # a seq_file: one read, never more
             except OSError:
                 cgroup = b""
             finally:
                 os.close(fd)
-        cg = CGROUPS.parse(cgroup)
+        cg = CGROUPS.get(cgroup) or CGROUPS.parse(cgroup)
         uid = os.fstat(dfd).st_uid  # the effective uid, unless root's (see _uid)
         try:
             net = os.readlink(b"ns/net", dir_fd=dfd)
