@@ -173,8 +173,15 @@ class ProcessTree:
         procs = self.procs
         ws: dict[int, str] = {}
         known: dict[tuple[int, int], _Known] = {}
-        for pid in procs:
+        for pid, p in procs.items():
             if pid in ws:
+                continue
+            up = ws.get(p.ppid)
+            if up is not None:
+                # the parent is resolved (nearly always: pids ascend, parents come first)
+                w = up or self._own_workspace(p)
+                ws[pid] = w
+                known[(pid, p.starttime)] = (w, p.exe_dev, p.exe_ino)
                 continue
             # walk up to the nearest resolved ancestor (or the root), then resolve downwards
             chain = []

@@ -57,7 +57,7 @@ def no_files_named(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
     real = os.open
 
     def fake(path, flags, mode=0o777, *, dir_fd=None):
-        if os.path.basename(str(path)) in names:
+        if os.path.basename(os.fsdecode(path)) in names:  # procfs opens by bytes names
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
         return real(path, flags, mode, dir_fd=dir_fd)
 

@@ -532,3 +532,62 @@ def test_a_process_whose_threads_all_exited_is_a_zombie(scratch, tmp_path):
     pid = _thread_exited_leader(scratch, tmp_path / "gone", live_state="Z")
     p = ProcFS(str(scratch)).read(pid)
     assert (p.state, p.cmdline, p.exe) == ("Z", (), "")
+
+
+# -- the first scan's inline paths (issue 10, target 7) say what the plain parsers say ------
+
+HOSTILE_STATS = [REAL_SYSTEMD, stat_line(123, b"a) (b"), stat_line(5, b"x) (y z) 1 2"),
+                 stat_line(124, b"evil\nname", state="R"), stat_line(7, b"(("),
+                 stat_line(8, b")"), stat_line(9, b""), stat_line(10, b"caf\xe9\xff"),
+                 stat_line(1250, b"make", state="Z"), stat_line(13, b"w", state="?"),
+                 stat_line(2, b"kthreadd", ppid=0, flags=0x208040, starttime=9)]
+
+
+@pytest.mark.parametrize("line", HOSTILE_STATS)
+def test_parse_stat_and_program_is_parse_stat_and_the_program_key(line):
+    from agent.sources.procfs import parse_stat_program
+    from agent.sources.procfs.parse import parse_stat_and_program
+    st, program = parse_stat_and_program(line)
+    assert st == parse_stat(line)
+    assert type(st.state) is str
+    assert program == parse_stat_program(line)[1]
+
+
+@pytest.mark.parametrize("line", [b"", b"garbage", b"1 (init", b"1 (init) S 0 1 1 0 -1 4194560",
+                                  stat_line(b"pid", b"x"), b"\xff\xfe (x) " + b"1 " * 60])
+def test_parse_stat_and_program_rejects_what_parse_stat_rejects(line):
+    from agent.sources.procfs.parse import parse_stat_and_program
+    with pytest.raises(ValueError):
+        parse_stat_and_program(line)
+
+
+def test_the_reader_builds_a_process_in_the_order_of_its_fields(host):
+    """reader.py makes a Process positionally (a keyword call costs a third more): a field
+    added or moved in agent/model.py must fail here, not fill the wrong field."""
+    import dataclasses
+
+    from agent.model import Process
+    assert [f.name for f in dataclasses.fields(Process) if f.init] == [
+        "pid", "ppid", "starttime", "comm", "exe", "cmdline", "cmdline_cut", "uid", "state",
+        "kthread", "exe_dev", "exe_ino", "container_id", "netns", "pod_uid"]
+    p = ProcFS(str(host)).read(123)
+    assert (p.comm, p.ppid, p.state, p.kthread, p.cmdline, p.exe) == (
+        "a) (b", 1, "S", False, ("./a) (b",), "/opt/odd/a) (b")
+
+
+@pytest.mark.parametrize(("environ", "want"), [
+    (b"PATH=/bin\0HOME=/root\0", None),
+    (b"XWORKSPACE_ID=ws-x\0", None),                       # the name inside another one
+    (b"A=WORKSPACE_ID=ws-x\0", None),                      # ... or inside a value
+    (b"A=WORKSPACE_ID=ws-x\0WORKSPACE_ID=ws-y\0", ("WORKSPACE_ID", "ws-y")),
+    (b"WORKSPACE_ID=\0GITPOD_WORKSPACE_ID=gp\0", ("GITPOD_WORKSPACE_ID", "gp")),
+    (b"WORKSPACE_ID=ws-1", ("WORKSPACE_ID", "ws-1")),      # cut: no closing NUL
+])
+def test_environ_marker_answers_as_find_marker(tmp_path, environ, want):
+    from agent.enrich.workspace import find_marker
+    (tmp_path / "77").mkdir()
+    (tmp_path / "77" / "environ").write_bytes(environ)
+    fs = ProcFS(str(tmp_path))
+    assert find_marker(environ, DEFAULT_MARKERS) == want
+    assert fs.environ_marker(77, DEFAULT_MARKERS) == want
+    assert fs.environ_marker(77, list(DEFAULT_MARKERS)) == want  # an unhashable sequence

@@ -139,6 +139,11 @@ class CgroupCache:
     def __len__(self) -> int:
         return len(self._parsed)
 
+    def get(self, data: bytes) -> Cgroup | None:
+        """The Cgroup of these bytes if parsed already (a dict lookup, no call of `parse`:
+        a first scan asks once per process)."""
+        return self._parsed.get(data)
+
     def parse(self, data: bytes) -> Cgroup:
         """The Cgroup of the bytes of a /proc/PID/cgroup file."""
         found = self._parsed.get(data)

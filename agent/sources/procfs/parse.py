@@ -86,14 +86,24 @@ def parse_stat_program(data: bytes) -> tuple[bytes, Program]:
     return rest[0], _program(comm, rest)
 
 
+# the states a stat line shows, as text without a decode each
+_STATES = {c.encode(): c for c in "RSDZTtXxKWIPw"}
+
+
 def parse_stat_and_program(data: bytes) -> tuple[Stat, Program]:
     """`parse_stat` and the program key of `parse_stat_program`, from one split (a first
-    scan parses thousands of these)."""
-    comm, rest = _split_stat(data)
-    st = tuple.__new__(Stat, (int(data[: data.find(b"(")]),
-                              comm.decode("utf-8", "surrogateescape"),
-                              rest[0].decode("ascii", "replace"), int(rest[1]), int(rest[6]),
-                              int(rest[19])))
+    scan parses thousands of these, so the split and the checks are inline)."""
+    lpar = data.find(b"(")
+    rpar = data.rfind(b")")
+    if lpar < 0 or rpar < lpar:
+        raise ValueError("no (comm) in stat")
+    rest = data[rpar + 2 :].split()
+    if len(rest) < 20:
+        raise ValueError("stat line too short")
+    comm = data[lpar + 1 : rpar]
+    state = _STATES.get(rest[0]) or rest[0].decode("ascii", "replace")
+    st = tuple.__new__(Stat, (int(data[:lpar]), comm.decode("utf-8", "surrogateescape"),
+                              state, int(rest[1]), int(rest[6]), int(rest[19])))
     if len(rest) > 48:
         return st, (comm, _PROGRAM_FIELDS(rest))
     return st, _program(comm, rest)

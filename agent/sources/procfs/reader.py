@@ -99,17 +99,22 @@ def _stat_error(pid: int, e: OSError) -> Exception:
     return e
 
 
-# namespace link (`net:[4026531840]`) -> its inode: a host has a few, every process of a
-# scan names one; bounded (a tenant making namespaces by the thousand only cycles it)
-_NETNS: dict[str, int] = {}
+# namespace link as readlink gives it in bytes (`net:[4026531840]`) -> its inode: a host
+# has a few, every process of a scan names one; bounded (a tenant making namespaces by the
+# thousand only cycles it)
+_NETNS: dict[bytes, int] = {}
 _NETNS_MAX = 1024
 
+# what a first scan hands the command-line budget for a command line read whole: `hold`
+# looks at the RawCmdline only when it was cut (and one per process costs as much as a read)
+_WHOLE = RawCmdline(b"")
 
-def _netns(link: str) -> int:
+
+def _netns(link: bytes) -> int:
     """`parse_netns(link)`, kept in _NETNS."""
     if len(_NETNS) >= _NETNS_MAX:
         _NETNS.clear()
-    value = _NETNS[link] = parse_netns(link)
+    value = _NETNS[link] = parse_netns(link.decode("ascii", "replace"))
     return value
 
 
@@ -180,6 +185,8 @@ class ProcFS:
         self.root = root.rstrip("/") or "/"
         # the memory of every command line read here and still held somewhere
         self.cmdlines = cmdlines or CmdlineBudget()
+        # the `NAME=` bytes of each markers sequence environ_marker was given
+        self._marker_keys: dict[Sequence[str], tuple[bytes, ...]] = {}
 
     def pids(self) -> list[int]:
         """Every process id present now (thread group leaders only), ascending."""
@@ -267,13 +274,14 @@ class ProcFS:
     def read_known(self, pid: int) -> Known:
         """`read`, with the program key of the stat it read (for `refresh`).
 
-        Every file is opened, read and closed inline, not through the helpers `read_exec`
-        uses: a scan reads ~8 files of each of thousands of processes, and the layers of
-        calls cost as much as a read."""
+        Every file is opened, read and closed inline, by bytes names (no encoding of a
+        str path per call), not through the helpers `read_exec` uses: a first scan reads
+        ~8 files of each of thousands of processes, and the layers of calls cost as much
+        as the reads (bench/scan.py compares it with a C walk of the same files)."""
         dfd = self._open(pid)
         try:
             try:
-                fd = os.open("stat", _FILE_FLAGS, dir_fd=dfd)
+                fd = os.open(b"stat", _FILE_FLAGS, dir_fd=dfd)
                 try:
                     data = os.read(fd, 4096)
                 finally:
@@ -299,41 +307,59 @@ class ProcFS:
             os.close(dfd)
 
     def _process(self, pid: int, dfd: int, st: Stat) -> Process:
-        """The Process of a user-space process whose stat is `st`, the rest read from `dfd`."""
+        """The Process of a user-space process whose stat is `st`, the rest read from `dfd`.
+
+        Inline and by bytes names (see read_known): a command line that fits the first read
+        (nearly all) makes no RawCmdline; the cgroup and ns/net texts are looked up in
+        their caches by their raw bytes before anything is decoded."""
         head, tail = self.cmdlines.allowance()
-        raw = self._cmdline(dfd, head, tail)
+        raw = _WHOLE
+        try:
+            fd = os.open(b"cmdline", _FILE_FLAGS, dir_fd=dfd)
+        except OSError as e:
+            if e.errno in EXHAUSTED:
+                raise FdExhausted(e.errno, e.strerror) from None
+            argv = b""
+        else:
+            try:
+                # most command lines fit the first read, which then needs no second one
+                # returning 0 (see _read_fd); a longer one is read as its head and tail
+                argv = os.pread(fd, head + tail + 1, 0)
+                if len(argv) > head + tail:
+                    raw = read_cmdline(fd, head, tail)
+                    argv = raw.joined()
+            except OSError:
+                argv = b""
+            finally:
+                os.close(fd)
         exe, dev, ino = self._exe(pid, dfd)
         try:
-            cgroup = _read("cgroup", dfd, CGROUP_LIMIT)
-        except FdExhausted:
-            raise
-        except OSError:
+            fd = os.open(b"cgroup", _FILE_FLAGS, dir_fd=dfd)
+        except OSError as e:
+            if e.errno in EXHAUSTED:
+                raise FdExhausted(e.errno, e.strerror) from None
             cgroup = b""
-        cg = CGROUPS.parse(cgroup)
+        else:
+            try:
+                cgroup = os.read(fd, CGROUP_LIMIT)  # a seq_file: one read, never more
+            except OSError:
+                cgroup = b""
+            finally:
+                os.close(fd)
+        cg = CGROUPS.get(cgroup) or CGROUPS.parse(cgroup)
         uid = os.fstat(dfd).st_uid  # the effective uid, unless root's (see _uid)
         try:
-            net = os.readlink("ns/net", dir_fd=dfd)
+            net = os.readlink(b"ns/net", dir_fd=dfd)
         except OSError:
-            net = ""
+            net = b""
         netns = _NETNS.get(net)
         if netns is None:
             netns = _netns(net)
-        p = Process(
-            pid=st.pid,
-            ppid=st.ppid,
-            starttime=st.starttime,
-            comm=st.comm,
-            exe=exe,
-            cmdline=parse_cmdline(raw.joined()),
-            cmdline_cut=raw.cut,
-            uid=uid if uid else self._status_uid(pid, dfd),  # (the dir's owner: root)
-            state=st.state,
-            exe_dev=dev,
-            exe_ino=ino,
-            container_id=cg.container_id,
-            pod_uid=cg.pod_uid,
-            netns=netns,
-        )
+        # positional, in the order of Process's fields (a keyword call of its __init__
+        # costs a third more; tests/unit/test_procfs.py holds the order to the model)
+        p = Process(st.pid, st.ppid, st.starttime, st.comm, exe, parse_cmdline(argv),
+                    raw.cut, uid if uid else self._status_uid(pid, dfd),  # (root's dir)
+                    st.state, False, dev, ino, cg.container_id, netns, cg.pod_uid)
         self.cmdlines.hold(p, raw)
         return p
 
@@ -360,7 +386,24 @@ class ProcFS:
         if not data:
             # an exited thread-group leader (ESRCH): its environment is a live thread's
             data = self._thread_environ(pid)
-        return find_marker(data, markers) if data else None
+            if not data:
+                return None
+        # find_marker answers only where some `NAME=` occurs: look for those in the raw
+        # bytes first (most environs name none), nothing decoded or split
+        for key in self._keys(markers):
+            if key in data:
+                return find_marker(data, markers)
+        return None
+
+    def _keys(self, markers: Sequence[str]) -> tuple[bytes, ...]:
+        """The `NAME=` bytes of each marker, kept per (hashable) markers sequence."""
+        try:
+            keys = self._marker_keys.get(markers)
+        except TypeError:  # a list: made anew
+            return tuple(f"{m}=".encode() for m in markers)
+        if keys is None:
+            keys = self._marker_keys[markers] = tuple(f"{m}=".encode() for m in markers)
+        return keys
 
     def _thread_environ(self, pid: int) -> bytes:
         try:
@@ -496,11 +539,16 @@ class ProcFS:
             return ""
 
     def _exe(self, pid: int, dfd: int) -> tuple[str, int, int]:
-        exe = self._link(pid, dfd, "exe")
-        if not exe:
-            return "", 0, 0
+        # by bytes names: the link's bytes decoded as os.readlink of a str would
         try:
-            st = os.stat("exe", dir_fd=dfd)
+            link = os.readlink(b"exe", dir_fd=dfd)
+        except OSError:
+            return "", 0, 0
+        if not link:
+            return "", 0, 0
+        exe = link.decode("utf-8", "surrogateescape")
+        try:
+            st = os.stat(b"exe", dir_fd=dfd)
         except OSError:
             return exe, 0, 0
         return exe, st.st_dev, st.st_ino
@@ -515,6 +563,14 @@ class ProcFS:
         """The uid `status` gives, for a process whose directory is root's (0 when it
         cannot be read)."""
         try:
-            return parse_status_uid(self._may(pid, dfd, "status", 8192))
-        except ValueError:
+            fd = os.open(b"status", _FILE_FLAGS, dir_fd=dfd)
+        except OSError as e:
+            if e.errno in EXHAUSTED:
+                raise FdExhausted(e.errno, e.strerror) from None
             return 0
+        try:
+            return parse_status_uid(os.read(fd, 8192))
+        except (OSError, ValueError):
+            return 0
+        finally:
+            os.close(fd)
