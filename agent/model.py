@@ -136,7 +136,9 @@ class Process:
     # derived, filled in __post_init__
     exe_name: str = field(init=False, default="")
     argv0: str = field(init=False, default="")
-    id: int = field(init=False, default=0)
+    # the identity (`id`), made on first use: most events are judged without it (it is
+    # hashed from five integers, a fifth of what making a Process costs); -1 until then
+    _id: int = field(init=False, default=-1, repr=False)
 
     def __post_init__(self) -> None:
         exe = self.exe
@@ -149,7 +151,15 @@ class Process:
             # a setproctitle'd title ("sshd: /usr/sbin/sshd -D [listener]"): its first word
             first = first.split(" ", 1)[0].rstrip(":")
         self.argv0 = first.rpartition("/")[2]
-        self.id = process_identity(self.pid, self.ppid, self.starttime, self.exe_dev, self.exe_ino)
+
+    @property
+    def id(self) -> int:
+        """xxhash64 of (pid, ppid, starttime, exe device, exe inode): `process_identity`."""
+        ident = self._id
+        if ident == -1:
+            ident = self._id = process_identity(self.pid, self.ppid, self.starttime,
+                                                self.exe_dev, self.exe_ino)
+        return ident
 
     @property
     def id_hex(self) -> str:

@@ -4,6 +4,7 @@ gives: it takes only what it is sure of and hands the rest over (issue 10, targe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.codec import EventFormatError, event_from_json, event_from_line, event_line, read_events
-from agent.model import Connection, Event, Process
+from agent.model import Connection, Event, Process, process_identity
 
 
 def _slow(line: str) -> str:
@@ -136,3 +137,18 @@ def test_events_with_a_detail_replay_among_fast_ones(tmp_path: Path) -> None:
     back = list(read_events(str(path)))
     assert [event_line(e) for e in back] == [event_line(e) for e in events]
     assert back[1].detail == details.FileOp("/etc/cron.d/x", "create", 65)
+
+
+def test_a_replayed_process_shows_the_identity_it_was_recorded_with(tmp_path: Path) -> None:
+    # the identity is made when first read (most events are judged without it): a recorded
+    # process replays with the same `id` in its JSON, and a changed ppid makes a new one
+    proc = Process(pid=77, ppid=5, starttime=123456, comm="sh", exe="/bin/sh",
+                   cmdline=("sh", "-c", "true"))
+    line = event_line(Event(kind="exec", time=1.0, process=proc))
+    path = tmp_path / "one.jsonl"
+    path.write_text(line + "\n")
+    (replayed,) = read_events(str(path))
+    assert replayed.process.to_json()["id"] == json.loads(line)["process"]["id"]
+    assert replayed.process.id == proc.id == process_identity(77, 5, 123456)
+    other = dataclasses.replace(replayed.process, ppid=1)
+    assert other.id == process_identity(77, 1, 123456) != proc.id
