@@ -32,6 +32,7 @@ from agent.sources.proctree import ProcessTree
 log = logging.getLogger("nodewarden.observer")
 
 Tuple4 = tuple[str, int, str, int]
+_NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 class _Facts(NamedTuple):
@@ -45,7 +46,6 @@ class _Facts(NamedTuple):
     uid: int
     state: str
     netns: int
-_NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 class Observer:
@@ -167,18 +167,17 @@ class Observer:
         exec (its image is gone, or going). One Process is made, not one for the facts and
         another for the image."""
         starttime, euid, netns = task
+        facts = _Facts(raw.pid, raw.ppid, starttime, raw.comm, euid, "R", netns)
         got = None
         if raw.state != kevents.VERDICT_KILLED:
             got = self.tree.procfs.read_image(raw.pid, cgroup=cached is None,
                                               cmdline=raw.argv_cut > 0)
         if got is None or not got.exe:
-            facts = Process(pid=raw.pid, ppid=raw.ppid, starttime=starttime, comm=raw.comm,
-                            uid=euid, netns=netns)
             return self._gone(raw, facts, cached)
-        return self._image(raw, got, cached, _Facts(raw.pid, raw.ppid, starttime, raw.comm,
-                                                    euid, "R", netns))
+        return self._image(raw, got, cached, facts)
 
-    def _gone(self, raw: RawEvent, facts: Process | None, cached: Cgroup | None) -> Process:
+    def _gone(self, raw: RawEvent, facts: _Facts | Process | None,
+              cached: Cgroup | None) -> Process:
         """Killed in the kernel, gone, or read mid-exit: the record, and the facts known."""
         p = self._from_record(raw, facts)
         p = self._in_cgroup(p, raw.cgroup_id, cached)
@@ -374,7 +373,7 @@ class Observer:
                 self.tree.add(p)
         return p
 
-    def _from_record(self, raw: RawEvent, partial: Process | None = None) -> Process:
+    def _from_record(self, raw: RawEvent, partial: _Facts | Process | None = None) -> Process:
         """A process we could not read whole: what the kernel record says, completed with
         what procfs still had (a process read mid-exit keeps its stat)."""
         exe = raw.filename
