@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Sized
 from dataclasses import replace
+from typing import NamedTuple
 
 from cachetools import LRUCache
 
@@ -32,6 +33,19 @@ log = logging.getLogger("nodewarden.observer")
 
 Tuple4 = tuple[str, int, str, int]
 _NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+class _Facts(NamedTuple):
+    """A live process's facts as its exec record carries them (no Process made for them:
+    the Process is made once, with its executable)."""
+
+    pid: int
+    ppid: int
+    starttime: int
+    comm: str
+    uid: int
+    state: str
+    netns: int
 
 
 class Observer:
@@ -138,19 +152,42 @@ class Observer:
         netns unless the record carries them; the cgroup once per cgroup. A process already
         gone keeps what the record says."""
         cached = self._cgroups.get(raw.cgroup_id) if raw.cgroup_id else None
-        facts: Process | None
-        got: ImageRead | ExecRead | None
         if raw.task is not None:
-            facts, got = self._task_facts(raw, raw.task, cached)
-        else:
-            facts, got = self._procfs_facts(raw, cached)
+            return self._exec_from_task(raw, raw.task, cached)
+        facts, got = self._procfs_facts(raw, cached)
         if got is None or not got.exe:
-            # killed in the kernel, gone, or read mid-exit: the record, and the facts known
-            p = self._from_record(raw, facts)
-            p = self._in_cgroup(p, raw.cgroup_id, cached)
-            self._hold_argv(p, raw)
-            return p
+            return self._gone(raw, facts, cached)
         assert facts is not None
+        return self._image(raw, got, cached, facts)
+
+    def _exec_from_task(self, raw: RawEvent, task: tuple[int, int, int],
+                        cached: Cgroup | None) -> Process:
+        """What the kernel read from the task (parent, start time, effective uid, netns),
+        and the executable from procfs: not read for a process the kernel killed at its
+        exec (its image is gone, or going). One Process is made, not one for the facts and
+        another for the image."""
+        starttime, euid, netns = task
+        facts = _Facts(raw.pid, raw.ppid, starttime, raw.comm, euid, "R", netns)
+        got = None
+        if raw.state != kevents.VERDICT_KILLED:
+            got = self.tree.procfs.read_image(raw.pid, cgroup=cached is None,
+                                              cmdline=raw.argv_cut > 0)
+        if got is None or not got.exe:
+            return self._gone(raw, facts, cached)
+        return self._image(raw, got, cached, facts)
+
+    def _gone(self, raw: RawEvent, facts: _Facts | Process | None,
+              cached: Cgroup | None) -> Process:
+        """Killed in the kernel, gone, or read mid-exit: the record, and the facts known."""
+        p = self._from_record(raw, facts)
+        p = self._in_cgroup(p, raw.cgroup_id, cached)
+        self._hold_argv(p, raw)
+        return p
+
+    def _image(self, raw: RawEvent, got: ImageRead | ExecRead, cached: Cgroup | None,
+               facts: _Facts | Process) -> Process:
+        """The live process: the facts, the executable read, the record's argv (or procfs's
+        head and tail when the kernel cut it), its cgroup (remembered by its v2 id)."""
         cg = cached
         if got.cgroup is not None:
             cg = got.cgroup
@@ -167,19 +204,6 @@ class Observer:
                     container_id=cg.container_id if cg else "",
                     pod_uid=cg.pod_uid if cg else "", netns=facts.netns)
         return self._held(p, why)
-
-    def _task_facts(self, raw: RawEvent, task: tuple[int, int, int],
-                    cached: Cgroup | None) -> tuple[Process, ImageRead | None]:
-        """What the kernel read from the task (parent, start time, effective uid, netns),
-        and the executable from procfs: not read for a process the kernel killed at its
-        exec (its image is gone, or going)."""
-        starttime, euid, netns = task
-        facts = Process(pid=raw.pid, ppid=raw.ppid, starttime=starttime, comm=raw.comm,
-                        uid=euid, netns=netns)
-        if raw.state == kevents.VERDICT_KILLED:
-            return facts, None
-        return facts, self.tree.procfs.read_image(raw.pid, cgroup=cached is None,
-                                                  cmdline=raw.argv_cut > 0)
 
     def _procfs_facts(self, raw: RawEvent,
                       cached: Cgroup | None) -> tuple[Process | None, ExecRead | None]:
@@ -349,7 +373,7 @@ class Observer:
                 self.tree.add(p)
         return p
 
-    def _from_record(self, raw: RawEvent, partial: Process | None = None) -> Process:
+    def _from_record(self, raw: RawEvent, partial: _Facts | Process | None = None) -> Process:
         """A process we could not read whole: what the kernel record says, completed with
         what procfs still had (a process read mid-exit keeps its stat)."""
         exe = raw.filename

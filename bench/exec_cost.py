@@ -7,7 +7,9 @@ program) in exec mode: `loadgen exec` (fork + execve(/bin/true) + waitpid) pinne
 the consumer (BpfSensor -> Observer -> Agent -> Judge, shipped rules, as the agent runs)
 pinned to CPU 0 with the exec sensor alone (`--all-sensors`: every default sensor, so TCP
 records made by anything else on the machine count too), paced at `--rate` execs/s and
-unpaced (the generator's maximum). CPU per exec = the consumer's user + system CPU over the
+unpaced (the generator's maximum), and with the bare consumer (decode and count only: the
+transport's floor) at `--rate`. Wake-ups per exec = the polls that returned records / the
+execs made. CPU per exec = the consumer's user + system CPU over the
 run / the execs the generator made (records of other processes' execs count against it, as
 they would against the agent).
 
@@ -51,15 +53,19 @@ def run_tree(tree: str, rate: float, secs: float, only_exec: bool) -> dict[str, 
                          check=True).stdout
     mode = json.loads(out)["modes"]["exec"]
     paced = next(c for c in mode["curve"] if c["level"] == "full")
-    return {"paced": per_exec(paced), "max": per_exec(mode["max"])}
+    bare = next(c for c in mode["curve"] if c["level"] == "bare")
+    return {"paced": per_exec(paced), "max": per_exec(mode["max"]), "bare": per_exec(bare)}
 
 
 def per_exec(r: dict[str, Any]) -> dict[str, float]:
-    """CPU per exec (us), execs/s made, records lost, from one bench/events.py run."""
+    """CPU per exec (us), execs/s made, records lost, and wake-ups per exec (polls that
+    returned records, per exec made) from one bench/events.py run."""
     execs = r["generated_records"] / RECORDS_PER_EXEC
     cpu_s = r["cpu_us_per_record"] * r["ingested"] / 1e6
+    polls = r["ingested"] / max(r["records_per_poll"], 1e-9)
     return {"us_per_exec": cpu_s * 1e6 / max(execs, 1), "execs_per_s": execs / r["span_s"],
-            "consumer_cpu": r["consumer_cpu"], "lost": r["lost"]}
+            "consumer_cpu": r["consumer_cpu"], "lost": r["lost"],
+            "wakeups_per_exec": polls / max(execs, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,18 +87,24 @@ def main(argv: list[str] | None = None) -> int:
             r = run_tree(tree, args.rate, args.secs, not args.all_sensors)
             results[name].append(r)
             print(f"round {rnd + 1} {name}: paced {r['paced']['us_per_exec']:.1f} us/exec at "
-                  f"{r['paced']['execs_per_s']:,.0f}/s; max {r['max']['us_per_exec']:.1f} "
-                  f"us/exec at {r['max']['execs_per_s']:,.0f}/s", file=sys.stderr, flush=True)
+                  f"{r['paced']['execs_per_s']:,.0f}/s ({r['paced']['wakeups_per_exec']:.2f} "
+                  f"wake-ups/exec; bare {r['bare']['us_per_exec']:.1f}); max "
+                  f"{r['max']['us_per_exec']:.1f} us/exec at {r['max']['execs_per_s']:,.0f}/s",
+                  file=sys.stderr, flush=True)
     print(f"| checkout | us/exec at {args.rate:,.0f} execs/s (each round) | median | "
+          f"wake-ups/exec | bare consumer (decode + count), us/exec | "
           f"us/exec at the generator's max (each round) | median | execs/s at max |")
-    print("|---|---|---:|---|---:|---:|")
+    print("|---|---|---:|---:|---:|---|---:|---:|")
     for name, rs in results.items():
         paced = [r["paced"]["us_per_exec"] for r in rs]
         top = [r["max"]["us_per_exec"] for r in rs]
         rate = statistics.median(r["max"]["execs_per_s"] for r in rs)
+        wakes = statistics.median(r["paced"]["wakeups_per_exec"] for r in rs)
+        bare = statistics.median(r["bare"]["us_per_exec"] for r in rs)
         print(f"| {name} | {' / '.join(f'{v:.1f}' for v in paced)} | "
-              f"{statistics.median(paced):.1f} | {' / '.join(f'{v:.1f}' for v in top)} | "
-              f"{statistics.median(top):.1f} | {rate:,.0f} |")
+              f"{statistics.median(paced):.1f} | {wakes:.2f} | {bare:.1f} | "
+              f"{' / '.join(f'{v:.1f}' for v in top)} | {statistics.median(top):.1f} | "
+              f"{rate:,.0f} |")
     json.dump(results, sys.stdout)
     print()
     return 0

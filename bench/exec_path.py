@@ -16,6 +16,7 @@ them, as the kernel sends them when it has BTF.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -84,12 +85,16 @@ def child(n: int) -> dict[str, float]:
         obs = Observer(tree, NetState())
 
         def path(records: list[bytes]) -> float:
+            gc.collect()   # each path starts with the same heap: fewer collections by chance
+            _instrument(True)
             t0 = time.process_time()
             for r in records:
                 ev = obs.handle(kevents.decode(r))
                 if ev is not None:
                     agent.handle(ev)
-            return (time.process_time() - t0) * 1e6 / len(records)
+            took = (time.process_time() - t0) * 1e6 / len(records)
+            _instrument(False)
+            return took
 
         live = [make(p.pid, b"sleep", b"/usr/bin/sleep", [b"sleep", b"600", str(i).encode()])
                 for i, p in enumerate(sleepers)] * (n // LIVE)
@@ -107,12 +112,45 @@ def child(n: int) -> dict[str, float]:
             p.wait()
 
 
+def _instrument(on: bool) -> None:
+    """Under `valgrind --tool=callgrind --instr-atstart=no` (`--callgrind`): count the
+    instructions of the measured paths only (not the set-up: imports, rules, the scan),
+    each path in a dump of its own."""
+    if os.environ.get("NW_CALLGRIND"):
+        pid = str(os.getpid())
+        for args in ([["-i", "on"]] if on else [["-d"], ["-i", "off"]]):
+            subprocess.run(["callgrind_control", *args, pid], check=True, capture_output=True,
+                           timeout=120)
+
+
+def _callgrind(cmd: list[str], tree: str, n: int) -> dict[str, float]:
+    """The child under callgrind: instructions per live exec record and per gone process
+    (fork + exec + exit), from the dumps of its measured paths (warm-up, live, gone)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                        f"--callgrind-out-file={out}", *cmd], cwd=tree, check=True,
+                       capture_output=True, timeout=3600,
+                       env={**os.environ, "NW_CALLGRIND": "1"})
+        counts = []
+        for i in (1, 2, 3):
+            with open(f"{out}.{i}") as f:
+                counts.append(next(int(line.split()[1]) for line in f
+                                   if line.startswith("summary:")))
+    return {"live_exec_us": counts[1] / (n // LIVE * LIVE), "gone_fork_exec_exit_us":
+            counts[2] / n}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tree", action="append", metavar="NAME=DIR", default=[])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--records", type=int, default=4000)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--callgrind", action="store_true",
+                    help="instructions of the measured paths (valgrind's callgrind) instead "
+                         "of CPU time: load-independent, slow; use --records 400")
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.records)))
@@ -122,20 +160,25 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
     for rnd in range(args.rounds):
         for name, tree in (trees if rnd % 2 == 0 else trees[::-1]):
-            res = subprocess.run([f"{tree}/.venv/bin/python", here, "--child", "--records",
-                                  str(args.records)], cwd=tree, capture_output=True, text=True,
-                                 check=True, timeout=600)
-            r = json.loads(res.stdout.strip().splitlines()[-1])
+            cmd = [f"{tree}/.venv/bin/python", here, "--child", "--records", str(args.records)]
+            if args.callgrind:
+                r = _callgrind(cmd, tree, args.records)
+            else:
+                res = subprocess.run(cmd, cwd=tree, capture_output=True, text=True,
+                                     check=True, timeout=600)
+                r = json.loads(res.stdout.strip().splitlines()[-1])
             out[name].append(r)
             print(f"round {rnd + 1} {name}: {r}", file=sys.stderr, flush=True)
-    print("| checkout | exec of a live process (us/record, each round) | median | "
-          "fork + exec + exit of a gone process (us, each round) | median |")
+    unit = "instructions" if args.callgrind else "us"
+    print(f"| checkout | exec of a live process ({unit}/record, each round) | median | "
+          f"fork + exec + exit of a gone process ({unit}, each round) | median |")
     print("|---|---|---:|---|---:|")
     for name, rs in out.items():
         a = [r["live_exec_us"] for r in rs]
         b = [r["gone_fork_exec_exit_us"] for r in rs]
-        print(f"| {name} | {' / '.join(f'{v:.1f}' for v in a)} | {statistics.median(a):.1f} | "
-              f"{' / '.join(f'{v:.1f}' for v in b)} | {statistics.median(b):.1f} |")
+        print(f"| {name} | {' / '.join(f'{v:,.1f}' for v in a)} | "
+              f"{statistics.median(a):,.1f} | {' / '.join(f'{v:,.1f}' for v in b)} | "
+              f"{statistics.median(b):,.1f} |")
     return 0
 
 

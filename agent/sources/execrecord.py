@@ -117,12 +117,10 @@ def exec_decoder(make: Callable[..., _T]) -> Callable[[bytes | memoryview], _T]:
             if names:
                 value = bytes(data[_MARKER_AT:_MARKER_AT + min(mlen, MARKER_VALUE_LEN)])
                 found, scanned = _marker(flags, names, midx, value)
-        if flags & _TASK:
-            return make(ts, kind, pid, ppid, uid, slot, 0, 0, 0, verdict, "", "", _cstr(comm),
-                        _cstr(filename), argv, found, cut, scanned, cgroup_id,
-                        task=(start_ns // _NS_PER_TICK, euid, netns))
-        return make(ts, kind, pid, 0, uid, slot, 0, 0, 0, verdict, "", "", _cstr(comm),
-                    _cstr(filename), argv, found, cut, scanned, cgroup_id)
+        task = (start_ns // _NS_PER_TICK, euid, netns) if flags & _TASK else None
+        return make(ts, kind, pid, ppid if task else 0, uid, slot, 0, 0, 0, verdict, "", "",
+                    _cstr(comm), _cstr(filename), argv, found, cut, scanned, cgroup_id, None,
+                    task)
 
     return decode_exec
 

@@ -169,9 +169,22 @@ def _addr(family: int, raw: bytes) -> str:
     return ""
 
 
+# a fork or exit record's RawEvent past its comm (the fields' defaults, and filename ""),
+# and the RawEvent made by tuple.__new__ straight: two records per exec, and the
+# NamedTuple's own __new__ (a Python function) cost as much as the rest of the decode
+_PROC_TAIL = ("", *RawEvent._field_defaults.values())
+_new_raw = tuple.__new__
+
+
+def _raw_of(*fields: object) -> RawEvent:
+    """A RawEvent of all its fields, in order (without the NamedTuple's __new__)."""
+    return _new_raw(RawEvent, fields)  # type: ignore[type-var]
+
+
 def _decode_proc(data: bytes | memoryview) -> RawEvent:
     ts, kind, pid, ppid, uid, comm = PROC_FORMAT.unpack_from(data)
-    return RawEvent(ts, kind, pid, ppid, uid, 0, 0, 0, 0, 0, "", "", _comm_text(comm), "")
+    return _new_raw(RawEvent, (ts, kind, pid, ppid, uid, 0, 0, 0, 0, 0, "", "",  # type: ignore[type-var]
+                               _comm_text(comm), *_PROC_TAIL))
 
 
 # Texts already made, by the raw bytes: a node talks to a limited set of peers, and its
@@ -250,7 +263,7 @@ _KERN = _with_detail(kernrecord.decode_kern)
 
 # record kind -> its decoder (each kind's layout is its owner's: see bpf/events.h)
 DECODERS: dict[int, Decoder] = {
-    EXEC: exec_decoder(RawEvent),
+    EXEC: exec_decoder(_raw_of),
     FORK: _decode_proc, EXIT: _decode_proc,
     CONNECT: _decode_conn, ACCEPT: _decode_conn, CLOSE: _decode_conn,
     CONNECT_VERDICT: _decode_conn,

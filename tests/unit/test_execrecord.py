@@ -293,3 +293,21 @@ def test_a_second_exec_in_a_known_cgroup_reads_the_executable_by_path_alone(proc
     monkeypatch.setattr(ProcFS, "_open", lambda *a: pytest.fail("opened the directory"))
     ev = _exec(obs, 934, cgroup_id=55, task=(1, 1, 0, 1))
     assert ev.process.exe == "/bin/false" and ev.process.container_id == CONTAINER
+
+
+def test_decoded_records_are_whole_raw_events_as_the_constructor_makes_them():
+    # the decoders build RawEvents without the NamedTuple's __new__: every field is there,
+    # in its place, with the defaults the constructor would give
+    fork = kevents.decode(kevents.PROC_FORMAT.pack(5, kevents.FORK, 1234, 1, 7, b"bash"))
+    assert fork == kevents.RawEvent(5, kevents.FORK, 1234, 1, 7, 0, 0, 0, 0, 0, "", "",
+                                    "bash", "")
+    assert type(fork) is kevents.RawEvent and len(fork) == len(kevents.RawEvent._fields)
+    ex = kevents.decode(exec_record(42, comm=b"tool", filename=b"/usr/bin/tool", ts=9, uid=3,
+                                    argv=[b"tool", b"-x"], cgroup_id=77,
+                                    task=(6000 * TICK_NS, 1, 1000, 4026532002)))
+    assert ex == kevents.RawEvent(9, kevents.EXEC, 42, 1, 3, 0, 0, 0, 0, 0, "", "", "tool",
+                                  "/usr/bin/tool", ("tool", "-x"), None, 0, (), 77,
+                                  task=(6000, 1000, 4026532002))
+    assert type(ex) is kevents.RawEvent and ex.detail is None
+    bare = kevents.decode(exec_record(43, comm=b"tool", filename=b"/usr/bin/tool"))
+    assert (bare.ppid, bare.task, bare.argv_cut, bare.argv) == (0, None, -1, ())
