@@ -135,7 +135,7 @@ class RawEvent(NamedTuple):
     # effective uid, network namespace inode), with the parent in `ppid`; None: not read
     task: tuple[int, int, int] | None = None
     # connect and accept records: the calls it stands for (repeats counted in the kernel)
-    count: int = 1
+    calls: int = 1
 
 
 def raw_detail(ts_ns: int, kind: int, pid: int, uid: int, comm: str, detail: object,
@@ -214,7 +214,7 @@ def _decode_conn(data: bytes | memoryview) -> RawEvent:
     raw = RawEvent(ts, kind, pid, 0, uid, fd, family, sport, dport, state,
                    _addr_text(family, saddr), _addr_text(family, daddr), _comm_text(comm), "")
     # most records stand for one call: no second tuple made for them
-    return raw if count <= 1 else raw._replace(count=count)
+    return raw if count <= 1 else raw._replace(calls=count)
 
 
 def _decode_udp(data: bytes | memoryview) -> RawEvent:

@@ -60,15 +60,15 @@ sys.stdin.read()
             # the first of each is there at once (well before the one-second window ends)
             _poll_until(program, lambda: connects() and accepts(), 0.5)
             first = connects()[0]
-            assert (first.count, first.saddr, first.daddr, first.family) == (
+            assert (first.calls, first.saddr, first.daddr, first.family) == (
                 1, "127.0.0.1", "127.0.0.1", kevents.AF_INET)
-            assert first.sport != 0 and accepts()[0].count == 1
+            assert first.sport != 0 and accepts()[0].calls == 1
             assert time.monotonic() - done_at < 0.9
             # the repeats: flushed once the window is over, the burst having stopped
-            _poll_until(program, lambda: sum(r.count for r in connects()) >= N
-                        and sum(r.count for r in accepts()) >= N, 5)
-            assert sum(r.count for r in connects()) == N
-            assert sum(r.count for r in accepts()) == N
+            _poll_until(program, lambda: sum(r.calls for r in connects()) >= N
+                        and sum(r.calls for r in accepts()) >= N, 5)
+            assert sum(r.calls for r in connects()) == N
+            assert sum(r.calls for r in accepts()) == N
             assert len(connects()) <= 4 and len(accepts()) <= 4
             flushed = connects()[-1]
             # a flush record: the destination as before, no source port
@@ -76,7 +76,7 @@ sys.stdin.read()
                 "127.0.0.1", lport, 0, "0.0.0.0")
             # nothing more comes: every repeat was counted once
             _poll_until(program, lambda: False, 1.2)
-            assert sum(r.count for r in connects()) == N
+            assert sum(r.calls for r in connects()) == N
         finally:
             client.kill()
             client.wait()
@@ -108,7 +108,7 @@ def test_a_new_program_in_the_same_process_is_sent_at_once(ebpf):
                     and r.dport == lport]
 
         _poll_until(program, lambda: len(sent()) >= 2, 0.8)
-        assert [r.count for r in sent()] == [1, 1]
+        assert [r.calls for r in sent()] == [1, 1]
     finally:
         listener.close()
         program.close()
