@@ -80,7 +80,10 @@ BPF_TABLE("lru_hash", struct tcp_key, struct tcp_count, tcp_seen, 8192);
 /* tgid -> when it last exec'd (0: not since the sensor started, or forgotten) */
 BPF_TABLE("lru_hash", u32, u64, exec_gen, 16384);
 
-TRACEPOINT_PROBE(sched, sched_process_exec)
+/* sched:sched_process_exec, attached by TcpSensor.start(): exec.bpf.c has that
+ * tracepoint's TRACEPOINT_PROBE, and one program cannot define it twice (nor is it needed:
+ * nothing of the tracepoint's record is read) */
+int tcp_on_exec(void *ctx)
 {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     u64 now = bpf_ktime_get_ns();

@@ -29,6 +29,7 @@ SKIPPABLE = records_of({EventKind.CONNECT, EventKind.ACCEPT, EventKind.CLOSE})
 WINDOW_NS = 1_000_000_000
 FLUSH_FD = -7
 SEEN_MAP = "tcp_seen"
+EXEC_TRACEPOINT, EXEC_HOOK = "sched:sched_process_exec", "tcp_on_exec"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _accept4 = _libc.accept4
@@ -54,7 +55,9 @@ class TcpSensor(BpfSensor):
                              needs={EventKind.CLOSE: EventKind.ACCEPT}, label="TCP")
 
     def start(self) -> None:
-        """Attached with the compile; from now on, a flush once per window."""
+        """Attached with the compile but for the exec hook (which starts a new key for a
+        new program: its first connect is never a repeat); a flush once per window."""
+        self.program.bpf.attach_tracepoint(tp=EXEC_TRACEPOINT, fn_name=EXEC_HOOK)
         super().start()
         self.program.every(WINDOW_NS / 1e9, self.flush)
 
