@@ -276,6 +276,11 @@ class BpfProgram:
     def _perf_lost(self, count: int) -> None:
         self._perf_lost_count += count
 
+    def attach_tracepoint(self, tracepoint: str, fn_name: str) -> None:
+        """Attach the program's function `fn_name` to `tracepoint` (category:name): for a
+        sensor whose tracepoint another sensor's TRACEPOINT_PROBE already names."""
+        self.bpf.attach_tracepoint(tp=tracepoint, fn_name=fn_name)
+
     def every(self, seconds: float, call: Callable[[], object]) -> None:
         """Have `poll` run `call` about once per `seconds` (the agent's loop polls at least
         every 100 ms): work a sensor owes its kernel side, such as asking for the counts

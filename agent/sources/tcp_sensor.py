@@ -57,7 +57,7 @@ class TcpSensor(BpfSensor):
     def start(self) -> None:
         """Attached with the compile but for the exec hook (which starts a new key for a
         new program: its first connect is never a repeat); a flush once per window."""
-        self.program.bpf.attach_tracepoint(tp=EXEC_TRACEPOINT, fn_name=EXEC_HOOK)
+        self.program.attach_tracepoint(EXEC_TRACEPOINT, EXEC_HOOK)
         super().start()
         self.program.every(WINDOW_NS / 1e9, self.flush)
 
