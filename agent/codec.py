@@ -31,7 +31,7 @@ _PROCESS_KEYS = {"pid", "ppid", "starttime", "id", "comm", "exe", "cmdline", "ui
 # each agent.details family is a key too (`"file": {"path": ...}`)
 _EVENT_KEYS = {"kind", "time", "process", "workspace", "container", "pod", "connection",
                "repeat", *details.BY_FAMILY}
-_CONN_KEYS = {"src", "sport", "dst", "dport", "family", "direction", "netns"}
+_CONN_KEYS = {"src", "sport", "dst", "dport", "family", "direction", "netns", "count"}
 
 
 class EventFormatError(ValueError):
@@ -121,6 +121,7 @@ def connection_from_json(obj: Any) -> Connection:
                                f"{direction!r}")
     conn.sport, conn.dport = _int(obj, "sport", 0), _int(obj, "dport", 0)
     conn.family, conn.direction, conn.netns = family, direction, _int(obj, "netns", 0)
+    conn.count = _int(obj, "count", 1)
     return conn
 
 
@@ -284,6 +285,7 @@ class _ConnectionJ(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     family: str | None = None
     direction: str | None = None
     netns: int = 0
+    count: int = 1
 
 
 class _EventJ(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -375,7 +377,8 @@ def _connection_of(c: _ConnectionJ) -> Connection | None:
     if family not in ("ipv4", "ipv6") or direction not in ("outbound", "inbound"):
         return None
     conn = Connection(src=c.src if c.src is not None else "0.0.0.0", sport=c.sport, dst=dst,
-                      dport=c.dport, family=family, direction=direction, netns=c.netns)
+                      dport=c.dport, family=family, direction=direction, netns=c.netns,
+                      count=c.count)
     return None if conn.src_ip == -1 or conn.dst_ip == -1 else conn
 
 

@@ -217,6 +217,9 @@ class Connection:
     family: str = "ipv4"
     direction: str = "outbound"
     netns: int = 0
+    # the connects (accepts) it stands for: the kernel counts repeats of a (process,
+    # destination) and reports them once per window (bpf/tcp.bpf.c)
+    count: int = 1
     src_ip: int = field(init=False, default=0)
     dst_ip: int = field(init=False, default=0)
 
@@ -225,11 +228,15 @@ class Connection:
         self.dst_ip = _ip_int(self.dst)
 
     def to_json(self) -> dict[str, Any]:
-        """The connection as findings and recorded events show it (no derived integers)."""
-        return {
+        """The connection as findings and recorded events show it (no derived integers;
+        `count` only when it stands for more than one call)."""
+        out = {
             "src": self.src, "sport": self.sport, "dst": self.dst, "dport": self.dport,
             "family": self.family, "direction": self.direction, "netns": self.netns,
         }
+        if self.count != 1:
+            out["count"] = self.count
+        return out
 
 
 def _ip_int(addr: str) -> int:

@@ -273,7 +273,7 @@ class Observer:
         if p is None:
             return None
         conn = Connection(raw.saddr, raw.sport, raw.daddr, raw.dport, _family(raw.family),
-                          "outbound", p.netns)
+                          "outbound", p.netns, raw.calls)
         return self._event(EventKind.CONNECT, p, t, raw.ts_ns, conn)
 
     def _connect_verdict(self, raw: RawEvent, t: float) -> Event:
@@ -303,7 +303,7 @@ class Observer:
                 return None
             remote, rport, local, lport, family = s.remote, s.rport, s.local, s.lport, s.family
         self._accepted[(remote, rport, local, lport)] = p.pid
-        conn = Connection(remote, rport, local, lport, family, "inbound", p.netns)
+        conn = Connection(remote, rport, local, lport, family, "inbound", p.netns, raw.calls)
         return self._event(EventKind.ACCEPT, p, t, raw.ts_ns, conn)
 
     def _close(self, raw: RawEvent, t: float) -> Event | None:

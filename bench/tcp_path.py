@@ -37,8 +37,10 @@ def records(n: int) -> list[bytes]:
 
     def rec(kind: int, sport: int, dport: int, state: int) -> bytes:
         if hasattr(kevents, "CONN_FORMAT"):   # compact TCP records (issue 10)
+            fields = [name for name, _ in kevents.CONN_FIELDS]
             return kevents.CONN_FORMAT.pack(123, kind, pid, 0, 0, 2, sport, dport, state,
-                                            LOOPBACK, LOOPBACK, b"python3")
+                                            LOOPBACK, LOOPBACK, b"python3",
+                                            *([1, 0] if "count" in fields else []))
         return kevents.NW_EVENT_FORMAT.pack(123, kind, pid, 0, 0, 0, 2, sport, dport, state,
                                             LOOPBACK, LOOPBACK, b"python3", b"")
 

@@ -88,6 +88,12 @@ struct nw_conn_event {
     u8 saddr[NW_ADDR_LEN];   /* IPv4 in the first 4 bytes */
     u8 daddr[NW_ADDR_LEN];
     char comm[NW_COMM_LEN];
+    u32 count;          /* connect, accept: the calls this record stands for. tcp.bpf.c
+                         * counts repeats of a (process, destination) in the kernel: 1, or
+                         * 1 + the repeats since its last record; a flush record (asked
+                         * by userspace once the window is over) carries the repeats
+                         * alone, without the source port. 0 for the other kinds */
+    u32 pad;
 };
 
 /* udp: a process sending UDP to a destination (connect, sendto, sendmsg, sendmmsg), sent

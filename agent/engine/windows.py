@@ -4,6 +4,10 @@
 State is bounded whatever the input: keys live in an LRU, and each key keeps at most
 threshold + 1 observations, which is all that is needed to know the threshold was passed.
 Time is the event's own time, so replaying yesterday's events gives yesterday's answers.
+
+A connection event may stand for several calls (`Connection.count`: repeats of a (process,
+destination) the kernel counted): it counts as that many events, all at its time. A
+`distinct` window counts values, which repeats of one destination do not add to.
 """
 
 from __future__ import annotations
@@ -75,7 +79,11 @@ class Window:
             count = len(seen)
         else:
             times = state.times
-            times.append(now)
+            conn = ev.connection
+            if conn is not None and conn.count > 1:
+                times.extend([now] * min(conn.count, cap))
+            else:
+                times.append(now)
             while times and (times[0] < horizon or len(times) > cap):
                 times.popleft()
             count = len(times)

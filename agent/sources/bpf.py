@@ -21,7 +21,7 @@ import platform
 import re
 import struct
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -239,6 +239,9 @@ class BpfProgram:
         self.errors = 0
         self._ring: RingReader | None = None
         self._last_records = 0.0   # monotonic time records last came
+        # work a sensor owes the kernel now and then (`every`): [due, interval, call]
+        self._periodic: list[list[Any]] = []
+        self._next_due = float("inf")
         if perf:
             # wakeup after a few records rather than each: the measured ceiling of a Python
             # consumer with wakeup_events=1 is ~100k/s
@@ -273,14 +276,39 @@ class BpfProgram:
     def _perf_lost(self, count: int) -> None:
         self._perf_lost_count += count
 
+    def attach_tracepoint(self, tracepoint: str, fn_name: str) -> None:
+        """Attach the program's function `fn_name` to `tracepoint` (category:name): for a
+        sensor whose tracepoint another sensor's TRACEPOINT_PROBE already names."""
+        self.bpf.attach_tracepoint(tp=tracepoint, fn_name=fn_name)
+
+    def every(self, seconds: float, call: Callable[[], object]) -> None:
+        """Have `poll` run `call` about once per `seconds` (the agent's loop polls at least
+        every 100 ms): work a sensor owes its kernel side, such as asking for the counts
+        no record carried yet."""
+        due = time.monotonic() + seconds
+        self._periodic.append([due, seconds, call])
+        self._next_due = min(self._next_due, due)
+
+    def _run_due(self, now: float) -> None:
+        for entry in self._periodic:
+            if now >= entry[0]:
+                entry[0] = now + entry[1]
+                try:
+                    entry[2]()
+                except OSError as e:
+                    log.warning("periodic sensor work failed: %s", e)
+        self._next_due = min(entry[0] for entry in self._periodic)
+
     def poll(self, timeout_ms: int) -> None:
         """Deliver pending records (at most MAX_BATCH) to the callback, waiting up to
         `timeout_ms` for one when none is pending."""
+        now = time.monotonic()
+        if now >= self._next_due:
+            self._run_due(now)
         ring = self._ring
         if ring is None:
             self.bpf.perf_buffer_poll(timeout=timeout_ms)
             return
-        now = time.monotonic()
         if ring.read(MAX_BATCH):
             self._last_records = now
             return

@@ -72,11 +72,13 @@ PROC_FIELDS: Fields = (
 PROC_FORMAT = struct.Struct("<" + "".join(code for _, code in PROC_FIELDS))
 
 # struct nw_conn_event (connect, accept, close, connect verdict): u64 ts_ns; u32 kind, pid,
-# uid, fd; u16 family, sport, dport, state; u8 saddr[16], daddr[16]; char comm[16]
+# uid, fd; u16 family, sport, dport, state; u8 saddr[16], daddr[16]; char comm[16];
+# u32 count, pad
 CONN_FIELDS: Fields = (
     ("ts_ns", "Q"), ("kind", "I"), ("pid", "I"), ("uid", "I"), ("fd", "I"),
     ("family", "H"), ("sport", "H"), ("dport", "H"), ("state", "H"),
     ("saddr", f"{ADDR_LEN}s"), ("daddr", f"{ADDR_LEN}s"), ("comm", f"{COMM_LEN}s"),
+    ("count", "I"), ("pad", "I"),
 )
 CONN_FORMAT = struct.Struct("<" + "".join(code for _, code in CONN_FIELDS))
 
@@ -132,6 +134,8 @@ class RawEvent(NamedTuple):
     # exec records whose task the kernel read (ExecFlag.TASK): (start time in clock ticks,
     # effective uid, network namespace inode), with the parent in `ppid`; None: not read
     task: tuple[int, int, int] | None = None
+    # connect and accept records: the calls it stands for (repeats counted in the kernel)
+    calls: int = 1
 
 
 def raw_detail(ts_ns: int, kind: int, pid: int, uid: int, comm: str, detail: object,
@@ -219,9 +223,11 @@ def _comm_text(raw: bytes) -> str:
 
 def _decode_conn(data: bytes | memoryview) -> RawEvent:
     (ts, kind, pid, uid, fd, family, sport, dport, state, saddr, daddr,
-     comm) = CONN_FORMAT.unpack_from(data)
-    return RawEvent(ts, kind, pid, 0, uid, fd, family, sport, dport, state,
-                    _addr_text(family, saddr), _addr_text(family, daddr), _comm_text(comm), "")
+     comm, count, _pad) = CONN_FORMAT.unpack_from(data)
+    raw = RawEvent(ts, kind, pid, 0, uid, fd, family, sport, dport, state,
+                   _addr_text(family, saddr), _addr_text(family, daddr), _comm_text(comm), "")
+    # most records stand for one call: no second tuple made for them
+    return raw if count <= 1 else raw._replace(calls=count)
 
 
 def _decode_udp(data: bytes | memoryview) -> RawEvent:

@@ -614,17 +614,17 @@ def test_every_sensor_is_attached_by_default(start_agent):
     def has(*names: str) -> int:
         return sum(os.path.isdir(f"/sys/kernel/tracing/events/syscalls/{n}") for n in names)
 
-    # exec (with execve/execveat entry and exit), fork, exit, the TCP state change, accept
-    # and accept4 in and out: 12; file: openat, open, creat, truncate, unlink, unlinkat,
-    # chmod, fchmodat, rename, renameat, renameat2, chdir, fork, and openat2 and fchmodat2
-    # where the kernel has them; privilege: ptrace, process_vm_writev, eight set*id,
-    # memfd_create: 11; kernel: mount, fsopen, fsconfig, fsmount, open_tree, move_mount,
-    # setns, unshare, bpf and, where the kernel has modules, init_module and finit_module;
-    # udp: socket in and out, connect, sendto, sendmsg, sendmmsg, close: 7; two guards
+    # exec (with execve/execveat entry and exit), fork, exit, the TCP state change, accept and
+    # accept4 in and out, tcp's exec hook: 13; file: openat, open, creat, truncate, unlink,
+    # unlinkat, chmod, fchmodat, rename, renameat, renameat2, chdir, fork, and openat2 and
+    # fchmodat2 where the kernel has them; privilege: ptrace, process_vm_writev, eight set*id,
+    # memfd_create: 11; kernel: mount, fsopen, fsconfig, fsmount, open_tree, move_mount, setns,
+    # unshare, bpf and, where the kernel has modules, init_module and finit_module; udp: socket
+    # in and out, connect, sendto, sendmsg, sendmmsg, close: 7; two guards
     optional = (has("sys_enter_openat2", "sys_enter_fchmodat2")
                 + has("sys_enter_init_module", "sys_enter_finit_module"))
     assert (held["anon_inode:[perf_event]"], held["anon_inode:bpf_link"]) == (
-        12 + 13 + 11 + 9 + 7 + optional, 2), held
+        13 + 13 + 11 + 9 + 7 + optional, 2), held
 
 
 def test_the_compilers_memory_is_given_back_once_ready(start_agent):

@@ -85,7 +85,7 @@ def test_every_record_struct_has_its_layout_and_every_kind_its_decoder():
     assert set(kevents.DECODERS) == {int(k) for k in RecordKind}
 
 
-@pytest.mark.parametrize("name,size", [("nw_proc_event", 40), ("nw_conn_event", 80)])
+@pytest.mark.parametrize("name,size", [("nw_proc_event", 40), ("nw_conn_event", 88)])
 def test_each_record_layout_matches_its_struct(name, size):
     fields = c_struct_fields(name)
     assert fields == list(kevents.LAYOUTS[name])

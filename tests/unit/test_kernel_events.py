@@ -32,7 +32,7 @@ def record(kind: int, pid: int, *, ppid: int = 0, fd: int = 0, family: int = 0, 
     if kind == kevents.EXEC:   # argv not taken in the kernel: the observer reads procfs
         return exec_record(pid, comm=comm, filename=filename, ts=ts)
     return kevents.CONN_FORMAT.pack(ts, kind, pid, 0, fd, family, sport, dport, 0,
-                                    raw(saddr), raw(daddr), comm)
+                                    raw(saddr), raw(daddr), comm, 1, 0)
 
 
 def test_decode_exec_and_connect_records():
@@ -72,10 +72,10 @@ def test_compact_records_decode_every_field():
     f = decode(record(kevents.FORK, 11, ppid=10, comm=b"bash", ts=77))
     assert (f.ts_ns, f.kind, f.pid, f.ppid, f.comm, f.filename, f.saddr) == (
         77, kevents.FORK, 11, 10, "bash", "", "")
-    assert len(record(kevents.FORK, 11)) == 40 and len(record(kevents.CONNECT, 1)) == 80
+    assert len(record(kevents.FORK, 11)) == 40 and len(record(kevents.CONNECT, 1)) == 88
     c = decode(kevents.CONN_FORMAT.pack(5, kevents.ACCEPT, 42, 1000, 9, kevents.AF_INET, 8080,
                                         50000, 1, bytes([10, 0, 0, 1]) + bytes(12),
-                                        bytes([10, 0, 0, 9]) + bytes(12), b"nginx"))
+                                        bytes([10, 0, 0, 9]) + bytes(12), b"nginx", 1, 0))
     assert c == RawEvent(5, kevents.ACCEPT, 42, 0, 1000, 9, kevents.AF_INET, 8080, 50000, 1,
                          "10.0.0.1", "10.0.0.9", "nginx", "")
     with pytest.raises(ValueError, match="unknown kind 99"):

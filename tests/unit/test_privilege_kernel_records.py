@@ -303,6 +303,12 @@ def test_a_sensor_missing_a_needed_tracepoint_is_left_out_and_the_others_run(
         def tracepoints(self) -> list[str]:
             return []
 
+        def attach_tracepoint(self, tracepoint: str, fn_name: str) -> None:
+            pass
+
+        def every(self, seconds: float, call) -> None:
+            pass
+
         def close(self) -> None:
             pass
 
