@@ -342,7 +342,9 @@ static __always_inline int on_accept_exit(void *ctx, long ret)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_accept4)
 {
-    if (args->fd == NW_FLUSH_FD && (bpf_get_current_pid_tgid() >> 32) == NW_AGENT_TGID)
+    /* the kernel reads fd as an int; the slot is 64 bits, and glibc sign-extends it on one
+     * path (a process with threads: the cancellable syscall) and not on the other */
+    if ((int)args->fd == NW_FLUSH_FD && (bpf_get_current_pid_tgid() >> 32) == NW_AGENT_TGID)
         return flush_repeats(args, (u64)args->upeer_sockaddr);
     return on_accept_enter((u64)args->upeer_sockaddr);
 }
