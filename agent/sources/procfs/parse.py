@@ -92,17 +92,11 @@ _STATES = {c.encode(): c for c in "RSDZTtXxKWIPw"}
 
 def parse_stat_and_program(data: bytes) -> tuple[Stat, Program]:
     """`parse_stat` and the program key of `parse_stat_program`, from one split (a first
-    scan parses thousands of these, so the split and the checks are inline)."""
-    lpar = data.find(b"(")
-    rpar = data.rfind(b")")
-    if lpar < 0 or rpar < lpar:
-        raise ValueError("no (comm) in stat")
-    rest = data[rpar + 2 :].split()
-    if len(rest) < 20:
-        raise ValueError("stat line too short")
-    comm = data[lpar + 1 : rpar]
+    scan parses thousands of these: the state needs no decode, the Stat no constructor).
+    The split and its checks of hostile comms are `_split_stat`'s, kept in one place."""
+    comm, rest = _split_stat(data)
     state = _STATES.get(rest[0]) or rest[0].decode("ascii", "replace")
-    st = tuple.__new__(Stat, (int(data[:lpar]), comm.decode("utf-8", "surrogateescape"),
+    st = tuple.__new__(Stat, (int(data[: data.find(b"(")]), comm.decode("utf-8", "surrogateescape"),
                               state, int(rest[1]), int(rest[6]), int(rest[19])))
     if len(rest) > 48:
         return st, (comm, _PROGRAM_FIELDS(rest))
