@@ -120,7 +120,7 @@ def exec_decoder(make: Callable[..., _T]) -> Callable[[bytes | memoryview], _T]:
         task = (start_ns // _NS_PER_TICK, euid, netns) if flags & _TASK else None
         return make(ts, kind, pid, ppid if task else 0, uid, slot, 0, 0, 0, verdict, "", "",
                     _cstr(comm), _cstr(filename), argv, found, cut, scanned, cgroup_id, None,
-                    task)
+                    task, 1)   # detail, task, calls: every field, as `make` may be tuple.__new__
 
     return decode_exec
 
