@@ -408,23 +408,9 @@ def _fast_event(line: str, ancestors: _Ancestors) -> Event | None:
     anc = ancestors.of_raw(pj.ancestors)
     if anc is None:
         return None
-    cid = pj.container_id
-    if cid is None:
-        cid = (e.container.id if e.container is not None else None) or ""
+    cid = (e.container.id if e.container is not None else None) or ""
     ws = (e.workspace.id if e.workspace is not None else None) or ""
-    # _process_of inlined (one call less per line): the event's process as recorded has
-    # its exe, comm and cmdline (`event_line` writes them); the defaults as _process_of
-    exe = pj.exe or ""
-    comm, cmdline = pj.comm, pj.cmdline
-    if cmdline is None:
-        cmdline = (exe,) if exe else ()
-    if comm is None:
-        named = exe or (cmdline[0] if cmdline else "")
-        comm = os.path.basename(named)[:COMM_LEN] if named else ""
-    proc = Process(pj.pid, pj.ppid, pj.starttime, comm, exe, cmdline,
-                   max(pj.cmdline_cut_bytes, 1) if pj.cmdline_truncated else 0, pj.uid, "R",
-                   False, 0, 0, cid, pj.netns)
-    return Event(kind, e.time, proc, anc, ws, pod, conn)
+    return Event(kind, e.time, _process_of(pj, cid), anc, ws, pod, conn)
 
 
 def event_from_line(line: str) -> Event:
