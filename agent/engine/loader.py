@@ -153,14 +153,19 @@ def _recalled_or_loaded(paths: Sequence[str]) -> RuleSet:
         entry = setcache.name([(str(f), raw) for f, raw in zip(files, raws, strict=True)
                                if raw is not None])
     kept = setcache.recall(entry) if entry is not None else None
+    whole = [raw for raw in raws if raw is not None]
     if kept is not None:
-        whole = [raw for raw in raws if raw is not None]
         ruleset = _from_skeleton(kept[0], kept[1], files, whole)
         if ruleset is not None:
             return ruleset
-    ruleset = load(paths)
-    if entry is not None:
-        setcache.keep(entry, ruleset.digest, ruleset.all_rules)
+    if entry is None:
+        return load(paths)   # no files, or one unreadable: the full check says so
+    # a miss: the bytes the entry is named by are the ones compiled and kept (read once)
+    with _no_collection():
+        ruleset, found = _compile(files, whole, False)
+    if ruleset is None:
+        raise RuleError(found)
+    setcache.keep(entry, ruleset.digest, ruleset.all_rules)
     return ruleset
 
 
