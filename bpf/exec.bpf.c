@@ -51,6 +51,67 @@ struct exec_build {
     u32 more;           /* another marker was set too */
 };
 BPF_PERCPU_ARRAY(exec_build, struct exec_build, 1);
+#ifndef NW_PERF
+/* Wake-ups of the lifecycle records (fork, exec, exit), adaptive. Each wake-up costs the
+ * consumer 20-40 us of CPU on a VM whatever it reads, about as much as the record.
+ * - An exec record wakes the consumer at once when no exec record woke it in the last
+ *   NW_EXEC_WAKE_GAP_NS (1.5 ms): a sparse exec, and the first of a burst, is read within
+ *   microseconds. One with an in-kernel verdict always wakes at once.
+ * - Execs that come faster, and fork and exit records sent within NW_WAKE_GAP_NS (1 ms)
+ *   of another lifecycle record, go with BPF_RB_NO_WAKEUP: they ride on a wake-up that
+ *   came before them, or on the consumer's linger.
+ * The bound: every record sent is read (by induction on the order they are sent: a record
+ * sent without a wake-up follows one sent, and so read, less than 1.5 ms before it). The
+ * consumer, while it has read a record in the last LINGER_MS (2 ms, agent/sources/bpf.py,
+ * timed after the read), polls with a timeout of at most LINGER_MS; so a record sent
+ * without a wake-up is read at most LINGER_MS after it was sent. At 1,000 execs/s this is
+ * about one wake-up per two execs instead of one or more per exec.
+ * lifecycle_wake[0]: when an exec record last woke the consumer; [1]: when the last
+ * lifecycle record was sent (fork and exit look only at that: a fork's wake-up, just
+ * before its exec, must not make the exec wait). */
+#define NW_EXEC_WAKE_GAP_NS 1500000ULL
+BPF_ARRAY(lifecycle_wake, u64, 2);
+
+static __always_inline u64 exec_wakeup(u16 verdict)
+{
+    int woke = 0, sent = 1;
+    u64 now = bpf_ktime_get_ns();
+    u64 *any = lifecycle_wake.lookup(&sent);
+    if (any)
+        *any = now;
+    u64 *last = lifecycle_wake.lookup(&woke);
+    if (last && !verdict && now - *last < NW_EXEC_WAKE_GAP_NS)
+        return BPF_RB_NO_WAKEUP;
+    if (last)
+        *last = now;   /* two CPUs racing here wake it twice: harmless */
+    return BPF_RB_FORCE_WAKEUP;
+}
+
+/* a fork or exit record's wake-up: none when a lifecycle record went less than
+ * NW_WAKE_GAP_NS before it */
+static __always_inline u64 proc_wakeup(void)
+{
+    int sent = 1;
+    u64 *any = lifecycle_wake.lookup(&sent);
+    if (!any)
+        return BPF_RB_FORCE_WAKEUP;
+    u64 now = bpf_ktime_get_ns();
+    u64 before = *any;
+    *any = now;
+    return now - before < NW_WAKE_GAP_NS ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP;
+}
+#endif
+
+/* send a fork or exit record */
+static __always_inline void send_proc(void *ctx, struct nw_proc_event *e)
+{
+#ifdef NW_PERF
+    submit_proc(ctx, e);
+#else
+    events.ringbuf_submit(e, proc_wakeup());
+#endif
+}
+
 /* the record of an exec whose arguments were not taken (the agent attached mid-exec) */
 BPF_PERCPU_ARRAY(exec_scratch, struct nw_exec_event, 1);
 
@@ -372,7 +433,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     if (events.perf_submit(args, x, NW_EXEC_FIXED + len) < 0)
         count_lost();
 #else
-    if (events.ringbuf_output(x, NW_EXEC_FIXED + len, immediate_wakeup()) < 0)
+    if (events.ringbuf_output(x, NW_EXEC_FIXED + len, exec_wakeup(x->verdict)) < 0)
         count_lost();
 #endif
     exec_pending.delete(&old);
@@ -391,7 +452,7 @@ TRACEPOINT_PROBE(task, task_newtask)
     fill_task(e, NW_FORK);
     e->ppid = e->pid;
     e->pid = args->pid;
-    submit_proc(args, e);
+    send_proc(args, e);
     return 0;
 }
 
@@ -404,6 +465,6 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     if (!e)
         return 0;
     fill_task(e, NW_EXIT);
-    submit_proc(args, e);
+    send_proc(args, e);
     return 0;
 }

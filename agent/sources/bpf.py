@@ -310,7 +310,9 @@ class BpfProgram:
             self.bpf.perf_buffer_poll(timeout=timeout_ms)
             return
         if ring.read(MAX_BATCH):
-            self._last_records = now
+            # timed after the read: no later than any record it read was sent (the
+            # kernel's wake-up rules count on it)
+            self._last_records = time.monotonic()
             return
         if not timeout_ms:
             return
