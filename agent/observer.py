@@ -25,6 +25,7 @@ from agent.sources.cmdline import HEAD, RawCmdline
 from agent.sources.kevents import RawEvent
 from agent.sources.netstate import ESTABLISHED, LISTEN, NetState
 from agent.sources.procfs import Cgroup, parse_cgroup, parse_cmdline
+from agent.sources.procfs.cgroup import same_in_v2_cgroup
 from agent.sources.procfs.cgroupids import CgroupPaths
 from agent.sources.procfs.reader import ExecRead, ImageRead
 from agent.sources.proctree import ProcessTree
@@ -191,8 +192,9 @@ class Observer:
         cg = cached
         if got.cgroup is not None:
             cg = got.cgroup
-            if raw.cgroup_id and cg.v2 and not cg.v1:
-                # cgroup v2 only: the id names the path, and the path is all that is parsed
+            if raw.cgroup_id and same_in_v2_cgroup(cg):
+                # the v2 id names the path, and the path says all that is kept (mixed
+                # hosts too, when the v2 path names the container)
                 self._cgroups[raw.cgroup_id] = cg
         argv, cut, why = raw.argv, raw.argv_cut, "long"
         if got.cmdline is not None and got.cmdline.head:

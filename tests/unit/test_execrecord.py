@@ -233,6 +233,57 @@ def test_a_cgroup_v1_host_reads_the_cgroup_every_time(proc, monkeypatch):
     assert (a.process.container_id, b.process.container_id) == (CONTAINER, "")
 
 
+def _counting_cgroup_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    reads: list[str] = []
+    may = ProcFS._may
+
+    def counting(self: ProcFS, pid: int, dfd: int, name: str, limit: int) -> bytes:
+        reads.append(name)
+        return may(self, pid, dfd, name, limit)
+
+    monkeypatch.setattr(ProcFS, "_may", counting)
+    return reads
+
+
+POD = "0b8b0c6e-4d2f-4c1b-9a3e-2f7d6c5b4a39"
+OTHER_POD = "11111111-2222-3333-4444-555555555555"
+
+
+def test_a_mixed_host_whose_v2_path_names_the_container_reads_its_cgroup_once(
+        proc, monkeypatch):
+    # systemd driver on a hybrid host: the unified path names the container and the pod
+    scope = f"/kubepods.slice/kubepods-pod{POD.replace('-', '_')}.slice/crio-{CONTAINER}.scope"
+    mixed = f"4:memory:{scope}\n1:name=systemd:{scope}\n0::{scope}\n"
+    obs = _observer(proc)
+    _proc(proc, 940, cgroup=mixed)
+    _proc(proc, 941, cgroup=mixed, exe="/bin/false")
+    reads = _counting_cgroup_reads(monkeypatch)
+    a = _exec(obs, 940, cgroup_id=77, task=(1, 1, 0, 1))
+    b = _exec(obs, 941, cgroup_id=77, task=(1, 1, 0, 1))
+    assert [(e.process.container_id, e.process.pod_uid) for e in (a, b)] == [(CONTAINER, POD)] * 2
+    assert b.process.exe == "/bin/false" and reads.count("cgroup") == 1
+
+
+@pytest.mark.parametrize("first", [
+    # the v2 path names no container: the v1 paths tell the processes of one v2 cgroup apart
+    f"4:memory:/docker/{CONTAINER}\n1:name=systemd:/docker/{CONTAINER}\n0::/init.scope\n",
+    # the v2 path names the container, a v1 path another pod than the v2 path: the file's
+    # pod uid (the first line's) is not the v2 path's
+    f"4:memory:/kubepods/pod{OTHER_POD}/{CONTAINER}\n0::/kubepods/pod{POD}/{CONTAINER}\n",
+])
+def test_a_mixed_host_whose_v2_path_does_not_decide_reads_the_cgroup_every_time(
+        proc, monkeypatch, first):
+    obs = _observer(proc)
+    _proc(proc, 950, cgroup=first)
+    _proc(proc, 951, cgroup="4:memory:/user.slice\n0::/init.scope\n")
+    reads = _counting_cgroup_reads(monkeypatch)
+    a = _exec(obs, 950, cgroup_id=88, task=(1, 1, 0, 1))
+    b = _exec(obs, 951, cgroup_id=88, task=(1, 1, 0, 1))
+    assert a.process.container_id == CONTAINER
+    assert (b.process.container_id, b.process.pod_uid) == ("", "")
+    assert reads.count("cgroup") == 2 and len(obs.caches()["observer_cgroups"]()) == 0
+
+
 # -- records that carry the task's facts (start time, parent, effective uid, netns) ----------
 
 TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")

@@ -70,6 +70,25 @@ def parse_cgroup(text: str) -> Cgroup:
     return Cgroup(v2, tuple(v1), container_id_from_cgroup(text), pod_uid_from_cgroup(text))
 
 
+def same_in_v2_cgroup(cg: Cgroup) -> bool:
+    """Whether every process of `cg`'s cgroup v2 (unified) path has `cg`'s container id and
+    pod uid, so they may be remembered by that cgroup's id (what an exec record carries).
+
+    On a v2-only host the file is the v2 path and nothing else. On a mixed host (v1
+    controllers beside the unified hierarchy) the v1 paths can tell processes of one v2
+    cgroup apart (docker's cgroupfs driver leaves its containers in the v2 cgroup of the
+    daemon, `/` on some hosts, and names them in the v1 paths only): it holds there only
+    when the v2 path itself names a container (whose id then wins over the v1 ones) and
+    gives the pod uid the whole file gives. Moving a process into another pod's v1 cgroup
+    alone takes write access to the host's v1 hierarchies."""
+    if not cg.v2:
+        return False
+    if not cg.v1:
+        return True
+    return (bool(cg.container_id) and _id_from_path(cg.v2) == cg.container_id
+            and pod_uid_from_cgroup(f"0::{cg.v2}") == cg.pod_uid)
+
+
 def pod_uid_from_cgroup(text: str) -> str:
     """The uid of the Kubernetes pod whose cgroup holds the process, or "".
 
