@@ -86,6 +86,8 @@ from agent.sources.procfs import ProcFS
 from agent.sources.proctree import ProcessTree
 from agent.sources.sensorset import SensorSet, open_sensors
 
+_EXEC = int(RecordKind.EXEC)
+
 TARGET = 50_000
 MODES = ("exec", "connect", "connect-rst", "mix")
 HERE = Path(__file__).resolve().parent
@@ -229,6 +231,8 @@ class Consumer:
         self.kinds = [0] * 8
         self.judged: dict[str, int] = {}
         self.findings = 0
+        # exec records' delivery lag (ns from the kernel's timestamp to the callback)
+        self.lags: list[int] = []
         self._fn: Callable[[RawEvent], None] = self._bare
         self.sensor = agent_sensors(self._on_raw, ring_pages)
         self.agent: Agent | None = None
@@ -238,6 +242,8 @@ class Consumer:
 
     def _bare(self, raw: RawEvent) -> None:
         self.kinds[raw.kind] += 1
+        if raw.kind == _EXEC:
+            self.lags.append(time.monotonic_ns() - raw.ts_ns)
 
     def reset(self, level: str) -> None:
         """Fresh counters and, for `full`, a fresh agent (tree scanned as at start-up)."""
@@ -245,6 +251,7 @@ class Consumer:
         judged: dict[str, int] = {}
         self.judged = judged
         self.findings = 0
+        self.lags = lags = []
         if level == "bare":
             self._fn = self._bare
             return
@@ -267,6 +274,8 @@ class Consumer:
 
         def full(raw: RawEvent) -> None:
             kinds[raw.kind] += 1
+            if raw.kind == _EXEC:
+                lags.append(time.monotonic_ns() - raw.ts_ns)
             ev = handle(raw)
             if ev is not None:
                 judged[ev.kind] = judged.get(ev.kind, 0) + 1
@@ -366,7 +375,18 @@ def run(consumer: Consumer, loadgen: str, mode: str, rate: float, secs: float,
         "steal_ms": {c: steal1[c] - steal0.get(c, 0.0) for c in steal1},
         "span_s": span, "drain_s": max(0.0, last - gen_t1),
         "timed_out": timed_out,
+        # exec records: kernel timestamp -> the consumer's callback, in us
+        "exec_lag_us": _lag_summary(consumer.lags),
     }
+
+
+def _lag_summary(lags: list[int]) -> dict[str, float]:
+    """p50, p99 and max of delivery lags in ns, as us ({} without any)."""
+    if not lags:
+        return {}
+    s = sorted(lags)
+    return {"p50": s[len(s) // 2] / 1e3, "p99": s[min(len(s) - 1, len(s) * 99 // 100)] / 1e3,
+            "max": s[-1] / 1e3}
 
 
 def kept_up(r: dict[str, Any]) -> bool:

@@ -9,9 +9,10 @@ pinned to CPU 0 with the exec sensor alone (`--all-sensors`: every default senso
 records made by anything else on the machine count too), paced at `--rate` execs/s and
 unpaced (the generator's maximum), and with the bare consumer (decode and count only: the
 transport's floor) at `--rate`. Wake-ups per exec = the polls that returned records / the
-execs made. CPU per exec = the consumer's user + system CPU over the
-run / the execs the generator made (records of other processes' execs count against it, as
-they would against the agent).
+execs made. Exec record lag = the kernel's timestamp to the consumer's callback, p50 / p99 /
+max (-1: that tree's bench/events.py does not measure it). CPU per exec = the consumer's
+user + system CPU over the run / the execs the generator made (records of other processes'
+execs count against it, as they would against the agent).
 
     sudo .venv/bin/python bench/exec_cost.py --tree base=$BASE --tree new=. --rounds 3
 
@@ -63,9 +64,12 @@ def per_exec(r: dict[str, Any]) -> dict[str, float]:
     execs = r["generated_records"] / RECORDS_PER_EXEC
     cpu_s = r["cpu_us_per_record"] * r["ingested"] / 1e6
     polls = r["ingested"] / max(r["records_per_poll"], 1e-9)
+    lag = r.get("exec_lag_us") or {}   # a tree whose bench/events.py does not measure it: -1
     return {"us_per_exec": cpu_s * 1e6 / max(execs, 1), "execs_per_s": execs / r["span_s"],
             "consumer_cpu": r["consumer_cpu"], "lost": r["lost"],
-            "wakeups_per_exec": polls / max(execs, 1)}
+            "wakeups_per_exec": polls / max(execs, 1),
+            "lag_p50_us": lag.get("p50", -1.0), "lag_p99_us": lag.get("p99", -1.0),
+            "lag_max_us": lag.get("max", -1.0)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,13 +92,16 @@ def main(argv: list[str] | None = None) -> int:
             results[name].append(r)
             print(f"round {rnd + 1} {name}: paced {r['paced']['us_per_exec']:.1f} us/exec at "
                   f"{r['paced']['execs_per_s']:,.0f}/s ({r['paced']['wakeups_per_exec']:.2f} "
-                  f"wake-ups/exec; bare {r['bare']['us_per_exec']:.1f}); max "
+                  f"wake-ups/exec, exec record lag p50/p99/max "
+                  f"{r['paced']['lag_p50_us']:.0f}/{r['paced']['lag_p99_us']:.0f}/"
+                  f"{r['paced']['lag_max_us']:.0f} us; bare {r['bare']['us_per_exec']:.1f}); max "
                   f"{r['max']['us_per_exec']:.1f} us/exec at {r['max']['execs_per_s']:,.0f}/s",
                   file=sys.stderr, flush=True)
     print(f"| checkout | us/exec at {args.rate:,.0f} execs/s (each round) | median | "
           f"wake-ups/exec | bare consumer (decode + count), us/exec | "
-          f"us/exec at the generator's max (each round) | median | execs/s at max |")
-    print("|---|---|---:|---:|---:|---|---:|---:|")
+          f"us/exec at the generator's max (each round) | median | execs/s at max | "
+          f"exec record lag at {args.rate:,.0f}/s, p99 / max (us, worst round) |")
+    print("|---|---|---:|---:|---:|---|---:|---:|---|")
     for name, rs in results.items():
         paced = [r["paced"]["us_per_exec"] for r in rs]
         top = [r["max"]["us_per_exec"] for r in rs]
@@ -104,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {' / '.join(f'{v:.1f}' for v in paced)} | "
               f"{statistics.median(paced):.1f} | {wakes:.2f} | {bare:.1f} | "
               f"{' / '.join(f'{v:.1f}' for v in top)} | {statistics.median(top):.1f} | "
-              f"{rate:,.0f} |")
+              f"{rate:,.0f} | {max(r['paced']['lag_p99_us'] for r in rs):.0f} / "
+              f"{max(r['paced']['lag_max_us'] for r in rs):.0f} |")
     json.dump(results, sys.stdout)
     print()
     return 0
