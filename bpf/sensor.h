@@ -46,16 +46,16 @@ static __always_inline void count_lost(void)
 /* Wake-ups. By default the ring buffer wakes its consumer for every record that finds it
  * caught up: at a few thousand records a second that is a wake-up per record, which costs
  * the consumer more than the record (on a VM, 20-40 us of CPU per wake-up, whatever the
- * consumer does). Exec records and in-kernel verdicts (a kill to carry out, a finding to
- * report) wake it at once. TCP records wake it at most once per NW_WAKE_GAP_NS. Fork and
- * exit records, which no rule waits for, wake it only when no exec record or fork/exit
- * wake-up came in the last NW_WAKE_GAP_NS: the fork before an exec and the exit after it
- * ride on the exec's wake-up. One sent without a wake-up waits for the next one, and
- * agent/sources/bpf.py polls with a timeout of 2 * NW_WAKE_GAP_NS while records flow, so
- * none waits longer. (The perf buffer wakes its reader by its own rule.) */
+ * consumer does). In-kernel verdicts (a kill to carry out, a finding to report) wake it
+ * at once. TCP records wake it at most once per NW_WAKE_GAP_NS. Exec, fork and exit
+ * records wake it by the rules of bpf/exec.bpf.c (lifecycle_wake): an exec at once unless
+ * another exec woke it less than 1.5 ms before, a fork or exit only when no lifecycle
+ * record was sent in the last NW_WAKE_GAP_NS. One sent without a wake-up waits for the
+ * next one, and agent/sources/bpf.py polls with a timeout of 2 * NW_WAKE_GAP_NS while
+ * records flow, so none waits longer. (The perf buffer wakes its reader by its own rule.) */
 #define NW_WAKE_GAP_NS 1000000ULL
 #define NW_WAKE_TCP 0     /* last_wake slots: TCP records' last wake-up */
-#define NW_WAKE_PROC 1    /* the last exec, fork or exit wake-up */
+#define NW_WAKE_PROC 1    /* fork/exit (NW_RECORD_IO); exec.bpf.c sends them by lifecycle_wake */
 #define NW_WAKE_NOW 2     /* not a slot: the record wakes the consumer at once */
 
 /* The per-CPU scratch slot of each record layout filled in place on the perf path, where
