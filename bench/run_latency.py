@@ -136,13 +136,17 @@ class Agent:
 
     tree: str
     config: str
+    trace: str | None = None   # bench/stagetrace.py's output file: run the agent traced
     proc: subprocess.Popen[str] | None = None
     arrivals: dict[int, int] = field(default_factory=dict)   # pid -> monotonic ns
     _reader: threading.Thread | None = None
 
     def start(self, timeout: float = 90.0) -> None:
+        agent = ["-m", "agent"] if self.trace is None else [
+            os.path.join(os.path.dirname(os.path.abspath(__file__)), "stagetrace.py"),
+            self.trace, "--"]
         self.proc = subprocess.Popen(
-            ["chrt", "-o", "0", sys.executable, "-m", "agent", "run", "--config", self.config,
+            ["chrt", "-o", "0", sys.executable, *agent, "run", "--config", self.config,
              "--format", "json"], cwd=self.tree, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, bufsize=1, start_new_session=True)
         ready = threading.Event()
@@ -255,6 +259,9 @@ def main() -> int:
                     help="idle processes started first (sleepers), for a bigger procfs")
     ap.add_argument("--scan-interval", type=float, default=None,
                     help="the agents' scan_interval (default: the config's, 60 s)")
+    ap.add_argument("--stages", action="store_true",
+                    help="run the agents through bench/stagetrace.py and print each stage's "
+                         "p50 / p90 / p99 (µs) per measure")
     args = ap.parse_args()
     sleepers = [subprocess.Popen(["sleep", "3600"]) for _ in range(args.extra)]
     try:
@@ -271,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
     cpus = sorted(os.sched_getaffinity(0))
     gen_cpu = cpus[-1]
     results: dict[str, list[tuple[list[float], int]]] = {}
+    stages: dict[str, list[dict[str, int]]] = {}
     with tempfile.TemporaryDirectory(prefix="nw-runlat-") as tmpdir:
         tmp = Path(tmpdir)
         gen, miner, victim = build(tmp)
@@ -290,8 +298,10 @@ def run(args: argparse.Namespace) -> int:
                     cfg = write_config(tmp, "a", "enforce" if kill else "audit", rt,
                                        str(tmp / "rules") if kill else None,
                                        args.scan_interval)
-                    agent = Agent(os.path.abspath(path), cfg)
+                    trace = str(tmp / "trace.json") if args.stages else None
+                    agent = Agent(os.path.abspath(path), cfg, trace)
                     agent.start()
+                    windows: dict[str, tuple[int, int]] = {}
                     try:
                         time.sleep(1.0)  # the start-up scan's findings are out
                         for stressed in (False, True):
@@ -299,6 +309,7 @@ def run(args: argparse.Namespace) -> int:
                             if stressed:
                                 hogs.start()
                                 time.sleep(0.2)
+                            began = time.monotonic_ns()
                             try:
                                 got = measure(agent, gen, victim if kill else miner, kill,
                                               args.kills if kill else args.execs,
@@ -307,12 +318,16 @@ def run(args: argparse.Namespace) -> int:
                                 hogs.stop()
                             key = (f"{'exec -> killed' if kill else 'exec -> finding'} | "
                                    f"{label} | {'hogs' if stressed else 'idle'}")
+                            windows[key] = (began, time.monotonic_ns())
                             results.setdefault(key, []).append(got)
                             print(f"round {rnd + 1} {key}: p50 {pct(got[0], 50):.2f} "
                                   f"p99 {pct(got[0], 99):.2f} missed {got[1]}",
                                   file=sys.stderr, flush=True)
                     finally:
                         agent.stop()
+                    if trace is not None:
+                        for key, window in windows.items():
+                            stages.setdefault(key, []).extend(in_window(trace, window))
     print("| measure | tree, realtime | load | rounds | p50 median (ms) | p99 median (ms) "
           "| p99 per round (ms) | missed |")
     print("|---|---|---|---:|---:|---:|---|---:|")
@@ -324,10 +339,49 @@ def run(args: argparse.Namespace) -> int:
         print(f"| {what} | {label} | {load} | {len(runs)} | {p50:.2f} | "
               f"{statistics.median(p99s):.2f} | {', '.join(f'{x:.2f}' for x in p99s)} | "
               f"{sum(r[1] for r in runs)} |")
+    if stages:
+        print_stages(stages)
     if args.json:
         Path(args.json).write_text(json.dumps({k: [r[0] for r in v] for k, v in
                                                results.items()}))
     return 0
+
+
+def in_window(trace: str, window: tuple[int, int]) -> list[dict[str, int]]:
+    """The traced samples (bench/stagetrace.py) of one measure's window, each with the GC
+    time (µs) that overlapped its handling."""
+    data = json.loads(Path(trace).read_text())
+    out = []
+    for s in data["samples"]:
+        if window[0] <= s["obs_in"] <= window[1]:
+            s["gc_us"] = sum(min(g1, s["done"]) - max(g0, s["obs_in"])
+                             for g0, g1, _ in data["gc"]
+                             if g0 < s["done"] and g1 > s["obs_in"]) // 1000
+            out.append(s)
+    return out
+
+
+def print_stages(stages: dict[str, list[dict[str, int]]]) -> None:
+    """Per measure, each stage's p50 / p90 / p99 in µs over every round's samples, the
+    event thread's CPU/wall over the handling, and the GC that overlapped it."""
+    from stagetrace import STAGES
+
+    print("\n| measure | tree, realtime | load | n | " +
+          " | ".join(STAGES) + " | cpu/wall | gc (events, max µs) |")
+    print("|---|---|---|---:|" + "---|" * (len(STAGES) + 2))
+    for key in sorted(stages):
+        ss = stages[key]
+        cells = []
+        for a, b in STAGES.values():
+            xs = [(s[b] - s[a]) / 1e3 for s in ss if a in s and b in s]
+            cells.append(f"{pct(xs, 50):.0f} / {pct(xs, 90):.0f} / {pct(xs, 99):.0f}"
+                         if xs else "-")
+        ratio = [(s["cpu_out"] - s["cpu_in"]) / max(1, s["done"] - s["obs_in"]) for s in ss]
+        gcs = [s["gc_us"] for s in ss if s["gc_us"]]
+        what, label, load = key.split(" | ")
+        print(f"| {what} | {label} | {load} | {len(ss)} | " + " | ".join(cells) +
+              f" | {pct(ratio, 50):.2f} / {pct(ratio, 99):.2f} | "
+              f"{len(gcs)}, {max(gcs, default=0)} |")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ stopped.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -32,7 +33,7 @@ from typing import Protocol
 
 from agent.actions.cgroup import CgroupFS, usable_v1
 from agent.decide import Decision, Protection
-from agent.errors import AccessDenied, ProcessGone
+from agent.errors import EXHAUSTED, AccessDenied, FdExhausted, ProcessGone
 from agent.fdlimit import exhausted
 from agent.metrics import Metrics
 from agent.model import Event, EventKind, Pod, Process
@@ -45,6 +46,8 @@ log = logging.getLogger("nodewarden.actions")
 Sender = Callable[[int, int], None]  # (pidfd, signal)
 Opener = Callable[[int], int]  # pid -> pidfd; ProcessLookupError when there is no such pid
 MAX_STOP_ROUNDS = 20
+# what opening /proc/PID/stat fails with when there is no such process (any more)
+_GONE = (errno.ESRCH, errno.ENOENT, errno.ENOTDIR)
 
 
 def _pidfd_send(pidfd: int, sig: int) -> None:
@@ -53,6 +56,34 @@ def _pidfd_send(pidfd: int, sig: int) -> None:
 
 def _pidfd_open(pid: int) -> int:
     return os.pidfd_open(pid)
+
+
+def _starttime(root: str, pid: int) -> int | None:
+    """The start time (clock ticks) in `root`/PID/stat, or None when there is no such
+    process or it is unreadable. One open and one read, the start time alone parsed: this
+    runs between a record and its kill (ProcFS.stat opens the pid's directory first and
+    parses every field, twice the time). Out of descriptors raises FdExhausted."""
+    try:
+        fd = os.open(f"{root}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in EXHAUSTED:
+            raise FdExhausted(e.errno, e.strerror) from None
+        if e.errno in _GONE or isinstance(e, PermissionError):
+            return None
+        raise
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None  # ESRCH: it exited after the open
+    finally:
+        os.close(fd)
+    # the comm (field 2) may hold spaces and parentheses: fields are counted after the
+    # last ')'; the start time is field 22, the 20th after it
+    fields = data[data.rfind(b")") + 2:].split(b" ", 20)
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
 
 
 class PodDeleterLike(Protocol):
@@ -169,16 +200,18 @@ class Enforcer:
 
     def _open_checked(self, pid: int, starttime: int) -> int | None:
         """A pidfd for the process `pid` that started at `starttime`, or None if that
-        process no longer exists (exited, or the pid now names another process)."""
+        process no longer exists (exited, or the pid now names another process). The pidfd
+        comes first: a process that the start time check finds is the one it holds."""
         try:
             fd = self._open_pidfd(pid)
         except ProcessLookupError:
             return None
         try:
-            if self.procfs.stat(pid).starttime != starttime:
-                os.close(fd)
-                return None
-        except (ProcessGone, AccessDenied):
+            same = _starttime(self.procfs.root, pid) == starttime
+        except BaseException:
+            os.close(fd)
+            raise
+        if not same:
             os.close(fd)
             return None
         return fd

@@ -34,3 +34,23 @@ def test_an_exec_without_a_kernel_time_is_always_judged(rules_from):
     judge = Judge(rules_from(RULE))
     judge.judge(_ev("scan", ktime_ns=2_000))
     assert len(judge.judge(_ev("exec", ktime_ns=0))) == 1      # replay, recorded events
+
+
+def test_matches_are_counted_by_rule_severity_and_mode_across_a_reload(rules_from):
+    from agent.decide import Protection
+    from agent.metrics import Metrics
+
+    m = Metrics()
+
+    def count(severity: str, mode: str) -> float:
+        return m.registry.get_sample_value("nodewarden_rule_matches_total", {
+            "rule": "miner", "severity": severity, "mode": mode}) or 0.0
+
+    judge = Judge(rules_from(RULE), "audit", metrics=m)
+    for t in (1, 2):
+        judge.judge(_ev("exec", ktime_ns=t))
+    assert count("high", "audit") == 2
+    # a reload: the same rule id, another severity, enforce mode
+    judge.use(rules_from(RULE.replace("high", "low")), "enforce", Protection())
+    judge.judge(_ev("exec", ktime_ns=3))
+    assert (count("high", "audit"), count("low", "enforce")) == (2, 1)

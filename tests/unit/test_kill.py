@@ -182,6 +182,42 @@ def test_a_pid_whose_stat_vanished_after_pidfd_open_is_gone(make, proc, pidfds):
     assert pidfds.sent == []
 
 
+@pytest.mark.parametrize("comm", ["a) (b", "x ) 1 2 3", ")"])
+def test_the_start_time_is_found_behind_a_comm_made_to_look_like_fields(make, proc, pidfds,
+                                                                        comm):
+    # the identity check reads field 22 after the *last* ')': a comm cannot shift it
+    stat = proc / "1400" / "stat"
+    stat.write_text(stat.read_text().replace("(xmrig)", f"({comm})"))
+    assert make().kill(1400, 60200).outcome == "killed"
+    assert make().kill(1400, 60201).outcome == "gone"
+    assert pidfds.sent == [(1400, KILL)]
+
+
+def test_a_garbled_stat_is_gone_not_killed(make, proc, pidfds):
+    (proc / "1400" / "stat").write_text("1400 (xmrig) S 1")
+    assert make().kill(1400, 60200).outcome == "gone"
+    assert pidfds.sent == []
+
+
+def test_out_of_descriptors_for_the_identity_check_fails_and_closes_the_pidfd(
+        make, proc, pidfds, monkeypatch):
+    import errno
+
+    from agent.actions import kill as kill_mod
+
+    real_open = os.open
+
+    def no_fds(path, *a, **kw):
+        if str(path).endswith("/1400/stat"):
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(kill_mod.os, "open", no_fds)
+    done = make().carry_out(decision(event(proc, 1400), "kill"))
+    assert done.outcome == "failed" and "out of file descriptors" in done.reason
+    assert pidfds.sent == [] and pidfds.leaked() == []  # the pidfd opened first is closed
+
+
 # -- never a protected process ------------------------------------------------------------
 
 @pytest.mark.parametrize(("pid", "why"), [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import io
 import logging
 import os
 import shutil
@@ -14,7 +16,14 @@ import pytest
 
 from agent.config import Config, load_config
 from agent.errors import ConfigError
-from agent.realtime import PRIORITY, Realtime
+from agent.realtime import (
+    PRIORITY,
+    SWITCH_INTERVAL,
+    Realtime,
+    between_records,
+    settle_heap,
+    tuned,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "proc"
@@ -133,3 +142,83 @@ def test_nodewarden_run_with_cap_sys_nice_says_the_event_thread_is_fifo(tmp_path
     assert r.returncode == 0, r.stderr
     assert f"event thread in SCHED_FIFO, priority {PRIORITY}" in r.stderr
     assert "refused" not in r.stderr
+
+
+# -- the interpreter around the event thread: GIL switch interval, garbage collection --------
+
+def test_tuned_hands_the_gil_over_within_half_a_millisecond_and_restores_it():
+    before = sys.getswitchinterval()
+    with tuned():
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+        assert SWITCH_INTERVAL <= 0.001 < before  # CPython's default is 5 ms
+    assert sys.getswitchinterval() == before
+    with pytest.raises(RuntimeError), tuned():
+        raise RuntimeError("the agent failed")
+    assert sys.getswitchinterval() == before
+
+
+def test_settle_heap_freezes_what_is_alive_and_tuned_unfreezes_it_at_the_end():
+    with tuned():
+        assert settle_heap() > 1000 and gc.get_freeze_count() > 1000
+    assert gc.get_freeze_count() == 0
+
+
+def test_no_collection_runs_while_a_record_is_handled_and_one_may_after():
+    seen: list[bool] = []
+
+    def handle(record: int) -> None:
+        seen.append(gc.isenabled())
+        if record < 0:
+            raise ValueError(record)
+
+    held = between_records(handle)
+    assert gc.isenabled()
+    held(1)
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(ValueError):
+        held(-1)
+    assert gc.isenabled()  # a failing record leaves the collector on
+    gc.disable()
+    try:
+        held(2)  # a caller that turned it off keeps it off
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def _ruleset():
+    from agent.engine import loader
+
+    return loader.load([loader.bundled_rules_dir()])
+
+
+def test_run_is_tuned_while_the_loop_runs_and_leaves_the_interpreter_as_it_was(monkeypatch):
+    from agent import app
+
+    before = sys.getswitchinterval()
+    at_ready: dict[str, float] = {}
+    rt = app.Runtime(Config(listen="off", bpf="off", kubernetes="off",
+                            proc_root=str(FIXTURE), lock_file=""),
+                     _ruleset(), app.Overrides(), None, io.StringIO(), "json")
+
+    def ready(running: str) -> None:
+        at_ready["interval"] = sys.getswitchinterval()
+        at_ready["frozen"] = gc.get_freeze_count()
+        rt.stop.set()
+
+    real_ready = app._ready
+    monkeypatch.setattr(app, "_ready", lambda running: (real_ready(running), ready(running)))
+    assert rt.run() == 0
+    assert at_ready["interval"] == pytest.approx(SWITCH_INTERVAL)
+    assert at_ready["frozen"] > 1000
+    assert sys.getswitchinterval() == before and gc.get_freeze_count() == 0
+
+
+def test_other_commands_leave_the_switch_interval_and_the_heap_alone():
+    from agent import cli
+
+    before = sys.getswitchinterval()
+    out, err = io.StringIO(), io.StringIO()
+    cli.main(["scan", "--proc-root", str(FIXTURE), "--format", "json"], out, err)
+    assert "crypto-miner-exec" in out.getvalue()
+    assert sys.getswitchinterval() == before and gc.get_freeze_count() == 0
