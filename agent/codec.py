@@ -308,6 +308,7 @@ _KIND_OF: dict[str | None, str] = {**{str(k): str(k) for k in RULE_KINDS}, None:
 _ANCESTORS_DECODER = msgspec.json.Decoder(list[_AncestorJ] | None)
 _NO_PROCESS = _ProcessJ()
 _ANCESTORS_MAX = 4096
+_isfinite = math.isfinite
 
 
 def _process_of(p: _ProcessJ | _AncestorJ, container_id: str) -> Process:
@@ -347,7 +348,7 @@ class _Ancestors:
         if found is None:
             try:
                 recorded = _ANCESTORS_DECODER.decode(key)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
                 return None
             found = self.of(recorded) if recorded else ()
             if len(self.lists) >= _ANCESTORS_MAX:
@@ -376,9 +377,9 @@ def _connection_of(c: _ConnectionJ) -> Connection | None:
     direction = c.direction if c.direction is not None else "outbound"
     if family not in ("ipv4", "ipv6") or direction not in ("outbound", "inbound"):
         return None
-    conn = Connection(src=c.src if c.src is not None else "0.0.0.0", sport=c.sport, dst=dst,
-                      dport=c.dport, family=family, direction=direction, netns=c.netns,
-                      count=c.count)
+    # positional (src, sport, dst, dport, family, direction, netns, count): once per line
+    conn = Connection(c.src if c.src is not None else "0.0.0.0", c.sport, dst, c.dport, family,
+                      direction, c.netns, c.count)
     return None if conn.src_ip == -1 or conn.dst_ip == -1 else conn
 
 
@@ -386,10 +387,10 @@ def _fast_event(line: str, ancestors: _Ancestors) -> Event | None:
     """The event of a recorded line, or None when the lenient reader must decide."""
     try:
         e = _DECODER.decode(line)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None  # (nested too deeply: the lenient reader says so)
     kind = _KIND_OF.get(e.kind)
-    if kind is None or not math.isfinite(e.time):
+    if kind is None or not _isfinite(e.time):
         return None
     conn = pod = None
     if e.connection is not None:
@@ -405,9 +406,13 @@ def _fast_event(line: str, ancestors: _Ancestors) -> Event | None:
         pod = Pod(namespace=p.namespace or "", name=p.name or "", uid=p.uid or "",
                   labels=p.labels or {})
     pj = e.process or _NO_PROCESS
-    anc = ancestors.of_raw(pj.ancestors)
+    raw = pj.ancestors
+    # a list read before (most lines), without a call; else `of_raw` reads it
+    anc = ancestors.lists.get(bytes(raw)) if raw else ()
     if anc is None:
-        return None
+        anc = ancestors.of_raw(raw)
+        if anc is None:
+            return None
     cid = (e.container.id if e.container is not None else None) or ""
     ws = (e.workspace.id if e.workspace is not None else None) or ""
     return Event(kind, e.time, _process_of(pj, cid), anc, ws, pod, conn)
@@ -424,6 +429,9 @@ def _event_from_text(line: str) -> Event:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise EventFormatError(str(e)) from None
+    except RecursionError:
+        # a hostile line of nested brackets: an error that names the line, not a traceback
+        raise EventFormatError("JSON nested too deeply to be an event") from None
     return event_from_json(obj)
 
 

@@ -15,6 +15,12 @@ changes with every event) or tests something whose reads are not known; then its
 run on every event, as before. Values come from the schema's fixed expressions
 (schema.Field.expr) and generated names only, as in codegen.py.
 
+The ancestors' part of a key is one small integer, a token per distinct lineage (their
+comm, executable and argv, parent first): a lineage is one tuple shared by every event of
+a process and by every event a recording repeats it in (proctree.py's ancestry, codec.py's
+`_Ancestors`), so its token is found by the tuple's identity and the key neither rebuilds
+nor hashes nor compares the ancestors' texts (a third of what an exec's judging cost).
+
 The store is bounded twice: entries, and the characters of the command lines its keys
 hold (a workload that makes up long unique command lines cannot make it big); full, it
 is cleared and fills again with what runs now. Only the kinds that judge a program (exec,
@@ -62,14 +68,16 @@ class Unknown(Exception):
 class Store:
     """Remembered answers: key -> the rules that fire, bounded by entries and characters
     (see MAX_ENTRIES, MAX_CHARS); cleared when full. `len` and `maxsize` are what the
-    cache metrics read."""
+    cache metrics read. It also holds the lineage tokens its keys name (`Lineages`), no
+    more of them than answers."""
 
-    __slots__ = ("answers", "chars", "maxsize")
+    __slots__ = ("answers", "chars", "lineages", "maxsize")
 
     def __init__(self) -> None:
         self.answers: dict[tuple[Any, ...], tuple[Rule, ...]] = {}
         self.chars = 0
         self.maxsize = MAX_ENTRIES
+        self.lineages = Lineages()
 
     def put(self, key: tuple[Any, ...], chars: int, fired: Sequence[Rule]) -> None:
         """Remember `fired` for `key` (whose command lines total `chars` characters)."""
@@ -78,11 +86,49 @@ class Store:
         if len(self.answers) >= MAX_ENTRIES or self.chars + chars > MAX_CHARS:
             self.answers.clear()
             self.chars = 0
+            self.lineages.clear()
         self.answers[key] = tuple(fired)
         self.chars += chars
 
     def __len__(self) -> int:
         return len(self.answers)
+
+
+class Lineages:
+    """A token (int) per distinct lineage, found by the identity of the tuple of ancestors.
+
+    `by_id` maps id(tuple) -> (the tuple, its token): the tuple is held, so its id is not
+    reused while the entry lives. `tokens` maps a lineage's texts to its token. A token is
+    never given twice (a counter), so a key that names a forgotten token can never match
+    another lineage: it is only an answer not found again. At most MAX_ENTRIES of each;
+    cleared with the store's answers (each miss adds at most one answer and one lineage)."""
+
+    __slots__ = ("by_id", "count", "part", "tokens")
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, tuple[tuple[Any, ...], int]] = {}
+        self.tokens: dict[tuple[Any, ...], int] = {}
+        self.count = 0
+        # the texts of one ancestor that a key holds (set by `remembering`)
+        self.part: Callable[[Any], tuple[Any, ...]] = lambda q: (q.cmdline, q.comm, q.exe)
+
+    def token(self, ancestors: tuple[Any, ...]) -> int:
+        """The token of this lineage (made, and found by identity from now on)."""
+        texts = tuple(map(self.part, ancestors))
+        tok = self.tokens.get(texts)
+        if tok is None:
+            if len(self.tokens) >= MAX_ENTRIES:
+                self.tokens.clear()
+            tok = self.tokens[texts] = self.count = self.count + 1
+        if len(self.by_id) >= MAX_ENTRIES:
+            self.by_id.clear()
+        self.by_id[id(ancestors)] = (ancestors, tok)
+        return tok
+
+    def clear(self) -> None:
+        """Forget every lineage (tokens given stay given)."""
+        self.by_id.clear()
+        self.tokens.clear()
 
 
 class _Reads:
@@ -180,9 +226,18 @@ def remembering(rules: Sequence[Rule], judge: Callable[[Event], Sequence[Rule]],
         parts.append(f"({_proc_key('_a[0]', r.parent)} if _a else None)")
         if "cmdline" in r.parent:
             chars.append("if _a: _n += sum(map(len, _a[0].cmdline))")
+    lineage: list[str] = []
     if r.ancestors:
         every = r.ancestors | r.parent
-        parts.append(f"tuple([{_proc_key('q', every)} for q in _a])")
+        # the lineage's token (see Lineages): by the tuple's identity, else made
+        part = codegen.source_function([f"return {_proc_key('ev', every)}"], {})
+        if part is None:
+            return None
+        store.lineages.part = part
+        consts.update(_by_id=store.lineages.by_id, _token=store.lineages.token, _id=id)
+        lineage = ["    _m = _by_id.get(_id(_a))",
+                   "    _l = _m[1] if _m is not None and _m[0] is _a else _token(_a)"]
+        parts.append("_l")
         if "cmdline" in every:
             chars.append("for q in _a: _n += sum(map(len, q.cmdline))")
     for expr, value in sorted(r.values.items()):
@@ -190,7 +245,7 @@ def remembering(rules: Sequence[Rule], judge: Callable[[Event], Sequence[Rule]],
     for i, (_, get) in enumerate(sorted(r.getters.items())):
         consts[f"_g{i}"] = get
         parts.append(f"_g{i}(ev)")
-    body = ["_p = ev.process", "_a = ev.ancestors", "try:",
+    body = ["_p = ev.process", "_a = ev.ancestors", "try:", *lineage,
             f"    _key = ({''.join(p + ', ' for p in parts)})",
             "    _hit = _store.get(_key)",
             "except TypeError:",  # a value that cannot be a key: judged as it is

@@ -22,6 +22,8 @@ def _slow(line: str) -> str:
         return repr(event_from_json(json.loads(line)))
     except (EventFormatError, ValueError) as e:
         return f"error: {e}"
+    except RecursionError:  # what the reader says of it (json.loads gives up)
+        return "error: JSON nested too deeply to be an event"
 
 
 def _fast(line: str) -> str:
@@ -64,6 +66,15 @@ EDGES = [
     '{"process": {"comm": "a\\udc80b", "cmdline": ["\\udcff", "\\ud83d\\ude00"]}}',
     '{"process": {"exe": "/tmp/\\u00e9t\\u00e9"}}', '[]', '"exec"', '{not json', '',
     '{"process": {"comm": "tab\\there"}}', '{"process": {"comm": "raw\ttab"}}',
+    # hostile: odd comms, huge texts, wrong types where the fast path reads without a check
+    '{"process": {"comm": "a) (b", "exe": "/opt/odd/a) (b", "cmdline": ["./a) (b"]}}',
+    '{"process": {"comm": "' + "x" * 100_000 + '", "cmdline": ["' + "y" * 100_000 + '"]}}',
+    '{"process": {"ancestors": [{"cmdline": [1, 2]}]}}', '{"process": {"pid": "7"}}',
+    '{"process": {"ancestors": [{"comm": "sh"}], "id": "x"}, "kind": "EXEC"}',
+    '{"process": {"ancestors": [[]]}}', '{"process": {"ancestors": [null]}}',
+    '{"process": {"ancestors": "' + "[" * 1000 + '"}}', '[' * 100_000 + ']' * 100_000,
+    '{"process": {"ancestors": ' + "[" * 100_000 + "]" * 100_000 + '}}',
+    '{"connection": {"dst": "1.2.3.4", "count": -5, "netns": 1.5}}',
 ]
 
 
@@ -152,3 +163,12 @@ def test_a_replayed_process_shows_the_identity_it_was_recorded_with(tmp_path: Pa
     assert replayed.process.id == proc.id == process_identity(77, 5, 123456)
     other = dataclasses.replace(replayed.process, ppid=1)
     assert other.id == process_identity(77, 1, 123456) != proc.id
+
+
+def test_a_line_nested_too_deeply_is_an_error_naming_it_not_a_crash(tmp_path: Path) -> None:
+    good = event_line(Event("exec", 1.0, Process(7, 1, 3, "sh", "/bin/sh", ("sh",))))
+    deep = '{"process": {"ancestors": ' + "[" * 100_000 + "]" * 100_000 + "}}"
+    path = tmp_path / "hostile.jsonl"
+    path.write_text(good + "\n" + deep + "\n")
+    with pytest.raises(EventFormatError, match=r"hostile.jsonl:2: JSON nested too deeply"):
+        list(read_events(str(path)))

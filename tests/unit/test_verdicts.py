@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agent.codec import event_from_json, event_from_line
+from agent.codec import event_from_json, event_from_line, read_events
 from agent.engine import loader, verdicts
 from agent.engine.ruleset import RuleSet, naive_evaluate
 from agent.metrics import CacheTotal, Metrics
@@ -146,3 +146,40 @@ def test_a_connect_event_is_not_remembered() -> None:
                          "connection": {"dst": "169.254.169.254", "dport": 80}})
     rs.evaluate(e)
     assert sum(map(len, rs.remembered())) == 0
+
+
+def test_a_lineage_shared_by_many_events_is_judged_by_what_it_says(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    # a recording read through read_events shares one ancestors tuple among the events of
+    # a lineage (its key is a token found by the tuple's identity): every answer is still
+    # the rules' own, also while the store and its lineages are cleared again and again
+    monkeypatch.setattr(verdicts, "MAX_ENTRIES", 7)
+    rs = loader.load([loader.bundled_rules_dir()])
+    naive = loader.load([loader.bundled_rules_dir()])
+    with gzip.open(GOLDEN, "rt", encoding="utf-8") as f:
+        lines = [json.loads(x)["event"] for x in f]
+    path = tmp_path / "golden.jsonl"
+    path.write_text("".join(line + "\n" for line in lines * 2))
+    events = list(read_events(str(path)))
+    shared = {id(e.ancestors) for e in events if e.ancestors}
+    assert len(shared) < len([e for e in events if e.ancestors])  # tuples are shared
+    for e in events:
+        want = [[m.rule.id, m.message] for m in naive_evaluate(naive.rules, e)]
+        assert [[m.rule.id, m.message] for m in rs.evaluate(e)] == want
+    stores = [s for s in rs.remembered() if s.lineages.count]
+    assert stores and all(len(s.lineages.by_id) <= 7 and len(s.lineages.tokens) <= 7
+                          for s in stores)
+
+
+def test_a_lineage_token_is_never_given_to_other_ancestors(rules_from) -> None:
+    rs = rules_from(RULES)
+    quiet = ev(process={"exe": "/usr/bin/sh", "ancestors": [{"cmdline": ["py", "a"]}]})
+    loud = ev(process={"exe": "/usr/bin/sh",
+                       "ancestors": [{"cmdline": ["py", "/usr/bin/cloud-init"]}]})
+    assert _ids(rs, quiet) == [] and _ids(rs, loud) == ["by-ancestor-args"]
+    (store,) = [s for s in rs.remembered() if len(s)]
+    store.lineages.clear()  # forgotten: the same texts get a new token, and the same answer
+    assert _ids(rs, loud) == ["by-ancestor-args"] and _ids(rs, quiet) == []
+    assert store.lineages.count == 4
+    # the same tuple object again (identity): its token, its answer
+    assert _ids(rs, loud) == ["by-ancestor-args"] and store.lineages.count == 4
