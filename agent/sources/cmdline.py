@@ -108,6 +108,27 @@ def held_size(argv: tuple[str, ...]) -> int:
     return sys.getsizeof(argv) + sum(map(sys.getsizeof, argv)) if argv else 0
 
 
+# what sys.getsizeof gives for an empty tuple, per item of a tuple, and for an empty str; an
+# ASCII str takes one byte more per character (checked here, else `argv_size` counts each)
+_TUPLE0 = sys.getsizeof(())
+_SLOT = sys.getsizeof((None,)) - _TUPLE0
+_STR0 = sys.getsizeof("")
+_ASCII_FLAT = all(sys.getsizeof("x" * k) == _STR0 + k for k in (1, 2, 100, 5000))
+
+
+def argv_size(data: bytes, argv: tuple[str, ...]) -> int:
+    """`held_size(argv)` of an argv parsed from `data` (parse_cmdline): by arithmetic when
+    the bytes are ASCII (a call of sys.getsizeof per argument costs more than the read),
+    else argument by argument."""
+    if not argv:
+        return 0
+    if _ASCII_FLAT and data.isascii():
+        n = len(argv)
+        # n strings whose characters are the bytes left after the padding, less n - 1 NULs
+        return _TUPLE0 + n * (_SLOT + _STR0 - 1) + len(data.rstrip(b"\0")) + 1
+    return held_size(argv)
+
+
 class CmdlineBudget:
     """The memory of the command lines the agent holds, against `limit`.
 
@@ -127,6 +148,9 @@ class CmdlineBudget:
         self._sizes: dict[weakref.ref[Process], int] = {}
         # re-entrant: a release can run inside `hold` when a collection frees a Process
         self._lock = threading.RLock()
+        # the release callback, bound once (a bound method made per hold costs as much as
+        # the weak reference it is given to)
+        self._on_free = self._release
 
     @property
     def counted(self) -> LRUCache[int, bool]:
@@ -152,10 +176,30 @@ class CmdlineBudget:
         # a weak reference whose callback gives the size back when `p` is freed: a tenth
         # of what a weakref.finalize costs (a scan holds one per process). Two references
         # to one Process are equal while it lives, so a second hold adds to the first.
-        ref = weakref.ref(p, self._release)
+        ref = weakref.ref(p, self._on_free)
         with self._lock:
             self.held += size
             self._sizes[ref] = self._sizes.get(ref, 0) + size
+
+    def hold_read(self, p: Process, raw: RawCmdline, data: bytes) -> None:
+        """`hold` for a Process just made from the command line read as `raw`, whose kept
+        bytes `data` its argv was parsed from: one read whole (nearly all) takes the cheap
+        path of `hold_new`."""
+        if raw.cut:
+            self.hold(p, raw)
+        else:
+            self.hold_new(p, argv_size(data, p.cmdline))
+
+    def hold_new(self, p: Process, size: int) -> None:
+        """`hold` for a Process just made from a command line read whole (a first scan's
+        common case), whose argv takes `size` (`argv_size`): never held before and not cut,
+        so nothing is looked up or counted as cut; the size is given back when `p` is freed."""
+        if not size:
+            return
+        ref = weakref.ref(p, self._on_free)
+        with self._lock:
+            self.held += size
+            self._sizes[ref] = size
 
     def _release(self, ref: weakref.ref[Process]) -> None:
         with self._lock:

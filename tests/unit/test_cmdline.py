@@ -14,8 +14,17 @@ from prometheus_client import generate_latest
 
 from agent.metrics import Metrics
 from agent.sources import cmdline
-from agent.sources.cmdline import HEAD, TAIL, TIGHT_HEAD, CmdlineBudget, RawCmdline, read_cmdline
-from agent.sources.procfs import ProcFS
+from agent.sources.cmdline import (
+    HEAD,
+    TAIL,
+    TIGHT_HEAD,
+    CmdlineBudget,
+    RawCmdline,
+    argv_size,
+    held_size,
+    read_cmdline,
+)
+from agent.sources.procfs import ProcFS, parse_cmdline
 
 
 def _read(path: Path, head: int = HEAD, tail: int = TAIL) -> RawCmdline:
@@ -99,3 +108,40 @@ def test_the_budget_is_exported(long_proc):
     assert samples["nodewarden_cmdline_budget_bytes"] == cmdline.BUDGET
     assert samples["nodewarden_cmdlines_cut_total{'reason': 'long'}"] == 1
     assert "nodewarden_cmdlines_cut_total" in generate_latest(metrics.registry).decode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=300),
+                 st.lists(st.text(max_size=20), max_size=8).map(
+                     lambda args: "\0".join(args).encode("utf-8", "surrogatepass"))))
+def test_the_size_of_an_argv_read_is_what_it_holds(data):
+    """argv_size (arithmetic for ASCII bytes) agrees with sys.getsizeof of what is held."""
+    argv = parse_cmdline(data)
+    assert argv_size(data, argv) == held_size(argv)
+
+
+@pytest.fixture
+def short_proc(tmp_path: Path) -> Path:
+    """A fake /proc with pids 1402 (ASCII argv) and 1403 (a non-UTF-8, non-ASCII one)."""
+    for pid, argv in ((1402, b"sleep\x00600\x00"), (1403, b"caf\xc3\xa9\0\xff\0")):
+        d = tmp_path / "proc" / str(pid)
+        d.mkdir(parents=True)
+        (d / "stat").write_bytes(b"%d (kw) S 1 1402 1402 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 "
+                                 b"5000 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n" % pid)
+        (d / "cmdline").write_bytes(argv)
+    return tmp_path / "proc"
+
+
+def test_a_whole_command_line_read_is_held_until_its_process_is_freed(short_proc):
+    budget = CmdlineBudget()
+    procfs = ProcFS(str(short_proc), budget)
+    first, second = procfs.read(1402), procfs.read(1403)
+    assert first.cmdline == ("sleep", "600") and second.cmdline[0] == "café"
+    assert budget.held == held_size(first.cmdline) + held_size(second.cmdline)
+    assert budget.cut == {"long": 0, "budget": 0}
+    del first
+    gc.collect()
+    assert budget.held == held_size(second.cmdline)
+    del second
+    gc.collect()
+    assert budget.held == 0

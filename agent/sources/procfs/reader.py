@@ -302,7 +302,8 @@ class ProcFS:
                 if live is not None:
                     os.close(dfd)
                     dfd, st = live[0], st._replace(state=live[1])
-            return Known(self._process(pid, dfd, st), program)
+            # tuple.__new__: a NamedTuple's own __new__ is one Python call more per process
+            return tuple.__new__(Known, (self._process(pid, dfd, st), program))
         finally:
             os.close(dfd)
 
@@ -357,10 +358,11 @@ class ProcFS:
             netns = _netns(net)
         # positional, in the order of Process's fields (a keyword call of its __init__
         # costs a third more; tests/unit/test_procfs.py holds the order to the model)
-        p = Process(st.pid, st.ppid, st.starttime, st.comm, exe, parse_cmdline(argv),
+        args = parse_cmdline(argv)
+        p = Process(st.pid, st.ppid, st.starttime, st.comm, exe, args,
                     raw.cut, uid if uid else self._status_uid(pid, dfd),  # (root's dir)
                     st.state, False, dev, ino, cg.container_id, netns, cg.pod_uid)
-        self.cmdlines.hold(p, raw)
+        self.cmdlines.hold_read(p, raw, argv)
         return p
 
     def environ_marker(self, pid: int, markers: Sequence[str]) -> tuple[str, str] | None:
