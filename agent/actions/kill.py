@@ -37,7 +37,7 @@ from agent.errors import EXHAUSTED, AccessDenied, FdExhausted, ProcessGone
 from agent.fdlimit import exhausted
 from agent.metrics import Metrics
 from agent.model import Event, EventKind, Pod, Process
-from agent.sources.procfs import Cgroup, ProcFS
+from agent.sources.procfs import Cgroup, ProcFS, parse_stat
 from agent.sources.proctree import ProcessTree
 from agent.text import human
 
@@ -60,9 +60,9 @@ def _pidfd_open(pid: int) -> int:
 
 def _starttime(root: str, pid: int) -> int | None:
     """The start time (clock ticks) in `root`/PID/stat, or None when there is no such
-    process or it is unreadable. One open and one read, the start time alone parsed: this
-    runs between a record and its kill (ProcFS.stat opens the pid's directory first and
-    parses every field, twice the time). Out of descriptors raises FdExhausted."""
+    process or it is unreadable. One open and one read: this runs between a record and its
+    kill (ProcFS.stat opens the pid's directory first, twice the time). Out of descriptors
+    raises FdExhausted."""
     try:
         fd = os.open(f"{root}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
@@ -77,12 +77,9 @@ def _starttime(root: str, pid: int) -> int | None:
         return None  # ESRCH: it exited after the open
     finally:
         os.close(fd)
-    # the comm (field 2) may hold spaces and parentheses: fields are counted after the
-    # last ')'; the start time is field 22, the 20th after it
-    fields = data[data.rfind(b")") + 2:].split(b" ", 20)
     try:
-        return int(fields[19])
-    except (IndexError, ValueError):
+        return parse_stat(data).starttime  # its hostile-comm checks (`a) (b`) in one place
+    except ValueError:
         return None
 
 
