@@ -207,14 +207,7 @@ def test_the_cgroup_is_read_once_per_cgroup_v2_id(proc, monkeypatch):
     obs = _observer(proc)
     _proc(proc, 910)
     _proc(proc, 911)
-    reads: list[str] = []
-    may = ProcFS._may
-
-    def counting(self: ProcFS, pid: int, dfd: int, name: str, limit: int) -> bytes:
-        reads.append(name)
-        return may(self, pid, dfd, name, limit)
-
-    monkeypatch.setattr(ProcFS, "_may", counting)
+    reads = _counting_cgroup_reads(monkeypatch)
     a = _exec(obs, 910, cgroup_id=55)
     b = _exec(obs, 911, cgroup_id=55)
     assert a.process.container_id == b.process.container_id == CONTAINER
